@@ -1,0 +1,210 @@
+"""Quality on the same text: token perplexity and bits per byte, with sliding windows.
+
+Protocol (the Hugging Face "perplexity of fixed-length models" strided method, and lm-eval's
+rolling log-likelihood for the document start):
+
+* The text is tokenized once. With ``bos_policy="first"`` a document-start token is put in front
+  of the whole text, so the first real token is scored too; with ``"every"`` each window starts
+  with that token (models such as Gemma need it); with ``"none"`` nothing is added and the first
+  token, which has no context, is not scored (reported in ``tokens_unscored``).
+* Windows of at most ``window`` tokens start every ``stride`` tokens; each token is scored exactly
+  once, in the first window that reaches it, with up to ``window - stride`` tokens of context.
+* Means are token-weighted: ``perplexity = exp(Σ NLL / n_scored)``; padding never enters the sums.
+* ``bits_per_byte = Σ NLL / ln 2 / n_bytes`` with ``n_bytes`` the UTF-8 bytes of the original
+  text (not of the decoded tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+"""Maps input ids ``LongTensor[B, T]`` to logits ``FloatTensor[B, T, V]``."""
+
+BOS_POLICIES = ("first", "every", "none")
+
+
+@dataclass
+class QualityResult:
+    """Token-weighted quality of a model on one text.
+
+    Attributes:
+        nll_nats: total negative log-likelihood over scored tokens (nats).
+        tokens_scored: number of tokens scored (each exactly once).
+        tokens_unscored: text tokens not scored (only the first one under ``bos_policy="none"``).
+        n_bytes: UTF-8 bytes of the original text.
+        window: window length in tokens (including a BOS under ``"every"``).
+        stride: step between window starts, tokens.
+        bos_policy: ``"first"``, ``"every"`` or ``"none"``.
+        bos_token_id: the document-start token used, or None.
+        n_windows: forward passes made.
+    """
+
+    nll_nats: float
+    tokens_scored: int
+    tokens_unscored: int
+    n_bytes: int
+    window: int
+    stride: int
+    bos_policy: str
+    bos_token_id: int | None
+    n_windows: int
+
+    @property
+    def nll_per_token(self) -> float:
+        """Mean NLL per scored token, nats/token."""
+        return self.nll_nats / self.tokens_scored
+
+    @property
+    def perplexity(self) -> float:
+        """Token perplexity ``exp(mean NLL)`` (dimensionless)."""
+        return math.exp(self.nll_per_token)
+
+    @property
+    def bits_per_byte(self) -> float:
+        """Bits per UTF-8 byte of the original text: ``Σ NLL / ln 2 / n_bytes``."""
+        return self.nll_nats / math.log(2) / self.n_bytes
+
+    def to_dict(self) -> dict:
+        """All fields plus derived figures, each number with its unit where it has one."""
+        d = asdict(self)
+        d["perplexity"] = self.perplexity
+        d["bits_per_byte"] = self.bits_per_byte
+        d["nll_per_token"] = self.nll_per_token
+        return d
+
+
+def plan_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Sliding windows over a sequence so that every target is scored once.
+
+    The sequence ``s`` has ``n_tokens`` ids; targets are ``s[1:]`` (predicted from what precedes).
+
+    Args:
+        n_tokens: length of the sequence, including a leading document-start token if any.
+        window: maximum input length per forward pass (tokens), ≥ 1.
+        stride: step between window starts (tokens), 1 ≤ stride ≤ window.
+
+    Returns:
+        ``(begin, end, n_new)`` per window: the input is ``s[begin:end]``, its targets are
+        ``s[begin+1:end+1]`` and only the last ``n_new`` of them are scored.
+
+    Raises:
+        ValueError: window or stride out of range.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1 token, got {window}")
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+    n_targets = n_tokens - 1
+    plans = []
+    scored = 0
+    begin = 0
+    while scored < n_targets:
+        end = min(begin + window, n_targets)
+        plans.append((begin, end, end - scored))
+        scored = end
+        begin += stride
+    return plans
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def score_text(
+    logits_fn: LogitsFn,
+    token_ids: Sequence[int],
+    n_bytes: int,
+    *,
+    window: int = 512,
+    stride: int | None = None,
+    bos_policy: str = "first",
+    bos_token_id: int | None = None,
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> QualityResult:
+    """Score a tokenized text with sliding windows: total NLL, perplexity, bits per byte.
+
+    Args:
+        logits_fn: model call, ``LongTensor[B, T] -> FloatTensor[B, T, V]`` (causal LM).
+        token_ids: the text's token ids (no special tokens added), length N ≥ 2 (≥ 1 with a BOS).
+        n_bytes: UTF-8 bytes of the original text, > 0.
+        window: tokens per forward pass (the model's context budget for scoring).
+        stride: step between windows (default ``window``: no overlap, least compute);
+            ``window - stride`` is the minimum context of every token after the first window.
+        bos_policy: ``"first"`` (document-start token once), ``"every"`` (at each window's start)
+            or ``"none"``.
+        bos_token_id: the document-start token id (required unless ``bos_policy="none"``).
+        batch_size: windows per forward pass (full-length windows only are batched; no padding).
+        progress: called with the number of tokens just scored, for progress bars.
+
+    Returns:
+        :class:`QualityResult`.
+
+    Raises:
+        ValueError: unknown policy, missing BOS id, too few tokens, non-positive ``n_bytes``.
+    """
+    if bos_policy not in BOS_POLICIES:
+        raise ValueError(f"bos_policy must be one of {BOS_POLICIES}, got {bos_policy!r}")
+    if bos_policy != "none" and bos_token_id is None:
+        raise ValueError(f"bos_policy={bos_policy!r} needs a bos_token_id")
+    if n_bytes <= 0:
+        raise ValueError(f"n_bytes must be > 0, got {n_bytes}")
+    stride = window if stride is None else stride
+    ids = list(token_ids)
+    if bos_policy == "first":
+        seq = [bos_token_id] + ids
+        unscored = 0
+    else:
+        seq = ids
+        unscored = 1
+    if len(seq) < 2:
+        raise ValueError("need at least one token to score")
+    # Under "every" one position of each window is taken by the BOS token.
+    span = window - 1 if bos_policy == "every" else window
+    if span < 1 or stride > span:
+        raise ValueError(f"window {window} leaves no room for stride {stride} under bos_policy={bos_policy!r}")
+    plans = plan_windows(len(seq), span, stride)
+    seq_t = torch.tensor(seq, dtype=torch.long)
+
+    total = 0.0
+    n_scored = 0
+    # Group windows of equal input length so that batches need no padding.
+    by_len: dict[int, list[tuple[int, int, int]]] = {}
+    for p in plans:
+        by_len.setdefault(p[1] - p[0], []).append(p)
+    for length, group in by_len.items():
+        for batch in _batches(group, batch_size):
+            inputs = torch.stack([seq_t[b:e] for b, e, _ in batch])
+            targets = torch.stack([seq_t[b + 1 : e + 1] for b, e, _ in batch])
+            if bos_policy == "every":
+                bos = torch.full((len(batch), 1), bos_token_id, dtype=torch.long)
+                inputs = torch.cat([bos, inputs], dim=1)
+            logits = logits_fn(inputs).float()
+            if bos_policy == "every":
+                logits = logits[:, 1:]
+            logp = torch.log_softmax(logits, dim=-1)
+            nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
+            for row, (_, _, n_new) in enumerate(batch):
+                total += float(nll[row, length - n_new :].double().sum())
+                n_scored += n_new
+                if progress is not None:
+                    progress(n_new)
+    assert n_scored == len(seq) - 1, "every target must be scored exactly once"
+    return QualityResult(
+        nll_nats=total,
+        tokens_scored=n_scored,
+        tokens_unscored=unscored,
+        n_bytes=n_bytes,
+        window=window,
+        stride=stride,
+        bos_policy=bos_policy,
+        bos_token_id=bos_token_id if bos_policy != "none" else None,
+        n_windows=len(plans),
+    )
