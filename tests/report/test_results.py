@@ -1,0 +1,35 @@
+import json
+import math
+
+import pytest
+
+from moorelab.report.results import add_ratios, make_row, staged_output, write_json
+
+
+def test_staged_output_moves_files_only_on_success(tmp_path):
+    out = tmp_path / "out"
+    with staged_output(out) as stage:
+        (stage / "results.json").write_text("{}")
+    assert (out / "results.json").read_text() == "{}"
+    with pytest.raises(RuntimeError):
+        with staged_output(out) as stage:
+            (stage / "results.json").write_text("half")
+            (stage / "report.html").write_text("half")
+            raise RuntimeError("boom")
+    assert (out / "results.json").read_text() == "{}"
+    assert not (out / "report.html").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+def test_rows_carry_units_and_ratios():
+    base = make_row("fp32", "none", "k", {"decode_tokens_per_s": 10.0, "weight_bytes": 400})
+    q = make_row("int8", "int8", "k", {"decode_tokens_per_s": 25.0, "weight_bytes": 100})
+    add_ratios([base, q], base)
+    assert q["metrics"]["decode_tokens_per_s"] == {"value": 25.0, "unit": "tokens/s"}
+    assert q["vs_baseline"] == {"decode_tokens_per_s": 2.5, "weight_bytes": 0.25}
+
+
+def test_json_is_strict(tmp_path):
+    p = tmp_path / "r.json"
+    write_json(p, {"a": math.nan, "b": [math.inf, 1.0]})
+    assert json.loads(p.read_text()) == {"a": None, "b": [None, 1.0]}
