@@ -1,0 +1,270 @@
+"""One configuration dataclass for every Transformer family moorelab builds.
+
+The three families differ only in a handful of switches (Vaswani et al. 2017, "Attention Is All
+You Need"; Radford et al. 2019, GPT-2; Devlin et al. 2019, BERT; Touvron et al. 2023, LLaMA):
+
+========  ==========  =========  ========  ==========  ===========
+family    position    norm       where     activation  attention
+========  ==========  =========  ========  ==========  ===========
+gpt2      learned     layernorm  pre       gelu_tanh   causal
+llama     rope        rmsnorm    pre       swiglu      causal, GQA
+bert      learned     layernorm  post      gelu        bidirectional
+========  ==========  =========  ========  ==========  ===========
+
+``TransformerConfig.from_hf_dict`` reads a Hugging Face ``config.json``; ``to_hf_dict`` writes
+one that ``transformers`` loads (used for the converted GGUF cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from moorelab.errors import ModelLoadError
+
+FAMILIES = ("gpt2", "llama", "bert")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+POSITIONS = ("learned", "rope")
+
+# Hugging Face activation names -> ours ("gelu_new" is GPT-2's tanh approximation).
+_HF_ACT = {
+    "relu": "relu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "silu": "swiglu",
+    "swish": "swiglu",
+}
+
+
+@dataclass
+class TransformerConfig:
+    """Hyper-parameters of a decoder (gpt2, llama) or encoder (bert) Transformer.
+
+    Sizes: ``d_model`` is the residual width, ``n_heads`` query heads of ``head_dim`` each,
+    ``n_kv_heads`` key/value heads (``n_kv_heads < n_heads`` is grouped-query attention,
+    Ainslie et al. 2023), ``d_ff`` the feed-forward hidden width.
+    """
+
+    family: str = "llama"
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    d_ff: int = 2048
+    max_position_embeddings: int = 2048
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    activation: str = "swiglu"
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    attn_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    type_vocab_size: int = 0  # BERT token-type (segment) embeddings; 0 = none
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            self.head_dim = self.d_model // self.n_heads
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the switches name supported choices.
+
+        Raises:
+            ModelLoadError: naming the field with an unsupported value.
+        """
+        for name, allowed in (
+            ("family", FAMILIES),
+            ("norm", NORMS),
+            ("activation", ACTIVATIONS),
+            ("position", POSITIONS),
+            ("norm_position", ("pre", "post")),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ModelLoadError(f"config field {name}={value!r} is not supported (choose from {allowed})")
+        if self.n_heads % self.n_kv_heads:
+            raise ModelLoadError(
+                f"config field n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ModelLoadError(f"config field head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def is_decoder(self) -> bool:
+        """True for causal language models (gpt2, llama), False for the BERT encoder."""
+        return self.family != "bert"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TransformerConfig":
+        """Build from ``to_dict()`` output; unknown keys raise ModelLoadError naming the key."""
+        names = {f.name for f in fields(cls)}
+        extra = sorted(set(d) - names)
+        if extra:
+            raise ModelLoadError(f"unknown TransformerConfig field {extra[0]!r}")
+        return cls(**d)
+
+    # ------------------------------------------------------------------ Hugging Face configs
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json") -> "TransformerConfig":
+        """Translate a Hugging Face ``config.json`` dict for model types gpt2, llama or bert.
+
+        Raises:
+            ModelLoadError: unsupported ``model_type``, missing field, or an option we do not
+                implement (e.g. RoPE scaling), naming the field and the file.
+        """
+        model_type = hf.get("model_type")
+
+        def need(key: str) -> Any:
+            if key not in hf:
+                raise ModelLoadError(f"{source}: missing field {key!r} for model_type {model_type!r}")
+            return hf[key]
+
+        def act(key: str) -> str:
+            name = need(key)
+            if name not in _HF_ACT:
+                raise ModelLoadError(f"{source}: field {key}={name!r} is not a supported activation")
+            return _HF_ACT[name]
+
+        if model_type == "gpt2":
+            if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+                raise ModelLoadError(f"{source}: field scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn is not supported")
+            if hf.get("scale_attn_weights") is False:
+                raise ModelLoadError(f"{source}: field scale_attn_weights=false is not supported")
+            d_model = need("n_embd")
+            return cls(
+                family="gpt2",
+                vocab_size=need("vocab_size"),
+                d_model=d_model,
+                n_layers=need("n_layer"),
+                n_heads=need("n_head"),
+                d_ff=hf.get("n_inner") or 4 * d_model,
+                max_position_embeddings=need("n_positions"),
+                norm="layernorm",
+                norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+                norm_position="pre",
+                activation=act("activation_function"),
+                position="learned",
+                attn_bias=True,
+                mlp_bias=True,
+                tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+                bos_token_id=hf.get("bos_token_id"),
+                eos_token_id=_first(hf.get("eos_token_id")),
+                pad_token_id=hf.get("pad_token_id"),
+            )
+        if model_type == "llama":
+            rope = hf.get("rope_scaling") or {}
+            params = hf.get("rope_parameters") or {}
+            rope_type = rope.get("rope_type", rope.get("type")) or params.get("rope_type", "default")
+            if rope_type not in (None, "default"):
+                raise ModelLoadError(f"{source}: field rope_scaling type {rope_type!r} is not supported")
+            theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
+            if hf.get("hidden_act", "silu") not in ("silu", "swish"):
+                raise ModelLoadError(f"{source}: field hidden_act={hf.get('hidden_act')!r} is not supported for llama")
+            n_heads = need("num_attention_heads")
+            return cls(
+                family="llama",
+                vocab_size=need("vocab_size"),
+                d_model=need("hidden_size"),
+                n_layers=need("num_hidden_layers"),
+                n_heads=n_heads,
+                n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+                head_dim=hf.get("head_dim") or need("hidden_size") // n_heads,
+                d_ff=need("intermediate_size"),
+                max_position_embeddings=hf.get("max_position_embeddings", 2048),
+                norm="rmsnorm",
+                norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                norm_position="pre",
+                activation="swiglu",
+                position="rope",
+                rope_theta=float(theta),
+                attn_bias=bool(hf.get("attention_bias", False)),
+                mlp_bias=bool(hf.get("mlp_bias", False)),
+                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                bos_token_id=hf.get("bos_token_id"),
+                eos_token_id=_first(hf.get("eos_token_id")),
+                pad_token_id=hf.get("pad_token_id"),
+            )
+        if model_type == "bert":
+            if hf.get("position_embedding_type", "absolute") != "absolute":
+                raise ModelLoadError(
+                    f"{source}: field position_embedding_type={hf['position_embedding_type']!r} is not supported"
+                )
+            return cls(
+                family="bert",
+                vocab_size=need("vocab_size"),
+                d_model=need("hidden_size"),
+                n_layers=need("num_hidden_layers"),
+                n_heads=need("num_attention_heads"),
+                d_ff=need("intermediate_size"),
+                max_position_embeddings=need("max_position_embeddings"),
+                norm="layernorm",
+                norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+                norm_position="post",
+                activation=act("hidden_act"),
+                position="learned",
+                attn_bias=True,
+                mlp_bias=True,
+                tie_word_embeddings=False,
+                pad_token_id=hf.get("pad_token_id"),
+                type_vocab_size=int(hf.get("type_vocab_size", 2)),
+            )
+        raise ModelLoadError(
+            f"{source}: field model_type={model_type!r} is not supported (supported: gpt2, llama, bert)"
+        )
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """Return a ``transformers`` ``config.json`` dict (llama family only).
+
+        Raises:
+            ModelLoadError: for families other than llama.
+        """
+        if self.family != "llama":
+            raise ModelLoadError(f"to_hf_dict: family {self.family!r} is not supported (llama only)")
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.d_model,
+            "intermediate_size": self.d_ff,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_scaling": None,
+            "attention_bias": self.attn_bias,
+            "mlp_bias": self.mlp_bias,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+            "dtype": "float32",
+        }
+
+
+def _first(v: Any) -> Any:
+    """eos_token_id may be a list in HF configs; keep the first."""
+    if isinstance(v, (list, tuple)):
+        return v[0] if v else None
+    return v

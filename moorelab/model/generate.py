@@ -1,0 +1,101 @@
+"""Autoregressive decoding with a KV cache: greedy, temperature, top-k and top-p (nucleus) sampling.
+
+Prefill runs the prompt once and stores keys/values; each decode step feeds one token per row.
+Left-padded batches work: padding is masked and each row's positions start at 0 at its first
+real token, so a row decodes the same tokens in a batch as alone (Holtzman et al. 2020 for top-p).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from moorelab.model.transformer import KVCache, Transformer
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token from ``logits [B, vocab]`` -> ``LongTensor[B]``.
+
+    ``temperature <= 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``,
+    restricted to the ``top_k`` largest and then to the smallest set whose probability reaches
+    ``top_p`` (always keeping the most likely token), and sampled.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.inference_mode()
+def generate(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 32,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Continue ``input_ids [B, T]`` (left-padded if ``attention_mask`` has zeros) by up to ``max_new_tokens``.
+
+    Args:
+        attention_mask: ``[B, T]``, 1 = real token, 0 = left padding.
+        temperature, top_k, top_p: see :func:`sample_next`; temperature 0 is greedy.
+        eos_token_id: rows stop after emitting it; finished rows are filled with it.
+        generator: ``torch.Generator`` for reproducible sampling.
+        use_cache: False recomputes the whole sequence each step (reference for tests).
+        on_token: called with the new tokens ``LongTensor[B]`` after each step.
+
+    Returns:
+        ``LongTensor[B, T + n]`` with ``n <= max_new_tokens`` new tokens (fewer if every row
+        hit ``eos_token_id``).
+    """
+    B, T = input_ids.shape
+    out = input_ids.new_empty(B, T + max_new_tokens)
+    out[:, :T] = input_ids
+    mask = None
+    if attention_mask is not None:
+        mask = attention_mask.new_ones(B, T + max_new_tokens)
+        mask[:, :T] = attention_mask
+    cache = KVCache(max_len=T + max_new_tokens) if use_cache else None
+    done = torch.zeros(B, dtype=torch.bool)
+    n = 0
+    step_ids = input_ids
+    for n in range(1, max_new_tokens + 1):
+        L = T + n - 1
+        if use_cache:
+            logits = model(step_ids, attention_mask=None if mask is None else mask[:, :L], cache=cache, last_only=True)
+        else:
+            logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
+        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+        if eos_token_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            done |= nxt == eos_token_id
+        out[:, L] = nxt
+        if on_token is not None:
+            on_token(nxt)
+        if eos_token_id is not None and bool(done.all()):
+            break
+        step_ids = out[:, L : L + 1]
+    return out[:, : T + n]

@@ -1,0 +1,242 @@
+"""Load Hugging Face folders (``config.json`` + ``*.safetensors``) into our :class:`Transformer`.
+
+Weights are read with ``safetensors`` only (never pickle). Each family's tensor names are
+translated to ours; GPT-2's ``Conv1D`` weights are stored ``[in, out]`` and are transposed to
+``nn.Linear``'s ``[out, in]``; its fused ``c_attn`` is split into q, k, v.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from moorelab.errors import ModelLoadError
+from moorelab.model.config import TransformerConfig
+from moorelab.model.transformer import Transformer
+
+# Tensors present in some checkpoints that our model does not use (by design, not by accident).
+_IGNORED = (
+    re.compile(r"^(bert\.)?pooler\."),  # BERT pooler (sentence classification head)
+    re.compile(r"^cls\."),  # BERT masked-LM / NSP heads
+    re.compile(r"^(bert\.)?embeddings\.position_ids$"),
+    re.compile(r"\.rotary_emb\.inv_freq$"),
+    re.compile(r"^(transformer\.)?h\.\d+\.attn\.(masked_)?bias$"),  # GPT-2 causal-mask buffers
+)
+
+
+def _llama_names(hf: str) -> str | None:
+    name = hf[len("model."):] if hf.startswith("model.") else hf
+    if name == "lm_head.weight" or hf == "lm_head.weight":
+        return "lm_head.weight"
+    if name == "embed_tokens.weight":
+        return "embed.weight"
+    if name == "norm.weight":
+        return "final_norm.weight"
+    m = re.match(r"layers\.(\d+)\.(.+)$", name)
+    if not m:
+        return None
+    i, rest = m.groups()
+    rest = (
+        rest.replace("self_attn.", "attn.")
+        .replace("mlp.", "ffn.")
+        .replace("input_layernorm.", "attn_norm.")
+        .replace("post_attention_layernorm.", "ffn_norm.")
+    )
+    return f"blocks.{i}.{rest}"
+
+
+_BERT = {
+    "attention.self.query": "attn.q_proj",
+    "attention.self.key": "attn.k_proj",
+    "attention.self.value": "attn.v_proj",
+    "attention.output.dense": "attn.o_proj",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "ffn.up_proj",
+    "output.dense": "ffn.down_proj",
+    "output.LayerNorm": "ffn_norm",
+}
+_BERT_EMB = {
+    "word_embeddings": "embed",
+    "position_embeddings": "pos_embed",
+    "token_type_embeddings": "type_embed",
+    "LayerNorm": "embed_norm",
+}
+
+
+def _bert_names(hf: str) -> str | None:
+    name = hf[len("bert."):] if hf.startswith("bert.") else hf
+    name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
+    m = re.match(r"embeddings\.(\w+)\.(weight|bias)$", name)
+    if m and m.group(1) in _BERT_EMB:
+        return f"{_BERT_EMB[m.group(1)]}.{m.group(2)}"
+    m = re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", name)
+    if m and m.group(2) in _BERT:
+        return f"blocks.{m.group(1)}.{_BERT[m.group(2)]}.{m.group(3)}"
+    return None
+
+
+def convert_hf_state(state: dict[str, torch.Tensor], config: TransformerConfig, source: str = "") -> dict[str, torch.Tensor]:
+    """Rename (and for GPT-2 transpose/split) a Hugging Face state dict into our names.
+
+    Raises:
+        ModelLoadError: a tensor name we do not recognise (naming it and the file).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for hf_name, t in state.items():
+        if any(p.search(hf_name) for p in _IGNORED):
+            continue
+        if config.family == "llama":
+            name = _llama_names(hf_name)
+            if name:
+                out[name] = t
+        elif config.family == "bert":
+            name = _bert_names(hf_name)
+            if name:
+                out[name] = t
+        else:
+            name = _gpt2_into(out, hf_name, t, config, source)
+        if not name:
+            raise ModelLoadError(f"{source}: unexpected tensor {hf_name!r} for model type {config.family}")
+    return out
+
+
+def _gpt2_into(out: dict, hf_name: str, t: torch.Tensor, config: TransformerConfig, source: str) -> str | None:
+    name = hf_name[len("transformer."):] if hf_name.startswith("transformer.") else hf_name
+    simple = {"wte.weight": "embed.weight", "wpe.weight": "pos_embed.weight",
+              "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias",
+              "lm_head.weight": "lm_head.weight"}
+    if name in simple:
+        out[simple[name]] = t
+        return simple[name]
+    m = re.match(r"h\.(\d+)\.(.+)\.(weight|bias)$", name)
+    if not m:
+        return None
+    i, mod, kind = m.groups()
+    p = f"blocks.{i}."
+    if mod in ("ln_1", "ln_2"):
+        key = p + ("attn_norm" if mod == "ln_1" else "ffn_norm") + "." + kind
+        out[key] = t
+        return key
+    conv = {"attn.c_proj": "attn.o_proj", "mlp.c_fc": "ffn.up_proj", "mlp.c_proj": "ffn.down_proj"}
+    # Conv1D stores weight [in, out] (x @ W); nn.Linear wants [out, in] (x @ Wᵀ).
+    if mod in conv:
+        key = p + conv[mod] + "." + kind
+        out[key] = t.t().contiguous() if kind == "weight" else t
+        return key
+    if mod == "attn.c_attn":
+        d = config.d_model
+        w = t.t() if kind == "weight" else t
+        if w.shape[0] != 3 * d:
+            raise ModelLoadError(f"{source}: tensor {hf_name!r} has shape {tuple(t.shape)}, expected 3*d_model={3 * d} outputs")
+        for part, chunk in zip(("q_proj", "k_proj", "v_proj"), w.split(d, dim=0)):
+            out[f"{p}attn.{part}.{kind}"] = chunk.contiguous()
+        return p + "attn.c_attn"
+    return None
+
+
+def to_hf_llama_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our llama state dict under Hugging Face ``LlamaForCausalLM`` names (tied head omitted)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            if model.config.tie_word_embeddings:
+                continue
+            out[name] = t
+        elif name == "embed.weight":
+            out["model.embed_tokens.weight"] = t
+        elif name == "final_norm.weight":
+            out["model.norm.weight"] = t
+        else:
+            rest = (
+                name.replace("blocks.", "model.layers.")
+                .replace(".attn_norm.", ".input_layernorm.")
+                .replace(".ffn_norm.", ".post_attention_layernorm.")
+                .replace(".attn.", ".self_attn.")
+                .replace(".ffn.", ".mlp.")
+            )
+            out[rest] = t
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def load_state_into(model: Transformer, state: dict[str, torch.Tensor], source: str) -> Transformer:
+    """Assign our-named tensors to ``model`` (which may live on the meta device), checking names and shapes.
+
+    Raises:
+        ModelLoadError: a missing tensor, a tensor of the wrong shape, or an unexpected one,
+            naming the tensor and ``source``.
+    """
+    expected = dict(model.state_dict())  # tied head appears under both names
+    tied = model.lm_head is not None and model.config.tie_word_embeddings
+    for name, ref in expected.items():
+        if tied and name == "lm_head.weight":
+            continue
+        if name not in state:
+            raise ModelLoadError(f"{source}: missing tensor {name!r} (shape {tuple(ref.shape)})")
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise ModelLoadError(
+                f"{source}: tensor {name!r} has shape {tuple(state[name].shape)}, expected {tuple(ref.shape)}"
+            )
+    for name in state:
+        if name not in expected:
+            raise ModelLoadError(f"{source}: unexpected tensor {name!r}")
+    state = {k: v.to(torch.float32) for k, v in state.items() if not (tied and k == "lm_head.weight")}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model
+
+
+def build_model(config: TransformerConfig, state: dict[str, torch.Tensor], source: str) -> Transformer:
+    """Construct a Transformer without random initialisation and load ``state`` (our names)."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    load_state_into(model, state, source)
+    return model.eval()
+
+
+def read_hf_config(folder: Path) -> TransformerConfig:
+    """Read ``folder/config.json`` into a :class:`TransformerConfig`.
+
+    Raises:
+        ModelLoadError: missing/invalid file or unsupported model type (naming the field).
+    """
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: no config.json")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path}: invalid JSON ({e})") from None
+    return TransformerConfig.from_hf_dict(hf, source=str(path))
+
+
+def load_hf_folder(folder: str | Path) -> Transformer:
+    """Load a Hugging Face folder (config.json + *.safetensors) of model type gpt2, llama or bert.
+
+    Returns:
+        Our :class:`Transformer` in eval mode, float32.
+
+    Raises:
+        ModelLoadError: unsupported model type, no safetensors file, missing tensor or wrong
+            shape (naming the tensor).
+    """
+    folder = Path(folder)
+    config = read_hf_config(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no *.safetensors weights (pickle checkpoints are not loaded)")
+    raw: dict[str, torch.Tensor] = {}
+    for f in files:
+        raw.update(load_file(str(f)))
+    state = convert_hf_state(raw, config, source=str(folder))
+    return build_model(config, state, source=str(folder))
+
+
+def save_hf_llama_folder(model: Transformer, folder: Path) -> None:
+    """Write ``config.json`` (transformers llama format) and ``model.safetensors`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
+    save_file(to_hf_llama_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -1,0 +1,416 @@
+"""The Transformer, written from its formulas and readable in one file.
+
+    x      = Embed(tokens) (+ PosEmbed(positions))                       token + position
+    for each block (pre-norm, GPT-2 / LLaMA):
+        x  = x + Attention(Norm(x))                                      Vaswani et al. 2017
+        x  = x + FFN(Norm(x))
+    (post-norm, BERT:  x = Norm(x + Attention(x));  x = Norm(x + FFN(x)))
+    logits = Norm(x) · Wᵀ_out                                            tied: W_out = W_embed
+
+    Attention(Q, K, V) = softmax(Q·Kᵀ / √d_k + mask) · V                 per head, heads concatenated
+    FFN(x) = W_down · act(W_up · x + b_up) + b_down                      ReLU / GELU / tanh-GELU
+    FFN(x) = W_down · (SiLU(W_gate · x) ⊙ W_up · x)                      SwiGLU (Shazeer 2020)
+    RoPE (Su et al. 2021), half-split layout as in Hugging Face llama:
+        rope(x) = x · cos(θ·p) + rotate_half(x) · sin(θ·p),  rotate_half([a, b]) = [-b, a]
+
+Every matmul is an ``nn.Linear`` so quantization can replace modules in place. Per-layer
+sizes (heads, FFN width) are read from each module, so pruned layers may differ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moorelab.model.config import TransformerConfig
+
+ATTENTION_IMPLS = ("sdpa", "eager")
+
+
+# ----------------------------------------------------------------------------- normalisation
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019): ``x / sqrt(mean(x²) + eps) · weight``.
+
+    Shapes: ``[..., d] -> [..., d]``.
+    """
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same formula as x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight, fused.
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(config: TransformerConfig, d: int | None = None) -> nn.Module:
+    """LayerNorm (Ba et al. 2016) or RMSNorm with ``eps`` taken from the config."""
+    d = d or config.d_model
+    if config.norm == "rmsnorm":
+        return RMSNorm(d, config.norm_eps)
+    return nn.LayerNorm(d, eps=config.norm_eps)
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_tables(head_dim: int, theta: float, n_positions: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for rotary position embedding, half-split layout.
+
+    Returns:
+        ``(cos, sin)``, each ``[n_positions, head_dim]`` float32; angle of pair ``i`` at position
+        ``p`` is ``p · theta^(-2i/head_dim)``, repeated for both halves.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    positions = torch.arange(n_positions, device=device).float()
+    freqs = torch.outer(positions, inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[a, b] -> [-b, a]`` on the last dimension (halves, not interleaved pairs)."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, T, head_dim]`` by ``cos, sin [B, 1, T, head_dim]``."""
+    return x * cos + rotate_half(x) * sin
+
+
+# ----------------------------------------------------------------------------- attention
+def attention_eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    record: dict | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention spelled out: ``softmax(Q·Kᵀ/√d_k + mask)·V``.
+
+    Args:
+        q: ``[B, H, T, d_k]``; k, v: ``[B, H_kv, S, d_k]`` (``H_kv`` divides ``H``: grouped-query
+            attention shares each key/value head among ``H / H_kv`` query heads).
+        mask: bool ``[B or 1, 1, T, S]``, True where query t may attend to key s.
+        is_causal: add the causal mask (query t sees keys ``s <= t + S - T``).
+        record: if a dict, receives ``qk`` (Q·Kᵀ), ``scores`` (scaled and masked) and
+            ``weights`` (softmax), each ``[B, H, T, S]``.
+
+    Returns:
+        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    d_k = q.shape[-1]
+    qk = q @ k.transpose(-2, -1)
+    scores = qk / math.sqrt(d_k)
+    T, S = q.shape[-2], k.shape[-2]
+    if is_causal:
+        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        mask = causal if mask is None else mask & causal
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a fully masked row: 0, not NaN
+    if record is not None:
+        record.update(qk=qk.detach(), scores=scores.detach(), weights=weights.detach())
+    return weights @ v
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) self-attention with its own ``n_heads``, ``n_kv_heads``, ``head_dim``.
+
+    Head ``h`` of ``q_proj`` is output rows ``[h·head_dim, (h+1)·head_dim)``.
+    Set ``record`` to a dict to capture the attention weights of the next forward (eager path).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool, rope: bool) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.rope = rope
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.record: dict | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: "KVCache | None" = None,
+        layer_idx: int = 0,
+        impl: str = "sdpa",
+    ) -> torch.Tensor:
+        """``x [B, T, d_model] -> [B, T, d_model]``; see :func:`attention_eager` for ``mask``."""
+        B, T, _ = x.shape
+        H, H_kv, d_k = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, d_k).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, H_kv, d_k).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, H_kv, d_k).transpose(1, 2)
+        if self.rope and rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)
+        if impl == "eager" or self.record is not None:
+            out = attention_eager(q, k, v, mask, is_causal, record=self.record)
+        elif T == 1 and H != H_kv:
+            # One query per row: fold the query heads sharing a key/value head into the "time"
+            # axis, so grouped-query attention needs no copies of K and V.
+            q = q.view(B, H_kv, H // H_kv, d_k)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, H, 1, d_k)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=H != H_kv
+            )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * d_k))
+
+
+# ----------------------------------------------------------------------------- feed-forward
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network; hidden width is read from ``up_proj``.
+
+    ``relu``/``gelu``/``gelu_tanh``: ``down(act(up(x)))``; ``swiglu``: ``down(silu(gate(x)) * up(x))``.
+    Shapes ``[..., d_model] -> [..., d_model]``.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if activation == "swiglu" else None
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "swiglu":
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        elif self.activation == "relu":
+            h = F.relu(self.up_proj(x))
+        elif self.activation == "gelu":
+            h = F.gelu(self.up_proj(x))  # exact: x·Φ(x)
+        else:
+            h = F.gelu(self.up_proj(x), approximate="tanh")  # GPT-2's "gelu_new"
+        return self.down_proj(h)
+
+
+class Block(nn.Module):
+    """One Transformer layer: attention and FFN sub-layers with residuals, pre- or post-norm."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = config
+        self.norm_position = c.norm_position
+        self.attn_norm = make_norm(c)
+        self.attn = Attention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.attn_bias, c.position == "rope")
+        self.ffn_norm = make_norm(c)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.activation, c.mlp_bias)
+
+    def forward(self, x, rope=None, mask=None, is_causal=False, cache=None, layer_idx=0, impl="sdpa"):
+        """``x [B, T, d_model] -> [B, T, d_model]``."""
+        if self.norm_position == "pre":
+            x = x + self.attn(self.attn_norm(x), rope, mask, is_causal, cache, layer_idx, impl)
+            return x + self.ffn(self.ffn_norm(x))
+        x = self.attn_norm(x + self.attn(x, rope, mask, is_causal, cache, layer_idx, impl))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+# ----------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Keys and values of past positions, preallocated and written in place.
+
+    Layer ``i`` holds ``k, v [B, n_kv_heads_i, capacity, head_dim]``; ``length`` positions are
+    filled. ``mask [B, length]`` (1 = real token) is kept once a padded batch has been seen.
+    Capacity doubles if exceeded (``max_len`` avoids that).
+    """
+
+    def __init__(self, max_len: int | None = None) -> None:
+        self.max_len = max_len
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.length = 0
+        self.mask: torch.Tensor | None = None
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new ``k, v [B, H_kv, T, d]`` after the cached positions; return all ``[B, H_kv, length+T, d]``."""
+        start, end = self.length, self.length + k.shape[2]
+        if layer_idx == len(self.k):
+            cap = max(self.max_len or 0, end, 64)
+            B, H, _, d = k.shape
+            self.k.append(k.new_empty(B, H, cap, d))
+            self.v.append(v.new_empty(B, H, cap, d))
+        if end > self.k[layer_idx].shape[2]:
+            for buf in (self.k, self.v):
+                old = buf[layer_idx]
+                new = old.new_empty(old.shape[0], old.shape[1], max(2 * old.shape[2], end), old.shape[3])
+                new[:, :, :start] = old[:, :, :start]
+                buf[layer_idx] = new
+        self.k[layer_idx][:, :, start:end] = k
+        self.v[layer_idx][:, :, start:end] = v
+        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+
+
+# ----------------------------------------------------------------------------- the model
+class Transformer(nn.Module):
+    """Decoder (gpt2, llama) or encoder (bert) Transformer built from a :class:`TransformerConfig`.
+
+    ``attention_impl`` is ``"sdpa"`` (fused ``torch.nn.functional.scaled_dot_product_attention``)
+    or ``"eager"`` (:func:`attention_eager`); both give the same numbers to float rounding.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.attention_impl = "sdpa"
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_embed = nn.Embedding(c.max_position_embeddings, c.d_model) if c.position == "learned" else None
+        self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size else None
+        self.embed_norm = make_norm(c) if c.family == "bert" else None
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.final_norm = make_norm(c) if c.norm_position == "pre" else None
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False) if c.is_decoder else None
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.embed.weight.device.type != "meta":
+            self.apply(self._init_weights)
+        self.tie_weights()
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # GPT-2 style initialisation: N(0, 0.02) weights, zero biases, unit norms.
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def tie_weights(self) -> None:
+        """Share the output layer's weight with the token embedding when the config says so."""
+        if self.lm_head is not None and self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def num_parameters(self) -> int:
+        """Count of distinct parameters (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def rope_tables(self, n_positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables ``[N, head_dim]`` computed once and grown on demand."""
+        if self._rope is None or self._rope[0].shape[0] < n_positions or self._rope[0].device != device:
+            n = max(n_positions, self.config.max_position_embeddings)
+            self._rope = rope_tables(self.config.head_dim, self.config.rope_theta, n, device)
+        return self._rope
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Run the model.
+
+        Args:
+            input_ids: ``LongTensor[B, T]``.
+            attention_mask: ``[B, T]`` or, with a cache, ``[B, past + T]``; 1 = real token,
+                0 = padding (left padding for batched generation).
+            position_ids: ``[B, T]``; default for decoders is per-row ``cumsum(mask) - 1`` (so a
+                left-padded row starts at position 0), for BERT ``0..T-1``.
+            cache: a :class:`KVCache`; new keys/values are appended and attention covers all
+                cached positions.
+            token_type_ids: BERT segment ids ``[B, T]`` (default zeros).
+            return_hidden: return the last hidden states ``[B, T, d_model]`` instead of logits.
+            last_only: compute logits for the last position only (``[B, 1, vocab]``).
+
+        Returns:
+            logits ``[B, T, vocab_size]`` for decoders, last hidden states for BERT.
+        """
+        c = self.config
+        B, T = input_ids.shape
+        past = cache.length if cache is not None else 0
+        device = input_ids.device
+
+        # Key mask over all (cached + new) positions, kept in the cache for later steps.
+        key_valid = None
+        if attention_mask is not None:
+            key_valid = attention_mask.to(torch.bool)
+            if cache is not None and key_valid.shape[1] == T and past:
+                prev = cache.mask if cache.mask is not None else key_valid.new_ones(B, past)
+                key_valid = torch.cat((prev, key_valid), dim=1)
+        elif cache is not None and cache.mask is not None:
+            key_valid = torch.cat((cache.mask, cache.mask.new_ones(B, T)), dim=1)
+        if cache is not None and key_valid is not None:
+            cache.mask = key_valid
+        if key_valid is not None and key_valid.shape[1] != past + T:
+            raise ValueError(f"attention_mask has {key_valid.shape[1]} columns, expected {past + T}")
+
+        if position_ids is None:
+            if c.is_decoder and key_valid is not None:
+                position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(position_ids)
+        if self.type_embed is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.type_embed(token_type_ids)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+
+        rope = None
+        if c.position == "rope":
+            cos, sin = self.rope_tables(int(position_ids.max()) + 1, device)
+            rope = (cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1))
+
+        mask, is_causal = build_mask(key_valid, T, past + T, causal=c.is_decoder, device=device)
+        impl = self.attention_impl
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={impl!r}; choose from {ATTENTION_IMPLS}")
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, is_causal, cache, i, impl)
+        if cache is not None:
+            cache.length += T
+
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if return_hidden or self.lm_head is None:
+            return x
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
+
+
+def build_mask(
+    key_valid: torch.Tensor | None, T: int, S: int, causal: bool, device=None
+) -> tuple[torch.Tensor | None, bool]:
+    """Combine the padding mask ``key_valid [B, S]`` with the causal mask.
+
+    Returns:
+        ``(mask, is_causal)``: ``mask`` is None or bool ``[B or 1, 1, T, S]`` (True = may attend);
+        ``is_causal`` asks the attention kernel for its own causal mask (no padding, no cache).
+        A query row that may attend to nothing (a padding token at the start of a left-padded
+        row) is allowed to attend everywhere, so it stays finite; its output is never used.
+    """
+    if key_valid is not None and bool(key_valid.all()):
+        key_valid = None
+    if key_valid is None:
+        if not causal or T == 1:
+            return None, False
+        if T == S:
+            return None, True
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)[None, None], False
+    mask = key_valid[:, None, None, :]
+    if causal:
+        mask = mask & torch.ones(T, S, dtype=torch.bool, device=key_valid.device).tril(S - T)
+    else:
+        mask = mask.expand(-1, 1, T, S)
+    return mask | ~mask.any(-1, keepdim=True), False

