@@ -92,10 +92,11 @@ class TrendPoints:
         ``reasons[i]`` (one per point, only read where ``keep`` is False)."""
         keep = np.asarray(keep, bool)
         new_drops = list(self.dropped)
+        files = self.extra.get("file")
         for i in np.flatnonzero(~keep):
             reason = reasons[i] if reasons is not None else "not selected"
             new_drops.append(DroppedRow(int(self.row[i]), str(self.label[i]), reason,
-                                        self.source))
+                                        str(files[i]) if files is not None else self.source))
         return replace(
             self, label=self.label[keep], date=self.date[keep], year=self.year[keep],
             value=self.value[keep], row=self.row[keep], dropped=new_drops,
@@ -185,49 +186,59 @@ def points_from_frame(df: pd.DataFrame, *, label_col: str, date_col: str,
     dropped = list(dropped or [])
     n_input = len(df) + len(dropped)
     vname = value_name or value_col or "value"
-    raw = values if values is not None else df[value_col]
+    raw = (values if values is not None else df[value_col]).to_numpy()
+    row_nums = df["row"].to_numpy() if "row" in df.columns else df.index.to_numpy()
+    files = df["file"].to_numpy() if "file" in df.columns else np.full(len(df), file, object)
+    lab_v = df[label_col].to_numpy()
+    date_v = df[date_col].to_numpy()
     labels, dates, years, vals, rows = [], [], [], [], []
     extras: dict[str, list] = {c: [] for c in extra_cols}
+    extra_v = {c: df[c].to_numpy() for c in extra_cols}
     seen: dict[tuple, int] = {}
-    for r in df.index:
-        label = str(df.at[r, label_col]) if pd.notna(df.at[r, label_col]) else f"<row {r}>"
-        dv = df.at[r, date_col]
+    kept_files: list[str] = []
+    for i in range(len(df)):
+        r = int(row_nums[i])
+        fi = str(files[i])
+        label = str(lab_v[i]) if pd.notna(lab_v[i]) else f"<row {r}>"
+        dv = date_v[i]
         if (dv is None or (isinstance(dv, float) and np.isnan(dv)) or str(dv).strip() == "") \
                 and missing_date == "drop":
-            dropped.append(DroppedRow(int(r), label, f"{date_col} missing", file))
+            dropped.append(DroppedRow(r, label, f"{date_col} missing", fi))
             continue
-        d = parse_date(dv, fmt=date_fmt, file=file or "<table>", row=r, field=date_col)
+        d = parse_date(dv, fmt=date_fmt, file=fi or "<table>", row=r, field=date_col)
         try:
-            v = to_number(raw.at[r])
+            v = to_number(raw[i])
         except ValueError:
-            dropped.append(DroppedRow(int(r), label, f"{vname} not a number ({raw.at[r]!r})",
-                                      file))
+            dropped.append(DroppedRow(r, label, f"{vname} not a number ({raw[i]!r})", fi))
             continue
         if np.isnan(v):
-            dropped.append(DroppedRow(int(r), label, f"{vname} missing", file))
+            dropped.append(DroppedRow(r, label, f"{vname} missing", fi))
             continue
         if not np.isfinite(v) or v <= 0:
-            dropped.append(DroppedRow(int(r), label,
+            dropped.append(DroppedRow(r, label,
                                       f"{vname} <= 0 or infinite, unusable on a log scale ({v})",
-                                      file))
+                                      fi))
             continue
         key = (label, d.isoformat(), v)
         if dedupe and key in seen:
-            dropped.append(DroppedRow(int(r), label, f"duplicate of row {seen[key]}", file))
+            dropped.append(DroppedRow(r, label, f"duplicate of row {seen[key]}", fi))
             continue
-        seen[key] = int(r)
+        seen[key] = r
+        kept_files.append(fi)
         labels.append(label)
         dates.append(d.isoformat())
         years.append(decimal_year(d))
         vals.append(v)
-        rows.append(int(r))
+        rows.append(r)
         for c in extra_cols:
-            extras[c].append(df.at[r, c])
+            extras[c].append(extra_v[c][i])
     return TrendPoints(
         label=np.array(labels, dtype=object), date=np.array(dates, dtype=object),
         year=np.array(years, dtype=float), value=np.array(vals, dtype=float),
         row=np.array(rows, dtype=int), unit=unit, source=file, n_input=n_input,
-        dropped=dropped, extra={k: np.array(v, dtype=object) for k, v in extras.items()})
+        dropped=dropped,
+        extra={"file": np.array(kept_files, dtype=object),
+               **{k: np.array(v, dtype=object) for k, v in extras.items()}})
 
 
 def drop_where(df: pd.DataFrame, mask: pd.Series | np.ndarray, reason: str | Callable,
@@ -253,3 +264,255 @@ def default_data_dir() -> Path:
     from moorelab.paths import cache_dir
 
     return cache_dir() / "trends"
+
+
+# --------------------------------------------------------------------------- public data files
+NOTABLE_2025 = "epoch-training-cost-trends/All_ML_Systems_-_full_view.csv"
+NOTABLE_2024 = "epoch-open-model-trends/All_ML_Systems_-_full_view.csv"
+CHIPS = "epoch-training-cost-trends/Chip_dataset-Grid_view.csv"
+HARDWARE_PRICES = "epoch-training-cost-trends/Hardware_prices.csv"
+LLM_PRICES = ("epoch-llm-benchmark-efficiency/aa_data_with_math5.csv",
+              "epoch-llm-benchmark-efficiency/epoch_ai_price_data_not_in_aa_with_benchmarks.csv")
+ECI_2026 = "epoch-benchmark-hub-2026-01/epoch_capabilities_index.csv"
+ECI_2025 = "epoch-benchmark-stitching/epoch_capabilities_index_2025-11-07.csv"
+CHINCHILLA = "epoch-chinchilla-replication/svg_extracted_data.csv"
+
+#: relative path -> dataset name for `moorelab data fetch` hints
+_DATASET_OF = {NOTABLE_2025: "notable-models", NOTABLE_2024: "notable-models-2024",
+               CHIPS: "hardware", HARDWARE_PRICES: "hardware", LLM_PRICES[0]: "llm-prices",
+               LLM_PRICES[1]: "llm-prices", ECI_2026: "capabilities-index",
+               ECI_2025: "capabilities-index", CHINCHILLA: "chinchilla"}
+
+
+@dataclass
+class LoadedTable:
+    """A checked table: rows usable in principle, plus rows dropped at load with reasons.
+
+    Attributes:
+        frame: the rows kept; original columns plus ``row`` (spreadsheet row, header = 1),
+            ``file`` (source file) and, for dated tables, ``date`` (ISO str) and ``year``
+            (decimal years). Numeric columns named in the loader are float (NaN = empty).
+        dropped: rows not kept, each with a reason.
+        files: source files read.
+        n_input: rows read (``len(frame) + len(dropped)``).
+    """
+
+    frame: pd.DataFrame
+    dropped: list[DroppedRow]
+    files: list[str]
+    n_input: int
+
+
+def data_file(relpath: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Locate ``relpath`` under ``data_dir`` (default :func:`default_data_dir`).
+
+    Raises:
+        DataError: "<path>: no such file; run `moorelab data fetch NAME` or pass --data DIR".
+    """
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    p = root / relpath
+    if not p.is_file():
+        name = _DATASET_OF.get(relpath, "all")
+        raise DataError(f"{p}: no such file; run `moorelab data fetch {name}` "
+                        f"or pass --data DIR (laid out like shared/data/trends)")
+    return p
+
+
+def _load_checked(path: Path, *, required: Sequence[str], label_col: str,
+                  date_col: str | None, numeric: Sequence[str] = (),
+                  rename: dict[str, str] | None = None) -> LoadedTable:
+    """Shared loader: schema check, strict dates (missing -> drop, bad -> DataError),
+    numeric parsing (text that is not a number -> drop), exact duplicate rows -> drop."""
+    df = read_table(path, required=required)
+    n_input = len(df)
+    file = str(path)
+    dropped: list[DroppedRow] = []
+
+    def label(r):
+        v = df.at[r, label_col]
+        return str(v) if pd.notna(v) else f"<row {r}>"
+
+    dup = df.duplicated(keep="first")
+    if dup.any():
+        first = {}
+        for r in df.index:
+            key = tuple(df.loc[r].astype(str))
+            if dup[r]:
+                dropped.append(DroppedRow(int(r), label(r), f"duplicate of row {first[key]}",
+                                          file))
+            else:
+                first.setdefault(key, int(r))
+        df = df.loc[~dup]
+    keep = []
+    parsed: dict[str, list] = {c: [] for c in numeric}
+    dates, years = [], []
+    for r in df.index:
+        if date_col is not None:
+            dv = df.at[r, date_col]
+            if pd.isna(dv) or str(dv).strip() == "":
+                dropped.append(DroppedRow(int(r), label(r), f"{date_col} missing", file))
+                continue
+            d = parse_date(dv, file=file, row=r, field=date_col)
+        bad = None
+        vals = {}
+        for c in numeric:
+            try:
+                vals[c] = to_number(df.at[r, c])
+            except ValueError:
+                bad = f"{c} not a number ({df.at[r, c]!r})"
+                break
+        if bad:
+            dropped.append(DroppedRow(int(r), label(r), bad, file))
+            continue
+        keep.append(r)
+        for c in numeric:
+            parsed[c].append(vals[c])
+        if date_col is not None:
+            dates.append(d.isoformat())
+            years.append(decimal_year(d))
+    out = df.loc[keep].copy()
+    for c in numeric:
+        out[c] = np.array(parsed[c], dtype=float)
+    if date_col is not None:
+        out["date"] = dates
+        out["year"] = np.array(years, dtype=float)
+    out["row"] = np.array(keep, dtype=int)
+    out["file"] = file
+    if rename:
+        out = out.rename(columns=rename)
+    return LoadedTable(out.reset_index(drop=True), dropped, [file], n_input)
+
+
+def load_notable_models(data_dir: str | os.PathLike | None = None, *,
+                        snapshot: str = "2025-08") -> LoadedTable:
+    """Epoch AI's AI-models table (credit: Epoch AI, CC-BY 4.0).
+
+    Args:
+        data_dir: trends directory (layout of shared/data/trends).
+        snapshot: "2025-08" (training-cost-trends, column ``Model``) or "2024-10"
+            (open-model-trends, column ``System``, renamed to ``Model``).
+
+    Returns:
+        LoadedTable with ``Training compute (FLOP)`` and ``Parameters`` as float (FLOP, count),
+        ``date``/``year`` from ``Publication date``. Rows without a date are dropped (reported).
+
+    Raises:
+        DataError: missing file/column, unparseable date (names file, row, field).
+    """
+    if snapshot not in ("2025-08", "2024-10"):
+        raise DataError(f"notable models: unknown snapshot {snapshot!r} (2025-08 or 2024-10)")
+    rel = NOTABLE_2025 if snapshot == "2025-08" else NOTABLE_2024
+    name_col = "Model" if snapshot == "2025-08" else "System"
+    return _load_checked(
+        data_file(rel, data_dir),
+        required=(name_col, "Organization", "Publication date", "Notability criteria",
+                  "Parameters", "Training compute (FLOP)", "Domain"),
+        label_col=name_col, date_col="Publication date",
+        numeric=("Parameters", "Training compute (FLOP)"),
+        rename=None if name_col == "Model" else {"System": "Model"})
+
+
+def load_chips(data_dir: str | os.PathLike | None = None) -> LoadedTable:
+    """Epoch AI chip dataset (``Chip_dataset-Grid_view.csv``; Epoch AI, CC-BY 4.0).
+
+    Numeric (float): ``Release price (USD)`` ($, nominal; "$5,412.00" parsed), FP32, FP16,
+    Tensor-FP16/BF16 performance (FLOP/s). Rows without ``Release date`` are dropped (reported).
+    """
+    perf = ("FP32 (single precision) performance (FLOP/s)",
+            "FP16 (half precision) performance (FLOP/s)",
+            "Tensor-FP16/BF16 performance (FLOP/s)")
+    return _load_checked(
+        data_file(CHIPS, data_dir),
+        required=("Hardware name", "Manufacturer", "Type", "Release date",
+                  "Release price (USD)", "ML hardware") + perf,
+        label_col="Hardware name", date_col="Release date",
+        numeric=("Release price (USD)",) + perf)
+
+
+def load_hardware_prices(data_dir: str | os.PathLike | None = None) -> LoadedTable:
+    """Epoch AI hardware prices (purchase and cloud $/chip-hour; Epoch AI, CC-BY 4.0)."""
+    num = ("Price per chip-hour (on-demand)", "Price per chip-hour (1-year CUD)",
+           "Price per chip-hour (3-year CUD)", "Price (hardware purchase)")
+    return _load_checked(
+        data_file(HARDWARE_PRICES, data_dir),
+        required=("Price date", "Hardware model", "Manufacturer") + num,
+        label_col="Hardware model", date_col="Price date", numeric=num)
+
+
+LLM_BENCHMARKS = ("MMLU", "GPQA Diamond", "HumanEval", "MATH-500", "LMSys Chatbot Arena ELO",
+                  "MATH 5")
+
+
+def load_llm_prices(data_dir: str | os.PathLike | None = None) -> LoadedTable:
+    """LLM price-performance tables of Epoch AI's llm-benchmark-efficiency (Mar 2025):
+    Artificial Analysis rows (``aa_data_with_math5.csv``) + Epoch AI rows, concatenated.
+
+    Columns: ``Model Name``, ``date``/``year`` (from ``Release Date``),
+    ``USD per 1M Tokens`` ($/1M tokens, float), benchmark scores (float, %, Arena Elo),
+    ``file`` and ``row`` for every row.
+    """
+    parts = [
+        _load_checked(data_file(rel, data_dir),
+                      required=("Model Name", "Release Date", "USD per 1M Tokens")
+                      + LLM_BENCHMARKS,
+                      label_col="Model Name", date_col="Release Date",
+                      numeric=("USD per 1M Tokens",) + LLM_BENCHMARKS)
+        for rel in LLM_PRICES
+    ]
+    return LoadedTable(pd.concat([p.frame for p in parts], ignore_index=True),
+                       [d for p in parts for d in p.dropped],
+                       [f for p in parts for f in p.files], sum(p.n_input for p in parts))
+
+
+def load_capabilities_index(data_dir: str | os.PathLike | None = None, *,
+                            snapshot: str = "2026-01") -> LoadedTable:
+    """Epoch Capabilities Index (ECI) per model version (Epoch AI, CC-BY 4.0).
+
+    Args:
+        snapshot: "2026-01" (benchmarking hub) or "2025-11" (benchmark-stitching website copy).
+
+    Columns: ``Model version``, ``ECI Score`` (float, ECI points), ``Training compute (FLOP)``
+    (float), ``date``/``year`` from ``Release date``.
+    """
+    if snapshot not in ("2026-01", "2025-11"):
+        raise DataError(f"capabilities index: unknown snapshot {snapshot!r} (2026-01 or 2025-11)")
+    rel = ECI_2026 if snapshot == "2026-01" else ECI_2025
+    return _load_checked(
+        data_file(rel, data_dir),
+        required=("Model version", "ECI Score", "Release date", "Organization",
+                  "Training compute (FLOP)", "Model name"),
+        label_col="Model version", date_col="Release date",
+        numeric=("ECI Score", "Training compute (FLOP)"))
+
+
+def load_chinchilla_points(data_dir: str | os.PathLike | None = None) -> LoadedTable:
+    """Chinchilla replication points (Besiroglu et al. 2024, digitised from Hoffmann et al.
+    2022 Fig. 4; Epoch AI). Adds ``tokens`` = FLOP / (6 N). Rows with a non-positive or
+    missing size, FLOP or loss are dropped (reported)."""
+    t = _load_checked(data_file(CHINCHILLA, data_dir),
+                      required=("Model Size", "Training FLOP", "loss"),
+                      label_col="Model Size", date_col=None,
+                      numeric=("Model Size", "Training FLOP", "loss"))
+    f = t.frame
+    bad = ~((f["Model Size"] > 0) & (f["Training FLOP"] > 0) & (f["loss"] > 0))
+    for _, r in f[bad].iterrows():
+        t.dropped.append(DroppedRow(int(r["row"]), str(r["Model Size"]),
+                                    "Model Size, Training FLOP or loss missing or <= 0",
+                                    r["file"]))
+    f = f[~bad].copy()
+    f["tokens"] = f["Training FLOP"] / (6.0 * f["Model Size"])
+    t.frame = f.reset_index(drop=True)
+    return t
+
+
+def table_points(table: LoadedTable, *, value_col: str, label_col: str, unit: str,
+                 value_name: str | None = None, extra_cols: Sequence[str] = (),
+                 dedupe: bool = True) -> TrendPoints:
+    """TrendPoints from a dated :class:`LoadedTable` (uses its ``date`` column; rows with a
+    missing, non-numeric or non-positive value are dropped with a reason; load-time drops are
+    carried over so that ``n_input`` still counts every row of the file)."""
+    pts = points_from_frame(table.frame, label_col=label_col, date_col="date",
+                            value_col=value_col, unit=unit, file=", ".join(table.files),
+                            value_name=value_name, dropped=list(table.dropped),
+                            extra_cols=extra_cols, dedupe=dedupe)
+    return pts
