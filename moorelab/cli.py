@@ -47,6 +47,12 @@ def run_command(
     run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick))
 
 
+from moorelab.law.cli import data_app, trend_app  # noqa: E402  (moorelab.law registers here)
+
+app.add_typer(trend_app, name="trend")
+app.add_typer(data_app, name="data")
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one clear line and exit 2."""
     try:
