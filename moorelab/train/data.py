@@ -1,0 +1,74 @@
+"""Token data for training and calibration: deterministic windows of a tokenized text.
+
+Exact resume needs the batch of optimizer step ``s`` to be a pure function of ``(seed, s,
+micro)``; :class:`TokenWindows` draws window starts from a NumPy generator seeded with exactly
+that triple, so a resumed run sees the same batches as an uninterrupted one without saving any
+iterator state.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from moorelab.errors import DataError
+
+
+def tokenize_text(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with no special tokens added.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer`` (as in ``LoadedModel.tokenizer``).
+        text: the text.
+
+    Returns:
+        List of int token ids.
+    """
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+class TokenWindows:
+    """Random windows of ``seq_len`` consecutive tokens, a pure function of ``(seed, step, micro)``.
+
+    ``windows(step, micro) -> LongTensor[batch_size, seq_len]``; window starts are uniform on
+    ``[0, N - seq_len]`` from ``numpy.random.default_rng([seed, step, micro])``.
+
+    Raises:
+        DataError: the text has fewer than ``seq_len`` tokens, or sizes are not positive.
+    """
+
+    def __init__(self, token_ids: Sequence[int], seq_len: int, batch_size: int = 1, seed: int = 0) -> None:
+        if seq_len < 2 or batch_size < 1:
+            raise DataError(f"TokenWindows: seq_len={seq_len} must be >= 2 and batch_size={batch_size} >= 1")
+        if len(token_ids) < seq_len:
+            raise DataError(f"TokenWindows: text has {len(token_ids)} tokens, fewer than seq_len={seq_len}")
+        self.ids = torch.as_tensor(list(token_ids), dtype=torch.long)
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+
+    def __call__(self, step: int, micro: int = 0) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, step, micro])
+        starts = rng.integers(0, len(self.ids) - self.seq_len + 1, size=self.batch_size)
+        return torch.stack([self.ids[s : s + self.seq_len] for s in starts.tolist()])
+
+
+def calibration_batches(token_ids: Sequence[int], seq_len: int, n_tokens: int) -> torch.Tensor:
+    """Consecutive, non-overlapping windows from the start of a text, for calibration.
+
+    Args:
+        token_ids: tokenized text.
+        seq_len: tokens per window.
+        n_tokens: total tokens wanted; rounded down to whole windows (at least one).
+
+    Returns:
+        ``LongTensor[n_windows, seq_len]`` with ``n_windows = max(1, n_tokens // seq_len)``.
+
+    Raises:
+        DataError: the text is too short for the requested windows.
+    """
+    n_windows = max(1, n_tokens // seq_len)
+    need = n_windows * seq_len
+    if len(token_ids) < need:
+        raise DataError(f"calibration text has {len(token_ids)} tokens, needs {need} ({n_windows} x {seq_len})")
+    return torch.as_tensor(list(token_ids[:need]), dtype=torch.long).view(n_windows, seq_len)

@@ -1,0 +1,320 @@
+"""The training loop: AdamW, warmup + cosine learning rate, token-normalised accumulation.
+
+Conventions (stated once, used everywhere):
+
+* **Optimizer**: AdamW (Loshchilov & Hutter 2019). Weight decay applies only to the weight
+  matrices of ``nn.Linear`` layers. No decay on norm weights, biases, or embedding tables
+  (``nn.Embedding``; a tied ``lm_head`` *is* the embedding table, so it gets no decay either; an
+  untied ``lm_head`` is an ``nn.Linear`` and does). Tied tensors appear once.
+* **Schedule** in *optimizer steps* (not micro-batches): step ``s`` (0-based) uses
+  ``lr·(s+1)/warmup`` while ``s < warmup``, then cosine decay from ``lr`` to ``lr·min_lr_ratio``:
+  ``lr_min + ½(lr − lr_min)(1 + cos(π·(s − warmup)/(steps − warmup)))``.
+* **Accumulation** normalised by tokens: one optimizer step sums the per-token losses of its
+  ``grad_accum`` micro-batches and divides by the total number of loss tokens in the step, so
+  micro-batches with more tokens weigh more and the gradient equals that of one big batch.
+* **Seeds**: ``set_seed(seed)`` seeds Python, NumPy and torch; the torch RNG state is saved in
+  checkpoints; data come from a function of ``(step, micro)`` (see :class:`TokenWindows`), so a
+  resumed run reproduces the uninterrupted one bit for bit on the same machine.
+* **Logs**: TensorBoard scalars ``train/loss``, ``train/lr``, ``train/grad_norm``,
+  ``train/tokens`` at each optimizer step (x-axis = optimizer steps done).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from moorelab.errors import MoorelabError
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+"""``loss_fn(model, batch) -> Σ per-token loss`` (a scalar tensor, summed, not averaged)."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes:
+        steps: optimizer steps in total (a resumed run continues up to this number).
+        lr: peak learning rate.
+        warmup_steps: linear warmup length, optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine floor).
+        weight_decay: AdamW decoupled weight decay on Linear weight matrices only.
+        betas, eps: AdamW moments.
+        grad_accum: micro-batches per optimizer step.
+        grad_clip: max global L2 norm of the gradient (None: no clipping).
+        seed: seed for Python/NumPy/torch at the start of a fresh run.
+        log_dir: TensorBoard directory (None: no logs).
+        checkpoint_dir: where :func:`save_checkpoint` writes (None: no checkpoints).
+        checkpoint_every: save every this many optimizer steps (0: only at the end).
+    """
+
+    steps: int
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    log_dir: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        checks = [
+            ("steps", self.steps >= 1),
+            ("lr", self.lr > 0 and math.isfinite(self.lr)),
+            ("warmup_steps", 0 <= self.warmup_steps <= self.steps),
+            ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0),
+            ("weight_decay", self.weight_decay >= 0),
+            ("grad_accum", self.grad_accum >= 1),
+            ("grad_clip", self.grad_clip is None or self.grad_clip > 0),
+            ("checkpoint_every", self.checkpoint_every >= 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise MoorelabError(f"TrainConfig field {name}={getattr(self, name)!r} is out of range")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of the fields."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+@dataclass
+class TrainReport:
+    """What a :func:`train` call did.
+
+    Attributes:
+        start_step, end_step: optimizer steps done before and after this call.
+        tokens: loss tokens processed in this call.
+        seconds: wall time of this call, seconds.
+        losses: mean per-token loss of each optimizer step (nats/token for cross-entropy).
+        lrs: learning rate used at each step.
+        grad_norms: global gradient L2 norm before clipping, per step.
+        checkpoint: last checkpoint directory written, or None.
+    """
+
+    start_step: int
+    end_step: int
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    checkpoint: str | None = None
+
+    def to_dict(self) -> dict:
+        """Fields as a dict."""
+        return asdict(self)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup then cosine decay.
+
+    Args:
+        step: optimizer steps already taken.
+        config: ``lr``, ``warmup_steps``, ``steps``, ``min_lr_ratio``.
+
+    Returns:
+        The learning rate (same unit as ``config.lr``).
+    """
+    lr, warm, total = config.lr, config.warmup_steps, config.steps
+    if step < warm:
+        return lr * (step + 1) / warm
+    lr_min = lr * config.min_lr_ratio
+    span = max(1, total - warm)
+    progress = min(1.0, (step - warm) / span)
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def _weight_param(module: nn.Module) -> nn.Parameter | None:
+    """The trainable tensor behind ``module.weight`` (the parametrization's original if any)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    w = getattr(module, "weight", None)
+    return w if isinstance(w, nn.Parameter) else None
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: decay on Linear weight matrices, none on the rest.
+
+    Args:
+        model: the model to train (trainable parameters only are grouped; tied ones once).
+        weight_decay: decay of the first group.
+
+    Returns:
+        ``[{"params", "names", "weight_decay": weight_decay}, {"params", "names",
+        "weight_decay": 0.0}]``: the second group holds norms, biases and embeddings.
+    """
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    linear_ids = set()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            w = _weight_param(m)
+            if w is not None and id(w) not in embedding_ids:
+                linear_ids.add(id(w))
+    decay, no_decay = {"params": [], "names": []}, {"params": [], "names": []}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        group = decay if id(p) in linear_ids else no_decay
+        group["params"].append(p)
+        group["names"].append(name)
+    decay["weight_decay"] = weight_decay
+    no_decay["weight_decay"] = 0.0
+    return [decay, no_decay]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (names kept in each group for checkpoints)."""
+    groups = param_groups(model, config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, foreach=False)
+
+
+def default_token_count(batch: Any) -> int:
+    """Loss tokens in a next-token batch: ``B·(T−1)`` for ``LongTensor[B, T]``; for a dict,
+    the sum of ``batch["loss_mask"]`` if present, else ``B·(T−1)`` of ``batch["input_ids"]``."""
+    if isinstance(batch, dict):
+        if "loss_mask" in batch:
+            return int(batch["loss_mask"].sum())
+        batch = batch["input_ids"]
+    return int(batch.shape[0] * (batch.shape[1] - 1))
+
+
+def next_token_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy of a causal LM.
+
+    Args:
+        model: ``LongTensor[B, T] -> logits[B, T, V]``.
+        batch: ``LongTensor[B, T]``; position ``t`` predicts token ``t+1``.
+
+    Returns:
+        Scalar tensor: Σ over the ``B·(T−1)`` targets of −log p (nats).
+    """
+    logits = model(batch[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    get_batch: Callable[[int, int], Any],
+    config: TrainConfig,
+    *,
+    count_tokens: Callable[[Any], int] = default_token_count,
+    after_step: Callable[[nn.Module, int], None] | None = None,
+    resume_from: str | Path | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> TrainReport:
+    """Train ``model`` in place for ``config.steps`` optimizer steps (or up to it when resuming).
+
+    Args:
+        model: module to train (put in train mode during the call, restored after).
+        loss_fn: ``loss_fn(model, batch) -> Σ per-token loss`` (scalar tensor, a sum).
+        get_batch: ``get_batch(step, micro) -> batch``, a pure function of its arguments
+            (e.g. :class:`moorelab.train.TokenWindows`).
+        config: :class:`TrainConfig`.
+        count_tokens: loss tokens of a batch (the normaliser); default ``B·(T−1)``.
+        after_step: called as ``after_step(model, step_done)`` after each optimizer step, e.g.
+            to re-apply pruning masks (:func:`moorelab.improve.prune.reapply_masks_`).
+        resume_from: a checkpoint directory from :func:`save_checkpoint` to continue from.
+        progress: called as ``progress(step_done, loss)`` after each step.
+
+    Returns:
+        :class:`TrainReport`.
+
+    Raises:
+        MoorelabError: a micro-batch with zero loss tokens, or a non-finite loss (naming the step).
+    """
+    from moorelab.train.checkpoint import load_checkpoint, save_checkpoint
+
+    optimizer = make_optimizer(model, config)
+    start = 0
+    if resume_from is not None:
+        start = load_checkpoint(resume_from, model, optimizer)
+    else:
+        set_seed(config.seed)
+    writer = None
+    if config.log_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(config.log_dir, purge_step=start + 1 if start else None)
+    report = TrainReport(start_step=start, end_step=start)
+    was_training = model.training
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(start, config.steps):
+            batches = [get_batch(step, micro) for micro in range(config.grad_accum)]
+            counts = [count_tokens(b) for b in batches]
+            n_tokens = sum(counts)
+            if min(counts) <= 0:
+                raise MoorelabError(f"training step {step}: a micro-batch has no loss tokens")
+            lr = lr_at(step, config)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            total = 0.0
+            for b in batches:
+                loss_sum = loss_fn(model, b)
+                (loss_sum / n_tokens).backward()
+                total += float(loss_sum.detach())
+            loss = total / n_tokens
+            if not math.isfinite(loss):
+                raise MoorelabError(f"training step {step}: loss is {loss} (diverged; lower lr)")
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if config.grad_clip is not None:
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+            else:
+                gnorm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step(model, step + 1)
+            report.end_step = step + 1
+            report.tokens += n_tokens
+            report.losses.append(loss)
+            report.lrs.append(lr)
+            report.grad_norms.append(gnorm)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss, step + 1)
+                writer.add_scalar("train/lr", lr, step + 1)
+                writer.add_scalar("train/grad_norm", gnorm, step + 1)
+                writer.add_scalar("train/tokens", n_tokens, step + 1)
+            if progress is not None:
+                progress(step + 1, loss)
+            done = step + 1
+            if config.checkpoint_dir and (
+                (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps
+            ):
+                report.checkpoint = str(save_checkpoint(config.checkpoint_dir, model, optimizer, done, config))
+    finally:
+        report.seconds = time.perf_counter() - t0
+        if writer is not None:
+            writer.close()
+        model.train(was_training)
+    return report
