@@ -107,6 +107,7 @@ class TrendResult:
     selection: dict[str, Any] = field(default_factory=dict)
     plot_path: str | None = None
     marks: list[dict] = field(default_factory=list)  # plot-only: threshold lines / date spans
+    plotter: Any = None  # optional custom plot function (result, path) -> str
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"analysis": self.name, "title": self.title,
@@ -203,9 +204,11 @@ def render(result: TrendResult, console=None) -> None:
         for k, v in result.figures.items():
             if isinstance(v, dict):
                 iv = v.get("ci") or v.get("interval")
-                t.add_row(k, _fmt(v.get("value")) if not isinstance(v.get("value"), str)
-                          else v["value"], _ci(iv) if iv and not isinstance(iv[0], str)
-                          else (" – ".join(iv) if iv else ""), str(v.get("unit", "")))
+                val = v.get("value")
+                if isinstance(val, str):
+                    t.add_row(k, val, "", str(v.get("unit", "")))
+                else:
+                    t.add_row(k, _fmt(val), _ci(iv) if iv else "", str(v.get("unit", "")))
             else:
                 t.add_row(k, str(v), "", "")
         con.print(t)
@@ -305,7 +308,8 @@ def plot_trend(result: TrendResult, path: str | Path) -> str:
 def emit(result: TrendResult, *, as_json: bool, plot: Path | None) -> None:
     """Write the plot (unless ``plot`` is None), then print the table or one JSON object."""
     if plot is not None:
-        result.plot_path = plot_trend(result, plot)
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        result.plot_path = (result.plotter or plot_trend)(result, plot)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), allow_nan=False) + "\n")
     else:

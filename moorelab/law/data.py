@@ -103,10 +103,14 @@ class TrendPoints:
             extra={k: np.asarray(v)[keep] for k, v in self.extra.items()})
 
     def dropped_summary(self) -> dict[str, int]:
-        """Counts of dropped rows by reason (reasons with row-specific text are kept whole)."""
+        """Counts of dropped rows by reason; a trailing "(...)" detail and row numbers are
+        folded so that e.g. every "duplicate of row N" counts under "duplicate of row N"."""
+        import re
+
         out: dict[str, int] = {}
         for d in self.dropped:
-            key = d.reason.split(" (")[0]
+            key = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)$", "", d.reason)
+            key = re.sub(r"\brow \d+", "row N", key)
             out[key] = out.get(key, 0) + 1
         return out
 

@@ -218,6 +218,14 @@ def _ols(x: np.ndarray, ly: np.ndarray):
     return slope, se, intercept, r2, math.sqrt(s2), xm, sxx
 
 
+def bootstrap_lines(x: np.ndarray, ly: np.ndarray, n_boot: int, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pairs-bootstrap OLS lines: like :func:`bootstrap_slopes` (same resamples for the same
+    seed) but also returns intercepts, i.e. (slopes, intercepts, n_degenerate) with
+    ``ly ~ intercept + slope * x`` for each non-degenerate resample."""
+    return _bootstrap(x, ly, n_boot, seed, want_intercepts=True)
+
+
 def bootstrap_slopes(x: np.ndarray, ly: np.ndarray, n_boot: int, seed: int = 0
                      ) -> tuple[np.ndarray, int]:
     """Pairs-bootstrap OLS slopes of ``ly`` on ``x`` (vectorised, chunked).
@@ -231,12 +239,22 @@ def bootstrap_slopes(x: np.ndarray, ly: np.ndarray, n_boot: int, seed: int = 0
         (slopes, n_degenerate): slopes of the non-degenerate resamples, shape (n_boot - k,),
         and k = number of resamples whose x values were all equal (skipped).
     """
+    slopes, _, degenerate = _bootstrap(x, ly, n_boot, seed, want_intercepts=False)
+    return slopes, degenerate
+
+
+def _bootstrap(x, ly, n_boot, seed, want_intercepts):
+    x = np.asarray(x, float)
+    ly = np.asarray(ly, float)
     n = x.size
     rng = np.random.default_rng(seed)
-    xc = x - x.mean()  # centring keeps the sums well conditioned
-    yc = ly - ly.mean()
+    x0 = x.mean()
+    y0 = ly.mean()
+    xc = x - x0  # centring keeps the sums well conditioned
+    yc = ly - y0
     chunk = max(1, _BOOT_CHUNK_ELEMS // max(n, 1))
     out = []
+    out_b = []
     degenerate = 0
     done = 0
     while done < n_boot:
@@ -251,10 +269,16 @@ def bootstrap_slopes(x: np.ndarray, ly: np.ndarray, n_boot: int, seed: int = 0
         sxy = np.einsum("ij,ij->i", xb, yb)  # sum (x - xbar) y == sum (x - xbar)(y - ybar)
         ok = ~same
         degenerate += int(same.sum())
-        out.append(sxy[ok] / sxx[ok])
+        slope = sxy[ok] / sxx[ok]
+        out.append(slope)
+        if want_intercepts:
+            # line through the resample means, back in original coordinates
+            ybm = yb[ok].mean(axis=1)
+            out_b.append(y0 + ybm - slope * (x0 + xbm[ok, 0]))
         done += b
     slopes = np.concatenate(out) if out else np.empty(0)
-    return slopes, degenerate
+    intercepts = np.concatenate(out_b) if out_b else None
+    return slopes, intercepts, degenerate
 
 
 def fit_growth(x_years: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
