@@ -1,0 +1,58 @@
+"""`trend months`: a gain factor in months of a trend (hand-computed values)."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from moorelab.errors import MoorelabError
+from moorelab.law.fit import fit_growth
+from moorelab.law.months import months_of_factor, months_of_fit, run_months
+
+
+def test_custom_trend_hand_values():
+    # 2.4x at 4.7x/yr (4.3-5.2): 12 ln2.4/ln4.7 = 6.7885; 12 ln2.4/ln5.2 = 6.3722;
+    # 12 ln2.4/ln4.3 = 7.2024
+    m = months_of_factor(2.4, 4.7, (4.3, 5.2))
+    assert m["value"] == pytest.approx(6.7885, abs=1e-4)
+    assert m["ci"] == pytest.approx((6.3722, 7.2024), abs=1e-4)
+    assert months_of_factor(4.7, 4.7)["value"] == pytest.approx(12.0)
+    # a decline trend: 10x cheaper per year, gain 10x -> 12 months
+    f = fit_growth([2020, 2021, 2022], [100, 10, 1], direction="decline", n_boot=0)
+    assert months_of_fit(10, f)["value"] == pytest.approx(12.0)
+
+
+def test_interval_unbounded_when_slope_ci_reaches_zero():
+    f = fit_growth([0.0, 1.0, 2.0], [1.0, 10.0, 10.0], n_boot=0)  # slope CI crosses zero
+    m = months_of_fit(10, f)
+    assert m["value"] == pytest.approx(24.0)  # slope 0.5 -> 12 * 1 / 0.5
+    assert math.isinf(m["ci_ols"][1])
+
+
+@pytest.mark.parametrize("gain", [0.0, -2.0, 1.0, float("inf")])
+def test_bad_gain(gain):
+    with pytest.raises(MoorelabError, match="gain"):
+        months_of_factor(gain, 4.7)
+
+
+def test_months_of_compute_trend_and_cli(trends_dir):
+    res = run_months(2.4, trend="compute", data_dir=trends_dir, n_boot=300)
+    s = res.fit.slope_log10_per_year
+    assert res.figures["months"]["value"] == pytest.approx(12 * math.log10(2.4) / s)
+    assert res.figures["months"]["value"] == pytest.approx(6.81, abs=0.01)
+    from moorelab.cli import app
+
+    r = CliRunner().invoke(app, ["trend", "months", "2.4", "--trend", "custom",
+                                 "--factor-per-year", "4.7", "--ci-lo", "4.3", "--ci-hi", "5.2",
+                                 "--json", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["figures"]["months"]["value"] == pytest.approx(6.7885, abs=1e-4)
+
+
+def test_months_offline_facts_trend(tmp_path):
+    res = run_months(2.0, trend="facts", n_boot=200)
+    assert res.figures["months"]["value"] == pytest.approx(
+        12 * math.log10(2) / res.fit.slope_log10_per_year)
+    res.points.check_accounting()
