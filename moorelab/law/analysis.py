@@ -256,6 +256,11 @@ def render(result: TrendResult, console=None) -> None:
         con.print(f"[dim]{result.credit}[/dim]")
 
 
+def _tex(text: str) -> str:
+    """Escape '$' so that matplotlib does not read "FLOP/s per $" as mathtext."""
+    return text.replace("$", r"\$")
+
+
 def plot_trend(result: TrendResult, path: str | Path) -> str:
     """Scatter (log y) of the points used, candidates not selected in grey, the fit line with
     its OLS band; credit in the corner. Returns the path written (PNG)."""
@@ -277,16 +282,15 @@ def plot_trend(result: TrendResult, path: str | Path) -> str:
     if f is not None:
         xs = np.linspace(f.x_range[0], f.x_range[1], 200)
         yhat = f.predict_log10(xs)
-        t_lo = f.slope_ci_ols[0]
-        t_hi = f.slope_ci_ols[1]
+        from scipy import stats
+
+        t = stats.t.ppf(0.5 + f.ci_level / 2, f.n - 2)
+        half = t * f.resid_sd * np.sqrt(1 / f.n + (xs - f.x_mean) ** 2 / f.sxx)
         ax.plot(xs, 10 ** yhat, color="C3",
-                label=(f"{f.factor_per_year:.3g}x/yr, {f.time_kind} "
-                       f"{f.doubling_time_months:.3g} months"))
-        ym = f.predict_log10(f.x_mean)
-        lo = np.minimum(ym + t_lo * (xs - f.x_mean), ym + t_hi * (xs - f.x_mean))
-        hi = np.maximum(ym + t_lo * (xs - f.x_mean), ym + t_hi * (xs - f.x_mean))
-        ax.fill_between(xs, 10 ** lo, 10 ** hi, color="C3", alpha=0.15,
-                        label=f"{round(f.ci_level * 100)}% CI of the slope")
+                label=_tex(f"{f.factor_per_year:.3g}x/yr, {f.time_kind} "
+                           f"{f.doubling_time_months:.3g} months"))
+        ax.fill_between(xs, 10 ** (yhat - half), 10 ** (yhat + half), color="C3", alpha=0.15,
+                        label=f"{round(f.ci_level * 100)}% confidence band of the fitted line")
     for item in result.marks:
         if True:
             ax.axhline(item["y"], color="k", ls="--", lw=0.8)
@@ -294,11 +298,12 @@ def plot_trend(result: TrendResult, path: str | Path) -> str:
                        label=item.get("label"))
     ax.set_yscale("log")
     ax.set_xlabel("date (year)")
-    ax.set_ylabel(f"{result.metric} ({result.unit})" if result.metric else result.unit)
-    ax.set_title(result.title, fontsize=10)
+    ax.set_ylabel(_tex(f"{result.metric} ({result.unit})" if result.metric else result.unit))
+    ax.set_title(_tex(result.title), fontsize=10)
     ax.legend(fontsize=8, loc="best")
     if result.credit:
-        fig.text(0.99, 0.01, result.credit, ha="right", va="bottom", fontsize=7, color="0.4")
+        fig.text(0.99, 0.01, _tex(result.credit), ha="right", va="bottom", fontsize=7,
+                 color="0.4")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

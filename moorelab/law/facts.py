@@ -26,6 +26,8 @@ from moorelab.law.fit import GrowthFit, fit_growth
 FACTS_PATH = Path(__file__).resolve().parent / "facts" / "notable_language_models.csv"
 FACTS_COLUMNS = ("model", "organization", "publication_date", "parameters",
                  "training_compute_flop", "compute_basis", "source")
+#: columns a user-supplied facts file must have (``compute_basis`` is optional there)
+REQUIRED_COLUMNS = tuple(c for c in FACTS_COLUMNS if c != "compute_basis")
 
 
 def load_facts(path: str | Path | None = None) -> tuple[pd.DataFrame, list[DroppedRow]]:
@@ -42,10 +44,13 @@ def load_facts(path: str | Path | None = None) -> tuple[pd.DataFrame, list[Dropp
         model name, missing source).
 
     Raises:
-        DataError: file missing, a column missing, or an unparseable date (names file and row).
+        DataError: file missing, a column of :data:`REQUIRED_COLUMNS` missing, or an
+            unparseable date (names file and row).
     """
     p = Path(path) if path is not None else FACTS_PATH
-    df = read_table(p, required=FACTS_COLUMNS)
+    df = read_table(p, required=REQUIRED_COLUMNS)
+    if "compute_basis" not in df.columns:
+        df["compute_basis"] = ""
     dropped: list[DroppedRow] = []
     keep_rows = []
     seen: dict[str, int] = {}

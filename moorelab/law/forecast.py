@@ -28,7 +28,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from moorelab.errors import DataError, MoorelabError
-from moorelab.law.analysis import TrendResult
+from moorelab.law.analysis import TrendResult, _tex
 from moorelab.law.data import TrendPoints, points_from_frame, read_table
 from moorelab.law.dates import year_to_date
 from moorelab.law.fit import GrowthFit, bootstrap_lines, fit_growth
@@ -241,8 +241,8 @@ def _plot_forecast(result: TrendResult, path) -> str:
                    label=m.get("label"))
     ax.set_yscale("log")
     ax.set_xlabel("date (year)")
-    ax.set_ylabel(f"{result.metric} ({result.unit})")
-    ax.set_title(result.title, fontsize=10)
+    ax.set_ylabel(_tex(f"{result.metric} ({result.unit})"))
+    ax.set_title(_tex(result.title), fontsize=10)
     ax.legend(fontsize=8)
     if result.credit:
         fig.text(0.99, 0.01, result.credit, ha="right", va="bottom", fontsize=7, color="0.4")

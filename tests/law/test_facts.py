@@ -71,10 +71,17 @@ def test_bad_date_names_file_and_row(tmp_path):
 
 
 def test_missing_column(tmp_path):
-    p = _write(tmp_path, ["A,o,2020-01-01,1e9,1e21,https://x"],
-               header="model,organization,publication_date,parameters,training_compute_flop,source")
-    with pytest.raises(DataError, match="missing column.*compute_basis"):
+    p = _write(tmp_path, ["A,o,2020-01-01,1e9,1e21,paper"],
+               header="model,organization,publication_date,parameters,training_compute_flop,"
+                      "compute_basis")
+    with pytest.raises(DataError, match="missing column.*'source'"):
         load_facts(p)
+    # compute_basis is optional in a user-supplied file
+    p = _write(tmp_path, ["A,o,2020-01-01,1e9,1e21,https://x"],
+               header="model,organization,publication_date,parameters,training_compute_flop,"
+                      "source")
+    df, dropped = load_facts(p)
+    assert list(df["model"]) == ["A"] and dropped == []
 
 
 def test_bad_values_and_duplicates_are_reported_drops(tmp_path):

@@ -119,3 +119,15 @@ def test_cli_fetch(github_like_server, tmp_path, monkeypatch):
     assert (tmp_path / "trends" / "epoch-chinchilla-replication" / "svg_extracted_data.csv").is_file()
     r = CliRunner().invoke(app, ["data", "list", "--json"])
     assert r.exit_code == 0 and any(d["name"] == "notable-models" for d in json.loads(r.stdout))
+
+
+def test_default_data_dir_is_the_fetch_cache(tmp_path, monkeypatch, trends_dir):
+    from moorelab.cli import app
+
+    monkeypatch.setenv("MOORELAB_CACHE", str(tmp_path))
+    monkeypatch.delenv("MOORELAB_DATA", raising=False)
+    r = CliRunner().invoke(app, ["data", "fetch", "notable-models", "--from", str(trends_dir)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["trend", "compute", "--json", "--no-plot", "--n-boot", "100"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["fit"]["n"] == 428
