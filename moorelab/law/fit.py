@@ -128,6 +128,7 @@ class GrowthFit:
                 "value": _j(self.doubling_time_months), "unit": "months",
                 "ci_ols": _ji(_scale(self.doubling_time_ci_ols, 12.0)),
                 "ci_boot": _ji(_scale(self.doubling_time_ci_boot, 12.0))},
+            "intercept": {"value": _j(self.intercept_log10), "unit": "log10(y) at year 0"},
             "r_squared": {"value": _j(self.r_squared), "unit": "1"},
             "resid_sd": {"value": _j(self.resid_sd), "unit": "log10"},
             "bootstrap": {"n_boot": self.n_boot, "n_degenerate_skipped": self.n_boot_degenerate,
