@@ -52,6 +52,10 @@ from moorelab.law.cli import data_app, trend_app  # noqa: E402  (moorelab.law re
 app.add_typer(trend_app, name="trend")
 app.add_typer(data_app, name="data")
 
+from moorelab.model.cli import explain_app  # noqa: E402  (moorelab.model registers here)
+
+app.add_typer(explain_app, name="explain")
+
 
 def main() -> None:
     """Console entry point: run the app, turning user errors into one clear line and exit 2."""
