@@ -148,6 +148,52 @@ def forecast_cmd(
     output(res, as_json=as_json, plot=plot, no_plot=no_plot)
 
 
+@trend_app.command("prices")
+def prices_cmd(
+    data: Optional[Path] = DataOpt,
+    ci: float = typer.Option(0.90, help="Interval level."),
+    as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
+) -> None:
+    """Cheapest LLM price reaching a fixed benchmark score (Epoch AI: 9x-900x cheaper/yr)."""
+    from moorelab.law.prices import emit_prices, run_prices
+
+    emit_prices(run_prices(data, ci=ci), as_json=as_json,
+                plot=plot_path("prices", plot, no_plot))
+
+
+@trend_app.command("chinchilla")
+def chinchilla_cmd(
+    data: Optional[Path] = DataOpt,
+    budget: float = typer.Option(1e21, help="Compute budget C = 6ND (FLOP)."),
+    grid: str = typer.Option("full", help="Initialisation grid: full (4500) | coarse (243)."),
+    n_boot: int = typer.Option(100, help="Bootstrap resamples for standard errors."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    exclude_fewest_tokens: int = typer.Option(5, help="Runs with the fewest tokens to exclude "
+                                              "(5 as in Epoch's fit; 0 = all)."),
+    as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
+) -> None:
+    """Chinchilla law L(N,D) fit and compute-optimal N, D (Epoch: E=1.82, alpha=.35, beta=.37)."""
+    from moorelab.law.chinchilla import emit_chinchilla, run_chinchilla
+
+    res = run_chinchilla(data, budget_flop=budget, grid=grid, n_boot=n_boot, seed=seed,
+                         exclude_fewest_tokens=exclude_fewest_tokens)
+    emit_chinchilla(res, as_json=as_json, plot=plot_path("chinchilla", plot, no_plot))
+
+
+@trend_app.command("efficiency")
+def efficiency_cmd(
+    data: Optional[Path] = DataOpt,
+    snapshot: str = typer.Option("2025-11", help="ECI snapshot: 2025-11 | 2026-01."),
+    ci: float = typer.Option(0.90, help="Interval level."),
+    as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
+) -> None:
+    """Algorithmic efficiency from the capabilities index (Epoch quick check: ~2.9x/yr)."""
+    from moorelab.law.efficiency import emit_efficiency, run_efficiency
+
+    emit_efficiency(run_efficiency(data, snapshot=snapshot, level=ci), as_json=as_json,
+                    plot=plot_path("efficiency", plot, no_plot))
+
+
 def _lazy(modname: str, fn: str) -> Callable:
     def call(**kw):
         return getattr(importlib.import_module(modname), fn)(**kw)
@@ -160,6 +206,9 @@ register_analysis("compute", _lazy("moorelab.law.compute", "run_compute"))
 register_analysis("hardware", _lazy("moorelab.law.hardware", "run_hardware"))
 register_analysis("months", _lazy("moorelab.law.months", "run_months"))
 register_analysis("forecast", _lazy("moorelab.law.forecast", "run_forecast"))
+register_analysis("prices", _lazy("moorelab.law.prices", "run_prices"))
+register_analysis("chinchilla", _lazy("moorelab.law.chinchilla", "run_chinchilla"))
+register_analysis("efficiency", _lazy("moorelab.law.efficiency", "run_efficiency"))
 
 
 # --------------------------------------------------------------------------- data commands
