@@ -1,0 +1,2 @@
+"""Improvements of a trained model: quantization (``quantize``), pruning (``prune``),
+distillation (``distill``) and fine-tuning (``finetune``)."""

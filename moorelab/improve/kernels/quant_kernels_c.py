@@ -1,0 +1,364 @@
+"""C source of moorelab's weight-only / dynamic quantized matmul kernels (AVX2 + FMA + F16C).
+
+Kept as a Python string so the source ships with the package (no package-data entry needed);
+:mod:`moorelab.improve.kernels.build` compiles it once with the system gcc into a shared
+library cached under ``moorelab.paths.cache_dir()/kernels/<hash>/``.
+
+Layouts (all row-major, C-contiguous):
+
+* ``x``: float32 ``[M, K]``; ``y``: float32 ``[M, N]``; ``bias``: float32 ``[N]`` or NULL.
+* int8 weight-only: ``w`` int8 ``[N, K]`` in -127..127, ``scale`` float32 ``[N]``;
+  ``W[n, k] = scale[n] * w[n, k]``.
+* int4 weight-only: ``wp`` uint8 ``[N, K/2]``; byte ``wp[n, j]`` holds ``q[n, 2j]`` in its
+  LOW nibble and ``q[n, 2j+1]`` in its HIGH nibble; ``q`` is unsigned 0..15.
+  ``scales``/``mins`` are IEEE float16 (as uint16) ``[N, K/G]``;
+  ``W[n, k] = scales[n, k/G] * q[n, k] + mins[n, k/G]`` (asymmetric, GGML Q4_1 style).
+  ``G`` is a multiple of 32.
+* dynamic int8: same weight layout as int8 weight-only; each row of ``x`` is quantized
+  symmetrically, ``sx[m] = max|x[m]| / 127`` (1 if the row is all zero),
+  ``xq = round_half_even(x / sx)``; ``y = sx[m] * scale[n] * sum_k xq[m,k] w[n,k]`` with exact
+  int32 accumulation (AVX2 ``vpmaddubsw`` on |x| and sign-transferred w; |values| <= 127 so
+  the int16 pair sums cannot saturate).
+
+Work is split over output rows (tiles of 4 rows) with OpenMP, ``nthreads`` threads.
+"""
+
+C_SOURCE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define ML_ABI_VERSION 3
+
+int ml_abi_version(void) { return ML_ABI_VERSION; }
+
+static inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    __m128 sh = _mm_movehdup_ps(lo);
+    __m128 s = _mm_add_ps(lo, sh);
+    sh = _mm_movehl_ps(sh, s);
+    s = _mm_add_ss(s, sh);
+    return _mm_cvtss_f32(s);
+}
+
+static inline int32_t hsum256i(__m256i v) {
+    __m128i lo = _mm256_castsi256_si128(v);
+    __m128i hi = _mm256_extracti128_si256(v, 1);
+    lo = _mm_add_epi32(lo, hi);
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0x4E));
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xB1));
+    return _mm_cvtsi128_si32(lo);
+}
+
+/* 8 int8 -> 8 float */
+static inline __m256 cvt8_i8(__m128i v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+static inline __m256 cvt8_u8(__m128i v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+}
+
+/* ------------------------------------------------------------------ int8 weight-only */
+
+/* dot products of one x row with R weight rows (R = 1..4) */
+static inline void w8_dot4(const float *x, int64_t K, const int8_t *w, int64_t ldw, float *out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    const int8_t *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        __m128i v0 = _mm_loadu_si128((const __m128i *)(w0 + k));
+        __m128i v1 = _mm_loadu_si128((const __m128i *)(w1 + k));
+        __m128i v2 = _mm_loadu_si128((const __m128i *)(w2 + k));
+        __m128i v3 = _mm_loadu_si128((const __m128i *)(w3 + k));
+        a0 = _mm256_fmadd_ps(cvt8_i8(v0), x0, a0);
+        a1 = _mm256_fmadd_ps(cvt8_i8(v1), x0, a1);
+        a2 = _mm256_fmadd_ps(cvt8_i8(v2), x0, a2);
+        a3 = _mm256_fmadd_ps(cvt8_i8(v3), x0, a3);
+        b0 = _mm256_fmadd_ps(cvt8_i8(_mm_srli_si128(v0, 8)), x1, b0);
+        b1 = _mm256_fmadd_ps(cvt8_i8(_mm_srli_si128(v1, 8)), x1, b1);
+        b2 = _mm256_fmadd_ps(cvt8_i8(_mm_srli_si128(v2, 8)), x1, b2);
+        b3 = _mm256_fmadd_ps(cvt8_i8(_mm_srli_si128(v3, 8)), x1, b3);
+    }
+    float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1));
+    float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3));
+    for (; k < K; k++) {
+        float xv = x[k];
+        s0 += xv * w0[k]; s1 += xv * w1[k]; s2 += xv * w2[k]; s3 += xv * w3[k];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+static inline float w8_dot1(const float *x, int64_t K, const int8_t *w) {
+    __m256 a0 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m128i v0 = _mm_loadu_si128((const __m128i *)(w + k));
+        a0 = _mm256_fmadd_ps(cvt8_i8(v0), _mm256_loadu_ps(x + k), a0);
+        b0 = _mm256_fmadd_ps(cvt8_i8(_mm_srli_si128(v0, 8)), _mm256_loadu_ps(x + k + 8), b0);
+    }
+    float s = hsum256(_mm256_add_ps(a0, b0));
+    for (; k < K; k++) s += x[k] * w[k];
+    return s;
+}
+
+void ml_w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+                  const float *bias, float *y, int64_t N, int nthreads) {
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            float *ym = y + m * N;
+            float o[4];
+            if (nr == 4) {
+                w8_dot4(xm, K, w + n0 * K, K, o);
+            } else {
+                for (int64_t r = 0; r < nr; r++) o[r] = w8_dot1(xm, K, w + (n0 + r) * K);
+            }
+            for (int64_t r = 0; r < nr; r++)
+                ym[n0 + r] = o[r] * scale[n0 + r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+}
+
+void ml_w8_dequant(const int8_t *w, const float *scale, float *out, int64_t N, int64_t K, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *wr = w + n * K;
+        float *o = out + n * K;
+        __m256 s = _mm256_set1_ps(scale[n]);
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8)
+            _mm256_storeu_ps(o + k, _mm256_mul_ps(cvt8_i8(_mm_loadl_epi64((const __m128i *)(wr + k))), s));
+        for (; k < K; k++) o[k] = wr[k] * scale[n];
+    }
+}
+
+/* ------------------------------------------------------------------ int4 weight-only */
+
+/* x row -> per 32-block [x0,x2,..,x30, x1,x3,..,x31] (matches low nibble = even index) */
+static void w4_prep_x(const float *x, int64_t K, int64_t G, float *xs, float *xsum) {
+    for (int64_t b = 0; b < K; b += 32) {
+        for (int j = 0; j < 16; j++) {
+            xs[b + j] = x[b + 2 * j];
+            xs[b + 16 + j] = x[b + 2 * j + 1];
+        }
+    }
+    for (int64_t g = 0; g < K / G; g++) {
+        float s = 0.0f;
+        for (int64_t k = g * G; k < (g + 1) * G; k++) s += x[k];
+        xsum[g] = s;
+    }
+}
+
+/* sum_g min[g] * xsum[g] for one row (float16 mins) */
+static inline float w4_min_term(const uint16_t *mn, const float *xsum, int64_t ngr) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ngr; g += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + g))), _mm256_loadu_ps(xsum + g), acc);
+    float s = hsum256(acc);
+    for (; g < ngr; g++) s += _cvtsh_ss(mn[g]) * xsum[g];
+    return s;
+}
+
+#define W4_ROW(P, A, C)                                                        \
+    do {                                                                       \
+        __m128i by = _mm_loadu_si128((const __m128i *)(P));                    \
+        __m128i lo = _mm_and_si128(by, m4);                                    \
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), m4);                 \
+        A = _mm256_fmadd_ps(cvt8_u8(lo), x0, A);                               \
+        C = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(lo, lo)), x1, C);       \
+        A = _mm256_fmadd_ps(cvt8_u8(hi), x2, A);                               \
+        C = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(hi, hi)), x3, C);       \
+    } while (0)
+
+/* four weight rows against one prepared x row */
+static inline void w4_dot4(const float *xs, const float *xsum, int64_t K, int64_t G,
+                           const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr,
+                           float *out) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const int64_t ldw = K / 2;
+    const uint8_t *p0 = wp, *p1 = wp + ldw, *p2 = wp + 2 * ldw, *p3 = wp + 3 * ldw;
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps(), c3 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            const float *xb = xs + b;
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+            W4_ROW(p0 + b / 2, a0, c0);
+            W4_ROW(p1 + b / 2, a1, c1);
+            W4_ROW(p2 + b / 2, a2, c2);
+            W4_ROW(p3 + b / 2, a3, c3);
+        }
+        t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, c0), _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+        t1 = _mm256_fmadd_ps(_mm256_add_ps(a1, c1), _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
+        t2 = _mm256_fmadd_ps(_mm256_add_ps(a2, c2), _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
+        t3 = _mm256_fmadd_ps(_mm256_add_ps(a3, c3), _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+    }
+    out[0] = hsum256(t0) + w4_min_term(mn, xsum, ngr);
+    out[1] = hsum256(t1) + w4_min_term(mn + ngr, xsum, ngr);
+    out[2] = hsum256(t2) + w4_min_term(mn + 2 * ngr, xsum, ngr);
+    out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
+}
+
+static inline float w4_dot1(const float *xs, const float *xsum, int64_t K, int64_t G,
+                            const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    (void)K;
+    __m256 t0 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps(), c0 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            const float *xb = xs + b;
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+            W4_ROW(wp + b / 2, a0, c0);
+        }
+        t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, c0), _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+    }
+    return hsum256(t0) + w4_min_term(mn, xsum, ngr);
+}
+
+/* returns 0 on success, -1 on allocation failure */
+int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                 const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    int64_t ngr = K / G;
+    float *xs = (float *)malloc(sizeof(float) * (size_t)(M * K + M * ngr));
+    if (!xs) return -1;
+    float *xsum = xs + M * K;
+    for (int64_t m = 0; m < M; m++) w4_prep_x(x + m * K, K, G, xs + m * K, xsum + m * ngr);
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        for (int64_t m = 0; m < M; m++) {
+            float o[4];
+            if (nr == 4) {
+                w4_dot4(xs + m * K, xsum + m * ngr, K, G, wp + n0 * (K / 2), scales + n0 * ngr,
+                        mins + n0 * ngr, ngr, o);
+            } else {
+                for (int64_t r = 0; r < nr; r++)
+                    o[r] = w4_dot1(xs + m * K, xsum + m * ngr, K, G, wp + (n0 + r) * (K / 2),
+                                   scales + (n0 + r) * ngr, mins + (n0 + r) * ngr, ngr);
+            }
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(xs);
+    return 0;
+}
+
+void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t G,
+                   float *out, int64_t N, int64_t K, int nthreads) {
+    int64_t ngr = K / G;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *p = wp + n * (K / 2);
+        float *o = out + n * K;
+        for (int64_t g = 0; g < ngr; g++) {
+            float s = _cvtsh_ss(scales[n * ngr + g]), mnv = _cvtsh_ss(mins[n * ngr + g]);
+            for (int64_t k = g * G; k < (g + 1) * G; k += 2) {
+                uint8_t b = p[k / 2];
+                o[k] = (float)(b & 0x0F) * s + mnv;
+                o[k + 1] = (float)(b >> 4) * s + mnv;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ dynamic int8 x int8 */
+
+/* quantize one row symmetric per token; returns the scale */
+static float a8_quant_row(const float *x, int64_t K, int8_t *q) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; k++) { float a = fabsf(x[k]); if (a > amax) amax = a; }
+    float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    for (int64_t k = 0; k < K; k++) {
+        float v = nearbyintf(x[k] / s);
+        if (v > 127.0f) v = 127.0f;
+        if (v < -127.0f) v = -127.0f;
+        q[k] = (int8_t)v;
+    }
+    return s;
+}
+
+static inline int32_t a8_dot1(const int8_t *xq, const int8_t *w, int64_t K) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k));
+        __m256i ax = _mm256_abs_epi8(xv);
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k));
+        __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    int32_t s = hsum256i(acc);
+    for (; k < K; k++) s += (int32_t)xq[k] * (int32_t)w[k];
+    return s;
+}
+
+static inline void a8_dot4(const int8_t *xq, const int8_t *w, int64_t ldw, int64_t K, int32_t *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256(), c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+    const int8_t *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k));
+        __m256i ax = _mm256_abs_epi8(xv);
+        __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w0 + k)), xv));
+        __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w1 + k)), xv));
+        __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w2 + k)), xv));
+        __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w3 + k)), xv));
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(p0, ones));
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(p1, ones));
+        c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(p2, ones));
+        c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(p3, ones));
+    }
+    int32_t s0 = hsum256i(c0), s1 = hsum256i(c1), s2 = hsum256i(c2), s3 = hsum256i(c3);
+    for (; k < K; k++) {
+        int32_t xv = xq[k];
+        s0 += xv * w0[k]; s1 += xv * w1[k]; s2 += xv * w2[k]; s3 += xv * w3[k];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+/* returns 0 on success, -1 on allocation failure; sx_out (may be NULL) receives the per-row scales */
+int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+                   const float *bias, float *y, int64_t N, int nthreads, float *sx_out) {
+    int8_t *xq = (int8_t *)malloc((size_t)(M * K) + sizeof(float) * (size_t)M + 64);
+    if (!xq) return -1;
+    float *sx = (float *)(xq + ((M * K + 63) / 64) * 64);
+    for (int64_t m = 0; m < M; m++) sx[m] = a8_quant_row(x + m * K, K, xq + m * K);
+    if (sx_out) memcpy(sx_out, sx, sizeof(float) * (size_t)M);
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        for (int64_t m = 0; m < M; m++) {
+            int32_t o[4];
+            if (nr == 4) a8_dot4(xq + m * K, w + n0 * K, K, K, o);
+            else for (int64_t r = 0; r < nr; r++) o[r] = a8_dot1(xq + m * K, w + (n0 + r) * K, K);
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++)
+                ym[n0 + r] = (float)o[r] * (sx[m] * scale[n0 + r]) + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(xq);
+    return 0;
+}
+"""
