@@ -283,8 +283,9 @@ def price_trends(frame: pd.DataFrame, *, dropped: list[DroppedRow] | None = None
         :class:`PricesResult`; factors in "x cheaper per year" ($/1M tokens).
 
     Raises:
-        DataError: missing benchmark column, a price <= 0, fewer than 3 points in a fit
-            (impossible with ``min_points >= 3``).
+        DataError: missing benchmark column, a price <= 0, or no (benchmark, threshold)
+            pair with ``min_points`` records at all (pairs with fewer are reported as
+            skipped, as in Epoch's analysis).
     """
     dropped = list(dropped or [])
     n_in = n_input if n_input is not None else len(frame) + len(dropped)
@@ -305,6 +306,9 @@ def price_trends(frame: pd.DataFrame, *, dropped: list[DroppedRow] | None = None
                                 [p.price for p in recs], ci=ci, n_boot=0,
                                 labels=[p.model for p in recs], direction="decline")
             fits.append(pf)
+    if not fits:
+        raise DataError(f"{', '.join(files) or '<table>'}: no benchmark/threshold pair has "
+                        f"{min_points} or more running-cheapest records; nothing to fit")
     return PricesResult(fits, skipped, n_in, len(pool), dropped, list(files), ci)
 
 

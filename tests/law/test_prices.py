@@ -76,6 +76,9 @@ def test_bad_price_and_missing_column_are_data_errors():
     with pytest.raises(DataError, match=r"mem.csv row 3, field 'USD per 1M Tokens'"):
         price_trends(_frame([("a", "2023-01-01", 1.0, 50.0), ("b", "2023-02-01", 0.0, 60.0)]),
                      benchmarks=("MMLU",))
+    with pytest.raises(DataError, match="nothing to fit"):
+        price_trends(_frame([("a", "2023-01-01", 2.0, 50.0), ("b", "2023-02-01", 1.0, 60.0),
+                             ("c", "2023-03-01", 0.5, 70.0)]), benchmarks=("MMLU",))
     with pytest.raises(DataError, match="missing column 'Nope'"):
         price_trends(_frame([("a", "2023-01-01", 1.0, 50.0)]), benchmarks=("Nope",))
 
