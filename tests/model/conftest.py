@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Test helpers live beside this file (model_helpers.py); importlib import mode adds no path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Run this part's tests on one thread.
+
+    On the shared 2-core machine, two OpenMP threads per process under oversubscription made
+    each small matmul wait for a descheduled peer (a 2-layer toy forward took 0.25 s); one
+    thread is 10-100x faster there and costs little on a quiet machine. Restored afterwards.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _need(module: str, package: str) -> None:

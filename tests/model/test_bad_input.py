@@ -12,7 +12,7 @@ from moorelab.errors import ModelLoadError
 from moorelab.model.config import TransformerConfig
 from moorelab.model.load_hf import load_hf_folder
 from moorelab.model.zoo import load_pretrained
-from tests.model.helpers import tiny_hf
+from model_helpers import tiny_hf
 
 
 def _edit_weights(folder, fn):

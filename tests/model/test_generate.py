@@ -8,7 +8,7 @@ import torch
 from moorelab.model.config import TransformerConfig
 from moorelab.model.generate import generate, sample_next
 from moorelab.model.transformer import KVCache, Transformer
-from tests.model.helpers import scramble
+from model_helpers import scramble
 
 CONFIGS = {
     "llama": dict(family="llama", vocab_size=61, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, d_ff=64,

@@ -8,7 +8,7 @@ import torch
 
 from moorelab.errors import ModelLoadError
 from moorelab.model.load_gguf import load_gguf, permute_rope_rows, unpermute_rope_rows
-from tests.model.helpers import tiny_hf
+from model_helpers import tiny_hf
 
 
 def test_unpermute_inverts_llama_cpp_permutation():

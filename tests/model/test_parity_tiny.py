@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moorelab.model.load_hf import load_hf_folder
-from tests.model.helpers import tiny_hf
+from model_helpers import tiny_hf
 
 TOL = 1e-5
 

@@ -72,9 +72,9 @@ def test_smollm2_left_padded_batch_and_cache(smollm2):
     for b, r in enumerate(rows):
         ids[b, T - len(r):] = torch.tensor(r)
         mask[b, T - len(r):] = 1
-    batch = generate(smollm2.model, ids, attention_mask=mask, max_new_tokens=6)
+    batch = generate(smollm2.model, ids, attention_mask=mask, max_new_tokens=4)
     for b, r in enumerate(rows):
-        alone = generate(smollm2.model, torch.tensor([r]), max_new_tokens=6)
+        alone = generate(smollm2.model, torch.tensor([r]), max_new_tokens=4)
         assert batch[b, T:].tolist() == alone[0, len(r):].tolist()
-    uncached = generate(smollm2.model, torch.tensor([rows[0]]), max_new_tokens=6, use_cache=False)
+    uncached = generate(smollm2.model, torch.tensor([rows[0]]), max_new_tokens=4, use_cache=False)
     assert uncached[0, len(rows[0]):].tolist() == batch[0, T:].tolist()

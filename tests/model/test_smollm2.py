@@ -28,3 +28,17 @@ def test_loaded_model_fields(smollm2):
     assert (smollm2.hf_dir / "model.safetensors").is_file() and (smollm2.hf_dir / "tokenizer.json").is_file()
     assert smollm2.eos_token_id == 2 and smollm2.bos_token_id == 1
     assert not smollm2.model.training
+
+
+def test_second_load_reuses_converted_cache(smollm2):
+    import json
+
+    from moorelab.model.zoo import load_pretrained
+
+    again = load_pretrained("smollm2-135m")
+    assert again.cache_hit and again.hf_dir == smollm2.hf_dir
+    assert json.loads((again.hf_dir / "moorelab.json").read_text())["source"].endswith(".gguf")
+    assert not list(again.hf_dir.parent.glob(".smollm2-135m.*"))  # no temp dirs left behind
+    ids = torch.tensor([smollm2.tokenizer.encode(PROMPT).ids])
+    with torch.no_grad():
+        assert torch.equal(again.model(ids), smollm2.model(ids))
