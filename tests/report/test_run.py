@@ -42,7 +42,8 @@ def test_quick_run_writes_every_field(quick_run):
     assert value(r["model"]["parity_max_abs_logit_diff_vs_transformers"]) < 1e-2
     # task protocol is stated
     t = r["task"]
-    assert t["window_tokens"] > t["stride_tokens"] > 0 and t["tokens"] > 300 and "bos" in t["bos_policy"].lower() or "document-start" in t["bos_policy"]
+    assert t["window_tokens"] > t["stride_tokens"] > 0 and t["tokens"] > 300
+    assert "document-start token id 0" in t["bos_policy"]
     # rows: baseline and int8, with every figure plausible
     names = [row["name"] for row in r["rows"]]
     assert names[:2] == ["float32", "int8 weight-only"]
@@ -50,7 +51,9 @@ def test_quick_run_writes_every_field(quick_run):
         m = {k: value(v) for k, v in row["metrics"].items()}
         assert 0.5 < m["bits_per_byte"] < 3.0, row["name"]
         assert 2 < m["perplexity"] < 200
-        assert m["prefill_tokens_per_s"] > 1 and m["decode_tokens_per_s"] > 0.5
+        # speeds are only checked for sanity here (no timed unit tests): benchmarks hold targets
+        assert m["prefill_tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0
+        assert m["prefill_tokens_per_s"] > m["decode_tokens_per_s"]
         assert m["decode_latency_p50_ms"] <= m["decode_latency_p99_ms"]
         assert 100e6 < m["peak_rss_bytes"] < 8e9
         assert m["parameters"] == pytest.approx(134_515_008, rel=0.01)
