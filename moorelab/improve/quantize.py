@@ -163,9 +163,13 @@ def _float_weight(weight: torch.Tensor, name: str) -> torch.Tensor:
     w = weight.detach().to(torch.float32)
     if w.dim() != 2:
         raise MoorelabError(f"tensor {name}: expected a 2-D weight [out, in], got shape {list(w.shape)}")
-    if not torch.isfinite(w).all():
-        raise MoorelabError(f"tensor {name}: weight has NaN or inf values; cannot quantize")
     return w.contiguous()
+
+
+def _check_finite(stat: torch.Tensor, name: str) -> None:
+    # per-row/group max and min propagate NaN and inf: checking them is enough (and cheap)
+    if not torch.isfinite(stat).all():
+        raise MoorelabError(f"tensor {name}: weight has NaN or inf values; cannot quantize")
 
 
 def quantize_int8_per_channel(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,6 +188,7 @@ def quantize_int8_per_channel(weight: torch.Tensor, name: str = "weight") -> tup
     """
     w = _float_weight(weight, name)
     amax = w.abs().amax(dim=1)
+    _check_finite(amax, name)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q.contiguous(), scale.contiguous()
@@ -247,6 +252,7 @@ def quantize_int4_groupwise(
     g = w.reshape(n, k // group_size, group_size)
     wmin = g.amin(dim=2)
     wmax = g.amax(dim=2)
+    _check_finite(wmax - wmin, name)
     mins = wmin.to(torch.float16)
     scale32 = (wmax - mins.float()) / 15.0
     scale32 = torch.where(scale32 > 0, scale32, torch.ones_like(scale32))
@@ -257,7 +263,8 @@ def quantize_int4_groupwise(
     if not (torch.isfinite(scales).all() and torch.isfinite(mins).all()):
         raise MoorelabError(f"tensor {name}: group range exceeds float16 (|w| > 65504); cannot store int4 scales")
     q = torch.round((g - mins.float()[..., None]) / scales.float()[..., None]).clamp_(0, 15)
-    packed = pack_int4(q.reshape(n, k).to(torch.uint8))
+    q = q.reshape(n, k).to(torch.uint8)
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()  # pack_int4 without re-checking 0..15
     return packed, scales.contiguous(), mins.contiguous()
 
 
@@ -287,9 +294,14 @@ def sqnr_db(weight: torch.Tensor, approx: torch.Tensor) -> float:
 
     Returns ``inf`` when Ŵ equals W exactly.
     """
-    w = weight.detach().double()
-    err = (w - approx.detach().double()).pow(2).sum().item()
-    sig = w.pow(2).sum().item()
+    w = weight.detach().float().reshape(-1)
+    a = approx.detach().float().reshape(-1)
+    err = sig = 0.0
+    step = 1 << 20  # float64 sums of float32 blocks (no full float64 copy of a 28M-element lm_head)
+    for i in range(0, w.numel(), step):
+        wb, ab = w[i : i + step], a[i : i + step]
+        err += (wb - ab).square().sum(dtype=torch.float64).item()
+        sig += wb.square().sum(dtype=torch.float64).item()
     if err == 0.0:
         return math.inf
     if sig == 0.0:
@@ -351,6 +363,30 @@ class QuantizedLinear(nn.Module):
         self.prefill_kernel = "?"
         self.last_kernel: str | None = None
         self.tied_to: str | None = None  # set by quantize_ for a tied lm_head copy
+        self._ptrs: tuple | None = None  # cached data pointers of the buffers (see _refresh_ptrs)
+
+    # Raw data pointers are cached (nn.Module attribute lookups of buffers cost ~1 µs each, as
+    # much as a small GEMV); any replacement of a buffer or .to()/_apply drops the cache.
+    def _kernel_ptrs(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _refresh_ptrs(self) -> tuple:
+        ptrs = self._kernel_ptrs()
+        self.__dict__["_ptrs"] = ptrs
+        return ptrs
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in ("qweight", "scale", "scales", "mins", "bias"):
+            self.__dict__["_ptrs"] = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_ptrs"] = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__["_ptrs"] = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def n_weight_elements(self) -> int:
         """Logical weight elements (out*in) for parameter counts; 0 for a tied copy (the float
@@ -382,6 +418,26 @@ class QuantizedLinear(nn.Module):
         Raises:
             MoorelabError: last dimension of x differs from in_features.
         """
+        # fast path (decode): float32 CPU input, few rows, no autograd -> compiled GEMV kernel
+        if (
+            self._lib is not None
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and x.shape[-1] == self.in_features
+            and not (x.requires_grad and torch.is_grad_enabled())
+        ):
+            x2 = x.reshape(-1, self.in_features)
+            m = x2.shape[0]
+            if m <= self.m_threshold:
+                if not x2.is_contiguous():
+                    x2 = x2.contiguous()
+                y = x2.new_empty((m, self.out_features))
+                self._kernel_forward(x2, y)
+                self.__dict__["last_kernel"] = self.kernel  # (skips nn.Module.__setattr__)
+                return y.view(*x.shape[:-1], self.out_features)
+        return self._general_forward(x)
+
+    def _general_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise MoorelabError(
                 f"{type(self).__name__}: input last dimension {x.shape[-1]} != in_features {self.in_features}"
@@ -454,6 +510,7 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self._lib = _resolve_lib(kernel, name)
+        self._fn = self._lib.w8_linear if self._lib is not None else None
         if self._lib is not None:
             self.kernel = "moorelab-avx2-gemv int8"
             self.prefill_kernel = "moorelab-avx2 dequant int8 + fp32 matmul"
@@ -467,12 +524,20 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         return cls(q, s, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name)
 
     def dequantize(self) -> torch.Tensor:
-        return self.qweight.float() * self.scale[:, None]
+        if self._lib is None:
+            return self.qweight.float() * self.scale[:, None]
+        out = torch.empty(self.out_features, self.in_features)
+        self._lib.w8_dequant(self.qweight.data_ptr(), self.scale.data_ptr(), out.data_ptr(), self.out_features,
+                             self.in_features, _dequant_threads(self.out_features, self.in_features))
+        return out
+
+    def _kernel_ptrs(self) -> tuple:
+        return (self.qweight.data_ptr(), self.scale.data_ptr(), self._ptr(self.bias))
 
     def _kernel_forward(self, x2, y):
         m = x2.shape[0]
-        self._lib.w8_linear(x2.data_ptr(), m, self.in_features, self.qweight.data_ptr(), self.scale.data_ptr(),
-                            self._ptr(self.bias), y.data_ptr(), self.out_features, self._threads(m))
+        qw, sc, b = self._ptrs or self._refresh_ptrs()
+        self._fn(x2.data_ptr(), m, self.in_features, qw, sc, b, y.data_ptr(), self.out_features, self._threads(m))
 
     def _prefill_forward(self, x2):
         k = self.in_features
@@ -501,6 +566,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         self.register_buffer("scales", scales.to(torch.float16).contiguous())
         self.register_buffer("mins", mins.to(torch.float16).contiguous())
         self._lib = _resolve_lib(kernel, name)
+        self._fn = self._lib.w4_linear if self._lib is not None else None
         if self._lib is not None:
             self.kernel = f"moorelab-avx2-gemv int4-g{group_size}"
             self.prefill_kernel = f"moorelab-avx2 dequant int4-g{group_size} + fp32 matmul"
@@ -515,13 +581,22 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         return cls(packed, scales, mins, group_size, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name)
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize_int4(self.qweight, self.scales, self.mins, self.group_size)
+        if self._lib is None:
+            return dequantize_int4(self.qweight, self.scales, self.mins, self.group_size)
+        n, k = self.out_features, self.in_features
+        out = torch.empty(n, k)
+        self._lib.w4_dequant(self.qweight.data_ptr(), self.scales.data_ptr(), self.mins.data_ptr(), self.group_size,
+                             out.data_ptr(), n, k, _dequant_threads(n, k))
+        return out
+
+    def _kernel_ptrs(self) -> tuple:
+        return (self.qweight.data_ptr(), self.scales.data_ptr(), self.mins.data_ptr(), self._ptr(self.bias))
 
     def _kernel_forward(self, x2, y):
         m = x2.shape[0]
-        rc = self._lib.w4_linear(x2.data_ptr(), m, self.in_features, self.qweight.data_ptr(),
-                                 self.scales.data_ptr(), self.mins.data_ptr(), self.group_size,
-                                 self._ptr(self.bias), y.data_ptr(), self.out_features, self._threads(m))
+        qw, sc, mn, b = self._ptrs or self._refresh_ptrs()
+        rc = self._fn(x2.data_ptr(), m, self.in_features, qw, sc, mn, self.group_size, b, y.data_ptr(),
+                      self.out_features, self._threads(m))
         if rc != 0:
             raise MemoryError("int4 kernel: workspace allocation failed")
 
@@ -549,6 +624,7 @@ class Int8DynamicLinear(QuantizedLinear):
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self._lib = _resolve_lib(kernel, name)
+        self._fn = self._lib.a8w8_linear if self._lib is not None else None
         if self._lib is not None:
             self.kernel = "moorelab-avx2 int8xint8 dynamic"
             self.prefill_kernel = "per-token int8 + moorelab-avx2 dequant + fp32 matmul"
@@ -577,10 +653,14 @@ class Int8DynamicLinear(QuantizedLinear):
         y = (xq_f @ self.qweight.float().t()) * (sx[:, None] * self.scale[None, :])
         return y + self.bias if self.bias is not None else y
 
+    def _kernel_ptrs(self) -> tuple:
+        return (self.qweight.data_ptr(), self.scale.data_ptr(), self._ptr(self.bias))
+
     def _kernel_forward(self, x2, y):
         m = x2.shape[0]
-        rc = self._lib.a8w8_linear(x2.data_ptr(), m, self.in_features, self.qweight.data_ptr(), self.scale.data_ptr(),
-                                   self._ptr(self.bias), y.data_ptr(), self.out_features, self._threads(m), None)
+        qw, sc, b = self._ptrs or self._refresh_ptrs()
+        rc = self._fn(x2.data_ptr(), m, self.in_features, qw, sc, b, y.data_ptr(), self.out_features,
+                      self._threads(m), None)
         if rc != 0:
             raise MemoryError("int8 dynamic kernel: workspace allocation failed")
 

@@ -415,3 +415,35 @@ def test_smollm2_quantized_greedy_stays_sensible(smollm2, cfg):
     text = smollm2.tokenizer.decode(out[0, ids.shape[1]:].tolist())
     assert text.startswith(" Rome"), text
     assert q_logits.argmax() == ref_logits.argmax()
+
+
+def test_compiled_dequantize_equals_torch_dequantize():
+    if kernels.get_library() is None:
+        pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
+    model = _holder(128, 9, seed=5)
+    quantize_(model, Int4WeightOnlyConfig(group_size=64))
+    m = model[0]
+    assert torch.equal(m.dequantize(), dequantize_int4(m.qweight, m.scales, m.mins, 64))
+    model = _holder(100, 9, seed=6)
+    quantize_(model, Int8WeightOnlyConfig())
+    m = model[0]
+    assert torch.equal(m.dequantize(), m.qweight.float() * m.scale[:, None])
+
+
+def test_state_dict_roundtrip_and_buffer_replacement():
+    a, b = _holder(128, 12, seed=1), _holder(128, 12, seed=2)
+    quantize_(a, Int4WeightOnlyConfig(group_size=32))
+    quantize_(b, Int4WeightOnlyConfig(group_size=32))
+    x = torch.randn(1, 128)
+    with torch.inference_mode():
+        yb = b(x)  # caches b's buffer pointers
+    assert set(a[0].state_dict()) == {"qweight", "scales", "mins", "bias"}
+    b.load_state_dict(a.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(b(x), a(x)) and not torch.equal(b(x), yb)
+    b[0].qweight = a[0].qweight.clone()  # a new tensor object: the cached pointer must be dropped
+    b[0].scales = torch.zeros_like(a[0].scales)
+    with torch.inference_mode():
+        y0 = b(x)
+    expected = (x @ (b[0].mins.float().repeat_interleave(32, dim=1)).t()) + b[0].bias
+    torch.testing.assert_close(y0, expected, rtol=1e-5, atol=1e-5)
