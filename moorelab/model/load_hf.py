@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from moorelab.errors import ModelLoadError
 from moorelab.model.config import TransformerConfig
@@ -162,8 +163,32 @@ def to_hf_llama_state(model: Transformer) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def load_state_into(model: Transformer, state: dict[str, torch.Tensor], source: str) -> Transformer:
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    """The same ``[out, in]`` matrix stored column-major (``[in, out]`` in memory).
+
+    For one token (decode), ``x @ W.T`` with this layout streams the weight as long contiguous
+    rows and ran ~1.5x faster than the row-major layout on the project's 2-core machine
+    (measured with ``F.linear``, float32, 1x576 @ 576x1536). Values are unchanged.
+    """
+    return t.t().contiguous().t()
+
+
+def _column_major_names(model: Transformer) -> set[str]:
+    """Our names of the weights stored column-major: every nn.Linear and a tied embedding."""
+    names = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    if model.lm_head is not None and model.config.tie_word_embeddings:
+        names.add("embed.weight")  # it is also the output layer's weight
+    return names
+
+
+def load_state_into(
+    model: Transformer, state: dict[str, torch.Tensor], source: str, decode_layout: bool = True
+) -> Transformer:
     """Assign our-named tensors to ``model`` (which may live on the meta device), checking names and shapes.
+
+    ``state`` is consumed (entries are popped so each source tensor can be freed as soon as it
+    is placed). With ``decode_layout``, every ``nn.Linear`` weight (and a tied embedding) is
+    stored column-major (see :func:`column_major`); shapes and values are unchanged.
 
     Raises:
         ModelLoadError: a missing tensor, a tensor of the wrong shape, or an unexpected one,
@@ -183,17 +208,25 @@ def load_state_into(model: Transformer, state: dict[str, torch.Tensor], source: 
     for name in state:
         if name not in expected:
             raise ModelLoadError(f"{source}: unexpected tensor {name!r}")
-    state = {k: v.to(torch.float32) for k, v in state.items() if not (tied and k == "lm_head.weight")}
-    model.load_state_dict(state, strict=False, assign=True)
+    state.pop("lm_head.weight", None) if tied else None
+    linear_weights = _column_major_names(model)
+    for name in list(state):
+        t = state.pop(name).to(torch.float32)
+        if decode_layout and name in linear_weights and t.dim() == 2:
+            t = column_major(t)
+        model.load_state_dict({name: t}, strict=False, assign=True)
+        del t
     model.tie_weights()
     return model
 
 
-def build_model(config: TransformerConfig, state: dict[str, torch.Tensor], source: str) -> Transformer:
-    """Construct a Transformer without random initialisation and load ``state`` (our names)."""
+def build_model(
+    config: TransformerConfig, state: dict[str, torch.Tensor], source: str, decode_layout: bool = True
+) -> Transformer:
+    """Construct a Transformer without random initialisation and load ``state`` (our names; consumed)."""
     with torch.device("meta"):
         model = Transformer(config)
-    load_state_into(model, state, source)
+    load_state_into(model, state, source, decode_layout=decode_layout)
     return model.eval()
 
 
@@ -213,8 +246,10 @@ def read_hf_config(folder: Path) -> TransformerConfig:
     return TransformerConfig.from_hf_dict(hf, source=str(path))
 
 
-def load_hf_folder(folder: str | Path) -> Transformer:
+def load_hf_folder(folder: str | Path, decode_layout: bool = True) -> Transformer:
     """Load a Hugging Face folder (config.json + *.safetensors) of model type gpt2, llama or bert.
+
+    ``decode_layout``: store linear weights column-major (faster decoding; see :func:`column_major`).
 
     Returns:
         Our :class:`Transformer` in eval mode, float32.
@@ -228,11 +263,27 @@ def load_hf_folder(folder: str | Path) -> Transformer:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{folder}: no *.safetensors weights (pickle checkpoints are not loaded)")
-    raw: dict[str, torch.Tensor] = {}
+    with torch.device("meta"):
+        model = Transformer(config)
+    layout_names = _column_major_names(model) if decode_layout else set()
+    # One tensor at a time, each from its own short-lived memory map, copied into memory we own
+    # (column-major for linear weights): the map is released before the next tensor, so peak
+    # RSS stays near the model's size instead of model + mapped file.
+    state: dict[str, torch.Tensor] = {}
     for f in files:
-        raw.update(load_file(str(f)))
-    state = convert_hf_state(raw, config, source=str(folder))
-    return build_model(config, state, source=str(folder))
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                keys = list(fh.keys())
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ModelLoadError(f"{f}: not a readable safetensors file ({e})") from None
+        for key in keys:
+            with safe_open(str(f), framework="pt") as fh:
+                part = convert_hf_state({key: fh.get_tensor(key)}, config, source=str(folder))
+            for name, t in part.items():
+                state[name] = column_major(t) if name in layout_names and t.dim() == 2 else t.clone()
+            del part
+    load_state_into(model, state, source=str(folder), decode_layout=decode_layout)
+    return model.eval()
 
 
 def save_hf_llama_folder(model: Transformer, folder: Path) -> None:
