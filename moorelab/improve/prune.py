@@ -602,15 +602,22 @@ def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
     return torch.tensor([h * head_dim + d for h in heads for d in range(head_dim)], dtype=torch.long)
 
 
-def _require_plain(model: nn.Module, method: str) -> None:
-    for name, m in prunable_linears(model):
-        if current_mask(m) is not None:
-            raise MoorelabError(f"{method}: {name} carries an unstructured mask; call remove_masks_(model) first")
+def _require_linear(model: nn.Module, method: str) -> None:
+    """Every projection in the blocks must be a plain ``nn.Linear`` (nothing silently skipped)."""
     for i, block in enumerate(model.blocks):
         for part in ("attn", "ffn"):
             for name, m in getattr(block, part).named_children():
                 if m is not None and name.endswith("_proj") and not isinstance(m, nn.Linear):
-                    raise MoorelabError(f"{method}: blocks.{i}.{part}.{name} is {type(m).__name__}, not nn.Linear (prune before quantizing)")
+                    raise MoorelabError(
+                        f"{method}: blocks.{i}.{part}.{name} is {type(m).__name__}, not nn.Linear (prune before quantizing)"
+                    )
+
+
+def _require_plain(model: nn.Module, method: str) -> None:
+    _require_linear(model, method)
+    for name, m in prunable_linears(model):
+        if current_mask(m) is not None:
+            raise MoorelabError(f"{method}: {name} carries an unstructured mask; call remove_masks_(model) first")
 
 
 @torch.no_grad()
@@ -743,8 +750,21 @@ def _prune_heads(model: nn.Module, config: HeadPruneConfig, layers: list[int], c
     return out
 
 
+def _ffn_plan(model: nn.Module, config: FFNChannelPruneConfig, layers: list[int]) -> dict[int, int]:
+    """Validate and return FFN channels to remove per layer (before touching anything)."""
+    plan = {}
+    for i in layers:
+        d_ff = model.blocks[i].ffn.up_proj.out_features
+        n = _count(config.fraction, d_ff)
+        if n >= d_ff:
+            raise MoorelabError(f"FFNChannelPruneConfig: fraction={config.fraction} would remove every channel of blocks.{i}.ffn (d_ff={d_ff})")
+        plan[i] = n
+    return plan
+
+
 @torch.no_grad()
 def _prune_ffn(model: nn.Module, config: FFNChannelPruneConfig, layers: list[int], cal) -> list[StructuredLayer]:
+    plan = _ffn_plan(model, config, layers)
     if config.importance == "activation":
         scores = _unit_activations(model, cal, config.batch_size, layers, "ffn")
     else:
@@ -753,7 +773,7 @@ def _prune_ffn(model: nn.Module, config: FFNChannelPruneConfig, layers: list[int
     for i in layers:
         ffn = model.blocks[i].ffn
         d_ff = ffn.up_proj.out_features
-        n = _count(config.fraction, d_ff)
+        n = plan[i]
         drop = set(torch.sort(scores[i], stable=True).indices[:n].tolist())
         keep = [j for j in range(d_ff) if j not in drop]
         idx = torch.tensor(keep, dtype=torch.long)
@@ -820,6 +840,7 @@ def prune_(model: nn.Module, config, calibration: torch.Tensor | None = None) ->
         raise MoorelabError(f"prune_: unknown config type {type(config).__name__}")
     config.validate()
     prunable_linears(model)  # raises on a non-Transformer
+    _require_linear(model, type(config).__name__)
     was_training = model.training
     model.eval()
     params_before = _n_params(model)
@@ -844,6 +865,7 @@ def prune_(model: nn.Module, config, calibration: torch.Tensor | None = None) ->
         elif isinstance(config, FFNChannelPruneConfig):
             _require_plain(model, "FFNChannelPruneConfig")
             layers = _layers(model, config.layers, "FFNChannelPruneConfig")
+            _ffn_plan(model, config, layers)  # validate every layer first
             cal = None
             if config.importance == "activation":
                 cal = _check_calibration(model, calibration, "FFNChannelPruneConfig(importance='activation')", config.calibration_tokens)

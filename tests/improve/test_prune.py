@@ -308,8 +308,7 @@ def test_sparsity_outside_unit_interval_is_an_error(bad):
 
 def test_pruning_every_head_is_an_error_and_nothing_is_written():
     m = tiny()
-    with torch.no_grad():  # layer 1 already smaller: the plan fails only there
-        pass
+    # layer 1 already smaller, so the plan below fails only there
     prune_(m, HeadPruneConfig(heads_per_layer=3, layers=[1], importance="weight"))
     before = {k: v.clone() for k, v in m.state_dict().items()}
     shapes = layout(m)
@@ -335,6 +334,18 @@ def test_other_bad_inputs_are_clear_errors():
         prune_(m, FFNChannelPruneConfig(0.5, layers=[7], importance="weight"))
     with pytest.raises(MoorelabError, match="exactly one"):
         HeadPruneConfig(heads_per_layer=1, fraction=0.2)
+    with pytest.raises(MoorelabError, match="every channel"):
+        prune_(m, FFNChannelPruneConfig(0.99, importance="weight"))  # round(0.99 * 32) = 32
+    assert [b.ffn.up_proj.out_features for b in m.blocks] == [32, 32]
+
+    class NotLinear(torch.nn.Module):  # e.g. a quantized replacement
+        def forward(self, x):
+            return x
+
+    q = tiny()
+    q.blocks[1].ffn.down_proj = NotLinear()
+    with pytest.raises(MoorelabError, match=r"blocks\.1\.ffn\.down_proj is NotLinear"):
+        prune_(q, MagnitudePruneConfig(0.5))  # not silently left out of the denominator
     prune_(m, MagnitudePruneConfig(0.2))
     with pytest.raises(MoorelabError, match="remove_masks_"):
         prune_(m, FFNChannelPruneConfig(0.5, importance="weight"))
