@@ -107,3 +107,17 @@ def test_distill_errors():
     other = Transformer(TransformerConfig(vocab_size=31, d_model=16, n_layers=1, n_heads=4, d_ff=16))
     with pytest.raises(MoorelabError, match="vocab_size"):
         distill(tiny(), other, torch.zeros(1, 4, dtype=torch.long), DistillConfig(steps=1, warmup_steps=0))
+
+
+@pytest.mark.parametrize("mode", ["parametrize", "buffer"])
+def test_distilling_a_sparse_student_keeps_its_masks(mode):
+    from moorelab.improve.prune import MagnitudePruneConfig, prunable_linears, reapply_masks_, sparsity_report
+
+    teacher, student = tiny(0), tiny(0)
+    prune_(student, MagnitudePruneConfig(0.5, mask_mode=mode))
+    pool = torch.randint(0, 30, (2, 12), generator=torch.Generator().manual_seed(0))
+    distill(student, teacher, pool, DistillConfig(steps=3, lr=1e-2, warmup_steps=0),
+            after_step=reapply_masks_ if mode == "buffer" else None)
+    total, masked, _ = sparsity_report(student)
+    zeros = sum(int((l.weight == 0).sum()) for _, l in prunable_linears(student))
+    assert masked == zeros == round(0.5 * total)
