@@ -17,40 +17,22 @@ import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moorelab.measure import resources
-from moorelab.measure.quality import score_text
-from moorelab.measure.speed import measure_speed
+from moorelab.measure.task import FULL, QUICK, document_start_token, measure_model
 from moorelab.measure.text import Text, default_text, read_text_file, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
-from moorelab.report.results import add_ratios, environment, make_row, staged_output, write_json
+from moorelab.report.results import add_ratios, environment, staged_output, write_json
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
 DEFAULT_USD_PER_HOUR = 0.10
 PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
-
-
-@dataclass
-class Budget:
-    """How much work a run does (characters of text, window sizes, speed-test lengths)."""
-
-    max_chars: int
-    window: int
-    stride: int
-    prefill_tokens: int
-    decode_tokens: int
-    batch_size: int
-
-
-FULL = Budget(max_chars=20_000, window=512, stride=256, prefill_tokens=512, decode_tokens=64, batch_size=4)
-QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, decode_tokens=16, batch_size=4)
 
 
 @dataclass
@@ -66,7 +48,8 @@ class RunOptions:
     threads: int | None = None
 
 
-def _progress(console: Console) -> Progress:
+def make_progress(console: Console) -> Progress:
+    """The rich progress display used by long commands."""
     return Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -76,84 +59,6 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
-
-
-def measure_model(
-    name: str,
-    technique: str,
-    kernel: str,
-    model: torch.nn.Module,
-    token_ids: list[int],
-    text: Text,
-    budget: Budget,
-    bos_token_id: int | None,
-    usd_per_hour: float,
-    progress: Progress,
-    notes: str = "",
-) -> tuple[dict, dict]:
-    """Measure one model variant on the task: quality, speed, resources, cost.
-
-    Args:
-        name: row name.
-        technique: "none" for the baseline, else the technique applied.
-        kernel: the matmul kernel the row ran.
-        model: a moorelab Transformer (eval mode).
-        token_ids: tokenized ``text``.
-        text: the scored text (its UTF-8 byte count is the bits-per-byte denominator).
-        budget: window/stride and speed-test lengths.
-        bos_token_id: document-start token for the "first" BOS policy.
-        usd_per_hour: machine price for $/1M tokens.
-        progress: rich progress display.
-        notes: free text for the row.
-
-    Returns:
-        (results row, details dict with the quality protocol and speed protocol).
-    """
-    from moorelab.model.transformer import KVCache
-
-    gc.collect()
-    rss_reset = resources.reset_peak_rss()
-    task = progress.add_task(f"{name}: bits per byte", total=len(token_ids))
-    quality = score_text(
-        lambda ids: model(ids),
-        token_ids,
-        text.n_bytes,
-        window=budget.window,
-        stride=budget.stride,
-        bos_policy="first",
-        bos_token_id=bos_token_id,
-        batch_size=budget.batch_size,
-        progress=lambda n: progress.advance(task, n),
-    )
-    stask = progress.add_task(f"{name}: prefill/decode speed", total=1)
-    prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, 64)]], dtype=torch.long)
-    speed = measure_speed(
-        lambda ids: model(ids),
-        lambda ids, cache: model(ids, cache=cache),
-        lambda: KVCache(),
-        prompt,
-        prefill_tokens=budget.prefill_tokens,
-        decode_tokens=budget.decode_tokens,
-    )
-    progress.advance(stask, 1)
-    values = {
-        "bits_per_byte": quality.bits_per_byte,
-        "perplexity": quality.perplexity,
-        "prefill_tokens_per_s": speed.prefill_tokens_per_s,
-        "decode_tokens_per_s": speed.decode_tokens_per_s,
-        "decode_latency_p50_ms": speed.decode_latency_p50_ms,
-        "decode_latency_p90_ms": speed.decode_latency_p90_ms,
-        "decode_latency_p99_ms": speed.decode_latency_p99_ms,
-        "peak_rss_bytes": resources.peak_rss_bytes(),
-        "parameters": resources.count_parameters(model),
-        "weight_bytes": resources.weight_bytes(model),
-        "usd_per_million_tokens_decode": resources.usd_per_million_tokens(speed.decode_tokens_per_s, usd_per_hour),
-    }
-    row = make_row(name, technique, kernel, values, notes)
-    row["quality_protocol"] = {k: v for k, v in quality.to_dict().items() if k not in ("perplexity", "bits_per_byte")}
-    row["speed_protocol"] = speed.to_dict()
-    row["peak_rss_scope"] = "this row's measurement" if rss_reset else "process lifetime (reset unsupported)"
-    return row, {"quality": quality, "speed": speed}
 
 
 def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
@@ -183,19 +88,6 @@ def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
         "dropped_rows": [d.to_dict() for d in dropped],
     }
     return section, df, fit
-
-
-def document_start_token(loaded) -> int | None:
-    """The token put once before the text so that its first token is scored too.
-
-    GPT-2-style byte-level BPE vocabularies (SmolLM2's included) separate pretraining documents
-    with ``<|endoftext|>``: that token is used when present (as lm-eval's rolling log-likelihood
-    does with the end-of-text token); otherwise the model's BOS, then its EOS.
-    """
-    tid = loaded.tokenizer.token_to_id("<|endoftext|>")
-    if tid is not None:
-        return tid
-    return loaded.bos_token_id if loaded.bos_token_id is not None else loaded.eos_token_id
 
 
 def _validate_inputs(opts: RunOptions) -> Text:
@@ -273,7 +165,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
     full_text = _validate_inputs(opts)
     text = take_prefix(full_text, budget.max_chars)
 
-    with staged_output(opts.out) as stage, _progress(console) as progress:
+    with staged_output(opts.out) as stage, make_progress(console) as progress:
         # 1. model
         ltask = progress.add_task(f"loading {opts.model}", total=None)
         loaded = load_pretrained(opts.model, progress=lambda msg: progress.update(ltask, description=msg))
