@@ -1,0 +1,172 @@
+"""Saving and loading improved models.
+
+Two formats, chosen by what the model has become:
+
+* **Hugging Face folder** (dense results: the baseline, unstructured pruning with its masks
+  baked in, structured pruning that left every layer the same shape): ``config.json``
+  (transformers' llama format, with ``head_dim``/``intermediate_size`` updated) +
+  ``model.safetensors`` + ``tokenizer.json``. ``transformers.AutoModelForCausalLM`` loads it.
+* **moorelab folder** (quantized layers, or per-layer shapes that a Hugging Face config cannot
+  express): ``model.safetensors`` holding every tensor once (quantized layers as their integer
+  buffers: int8 ``qweight`` [out, in] + float32 ``scale`` [out]; int4 ``qweight`` uint8
+  [out, in/2] with the low nibble = even input index + float16 ``scales``/``mins``
+  [out, in/group_size]), and ``moorelab.json``::
+
+      {"format": "moorelab-improved/1", "config": TransformerConfig.to_dict(),
+       "layout": {"layers": [{"n_heads", "n_kv_heads", "d_ff"}, ...], "masks": {...}},
+       "quantized": {module path: {"scheme": ..., "group_size": ..., "tied_to": ...}},
+       "aliases": {tensor name: name it shares storage with},
+       "techniques": [spec strings in the order applied]}
+
+  :func:`load_improved` rebuilds the model from it. Weights load with safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from moorelab.errors import ModelLoadError
+from moorelab.improve import prune as prune_mod
+from moorelab.improve.quantize import Int4WeightOnlyLinear, Int8DynamicLinear, Int8WeightOnlyLinear, QuantizedLinear
+
+FORMAT = "moorelab-improved/1"
+_SCHEMES = {cls.scheme: cls for cls in (Int8WeightOnlyLinear, Int4WeightOnlyLinear, Int8DynamicLinear)}
+
+
+def _quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def _uniform(layout: dict) -> bool:
+    layers = layout["layers"]
+    return all(L == layers[0] for L in layers)
+
+
+def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = None,
+                  techniques: list[str] | None = None) -> dict:
+    """Write an improved model to ``folder`` in the format it needs (see module docstring).
+
+    Args:
+        model: a moorelab Transformer, possibly pruned (masks are baked in, not kept) and/or
+            quantized.
+        folder: output folder (created).
+        tokenizer_file: ``tokenizer.json`` to copy beside the weights.
+        techniques: spec strings applied, recorded in the metadata.
+
+    Returns:
+        ``{"format": "huggingface" | FORMAT, "path": str, "bytes": file size of the weights}``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prune_mod.remove_masks_(model)
+    layout = prune_mod.layout(model)
+    quantized = _quantized_modules(model)
+    if tokenizer_file is not None and Path(tokenizer_file).is_file():
+        shutil.copy(tokenizer_file, folder / "tokenizer.json")
+    if not quantized and _uniform(layout) and model.config.family == "llama":
+        from dataclasses import replace
+
+        from moorelab.model.load_hf import save_hf_llama_folder
+
+        L0 = layout["layers"][0]
+        original = model.config
+        model.config = replace(original, n_heads=L0["n_heads"], n_kv_heads=L0["n_kv_heads"], d_ff=L0["d_ff"])
+        try:
+            save_hf_llama_folder(model, folder)
+        finally:
+            model.config = original
+        return {"format": "huggingface", "path": str(folder), "bytes": (folder / "model.safetensors").stat().st_size}
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    by_storage: dict[tuple[int, int, tuple], str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in by_storage:
+            aliases[name] = by_storage[key]
+            continue
+        by_storage[key] = name
+        tensors[name] = t.detach().contiguous()
+    meta = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "layout": layout,
+        "quantized": {
+            n: {"scheme": m.scheme, "group_size": getattr(m, "group_size", None), "tied_to": m.tied_to,
+                "m_threshold": m.m_threshold}
+            for n, m in quantized.items()
+        },
+        "aliases": aliases,
+        "techniques": techniques or [],
+    }
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt", "moorelab": FORMAT})
+    (folder / "moorelab.json").write_text(json.dumps(meta, indent=1))
+    return {"format": FORMAT, "path": str(folder), "bytes": (folder / "model.safetensors").stat().st_size}
+
+
+def load_improved(folder: Path) -> nn.Module:
+    """Load a folder written by :func:`save_improved` (either format).
+
+    Returns:
+        A moorelab Transformer in eval mode, with its quantized layers and pruned shapes.
+
+    Raises:
+        ModelLoadError: missing files, unknown format or scheme, or a tensor that is missing or
+            has the wrong shape (named).
+    """
+    from moorelab.model.config import TransformerConfig
+    from moorelab.model.transformer import Transformer
+
+    folder = Path(folder)
+    meta_path = folder / "moorelab.json"
+    if not meta_path.is_file():
+        from moorelab.model.load_hf import load_hf_folder
+
+        return load_hf_folder(folder)
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ModelLoadError(f"{meta_path}: field format={meta.get('format')!r}, expected {FORMAT!r}")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{folder}: model.safetensors is missing")
+    model = Transformer(TransformerConfig.from_dict(meta["config"]))
+    prune_mod.apply_layout_(model, {"layers": meta["layout"]["layers"], "masks": {}})
+    with safe_open(str(weights), framework="pt") as fh:
+        stored = {k: fh.get_tensor(k) for k in fh.keys()}
+    for name, target in meta.get("aliases", {}).items():
+        if target not in stored:
+            raise ModelLoadError(f"{weights}: tensor {target!r} (alias of {name!r}) is missing")
+        stored[name] = stored[target]
+    for fqn, q in meta["quantized"].items():
+        cls = _SCHEMES.get(q["scheme"])
+        if cls is None:
+            raise ModelLoadError(f"{meta_path}: module {fqn}: unknown quantization scheme {q['scheme']!r}")
+        try:
+            bias = stored.get(f"{fqn}.bias")
+            if cls is Int4WeightOnlyLinear:
+                mod = cls(stored[f"{fqn}.qweight"], stored[f"{fqn}.scales"], stored[f"{fqn}.mins"], int(q["group_size"]),
+                          bias, m_threshold=q.get("m_threshold", 16), name=fqn)
+            else:
+                mod = cls(stored[f"{fqn}.qweight"], stored[f"{fqn}.scale"], bias, m_threshold=q.get("m_threshold", 16), name=fqn)
+        except KeyError as exc:
+            raise ModelLoadError(f"{weights}: tensor {exc.args[0]!r} of quantized module {fqn} is missing") from None
+        mod.tied_to = q.get("tied_to")
+        parent, _, child = fqn.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, mod)
+    own = model.state_dict()
+    for name, t in own.items():
+        if name not in stored:
+            raise ModelLoadError(f"{weights}: tensor {name!r} is missing")
+        if tuple(stored[name].shape) != tuple(t.shape):
+            raise ModelLoadError(f"{weights}: tensor {name!r} has shape {tuple(stored[name].shape)}, expected {tuple(t.shape)}")
+    model.load_state_dict({k: stored[k] for k in own}, strict=True)
+    if model.config.tie_word_embeddings and model.lm_head is not None and "lm_head" not in meta["quantized"]:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
