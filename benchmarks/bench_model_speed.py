@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -117,6 +118,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2, help="timed repeats inside each child (best kept)")
     p.add_argument("--rounds", type=int, default=2, help="alternating ours/transformers child runs")
+    p.add_argument("--passive", action="store_true",
+                   help="run both children with OMP_WAIT_POLICY=PASSIVE (much faster on a busy machine)")
     p.add_argument("--child", choices=["ours", "transformers"])
     p.add_argument("--hf-dir")
     args = p.parse_args()
@@ -127,12 +130,16 @@ def main() -> None:
     base = [sys.executable, __file__, "--model", args.model, "--threads", str(args.threads),
             "--prefill-tokens", str(args.prefill_tokens), "--new-tokens", str(args.new_tokens),
             "--repeats", str(args.repeats)]
+    env = dict(os.environ)
+    if args.passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    load0 = os.getloadavg()[0]
     results: dict[str, list[dict]] = {"ours": [], "transformers": []}
     hf_dir = None
     for r in range(args.rounds):
         for impl in ("ours", "transformers"):
             cmd = base + ["--child", impl] + (["--hf-dir", hf_dir] if hf_dir else [])
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             res = json.loads(out.strip().splitlines()[-1])
             hf_dir = res["hf_dir"]
             results[impl].append(res)
@@ -150,7 +157,9 @@ def main() -> None:
 
     o, t = best["ours"], best["transformers"]
     print()
-    print(f"SmolLM2-135M float32, batch 1, {args.threads} threads, best of {args.rounds} rounds x {args.repeats} repeats")
+    print(f"SmolLM2-135M float32, batch 1, {args.threads} threads, best of {args.rounds} rounds x {args.repeats} repeats; "
+          f"OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')}, load average {load0:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
     print(f"{'':18}{'ours':>10}{'transformers':>14}{'ratio':>8}{'target':>9}")
     rp = o["prefill_tokens_per_s"] / t["prefill_tokens_per_s"]
     rd = o["decode_tokens_per_s"] / t["decode_tokens_per_s"]

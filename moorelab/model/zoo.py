@@ -139,13 +139,15 @@ def convert_gguf_to_hf(gguf_path: Path, folder: Path, progress: Callable[[str], 
             "source_bytes": gguf_path.stat().st_size,
             "note": "dequantized to float32 by moorelab.model.load_gguf",
         }, indent=2))
+        if _cache_complete(folder):  # another process finished first: keep its copy
+            return
         if folder.exists():  # stale or incomplete cache from an older run
             shutil.rmtree(folder, ignore_errors=True)
         try:
             os.rename(tmp, folder)
         except OSError:
             if not _cache_complete(folder):  # someone else won the race with a good copy? else fail
-                raise
+                raise ModelLoadError(f"{folder}: could not write the converted cache") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
