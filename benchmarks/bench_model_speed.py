@@ -6,6 +6,8 @@ alternating ours / transformers for ``--rounds`` rounds and keeping each one's b
 * prefill tokens/s: one forward over a 512-token prompt (logits for every position);
 * decode tokens/s: greedy generation of 128 new tokens after a 16-token prompt, KV cache on
   (tokens / wall time of the whole call);
+* CPU milliseconds per token (process time, all threads; ratio = theirs / ours): less
+  sensitive than wall time when other processes share the cores;
 * peak RSS (MB) of the child process (load + runs).
 
 Also estimates the memory-bandwidth ceiling for float32 decoding: bytes of weights read per
@@ -73,21 +75,25 @@ def child(impl: str, args) -> dict:
 
     with torch.inference_mode():
         model(prefill[:, :32]) if impl == "ours" else model(prefill[:, :32])  # warm-up
-        best_p = best_d = float("inf")
+        best_p = best_d = cpu_p = cpu_d = float("inf")
         for _ in range(args.repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             run_prefill()
             best_p = min(best_p, time.perf_counter() - t)
+            cpu_p = min(cpu_p, time.process_time() - c)
         for _ in range(args.repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = run_decode()
             best_d = min(best_d, time.perf_counter() - t)
+            cpu_d = min(cpu_d, time.process_time() - c)
     return {
         "impl": impl,
         "hf_dir": str(hf_dir),
         "load_seconds": load_s,
         "prefill_tokens_per_s": args.prefill_tokens / best_p,
         "decode_tokens_per_s": args.new_tokens / best_d,
+        "prefill_cpu_ms_per_token": 1e3 * cpu_p / args.prefill_tokens,
+        "decode_cpu_ms_per_token": 1e3 * cpu_d / args.new_tokens,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_load_mb": rss_load,
         "tokens": out[0, 16:].tolist(),
@@ -147,6 +153,7 @@ def main() -> None:
                   f"decode {res['decode_tokens_per_s']:6.2f} tok/s  peak RSS {res['peak_rss_mb']:6.0f} MB", flush=True)
 
     best = {k: {m: max(x[m] for x in v) for m in ("prefill_tokens_per_s", "decode_tokens_per_s")} for k, v in results.items()}
+    cpu = {k: {m: min(x[m] for x in v) for m in ("prefill_cpu_ms_per_token", "decode_cpu_ms_per_token")} for k, v in results.items()}
     peak = {k: min(x["peak_rss_mb"] for x in v) for k, v in results.items()}
     same = results["ours"][0]["tokens"] == results["transformers"][0]["tokens"]
     from safetensors import safe_open
@@ -166,6 +173,9 @@ def main() -> None:
     rm = peak["ours"] / peak["transformers"]
     print(f"{'prefill tok/s':18}{o['prefill_tokens_per_s']:10.1f}{t['prefill_tokens_per_s']:14.1f}{rp:8.2f}{'>= 1.00':>9}")
     print(f"{'decode tok/s':18}{o['decode_tokens_per_s']:10.2f}{t['decode_tokens_per_s']:14.2f}{rd:8.2f}{'>= 2.00':>9}")
+    for m, label in (("prefill_cpu_ms_per_token", "prefill CPU ms/tok"), ("decode_cpu_ms_per_token", "decode CPU ms/tok")):
+        print(f"{label:18}{cpu['ours'][m]:10.2f}{cpu['transformers'][m]:14.2f}"
+              f"{cpu['transformers'][m] / cpu['ours'][m]:8.2f}{'(info)':>9}")
     print(f"{'peak RSS MB':18}{peak['ours']:10.0f}{peak['transformers']:14.0f}{rm:8.2f}{'<= 1.00':>9}")
     print(f"read bandwidth {gbps:.1f} GB/s over {n_bytes / 1e6:.0f} MB of weights -> decode ceiling "
           f"~{ceiling:.1f} tok/s; ours reaches {o['decode_tokens_per_s'] / ceiling:.0%} of it")
