@@ -89,3 +89,51 @@ def plot_quality_vs_speed(path: Path, rows: list[dict]) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated when both coordinates are costs (lower is better).
+
+    A point is dominated if another is ≤ in both coordinates and < in at least one. Returned in
+    order of increasing first coordinate.
+    """
+    idx = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
+def plot_pareto(path: Path, rows: list[dict]) -> Path:
+    """Quality (bits per byte) against cost ($ per 1M decoded tokens) over all rows, with the
+    Pareto front (lower-left is better on both axes).
+
+    Args:
+        path: PNG to write.
+        rows: results rows with ``bits_per_byte`` and ``usd_per_million_tokens_decode``.
+
+    Returns:
+        ``path``.
+    """
+    pts = [(r["metrics"]["usd_per_million_tokens_decode"]["value"], r["metrics"]["bits_per_byte"]["value"]) for r in rows]
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    for i, (r, (x, y)) in enumerate(zip(rows, pts)):
+        ax.scatter([x], [y], s=50, zorder=3, color="#d62728" if i in front else "#1f77b4")
+        ax.annotate(r["name"], (x, y), fontsize=7.5, xytext=(5, 3), textcoords="offset points")
+    fx = [pts[i][0] for i in front]
+    fy = [pts[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="#d62728", lw=1.2, alpha=0.7, label="Pareto front")
+    ax.set_xlabel("cost: $ per 1M decoded tokens (batch 1, this machine) ← better")
+    ax.set_ylabel("bits per byte ← better")
+    ax.set_title("Quality against cost, every variant")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.margins(0.2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -160,3 +160,27 @@ def staged_output(out: Path) -> Iterator[Path]:
             shutil.rmtree(target)
         os.replace(item, target)
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def add_cost_gain(rows: list[dict], baseline: dict) -> None:
+    """Add ``performance_per_cost`` to every non-baseline row.
+
+    The gain is the baseline's decode cost divided by the row's (both in $/1M tokens on the same
+    machine at the same price), i.e. how many times more tokens the same money buys; it is stated
+    beside the change in bits per byte, since a gain bought with quality is not the same gain.
+    Where the gain differs from 1 it is also expressed as months of the reference trends
+    (:mod:`moorelab.law.reference`).
+    """
+    from moorelab.law.reference import months_of_reference
+
+    b = baseline["metrics"]
+    for row in rows:
+        if row is baseline:
+            continue
+        m = row["metrics"]
+        gain = b["usd_per_million_tokens_decode"]["value"] / m["usd_per_million_tokens_decode"]["value"]
+        row["performance_per_cost"] = {
+            "gain_vs_baseline": {"value": gain, "unit": "x tokens per $ (decode)"},
+            "delta_bits_per_byte": {"value": m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"], "unit": "bits/byte"},
+            "months_of_trend": months_of_reference(gain) if abs(gain - 1.0) > 1e-9 else None,
+        }

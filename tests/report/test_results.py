@@ -33,3 +33,24 @@ def test_json_is_strict(tmp_path):
     p = tmp_path / "r.json"
     write_json(p, {"a": math.nan, "b": [math.inf, 1.0]})
     assert json.loads(p.read_text()) == {"a": None, "b": [None, 1.0]}
+
+
+def test_cost_gain_in_months_of_trend():
+    from moorelab.report.results import add_cost_gain
+
+    base = make_row("fp32", "none", "k", {"usd_per_million_tokens_decode": 2.4, "bits_per_byte": 1.0})
+    q = make_row("int8", "int8", "k", {"usd_per_million_tokens_decode": 1.0, "bits_per_byte": 1.01})
+    add_cost_gain([base, q], base)
+    pc = q["performance_per_cost"]
+    assert pc["gain_vs_baseline"]["value"] == pytest.approx(2.4)
+    assert pc["delta_bits_per_byte"]["value"] == pytest.approx(0.01)
+    # 12 ln 2.4 / ln 2.9 months of the 2.90x/yr algorithmic-efficiency trend
+    assert pc["months_of_trend"]["algorithmic_efficiency"]["value"] == pytest.approx(9.867, abs=1e-3)
+    assert "performance_per_cost" not in base
+
+
+def test_pareto_front_by_hand():
+    from moorelab.report.plots import pareto_front
+
+    pts = [(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (2.0, 4.0), (4.0, 1.0)]
+    assert pareto_front(pts) == [0, 1, 4]

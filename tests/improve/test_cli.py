@@ -1,0 +1,79 @@
+"""`moorelab improve`: chain checks (fast) and one end-to-end run on SmolLM2 (slow)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from moorelab.errors import MoorelabError
+from moorelab.improve.api import parse_spec
+from moorelab.improve.cli import precheck_chain
+from moorelab.model.config import TransformerConfig
+from moorelab.model.transformer import Transformer
+
+
+def moorelab(*args):
+    return subprocess.run([sys.executable, "-c", "from moorelab.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+def tiny():
+    return Transformer(TransformerConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                         head_dim=8, d_ff=32, max_position_embeddings=32))
+
+
+@pytest.mark.parametrize("specs,needle", [
+    (["int8", "int8"], "cannot quantize an already quantized model"),
+    (["int4", "magnitude:sparsity=0.5"], "cannot change a quantized model"),
+    (["heads:heads_per_layer=4"], "would prune all 4 heads of layer 0"),
+    (["heads:fraction=0.9,layers=[1]"], "would prune all 4 heads of layer 1"),
+])
+def test_chain_errors(specs, needle):
+    with pytest.raises(MoorelabError, match=needle):
+        precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
+
+
+def test_valid_chain_passes():
+    specs = ["heads:heads_per_layer=2", "ffn:fraction=0.25", "int4"]
+    precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("magnitude:sparsity=1.2", "sparsity=1.2 must be in [0, 1)"),
+    ("int4:group_size=40", "group_size=40"),
+])
+def test_bad_spec_exits_2_and_writes_nothing(tmp_path, spec, needle):
+    out = tmp_path / "o"
+    p = moorelab("improve", "smollm2-135m", "--with", spec, "--out", str(out))
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+def test_double_quantization_exits_before_loading(tmp_path):
+    out = tmp_path / "o"
+    p = moorelab("improve", "smollm2-135m", "--with", "int8", "--with", "int4", "--out", str(out))
+    assert p.returncode == 2 and "already quantized" in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_improve_int8_end_to_end(tmp_path):
+    out = tmp_path / "o"
+    p = moorelab("improve", "smollm2-135m", "--with", "int8", "--out", str(out), "--quick", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout)
+    assert [row["name"] for row in r["rows"]] == ["baseline", "int8"]
+    q = r["rows"][1]
+    assert q["vs_baseline"]["weight_bytes"] < 0.5
+    assert abs(q["performance_per_cost"]["delta_bits_per_byte"]["value"]) < 0.02
+    assert r["saved_model"]["format"] == "moorelab-improved/1"
+    assert (out / "model" / "moorelab.json").is_file() and (out / "pareto.png").stat().st_size > 5000
+    from moorelab.improve.save import load_improved
+
+    m = load_improved(out / "model")
+    assert any(getattr(x, "scheme", None) == "int8-weight-only" for x in m.modules())
+    with torch.no_grad():
+        logits = m(torch.tensor([[504, 3458, 282]]))
+    assert torch.isfinite(logits).all()
