@@ -48,7 +48,6 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
         MoorelabError: a second quantization, a technique after a quantization that needs float
             weights, or head pruning that would remove every head of a layer.
     """
-    from moorelab.improve.api import NEEDS_CALIBRATION  # noqa: F401  (import keeps registry loaded)
     from moorelab.improve.prune import HeadPruneConfig
     from moorelab.improve.quantize import Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
 

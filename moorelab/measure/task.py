@@ -28,10 +28,13 @@ class Budget:
     prefill_tokens: int
     decode_tokens: int
     batch_size: int
+    calibration_tokens: int
 
 
-FULL = Budget(max_chars=20_000, window=512, stride=256, prefill_tokens=512, decode_tokens=64, batch_size=4)
-QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, decode_tokens=16, batch_size=4)
+FULL = Budget(max_chars=20_000, window=512, stride=256, prefill_tokens=512, decode_tokens=64, batch_size=4,
+              calibration_tokens=4096)
+QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, decode_tokens=16, batch_size=4,
+               calibration_tokens=1024)
 
 
 def document_start_token(loaded) -> int | None:
