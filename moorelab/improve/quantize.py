@@ -35,6 +35,7 @@ pure-torch path runs so gradients still flow (the quantized weights are constant
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
@@ -88,12 +89,15 @@ class Int8WeightOnlyConfig:
     Args:
         kernel: "auto" (compiled AVX2 kernel if it builds, else torch), "moorelab" (require the
             compiled kernel; MoorelabError if unavailable) or "torch" (pure torch).
-        m_threshold: calls with at most this many rows (tokens) use the GEMV kernel; more rows
-            dequantize to float32 and use torch's matmul (set from benchmarks/bench_quant_kernels.py).
+        m_threshold: calls with at most this many rows (tokens) use the GEMV kernel (which
+            re-converts the weights for every row); more rows dequantize to float32 (C loop) and
+            use torch's matmul. Default 8: by cost counts on this machine the GEMV of a 576x1536
+            layer takes ~30 µs per row single-threaded (weights in cache) while dequantize +
+            matmul takes ~0.25 ms, so they cross near M = 8.
     """
 
     kernel: str = "auto"
-    m_threshold: int = 16
+    m_threshold: int = 8
 
     def __post_init__(self):
         _check_kernel(self.kernel)
@@ -119,7 +123,7 @@ class Int4WeightOnlyConfig:
 
     group_size: int = 32
     kernel: str = "auto"
-    m_threshold: int = 16
+    m_threshold: int = 8
 
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size <= 0 or self.group_size % 32:
@@ -145,7 +149,7 @@ class Int8DynamicConfig:
     """
 
     kernel: str = "auto"
-    m_threshold: int = 16
+    m_threshold: int = 8
 
     def __post_init__(self):
         _check_kernel(self.kernel)
@@ -326,10 +330,12 @@ def _num_threads() -> int:
 
 
 # Calls touching fewer than this many weight elements (M*N*K for matmuls, N*K for dequant)
-# run on one thread: for SmolLM2's block layers (<= 0.9M weights) an OpenMP fork/join costs
-# about what it saves, and on a shared, oversubscribed machine every parallel region can stall
-# for a scheduler time slice waiting for its second thread. The lm_head (28M) uses all threads.
-_SINGLE_THREAD_WEIGHTS = 1 << 22
+# run on one thread: below ~256K weights an OpenMP fork/join costs about what it saves. On an
+# idle machine the block layers of SmolLM2 (331K-885K weights) gain from the second core's
+# memory bandwidth; on a shared, oversubscribed machine every parallel region (ours and torch's)
+# can stall for a scheduler time slice waiting for its second thread, so the environment
+# variable MOORELAB_QUANT_PARALLEL_MIN (weights) can raise the bar (e.g. 4194304: only lm_head).
+_SINGLE_THREAD_WEIGHTS = int(os.environ.get("MOORELAB_QUANT_PARALLEL_MIN", str(1 << 18)))
 
 
 def _dequant_threads(n: int, k: int) -> int:
@@ -388,6 +394,26 @@ class QuantizedLinear(nn.Module):
         self.__dict__["_ptrs"] = None
         return super()._load_from_state_dict(*args, **kwargs)
 
+    # ctypes handles cannot be copied: copy.deepcopy / pickling store "kernel wanted" and the
+    # copy looks the (process-wide, cached) library up again.
+    _fn_name = ""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_lib"] = state.get("_lib") is not None
+        state["_fn"] = None
+        state["_ptrs"] = None
+        return state
+
+    def __setstate__(self, state):
+        want = bool(state.pop("_lib", False))
+        super().__setstate__(state)
+        lib = _kernels.get_library() if want else None
+        self.__dict__["_lib"] = lib
+        self.__dict__["_fn"] = getattr(lib, self._fn_name) if lib is not None else None
+        if want and lib is None:
+            self.__dict__["kernel"] = self.__dict__["prefill_kernel"] = self._fallback_name
+
     def n_weight_elements(self) -> int:
         """Logical weight elements (out*in) for parameter counts; 0 for a tied copy (the float
         embedding it copies is still counted as a parameter)."""
@@ -428,7 +454,7 @@ class QuantizedLinear(nn.Module):
         ):
             x2 = x.reshape(-1, self.in_features)
             m = x2.shape[0]
-            if m <= self.m_threshold:
+            if 0 < m <= self.m_threshold:
                 if not x2.is_contiguous():
                     x2 = x2.contiguous()
                 y = x2.new_empty((m, self.out_features))
@@ -449,7 +475,7 @@ class QuantizedLinear(nn.Module):
             x2 = x2.float()
         m = x2.shape[0]
         needs_grad = torch.is_grad_enabled() and x2.requires_grad
-        if needs_grad or self._lib is None or x2.device.type != "cpu":
+        if needs_grad or self._lib is None or x2.device.type != "cpu" or m == 0:
             self.last_kernel = self._fallback_name
             y = self._torch_forward(x2)
         elif m <= self.m_threshold:
@@ -503,9 +529,10 @@ class Int8WeightOnlyLinear(QuantizedLinear):
     """
 
     scheme = "int8-weight-only"
+    _fn_name = "w8_linear"
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                 kernel: str = "auto", m_threshold: int = 16, name: str = "?"):
+                 kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
         super().__init__(qweight.shape[1], qweight.shape[0], bias, m_threshold)
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
@@ -518,7 +545,7 @@ class Int8WeightOnlyLinear(QuantizedLinear):
             self.kernel = self.prefill_kernel = self._fallback_name
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: str = "auto", m_threshold: int = 16, name: str = "?"):
+    def from_linear(cls, linear: nn.Linear, kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
         """Quantize an ``nn.Linear`` (weight ``[out, in]``) into this module."""
         q, s = quantize_int8_per_channel(linear.weight, f"{name}.weight")
         return cls(q, s, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name)
@@ -557,9 +584,10 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     """
 
     scheme = "int4-weight-only"
+    _fn_name = "w4_linear"
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
-                 bias: torch.Tensor | None, kernel: str = "auto", m_threshold: int = 16, name: str = "?"):
+                 bias: torch.Tensor | None, kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
         super().__init__(qweight.shape[1] * 2, qweight.shape[0], bias, m_threshold)
         self.group_size = group_size
         self.register_buffer("qweight", qweight.contiguous())
@@ -574,7 +602,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
             self.kernel = self.prefill_kernel = self._fallback_name
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 32, kernel: str = "auto", m_threshold: int = 16,
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32, kernel: str = "auto", m_threshold: int = 8,
                     name: str = "?"):
         """Quantize an ``nn.Linear`` into this module; MoorelabError if group_size does not divide in."""
         packed, scales, mins = quantize_int4_groupwise(linear.weight, group_size, f"{name}.weight")
@@ -617,9 +645,10 @@ class Int8DynamicLinear(QuantizedLinear):
     """
 
     scheme = "int8-dynamic"
+    _fn_name = "a8w8_linear"
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                 kernel: str = "auto", m_threshold: int = 16, name: str = "?"):
+                 kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
         super().__init__(qweight.shape[1], qweight.shape[0], bias, m_threshold)
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
@@ -636,7 +665,7 @@ class Int8DynamicLinear(QuantizedLinear):
         return "torch per-token int8 + fp32 matmul"
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: str = "auto", m_threshold: int = 16, name: str = "?"):
+    def from_linear(cls, linear: nn.Linear, kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
         """Quantize an ``nn.Linear`` into this module."""
         q, s = quantize_int8_per_channel(linear.weight, f"{name}.weight")
         return cls(q, s, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name)

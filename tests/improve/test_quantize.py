@@ -160,7 +160,7 @@ def test_int4_outlier_only_touches_its_group():
 # ------------------------------------------------------------------ kernels vs reference
 
 
-SHAPES = [(64, 4), (96, 7), (128, 33), (576, 192), (1536, 20)]
+SHAPES = [(64, 4), (96, 7), (128, 33), (576, 192), (1536, 20), (8224, 5)]  # 8224/32 = 257 groups: >256 path
 
 
 @pytest.mark.parametrize("scheme", list(CONFIGS))
@@ -447,3 +447,21 @@ def test_state_dict_roundtrip_and_buffer_replacement():
         y0 = b(x)
     expected = (x @ (b[0].mins.float().repeat_interleave(32, dim=1)).t()) + b[0].bias
     torch.testing.assert_close(y0, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_deepcopy_of_quantized_model_keeps_kernels():
+    model = _holder(128, 12, seed=4)
+    quantize_(model, Int4WeightOnlyConfig(group_size=32))
+    twin = copy.deepcopy(model)
+    x = torch.randn(1, 128)
+    with torch.inference_mode():
+        assert torch.equal(twin(x), model(x))
+    assert twin[0].kernel == model[0].kernel and twin[0].last_kernel == model[0].kernel
+
+
+def test_empty_input():
+    for cfg in CONFIGS.values():
+        model = _holder(64, 8)
+        quantize_(model, cfg)
+        with torch.inference_mode():
+            assert model(torch.empty(0, 64)).shape == (0, 8)

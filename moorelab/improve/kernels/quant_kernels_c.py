@@ -31,6 +31,15 @@ C_SOURCE = r"""
 #include <math.h>
 
 #define ML_ABI_VERSION 3
+#define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
+#define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
+
+/* prefetch [p, p + bytes) into L1 (weights stream from DRAM at decode; the hardware prefetcher
+   alone leaves single-core bandwidth well below what a sequential read reaches) */
+static inline void ml_prefetch(const void *p, int64_t bytes) {
+    const char *c = (const char *)p;
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+}
 
 int ml_abi_version(void) { return ML_ABI_VERSION; }
 
@@ -114,6 +123,7 @@ void ml_w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const f
     for (int64_t t = 0; t < ntiles; t++) {
         int64_t n0 = t * 4;
         int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES) * K, 4 * K);
         for (int64_t m = 0; m < M; m++) {
             const float *xm = x + m * K;
             float *ym = y + m * N;
@@ -170,41 +180,57 @@ static inline float w4_min_term(const uint16_t *mn, const float *xsum, int64_t n
     return s;
 }
 
-#define W4_ROW(P, A, C)                                                        \
+#define W4_ROW(P, A)                                                           \
     do {                                                                       \
         __m128i by = _mm_loadu_si128((const __m128i *)(P));                    \
         __m128i lo = _mm_and_si128(by, m4);                                    \
         __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), m4);                 \
         A = _mm256_fmadd_ps(cvt8_u8(lo), x0, A);                               \
-        C = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(lo, lo)), x1, C);       \
+        A = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(lo, lo)), x1, A);       \
         A = _mm256_fmadd_ps(cvt8_u8(hi), x2, A);                               \
-        C = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(hi, hi)), x3, C);       \
+        A = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(hi, hi)), x3, A);       \
     } while (0)
 
-/* four weight rows against one prepared x row */
+/* four weight rows against one prepared x row; one accumulator per row and group keeps all
+   live values in the 16 ymm registers (no spills) */
 static inline void w4_dot4(const float *xs, const float *xsum, int64_t K, int64_t G,
                            const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr,
                            float *out) {
     const __m128i m4 = _mm_set1_epi8(0x0F);
     const int64_t ldw = K / 2;
     const uint8_t *p0 = wp, *p1 = wp + ldw, *p2 = wp + 2 * ldw, *p3 = wp + 3 * ldw;
+    /* float16 -> float32 scales of the 4 rows, 8 at a time (the 4 rows' scales are contiguous) */
+    float sf[4 * 256];
+    const float *sfp = sf;
+    if (ngr <= 256) {
+        int64_t i = 0;
+        for (; i + 8 <= 4 * ngr; i += 8)
+            _mm256_storeu_ps(sf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + i))));
+        for (; i < 4 * ngr; i++) sf[i] = _cvtsh_ss(sc[i]);
+    }
     __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
     for (int64_t g = 0; g < ngr; g++) {
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps(), c3 = _mm256_setzero_ps();
         for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
             const float *xb = xs + b;
             __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
             __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-            W4_ROW(p0 + b / 2, a0, c0);
-            W4_ROW(p1 + b / 2, a1, c1);
-            W4_ROW(p2 + b / 2, a2, c2);
-            W4_ROW(p3 + b / 2, a3, c3);
+            W4_ROW(p0 + b / 2, a0);
+            W4_ROW(p1 + b / 2, a1);
+            W4_ROW(p2 + b / 2, a2);
+            W4_ROW(p3 + b / 2, a3);
         }
-        t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, c0), _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
-        t1 = _mm256_fmadd_ps(_mm256_add_ps(a1, c1), _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
-        t2 = _mm256_fmadd_ps(_mm256_add_ps(a2, c2), _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
-        t3 = _mm256_fmadd_ps(_mm256_add_ps(a3, c3), _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+        if (ngr <= 256) {
+            t0 = _mm256_fmadd_ps(a0, _mm256_broadcast_ss(sfp + g), t0);
+            t1 = _mm256_fmadd_ps(a1, _mm256_broadcast_ss(sfp + ngr + g), t1);
+            t2 = _mm256_fmadd_ps(a2, _mm256_broadcast_ss(sfp + 2 * ngr + g), t2);
+            t3 = _mm256_fmadd_ps(a3, _mm256_broadcast_ss(sfp + 3 * ngr + g), t3);
+        } else {
+            t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+            t1 = _mm256_fmadd_ps(a1, _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
+            t2 = _mm256_fmadd_ps(a2, _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
+            t3 = _mm256_fmadd_ps(a3, _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+        }
     }
     out[0] = hsum256(t0) + w4_min_term(mn, xsum, ngr);
     out[1] = hsum256(t1) + w4_min_term(mn + ngr, xsum, ngr);
@@ -218,14 +244,14 @@ static inline float w4_dot1(const float *xs, const float *xsum, int64_t K, int64
     (void)K;
     __m256 t0 = _mm256_setzero_ps();
     for (int64_t g = 0; g < ngr; g++) {
-        __m256 a0 = _mm256_setzero_ps(), c0 = _mm256_setzero_ps();
+        __m256 a0 = _mm256_setzero_ps();
         for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
             const float *xb = xs + b;
             __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
             __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-            W4_ROW(wp + b / 2, a0, c0);
+            W4_ROW(wp + b / 2, a0);
         }
-        t0 = _mm256_fmadd_ps(_mm256_add_ps(a0, c0), _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+        t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
     }
     return hsum256(t0) + w4_min_term(mn, xsum, ngr);
 }
@@ -243,6 +269,12 @@ int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const 
     for (int64_t t = 0; t < ntiles; t++) {
         int64_t n0 = t * 4;
         int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES4 < ntiles) {
+            int64_t pn = n0 + 4 * ML_PF_TILES4;
+            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+        }
         for (int64_t m = 0; m < M; m++) {
             float o[4];
             if (nr == 4) {
@@ -349,6 +381,7 @@ int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const 
     for (int64_t t = 0; t < ntiles; t++) {
         int64_t n0 = t * 4;
         int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES) * K, 4 * K);
         for (int64_t m = 0; m < M; m++) {
             int32_t o[4];
             if (nr == 4) a8_dot4(xq + m * K, w + n0 * K, K, K, o);
