@@ -366,7 +366,6 @@ def test_structured_pruning_on_smollm2_real_text():
     from moorelab.measure.text import default_text
     from moorelab.model.zoo import load_pretrained
 
-    torch.set_num_threads(2)
     lm = load_pretrained("smollm2-135m")
     m = lm.model
     ids = lm.tokenizer.encode(default_text("histories/henry-v.md").text[:4000], add_special_tokens=False).ids
