@@ -87,6 +87,7 @@ def bench_layers(quick: bool) -> list[dict]:
         ("int4-g32", Int4WeightOnlyConfig(group_size=32)),
         ("int4-g64", Int4WeightOnlyConfig(group_size=64)),
         ("int8-dyn", Int8DynamicConfig()),
+        ("int4-a16", Int4WeightOnlyConfig(group_size=32, int16_activations=True)),
     ]
     for k, n in SHAPES:
         lin = nn.Linear(k, n, bias=False)
@@ -181,6 +182,7 @@ def bench_model(quick: bool, rounds: int, chars: int | None) -> dict | None:
         "int4-g32": Int4WeightOnlyConfig(group_size=32),
         "int4-g64": Int4WeightOnlyConfig(group_size=64),
         "int8-dyn": Int8DynamicConfig(),
+        "int4-a16": Int4WeightOnlyConfig(group_size=32, int16_activations=True),
     }
     variants["int4+8head"] = "mixed"  # int4-g32 blocks, int8 lm_head (the only lossy int4 layer here)
     models, reports, results = {}, {}, {}

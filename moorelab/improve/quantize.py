@@ -116,6 +116,10 @@ class Int4WeightOnlyConfig:
         group_size: input features per group; a multiple of 32 (32 or 64 are the usual
             choices) that divides every quantized layer's ``in_features``.
         kernel, m_threshold: as in :class:`Int8WeightOnlyConfig`.
+        int16_activations: opt-in faster decode kernel ("a16"): each 32-block of x is rounded
+            to int16 with its own scale (``max|x_block| / 32767``, relative error <= 1.5e-5 of
+            the block maximum) so nibble x int16 products run on ``vpmaddwd``; about 1.3x faster
+            than the float32-activation kernel here. Off by default (pure weight-only).
 
     Raises:
         MoorelabError: group_size not a positive multiple of 32.
@@ -124,6 +128,7 @@ class Int4WeightOnlyConfig:
     group_size: int = 32
     kernel: str = "auto"
     m_threshold: int = 8
+    int16_activations: bool = False
 
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size <= 0 or self.group_size % 32:
@@ -135,7 +140,7 @@ class Int4WeightOnlyConfig:
 
     @property
     def name(self) -> str:
-        return f"int4-weight-only-g{self.group_size}"
+        return f"int4-weight-only-g{self.group_size}" + ("-a16" if self.int16_activations else "")
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,16 @@ def quantize_activations_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch
     sx = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     xq = torch.round(x / sx[:, None]).clamp_(-127, 127)
     return xq.to(torch.int8), sx
+
+
+def round_activations_int16_blocks(x: torch.Tensor) -> torch.Tensor:
+    """What the opt-in int4 "a16" kernel multiplies by: ``x [M, K]`` (K % 32 == 0) with each
+    32-block rounded to int16 steps of ``max|x_block| / 32767`` (float32 result, same shape)."""
+    m, k = x.shape
+    b = x.reshape(m, k // 32, 32)
+    amax = b.abs().amax(dim=2, keepdim=True)
+    s = torch.where(amax > 0, amax / 32767.0, torch.ones_like(amax))
+    return (torch.round(b / s).clamp_(-32767, 32767) * s).reshape(m, k)
 
 
 def sqnr_db(weight: torch.Tensor, approx: torch.Tensor) -> float:
@@ -587,26 +602,31 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     _fn_name = "w4_linear"
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
-                 bias: torch.Tensor | None, kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
+                 bias: torch.Tensor | None, kernel: str = "auto", m_threshold: int = 8, name: str = "?",
+                 int16_activations: bool = False):
         super().__init__(qweight.shape[1] * 2, qweight.shape[0], bias, m_threshold)
         self.group_size = group_size
+        self.int16_activations = int16_activations
+        if int16_activations:
+            self._fn_name = "w4a16_linear"
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scales", scales.to(torch.float16).contiguous())
         self.register_buffer("mins", mins.to(torch.float16).contiguous())
         self._lib = _resolve_lib(kernel, name)
-        self._fn = self._lib.w4_linear if self._lib is not None else None
+        self._fn = getattr(self._lib, self._fn_name) if self._lib is not None else None
         if self._lib is not None:
-            self.kernel = f"moorelab-avx2-gemv int4-g{group_size}"
+            self.kernel = f"moorelab-avx2-gemv int4-g{group_size}" + (" x int16-act" if int16_activations else "")
             self.prefill_kernel = f"moorelab-avx2 dequant int4-g{group_size} + fp32 matmul"
         else:
             self.kernel = self.prefill_kernel = self._fallback_name
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 32, kernel: str = "auto", m_threshold: int = 8,
-                    name: str = "?"):
+                    name: str = "?", int16_activations: bool = False):
         """Quantize an ``nn.Linear`` into this module; MoorelabError if group_size does not divide in."""
         packed, scales, mins = quantize_int4_groupwise(linear.weight, group_size, f"{name}.weight")
-        return cls(packed, scales, mins, group_size, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name)
+        return cls(packed, scales, mins, group_size, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name,
+                   int16_activations=int16_activations)
 
     def dequantize(self) -> torch.Tensor:
         if self._lib is None:
@@ -844,7 +864,8 @@ def _make(config, linear: nn.Linear, name: str) -> QuantizedLinear:
     if isinstance(config, Int8WeightOnlyConfig):
         return Int8WeightOnlyLinear.from_linear(linear, config.kernel, config.m_threshold, name)
     if isinstance(config, Int4WeightOnlyConfig):
-        return Int4WeightOnlyLinear.from_linear(linear, config.group_size, config.kernel, config.m_threshold, name)
+        return Int4WeightOnlyLinear.from_linear(linear, config.group_size, config.kernel, config.m_threshold, name,
+                                                config.int16_activations)
     if isinstance(config, Int8DynamicConfig):
         return Int8DynamicLinear.from_linear(linear, config.kernel, config.m_threshold, name)
     raise MoorelabError(

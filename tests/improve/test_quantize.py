@@ -31,6 +31,7 @@ from moorelab.improve.quantize import (
     quantize_activations_per_token,
     quantize_int4_groupwise,
     quantize_int8_per_channel,
+    round_activations_int16_blocks,
     sqnr_db,
     unpack_int4,
     weight_bytes,
@@ -43,6 +44,7 @@ CONFIGS = {
     "int4-g32": Int4WeightOnlyConfig(group_size=32),
     "int4-g64": Int4WeightOnlyConfig(group_size=64),
     "int8-dyn": Int8DynamicConfig(),
+    "int4-g32-a16": Int4WeightOnlyConfig(group_size=32, int16_activations=True),
 }
 
 
@@ -56,6 +58,12 @@ def _reference(mod: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
     if isinstance(mod, Int8DynamicLinear):
         xq, sx = quantize_activations_per_token(x)
         xd = xq.double() * sx.double()[:, None]
+    elif "int16-act" in (mod.last_kernel or ""):
+        # a16 kernel: int4 part on x rounded per 32-block to int16, min term on the float x
+        mins = mod.mins.double().repeat_interleave(mod.group_size, dim=1)
+        xr = round_activations_int16_blocks(x).double()
+        y = xr @ (mod.dequantize().double() - mins).t() + x.double() @ mins.t()
+        return y + mod.bias.double() if mod.bias is not None else y
     else:
         xd = x.double()
     y = xd @ mod.dequantize().double().t()
@@ -246,6 +254,12 @@ def test_pure_torch_fallback_names_its_kernel(monkeypatch):
             y = model(x)
         assert model[0].last_kernel == model[0].kernel
         _assert_matches(y, _reference(model[0], x), x, model[0])
+
+
+def test_a16_rounding_golden():
+    x = torch.tensor([[32767.0, 1.4, -2.6, 0.5] + [0.0] * 28])  # block max 32767 -> step 1
+    r = round_activations_int16_blocks(x)
+    assert r[0, :4].tolist() == [32767.0, 1.0, -3.0, 0.0]  # 0.5 rounds half to even
 
 
 def test_compiled_kernels_available_here():

@@ -32,7 +32,7 @@ __all__ = ["get_library", "status", "KernelLibrary", "CFLAGS"]
 
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 _LIB_NAME = "libmoorelab_quant.so"
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 _state: dict = {"loaded": False, "lib": None, "reason": "not tried yet"}
 
@@ -73,6 +73,8 @@ class KernelLibrary:
         lib.ml_w8_dequant.argtypes = [vp, vp, vp, i64, i64, cint]
         lib.ml_w4_linear.restype = cint
         lib.ml_w4_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, vp, vp, i64, cint]
+        lib.ml_w4a16_linear.restype = cint
+        lib.ml_w4a16_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, vp, vp, i64, cint]
         lib.ml_w4_dequant.restype = None
         lib.ml_w4_dequant.argtypes = [vp, vp, vp, i64, vp, i64, i64, cint]
         lib.ml_a8w8_linear.restype = cint
@@ -82,6 +84,7 @@ class KernelLibrary:
         self.w8_dequant = lib.ml_w8_dequant
         self.w4_linear = lib.ml_w4_linear
         self.w4_dequant = lib.ml_w4_dequant
+        self.w4a16_linear = lib.ml_w4a16_linear
         self.a8w8_linear = lib.ml_a8w8_linear
 
 

@@ -30,7 +30,7 @@ C_SOURCE = r"""
 #include <string.h>
 #include <math.h>
 
-#define ML_ABI_VERSION 3
+#define ML_ABI_VERSION 4
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 
@@ -290,6 +290,102 @@ int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const 
         }
     }
     free(xs);
+    return 0;
+}
+
+/* ---- int4 weights x int16 activations ("a16"): x rounded per 32-block to int16 ----
+   xq[k] = round_half_even(x[k] / bs), bs = max|x[block]| / 32767 (1 if zero); the weight
+   nibbles are widened to int16 and multiplied with vpmaddwd (exact int32 sums, |q| <= 15),
+   then each 32-block's sum is scaled by bs in float. The min term uses the float x. */
+
+static void w4a16_prep_x(const float *x, int64_t K, int64_t G, int16_t *xs, float *bs, float *xsum) {
+    for (int64_t b = 0; b < K; b += 32) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) { float a = fabsf(x[b + j]); if (a > amax) amax = a; }
+        float s = amax > 0.0f ? amax / 32767.0f : 1.0f;
+        bs[b / 32] = s;
+        for (int j = 0; j < 16; j++) {
+            float ve = nearbyintf(x[b + 2 * j] / s), vo = nearbyintf(x[b + 2 * j + 1] / s);
+            ve = ve > 32767.0f ? 32767.0f : (ve < -32767.0f ? -32767.0f : ve);
+            vo = vo > 32767.0f ? 32767.0f : (vo < -32767.0f ? -32767.0f : vo);
+            xs[b + j] = (int16_t)ve;
+            xs[b + 16 + j] = (int16_t)vo;
+        }
+    }
+    for (int64_t g = 0; g < K / G; g++) {
+        float s = 0.0f;
+        for (int64_t k = g * G; k < (g + 1) * G; k++) s += x[k];
+        xsum[g] = s;
+    }
+}
+
+#define W4A16_ROW(P, A)                                                                  \
+    do {                                                                                 \
+        __m128i by = _mm_loadu_si128((const __m128i *)(P));                              \
+        __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(by, m4));                        \
+        __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(by, 4), m4));     \
+        __m256i d = _mm256_add_epi32(_mm256_madd_epi16(lo, xe), _mm256_madd_epi16(hi, xo)); \
+        A = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), bsv, A);                              \
+    } while (0)
+
+static inline void w4a16_dotn(const int16_t *xs, const float *bs, const float *xsum, int64_t K, int64_t G,
+                              const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr,
+                              int64_t nr, float *out) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const int64_t ldw = K / 2;
+    const uint8_t *p0 = wp, *p1 = wp + (nr > 1 ? ldw : 0), *p2 = wp + (nr > 2 ? 2 * ldw : 0), *p3 = wp + (nr > 3 ? 3 * ldw : 0);
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            __m256i xe = _mm256_loadu_si256((const __m256i *)(xs + b));
+            __m256i xo = _mm256_loadu_si256((const __m256i *)(xs + b + 16));
+            __m256 bsv = _mm256_broadcast_ss(bs + b / 32);
+            W4A16_ROW(p0 + b / 2, a0);
+            W4A16_ROW(p1 + b / 2, a1);
+            W4A16_ROW(p2 + b / 2, a2);
+            W4A16_ROW(p3 + b / 2, a3);
+        }
+        t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+        if (nr > 1) t1 = _mm256_fmadd_ps(a1, _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
+        if (nr > 2) t2 = _mm256_fmadd_ps(a2, _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
+        if (nr > 3) t3 = _mm256_fmadd_ps(a3, _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+    }
+    out[0] = hsum256(t0) + w4_min_term(mn, xsum, ngr);
+    if (nr > 1) out[1] = hsum256(t1) + w4_min_term(mn + ngr, xsum, ngr);
+    if (nr > 2) out[2] = hsum256(t2) + w4_min_term(mn + 2 * ngr, xsum, ngr);
+    if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
+}
+
+int ml_w4a16_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                    const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    int64_t ngr = K / G, nb = K / 32;
+    char *buf = (char *)malloc(sizeof(int16_t) * (size_t)(M * K) + sizeof(float) * (size_t)(M * nb + M * ngr) + 64);
+    if (!buf) return -1;
+    int16_t *xs = (int16_t *)buf;
+    float *bs = (float *)(buf + ((sizeof(int16_t) * (size_t)(M * K) + 31) / 32) * 32);
+    float *xsum = bs + M * nb;
+    for (int64_t m = 0; m < M; m++) w4a16_prep_x(x + m * K, K, G, xs + m * K, bs + m * nb, xsum + m * ngr);
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES4 < ntiles) {
+            int64_t pn = n0 + 4 * ML_PF_TILES4;
+            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+        }
+        for (int64_t m = 0; m < M; m++) {
+            float o[4];
+            w4a16_dotn(xs + m * K, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2), scales + n0 * ngr,
+                       mins + n0 * ngr, ngr, nr, o);
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(buf);
     return 0;
 }
 
