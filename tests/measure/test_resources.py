@@ -22,6 +22,7 @@ def test_buffers_count_at_their_real_size():
 
 
 PEAK_SCRIPT = """
+import numpy as np
 from moorelab.measure import resources
 if not resources.reset_peak_rss():
     print("unsupported"); raise SystemExit
