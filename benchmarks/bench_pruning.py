@@ -15,7 +15,7 @@ Texts: evaluation on Macbeth (``tragedies/macbeth.md``, the project default); ca
 
 Usage::
 
-    python benchmarks/bench_pruning.py            # ~35 min on one busy core
+    python benchmarks/bench_pruning.py            # 24 min on one shared core (distillation 14 min)
     python benchmarks/bench_pruning.py --max-chars 3000 --window 256 --stride 128 --distill-steps 40 --seq-len 128
 
 Threads: one by default. On the shared 2-core machine this was written on, two OpenMP threads
