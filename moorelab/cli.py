@@ -41,7 +41,7 @@ def run_command(
     out: Path = typer.Option(Path("moorelab-out"), help="Output folder for results.json and report.html."),
     quick: bool = typer.Option(False, "--quick", help="A smaller slice of text, for tests."),
 ) -> None:
-    """Measure a real LLM (quality, speed, resources), one improvement, and the field's trend."""
+    """Measure a real LLM (quality, speed, resources, cost), quantized and pruned variants, and the field's trend."""
     from moorelab.report.run import RunOptions, run_main_job
 
     run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick))
