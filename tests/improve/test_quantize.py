@@ -405,7 +405,7 @@ PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(group_size=32)], ids=["int8", "int4-g32"])
+@pytest.mark.parametrize("cfg", [Int8WeightOnlyConfig()], ids=["int8"])  # int4 adds ~1 min: see the benchmark
 def test_smollm2_quantized_greedy_stays_sensible(smollm2, cfg):
     from moorelab.model.generate import generate
 
