@@ -18,9 +18,27 @@ test splits to fit the CPU budget):
 
 Prints a table of test accuracy and seconds per method, and writes JSON with --json.
 
-    python benchmarks/bench_finetune.py                   # English + Chinese, 1 epoch
+    python benchmarks/bench_finetune.py --threads 1       # English + Chinese, 1 epoch (~35 min on 2 shared cores)
     python benchmarks/bench_finetune.py --part en --epochs 2
     python benchmarks/bench_finetune.py --part zh --gemma
+
+Measured 2026-11-29 on 2 shared CPU cores, torch 2.13 fp32, 1 thread, seed 0
+(``--threads 1 --zh-train 1000 --zh-test 500``; test accuracy, seconds):
+
+    en  majority class                          0.658      0 s
+    en  bag-of-words LR (word 1-2-grams)        0.804      6 s
+    en  MiniLM-L6 frozen + LR                   0.784    263 s
+    en  MiniLM-L6 fine-tuned, 1 epoch           0.848    598 s  (250 steps; same value in 2 runs)
+    zh  majority class (full split)             0.529
+    zh  char 1-3-gram LR (full split)           0.860      6 s  (train 13,946 / test 3,417)
+    zh  majority class (1000/500 subset)        0.538
+    zh  char 1-3-gram LR (subset)               0.796      1 s
+    zh  MiniLM-L6 frozen + LR (subset)          0.640     32 s  (63.6 % of tokens are [UNK])
+    zh  Gemma-3-270M frozen + LR (subset)       0.804    779 s  (--gemma, separate run)
+
+With 1,000 test reviews one accuracy has a standard error of about 1.1 points (1.8 points at
+500): fine-tuned MiniLM beats bag-of-words by 4.4 points; Gemma and the character n-gram
+model cannot be told apart on the Chinese subset.
 
 Needs ``python -m moorelab.measure.datasets fetch all`` first; exits 0 with a message if the
 data are absent (exit 1 when env CI is set).
@@ -98,7 +116,7 @@ def english(args, table: Table, lm) -> dict:
     t = time.perf_counter()
     res = ft.finetune(copy.deepcopy(lm.model), lm.config.d_model, ids_tr, tr.labels, cfg, progress=log)
     t_eval = time.perf_counter()
-    pred = ft.predict_logits(res.model, ids_te).argmax(-1).numpy()
+    pred = ft.predict_logits(res.model, ids_te, cfg.eval_batch_size).argmax(-1).numpy()
     acc = ft.accuracy(pred, te.labels)
     total = time.perf_counter() - t
     table.add("en", f"MiniLM-L6 fine-tuned ({cfg.epochs:g} epoch, {res.steps} steps)", acc, total + tok_s,
@@ -203,8 +221,8 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-probe", action="store_true", help="skip the MiniLM frozen-encoder probe (English and Chinese)")
-    p.add_argument("--zh-train", type=int, default=2000)
-    p.add_argument("--zh-test", type=int, default=1000)
+    p.add_argument("--zh-train", type=int, default=1000)
+    p.add_argument("--zh-test", type=int, default=500)
     p.add_argument("--gemma", action="store_true", help="Chinese: also Gemma-3-270M frozen features")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
