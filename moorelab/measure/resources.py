@@ -66,13 +66,28 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
+def _malloc_trim() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so that memory released by
+    earlier work does not count in the next row's resident set."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset the process's peak-RSS mark so that the next reading covers only what follows.
+
+    Freed heap pages are first returned to the OS (``malloc_trim``) so that they do not inflate
+    the new baseline.
 
     Returns:
         True if the kernel accepted the reset, False if not (the reading is then the peak since
         process start, and reports should say so).
     """
+    _malloc_trim()
     try:
         _CLEAR_REFS.write_text("5")
         return True
