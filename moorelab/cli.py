@@ -79,13 +79,20 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors from click (typer may bundle its own copy of click)
+        if _is_click_exception(exc):
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                typer.echo(exc.ctx.get_help() if getattr(exc, "ctx", None) else str(exc))
+                sys.exit(0)
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(2)
         raise
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    """True for click's usage errors, from the real click or the copy bundled in typer."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return "ClickException" in names or "NoArgsIsHelpError" in names
 
 
 if __name__ == "__main__":  # pragma: no cover

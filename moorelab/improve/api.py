@@ -145,6 +145,8 @@ def parse_spec(spec: str) -> Any:
         key = key.strip()
         if not eq:
             raise MoorelabError(f"--with {spec!r}: expected FIELD=VALUE, got {part!r}")
+        if key in kwargs:
+            raise MoorelabError(f"--with {spec!r}: field {key!r} given twice")
         if key not in fields:
             raise MoorelabError(f"--with {spec!r}: {cls.__name__} has no field {key!r} (fields: {', '.join(sorted(fields))})")
         value = _coerce(raw.strip())

@@ -48,25 +48,58 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
         MoorelabError: a second quantization, a technique after a quantization that needs float
             weights, or head pruning that would remove every head of a layer.
     """
-    from moorelab.improve.prune import HeadPruneConfig
+    from moorelab.improve.distill import DistillConfig
+    from moorelab.improve.prune import FFNChannelPruneConfig, HeadPruneConfig, MagnitudePruneConfig, WandaConfig
     from moorelab.improve.quantize import Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
 
     quant = (Int8WeightOnlyConfig, Int4WeightOnlyConfig, Int8DynamicConfig)
+    structured = (HeadPruneConfig, FFNChannelPruneConfig)
+    masked = None
     first_q = None
+    seen_prune = False
     for spec, cfg in zip(specs, configs):
+        if isinstance(cfg, DistillConfig) and not seen_prune:
+            raise MoorelabError(f"--with {spec!r}: distillation recovers a pruned student; put a pruning step "
+                                "(heads, ffn, magnitude, wanda) before it (the teacher is the unmodified model)")
+        if isinstance(cfg, structured) and masked is not None:
+            raise MoorelabError(f"--with {spec!r} after --with {masked!r}: structured pruning needs dense weights; "
+                                "put structured pruning before unstructured pruning")
+        amount = getattr(cfg, "sparsity", None) if isinstance(cfg, (MagnitudePruneConfig, WandaConfig)) else None
+        if isinstance(cfg, FFNChannelPruneConfig):
+            amount = cfg.fraction
+        if isinstance(cfg, HeadPruneConfig):
+            amount = cfg.fraction if cfg.fraction is not None else cfg.heads_per_layer
+        if amount is not None and amount <= 0:
+            raise MoorelabError(f"--with {spec!r}: removes nothing (0); drop it or give an amount > 0")
+        if isinstance(cfg, (MagnitudePruneConfig, WandaConfig)):
+            masked = spec
+        if isinstance(cfg, (MagnitudePruneConfig, WandaConfig) + structured):
+            seen_prune = True
         if first_q is not None:
             what = "quantize an already quantized model" if isinstance(cfg, quant) else "change a quantized model"
             raise MoorelabError(f"--with {spec!r} comes after --with {first_q!r}: cannot {what}; put the quantization last")
         if isinstance(cfg, quant):
             first_q = spec
+        if model is not None and isinstance(cfg, Int4WeightOnlyConfig):
+            widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
+            bad = [w for w in widths if w % cfg.group_size]
+            if bad:
+                raise MoorelabError(f"--with {spec!r}: group_size={cfg.group_size} does not divide the input width(s) "
+                                    f"{bad} of the model's linear layers")
         if model is not None and isinstance(cfg, HeadPruneConfig):
             for i, b in enumerate(model.blocks):
                 if cfg.layers is not None and i not in cfg.layers:
                     continue
-                n = b.attn.n_heads
+                n, g = b.attn.n_heads, b.attn.n_heads // b.attn.n_kv_heads
                 k = cfg.heads_per_layer if cfg.heads_per_layer is not None else round(cfg.fraction * n)
                 if k >= n:
                     raise MoorelabError(f"--with {spec!r}: would prune all {n} heads of layer {i}; keep at least one group")
+                if k == 0:
+                    raise MoorelabError(f"--with {spec!r}: removes no head of layer {i} ({n} heads)")
+                step = g if cfg.unit == "kv_group" else b.attn.n_kv_heads
+                if k % step:
+                    raise MoorelabError(f"--with {spec!r}: layer {i} has {n} query heads in groups of {g}; "
+                                        f"with unit={cfg.unit!r} prune a multiple of {step}")
 
 
 def improve_command(
@@ -85,15 +118,17 @@ def improve_command(
     from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
-    from moorelab.measure.task import FULL, QUICK, document_start_token, measure_model
+    from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
     from moorelab.measure.text import default_text, read_text_file, take_prefix
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots
     from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
-    from moorelab.report.run import make_progress, summary_table
+    from moorelab.report.run import make_progress, print_gains, summary_table
 
     console = Console(stderr=json_out)
+    if not usd_per_hour > 0:
+        raise MoorelabError(f"--usd-per-hour {usd_per_hour}: must be > 0 ($/hour)")
     t0 = time.perf_counter()
     configs = [parse_spec(s) for s in with_]  # bad specs fail here, before anything is loaded
     precheck_chain(with_, configs)
@@ -105,8 +140,10 @@ def improve_command(
         loaded = load_pretrained(model, progress=lambda m: progress.update(ltask, description=m))
         progress.update(ltask, total=1, completed=1, description=f"loaded {loaded.name}")
         net = loaded.model
+        loaded.model = None
         precheck_chain(with_, configs, net)
         ids = loaded.tokenizer.encode(task_text.text, add_special_tokens=False).ids
+        check_task_fits(loaded, ids, budget, task_text)
         bos = document_start_token(loaded)
         ctx = ApplyContext()
         if any(isinstance(c, NEEDS_CALIBRATION) for c in configs):
@@ -161,13 +198,7 @@ def improve_command(
         sys.stdout.write(json.dumps(json.loads((Path(out) / "results.json").read_text())) + "\n")
     else:
         console.print(summary_table(rows))
-        for r in rows[1:]:
-            pc = r["performance_per_cost"]
-            mo = pc["months_of_trend"]
-            extra = (f"; = {mo['algorithmic_efficiency']['value']:.1f} months of algorithmic progress (2.90x/yr, Epoch AI)"
-                     if mo else "")
-            console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $, "
-                          f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
+        print_gains(console, rows)
         console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
         console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")
 

@@ -37,6 +37,23 @@ QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, deco
                calibration_tokens=1024)
 
 
+def check_task_fits(loaded, token_ids: list[int], budget: "Budget", text: Text) -> None:
+    """Refuse, before any measurement, a model or text the task cannot use.
+
+    Raises:
+        ModelLoadError: the model is not a decoder (perplexity and decoding need a causal LM).
+        DataError: the text has fewer tokens than the prefill test needs (named file, counts).
+    """
+    from moorelab.errors import DataError, ModelLoadError
+
+    if not loaded.config.is_decoder:
+        raise ModelLoadError(f"model {loaded.name}: a {loaded.config.family} encoder has no next-token "
+                             "distribution; run and improve measure causal language models")
+    need = max(budget.prefill_tokens, 64)
+    if len(token_ids) < need:
+        raise DataError(f"{text.source}: {len(token_ids)} tokens after tokenization, the task needs at least {need}")
+
+
 def document_start_token(loaded) -> int | None:
     """The token put once before the text so that its first token is scored too.
 

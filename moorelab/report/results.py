@@ -144,22 +144,33 @@ def staged_output(out: Path) -> Iterator[Path]:
 
     On any exception the staging folder is removed and ``out`` is untouched.
     """
-    out = Path(out)
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    from moorelab.errors import MoorelabError
+
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise MoorelabError(f"--out {out}: exists and is not a folder")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=parent))
+    except OSError as exc:
+        raise MoorelabError(f"--out {out}: cannot write there ({exc.strerror})") from None
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    out.mkdir(parents=True, exist_ok=True)
-    for item in stage.iterdir():
-        target = out / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for item in stage.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    except OSError as exc:
+        raise MoorelabError(f"--out {out}: cannot write there ({exc.strerror})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def add_cost_gain(rows: list[dict], baseline: dict) -> None:

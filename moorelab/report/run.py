@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from moorelab.measure.task import FULL, QUICK, document_start_token, measure_model
+from moorelab.errors import MoorelabError
+from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
 from moorelab.measure.text import Text, default_text, read_text_file, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
@@ -140,6 +141,21 @@ SUMMARY_METRICS = [
 ]
 
 
+def print_gains(console: Console, rows: list[dict]) -> None:
+    """One line per variant: tokens per dollar against the baseline, the change in bits per byte,
+    and the gain in months of the algorithmic-efficiency reference trend (Epoch AI)."""
+    for r in rows[1:]:
+        pc = r["performance_per_cost"]
+        mo = pc["months_of_trend"]
+        extra = ""
+        if mo:
+            a = mo["algorithmic_efficiency"]
+            sign = "" if pc["gain_vs_baseline"]["value"] >= 1 else "−"
+            extra = f"; {sign}{a['value']:.1f} months of algorithmic progress at 2.90x/year (Epoch AI)"
+        console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $ (decode, measured once), "
+                      f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
+
+
 def summary_table(rows: list[dict]) -> Table:
     """Terminal table: one line per metric, one column per model variant (ratios to the baseline)."""
     t = Table(title="Measured on the same text")
@@ -182,6 +198,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
     from moorelab.model.zoo import load_pretrained
 
     console = console or Console()
+    if not opts.usd_per_hour > 0:
+        raise MoorelabError(f"--usd-per-hour {opts.usd_per_hour}: must be > 0 ($/hour)")
     t_start = time.perf_counter()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -209,8 +227,10 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
 
         # 2. text
         token_ids = loaded.tokenizer.encode(text.text, add_special_tokens=False).ids
+        check_task_fits(loaded, token_ids, budget, text)
         bos = document_start_token(loaded)
         model = loaded.model
+        loaded.model = None  # the variants below replace it; keep no second reference alive
         base_row, _ = measure_model(
             "float32", "none", "torch fp32 matmul (oneDNN/MKL)", model, token_ids, text, budget, bos,
             opts.usd_per_hour, progress, notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
@@ -297,6 +317,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         )
 
     console.print(summary_table(rows))
+    print_gains(console, rows)
+    console.print(f"best quantized row (fastest decode with bits/byte within +0.10 of the baseline): {best_q}")
     console.print(
         f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"

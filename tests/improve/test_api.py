@@ -22,6 +22,7 @@ def test_spec_parsing_types_fields():
     ("int4:group=32", "has no field 'group'"),
     ("int4:group_size=48", "group_size=48"),
     ("wanda:0.5", "expected FIELD=VALUE"),
+    ("int4:group_size=32,group_size=64", "field 'group_size' given twice"),
 ])
 def test_bad_specs_name_the_field(spec, needle):
     with pytest.raises(MoorelabError) as e:

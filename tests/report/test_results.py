@@ -54,3 +54,14 @@ def test_pareto_front_by_hand():
 
     pts = [(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (2.0, 4.0), (4.0, 1.0)]
     assert pareto_front(pts) == [0, 1, 4]
+
+
+def test_out_that_is_a_file_fails_before_work(tmp_path):
+    from moorelab.errors import MoorelabError
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(MoorelabError, match="exists and is not a folder"):
+        with staged_output(f):
+            raise AssertionError("must not run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

