@@ -29,6 +29,7 @@ Measured 2026-11-29 on 2 shared CPU cores, torch 2.13 fp32, 1 thread, seed 0
     en  bag-of-words LR (word 1-2-grams)        0.804      6 s
     en  MiniLM-L6 frozen + LR                   0.784    263 s
     en  MiniLM-L6 fine-tuned, 1 epoch           0.848    598 s  (250 steps; same value in 2 runs)
+    en  MiniLM-L6 fine-tuned, 2 epochs          0.859    902 s  (500 steps, --epochs 2 --skip-probe run)
     zh  majority class (full split)             0.529
     zh  char 1-3-gram LR (full split)           0.860      6 s  (train 13,946 / test 3,417)
     zh  majority class (1000/500 subset)        0.538
