@@ -173,8 +173,26 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
+def decode_layout_is_column_major() -> bool:
+    """Whether ``decode_layout`` stores linear weights column-major on this machine.
+
+    With the compiled kernels available (gcc, AVX2/FMA; see :mod:`moorelab.improve.kernels`),
+    decode-sized calls of :class:`moorelab.model.transformer.FastLinear` run a GEMV kernel that
+    wants the plain row-major ``[out, in]`` layout (~1.5-2x faster than ``F.linear`` on either
+    layout), so weights stay row-major; without it ``F.linear`` is fastest on column-major weights.
+    """
+    from moorelab.improve.kernels import get_library
+
+    return get_library() is None
+
+
 def _column_major_names(model: Transformer) -> set[str]:
-    """Our names of the weights stored column-major: every nn.Linear and a tied embedding."""
+    """Our names of the weights stored column-major: every nn.Linear and a tied embedding.
+
+    Empty when :func:`decode_layout_is_column_major` is False (kernels keep row-major weights).
+    """
+    if not decode_layout_is_column_major():
+        return set()
     names = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     if model.lm_head is not None and model.config.tie_word_embeddings:
         names.add("embed.weight")  # it is also the output layer's weight
@@ -188,7 +206,8 @@ def load_state_into(
 
     ``state`` is consumed (entries are popped so each source tensor can be freed as soon as it
     is placed). With ``decode_layout``, every ``nn.Linear`` weight (and a tied embedding) is
-    stored column-major (see :func:`column_major`); shapes and values are unchanged.
+    stored column-major (see :func:`column_major`) unless the compiled decode kernels are
+    available (see :func:`decode_layout_is_column_major`); shapes and values are unchanged.
 
     Raises:
         ModelLoadError: a missing tensor, a tensor of the wrong shape, or an unexpected one,
@@ -249,7 +268,8 @@ def read_hf_config(folder: Path) -> TransformerConfig:
 def load_hf_folder(folder: str | Path, decode_layout: bool = True) -> Transformer:
     """Load a Hugging Face folder (config.json + *.safetensors) of model type gpt2, llama or bert.
 
-    ``decode_layout``: store linear weights column-major (faster decoding; see :func:`column_major`).
+    ``decode_layout``: store linear weights in the layout fastest for decoding (row-major with
+    the compiled kernels, else column-major; see :func:`decode_layout_is_column_major`).
 
     Returns:
         Our :class:`Transformer` in eval mode, float32.

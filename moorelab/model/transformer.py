@@ -13,7 +13,8 @@
     RoPE (Su et al. 2021), half-split layout as in Hugging Face llama:
         rope(x) = x · cos(θ·p) + rotate_half(x) · sin(θ·p),  rotate_half([a, b]) = [-b, a]
 
-Every matmul is an ``nn.Linear`` so quantization can replace modules in place. Per-layer
+Every matmul is an ``nn.Linear`` (:class:`FastLinear`, a subclass whose decode-sized calls run a
+compiled float32 GEMV kernel) so quantization can replace modules in place. Per-layer
 sizes (heads, FFN width) are read from each module, so pruned layers may differ.
 """
 
@@ -28,6 +29,59 @@ from torch import nn
 from moorelab.model.config import TransformerConfig
 
 ATTENTION_IMPLS = ("sdpa", "eager")
+
+
+def _kernel_library():
+    """The compiled CPU kernels (:mod:`moorelab.improve.kernels`), or ``None`` if unavailable."""
+    from moorelab.improve.kernels import get_library
+
+    return get_library()
+
+
+class FastLinear(nn.Linear):
+    """``nn.Linear`` whose decode-sized calls (at most ``M_MAX`` rows) use a compiled GEMV kernel.
+
+    ``y [..., out_features] = x [..., in_features] · Wᵀ + b``, exactly ``F.linear``. The kernel
+    (AVX2+FMA float32 dot products over the row-major ``[out, in]`` weight, software prefetch,
+    OpenMP over output rows with ``torch.get_num_threads()`` threads, one thread for layers under
+    ``SMALL`` weights) runs when: x and the weight are float32 CPU tensors, the weight (and bias)
+    are contiguous, x has 1..``M_MAX`` rows, and no gradient is needed. Anything else (training,
+    prefill, other dtypes or devices, column-major weights, no gcc) goes to ``F.linear``.
+    Sums are in a different order than torch's, so results differ by float32 rounding (~1e-6
+    relative).
+    """
+
+    M_MAX = 4
+    SMALL = 32768  # weights (elements) below which one thread is faster than waking a second
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        k = self.in_features
+        # cheapest tests first: this runs ~200 times per decoded token
+        if (
+            x.dtype is torch.float32
+            and x.is_cpu
+            and k > 0
+            and x.numel() <= self.M_MAX * k
+            and x.shape[-1] == k
+            and w.dtype is torch.float32
+            and w.is_cpu
+            and w.is_contiguous()
+            and (b is None or (b.dtype is torch.float32 and b.is_contiguous()))
+            and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad or (b is not None and b.requires_grad)))
+        ):
+            m = x.numel() // k
+            lib = _kernel_library() if m > 0 else None
+            if lib is not None:
+                n = self.out_features
+                if not x.is_contiguous():
+                    x = x.contiguous()
+                y = x.new_empty((*x.shape[:-1], n))
+                threads = 1 if n * k < self.SMALL else torch.get_num_threads()
+                lib.f32_linear(x.data_ptr(), m, k, w.data_ptr(), None if b is None else b.data_ptr(),
+                               y.data_ptr(), n, threads)
+                return y
+        return F.linear(x, w, b)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -133,10 +187,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.rope = rope
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.q_proj = FastLinear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = FastLinear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v_proj = FastLinear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.o_proj = FastLinear(n_heads * head_dim, d_model, bias=bias)
         self.record: dict | None = None
 
     def forward(
@@ -189,9 +243,9 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool) -> None:
         super().__init__()
         self.activation = activation
-        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if activation == "swiglu" else None
-        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
-        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.gate_proj = FastLinear(d_model, d_ff, bias=bias) if activation == "swiglu" else None
+        self.up_proj = FastLinear(d_model, d_ff, bias=bias)
+        self.down_proj = FastLinear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == "swiglu":
@@ -279,7 +333,7 @@ class Transformer(nn.Module):
         self.embed_norm = make_norm(c) if c.family == "bert" else None
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.final_norm = make_norm(c) if c.norm_position == "pre" else None
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False) if c.is_decoder else None
+        self.lm_head = FastLinear(c.d_model, c.vocab_size, bias=False) if c.is_decoder else None
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.embed.weight.device.type != "meta":
             self.apply(self._init_weights)

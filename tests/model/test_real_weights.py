@@ -78,3 +78,21 @@ def test_smollm2_left_padded_batch_and_cache(smollm2):
         assert batch[b, T:].tolist() == alone[0, len(r):].tolist()
     uncached = generate(smollm2.model, torch.tensor([rows[0]]), max_new_tokens=4, use_cache=False)
     assert uncached[0, len(rows[0]):].tolist() == batch[0, T:].tolist()
+
+
+def test_smollm2_decode_steps_match_transformers(smollm2):
+    """Decode path (one row per call: FastLinear's GEMV kernel when compiled) within 1e-3 of transformers."""
+    import transformers
+
+    from moorelab.model.transformer import KVCache
+
+    ids = torch.tensor([smollm2.tokenizer.encode(TEXT).ids[:24]])
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2.hf_dir), dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = ref(ids).logits
+        del ref
+        cache = KVCache()
+        ours = [smollm2.model(ids[:, :16], cache=cache)]
+        ours += [smollm2.model(ids[:, t : t + 1], cache=cache) for t in range(16, 24)]  # 1-token steps
+    diff = float((torch.cat(ours, dim=1) - theirs).abs().max())
+    assert diff < 1e-3, diff

@@ -32,7 +32,7 @@ __all__ = ["get_library", "status", "KernelLibrary", "CFLAGS"]
 
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 _LIB_NAME = "libmoorelab_quant.so"
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 
 _state: dict = {"loaded": False, "lib": None, "reason": "not tried yet"}
 
@@ -79,7 +79,10 @@ class KernelLibrary:
         lib.ml_w4_dequant.argtypes = [vp, vp, vp, i64, vp, i64, i64, cint]
         lib.ml_a8w8_linear.restype = cint
         lib.ml_a8w8_linear.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, vp]
+        lib.ml_f32_linear.restype = None
+        lib.ml_f32_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, cint]
         self.lib = lib
+        self.f32_linear = lib.ml_f32_linear
         self.w8_linear = lib.ml_w8_linear
         self.w8_dequant = lib.ml_w8_dequant
         self.w4_linear = lib.ml_w4_linear
