@@ -580,9 +580,12 @@ def _wanda(model: nn.Module, config: WandaConfig, cal: torch.Tensor) -> None:
 
 # --------------------------------------------------------------------------- structured
 def _new_linear(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    # Same class as the layer it replaces (e.g. the model's FastLinear with its decode kernel),
+    # with a contiguous row-major weight, so that the smaller matrix keeps the fast path.
+    cls = type(old) if isinstance(old, nn.Linear) else nn.Linear
+    new = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        new.weight.copy_(weight)
+        new.weight.copy_(weight.contiguous())
         if bias is not None:
             new.bias.copy_(bias)
     new.train(old.training)
