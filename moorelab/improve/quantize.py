@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F

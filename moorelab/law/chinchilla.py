@@ -430,13 +430,9 @@ def plot_chinchilla(result: ChinchillaResult, path: str | os.PathLike) -> Path:
     p = f.params
     fig.suptitle(f"E={p['E']:.3f}, A={p['A']:.1f}, B={p['B']:.1f}, alpha={p['alpha']:.4f}, "
                  f"beta={p['beta']:.4f}", fontsize=10)
-    fig.text(0.01, 0.005, result.credit, fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    from moorelab.law.prices import save_figure
+
+    return save_figure(fig, path, result.credit, rect=(0, 0.03, 1, 0.95))
 
 
 def emit_chinchilla(result: ChinchillaResult, *, as_json: bool,

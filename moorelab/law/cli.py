@@ -23,7 +23,6 @@ from typing import Callable, Optional
 
 import typer
 
-from moorelab.errors import MoorelabError
 
 trend_app = typer.Typer(help="Trend fits: doubling times with intervals, published numbers "
                              "reproduced (data: Epoch AI, CC-BY 4.0).", no_args_is_help=True)

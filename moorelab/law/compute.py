@@ -19,7 +19,7 @@ import numpy as np
 from moorelab.errors import DataError
 from moorelab.law.analysis import Published, TrendResult, Variant, within
 from moorelab.law.data import LoadedTable, TrendPoints, load_notable_models, table_points
-from moorelab.law.fit import GrowthFit, fit_growth
+from moorelab.law.fit import fit_growth
 from moorelab.law.frontier import running_record_frontier, top_k_frontier, window
 
 COMPUTE = "Training compute (FLOP)"

@@ -355,13 +355,9 @@ def plot_efficiency(result: EfficiencyResult, path: str | os.PathLike) -> Path:
     ax2.legend(fontsize=7)
     ax2.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.suptitle("Compute-equivalent algorithmic gain from the Epoch Capabilities Index")
-    fig.text(0.01, 0.005, result.credit, fontsize=6)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    from moorelab.law.prices import save_figure
+
+    return save_figure(fig, path, result.credit, rect=(0, 0.03, 1, 0.95))
 
 
 def emit_efficiency(result: EfficiencyResult, *, as_json: bool,

@@ -25,9 +25,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
-from moorelab.errors import DataError, MoorelabError
+from moorelab.errors import MoorelabError
 from moorelab.law.analysis import TrendResult, _tex
 from moorelab.law.data import TrendPoints, points_from_frame, read_table
 from moorelab.law.dates import year_to_date

@@ -86,7 +86,6 @@ def trend_fit(trend: str, data_dir=None, *, ci: float = 0.90, n_boot: int = 2000
 
         return run_hardware(data_dir, ci=ci, n_boot=n_boot, seed=seed)
     if trend == "facts":
-        import numpy as np
 
         from moorelab.law.data import TrendPoints
         from moorelab.law.facts import FACTS_PATH, fit_facts_compute_trend, load_facts

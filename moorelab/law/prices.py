@@ -377,8 +377,16 @@ def plot_prices(result: PricesResult, path: str | os.PathLike) -> Path:
     for ax in axes.ravel()[len(benches):]:
         ax.axis("off")
     fig.suptitle("Cheapest price reaching each top-1 model's score (running minimum)")
-    fig.text(0.01, 0.005, result.credit, fontsize=6)
-    fig.tight_layout(rect=(0, 0.02, 1, 0.97))
+    return save_figure(fig, path, result.credit, rect=(0, 0.02, 1, 0.97))
+
+
+def save_figure(fig, path, credit: str, rect: tuple) -> Path:
+    """Credit line at the bottom, tight layout inside ``rect``, PNG at 120 dpi (folders made);
+    closes the figure and returns the path. Shared by the prices, chinchilla and efficiency plots."""
+    import matplotlib.pyplot as plt
+
+    fig.text(0.01, 0.005, credit, fontsize=6)
+    fig.tight_layout(rect=rect)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
