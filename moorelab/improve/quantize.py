@@ -116,10 +116,14 @@ class Int4WeightOnlyConfig:
         group_size: input features per group; a multiple of 32 (32 or 64 are the usual
             choices) that divides every quantized layer's ``in_features``.
         kernel, m_threshold: as in :class:`Int8WeightOnlyConfig`.
-        int16_activations: opt-in faster decode kernel ("a16"): each 32-block of x is rounded
-            to int16 with its own scale (``max|x_block| / 32767``, relative error <= 1.5e-5 of
-            the block maximum) so nibble x int16 products run on ``vpmaddwd``; about 1.3x faster
-            than the float32-activation kernel here. Off by default (pure weight-only).
+        activation_bits: 32 (default) multiplies the int4 weights by the float32 activations
+            (pure weight-only). 16 or 8 round each 32-block of x to that many bits with its own
+            scale (``max|x_block| / (2^(bits-1) - 1)``) before the integer dot products, as
+            llama.cpp does for its Q4 formats (Q8 activation blocks): int8 uses one
+            ``vpmaddubsw`` per 32 weights and is the fast decode kernel here; int16 uses
+            ``vpmaddwd``. The prefill path and the pure-torch fallback apply the same rounding,
+            so bits per byte measured on prefill reflect it. The min (zero-point) term always
+            uses the float32 x.
 
     Raises:
         MoorelabError: group_size not a positive multiple of 32.
@@ -128,19 +132,24 @@ class Int4WeightOnlyConfig:
     group_size: int = 32
     kernel: str = "auto"
     m_threshold: int = 8
-    int16_activations: bool = False
+    activation_bits: int = 32
 
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size <= 0 or self.group_size % 32:
             raise MoorelabError(
                 f"Int4WeightOnlyConfig.group_size={self.group_size!r}: expected a positive multiple of 32 (e.g. 32 or 64)"
             )
+        if self.activation_bits not in (8, 16, 32) or isinstance(self.activation_bits, bool):
+            raise MoorelabError(
+                f"Int4WeightOnlyConfig.activation_bits={self.activation_bits!r}: expected 32 (float), 16 or 8"
+            )
         _check_kernel(self.kernel)
         _check_threshold(self.m_threshold)
 
     @property
     def name(self) -> str:
-        return f"int4-weight-only-g{self.group_size}" + ("-a16" if self.int16_activations else "")
+        suffix = "" if self.activation_bits == 32 else f"-a{self.activation_bits}"
+        return f"int4-weight-only-g{self.group_size}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -298,14 +307,23 @@ def quantize_activations_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch
     return xq.to(torch.int8), sx
 
 
-def round_activations_int16_blocks(x: torch.Tensor) -> torch.Tensor:
-    """What the opt-in int4 "a16" kernel multiplies by: ``x [M, K]`` (K % 32 == 0) with each
-    32-block rounded to int16 steps of ``max|x_block| / 32767`` (float32 result, same shape)."""
+def round_activations_blocks(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """What the int4 "a16"/"a8" kernels multiply the weight nibbles by.
+
+    Args:
+        x: float32 ``[M, K]`` with ``K % 32 == 0``.
+        bits: 16 or 8; each 32-block is rounded (half to even) to steps of
+            ``max|x_block| / (2^(bits-1) - 1)`` (step 1 for an all-zero block).
+
+    Returns:
+        float32 ``[M, K]``: the rounded values times their block step (GGML Q8-style blocks).
+    """
+    qmax = float((1 << (bits - 1)) - 1)
     m, k = x.shape
     b = x.reshape(m, k // 32, 32)
     amax = b.abs().amax(dim=2, keepdim=True)
-    s = torch.where(amax > 0, amax / 32767.0, torch.ones_like(amax))
-    return (torch.round(b / s).clamp_(-32767, 32767) * s).reshape(m, k)
+    s = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return (torch.round(b / s).clamp_(-qmax, qmax) * s).reshape(m, k)
 
 
 def sqnr_db(weight: torch.Tensor, approx: torch.Tensor) -> float:
@@ -351,6 +369,10 @@ def _num_threads() -> int:
 # can stall for a scheduler time slice waiting for its second thread, so the environment
 # variable MOORELAB_QUANT_PARALLEL_MIN (weights) can raise the bar (e.g. 4194304: only lm_head).
 _SINGLE_THREAD_WEIGHTS = int(os.environ.get("MOORELAB_QUANT_PARALLEL_MIN", str(1 << 18)))
+# Inside the fused decode (moorelab.model.fused_decode) there is no Python between the calls and
+# the threads are still spinning from the previous layer, so a second thread pays off sooner:
+# measured here, 576x576 and 576x192 layers on two threads made int4 decode ~5% faster.
+_FUSED_SINGLE_THREAD_WEIGHTS = int(os.environ.get("MOORELAB_QUANT_PARALLEL_MIN", str(1 << 16)))
 
 
 def _dequant_threads(n: int, k: int) -> int:
@@ -428,6 +450,24 @@ class QuantizedLinear(nn.Module):
         self.__dict__["_fn"] = getattr(lib, self._fn_name) if lib is not None else None
         if want and lib is None:
             self.__dict__["kernel"] = self.__dict__["prefill_kernel"] = self._fallback_name
+
+    _decode_kind = ""
+
+    def decode_descriptor(self) -> tuple | None:
+        """This layer as a C ``ml_lin`` for :mod:`moorelab.model.fused_decode`:
+        ``(kind, threads, N, K, G, w, s, mn, bias, tensors to keep alive)``, or ``None`` when the
+        compiled kernel is not loaded or ``m_threshold`` is 0 (decode calls would not use it)."""
+        if self._lib is None or self.m_threshold < 1 or not self._decode_kind:
+            return None
+        qw, s, mn, b = self._decode_tensors()
+        keep = [t for t in (qw, s, mn, b) if t is not None]
+        threads = _num_threads() if self.in_features * self.out_features >= _FUSED_SINGLE_THREAD_WEIGHTS else 1
+        return (self._decode_kind, threads, self.out_features, self.in_features,
+                getattr(self, "group_size", 0), qw.data_ptr(), s.data_ptr(),
+                None if mn is None else mn.data_ptr(), None if b is None else b.data_ptr(), keep)
+
+    def _decode_tensors(self) -> tuple:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def n_weight_elements(self) -> int:
         """Logical weight elements (out*in) for parameter counts; 0 for a tied copy (the float
@@ -545,6 +585,10 @@ class Int8WeightOnlyLinear(QuantizedLinear):
 
     scheme = "int8-weight-only"
     _fn_name = "w8_linear"
+    _decode_kind = "int8"
+
+    def _decode_tensors(self) -> tuple:
+        return self.qweight, self.scale, None, self.bias
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                  kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
@@ -601,32 +645,66 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     scheme = "int4-weight-only"
     _fn_name = "w4_linear"
 
+    @property
+    def _decode_kind(self) -> str:
+        return {32: "int4", 16: "int4-a16", 8: "int4-a8"}[self.activation_bits]
+
+    def _decode_tensors(self) -> tuple:
+        return self.qweight, self.scales, self.mins, self.bias
+
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None, kernel: str = "auto", m_threshold: int = 8, name: str = "?",
-                 int16_activations: bool = False):
+                 activation_bits: int = 32):
         super().__init__(qweight.shape[1] * 2, qweight.shape[0], bias, m_threshold)
+        if activation_bits not in (8, 16, 32):
+            raise MoorelabError(f"layer {name}: activation_bits={activation_bits!r}: expected 32, 16 or 8")
         self.group_size = group_size
-        self.int16_activations = int16_activations
-        if int16_activations:
-            self._fn_name = "w4a16_linear"
+        self.activation_bits = activation_bits
+        self._fn_name = {32: "w4_linear", 16: "w4a16_linear", 8: "w4a8_linear"}[activation_bits]
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scales", scales.to(torch.float16).contiguous())
         self.register_buffer("mins", mins.to(torch.float16).contiguous())
         self._lib = _resolve_lib(kernel, name)
         self._fn = getattr(self._lib, self._fn_name) if self._lib is not None else None
+        act = self._act_suffix
         if self._lib is not None:
-            self.kernel = f"moorelab-avx2-gemv int4-g{group_size}" + (" x int16-act" if int16_activations else "")
-            self.prefill_kernel = f"moorelab-avx2 dequant int4-g{group_size} + fp32 matmul"
+            self.kernel = f"moorelab-avx2-gemv int4-g{group_size}{act}"
+            self.prefill_kernel = f"moorelab-avx2 dequant int4-g{group_size} + fp32 matmul{act}"
         else:
             self.kernel = self.prefill_kernel = self._fallback_name
 
+    @property
+    def _act_suffix(self) -> str:
+        bits = self.__dict__.get("activation_bits", 32)
+        return "" if bits == 32 else f" x int{bits}-act"
+
+    @property
+    def _fallback_name(self) -> str:
+        return "torch dequant+matmul" + self._act_suffix
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 32, kernel: str = "auto", m_threshold: int = 8,
-                    name: str = "?", int16_activations: bool = False):
+                    name: str = "?", activation_bits: int = 32):
         """Quantize an ``nn.Linear`` into this module; MoorelabError if group_size does not divide in."""
         packed, scales, mins = quantize_int4_groupwise(linear.weight, group_size, f"{name}.weight")
         return cls(packed, scales, mins, group_size, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name,
-                   int16_activations=int16_activations)
+                   activation_bits=activation_bits)
+
+    def _with_rounded_activations(self, x2: torch.Tensor, matmul: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``matmul(x)`` = x·Ŵᵀ(+b) evaluated as the a16/a8 kernels do: the int4 part on x rounded
+        per 32-block, the min term ``Σ_g min[n,g]·Σ_{k∈g} x[k]`` on the float x."""
+        if self.activation_bits == 32:
+            return matmul(x2)
+        xr = round_activations_blocks(x2, self.activation_bits)
+        m, k = x2.shape
+        # x·Ŵᵀ with Ŵ = scale·q + min: the kernel feeds xr to the scale·q part only, so add back
+        # (x - xr) times the (group-constant) mins: group sums of (x - xr) [M, K/G] · mins[N, K/G]ᵀ
+        resid = (x2 - xr).reshape(m, k // self.group_size, self.group_size).sum(-1)
+        y = matmul(xr)
+        return y.addmm_(resid, self.mins.float().t())  # in place: no second [M, N] buffer (lm_head: 49,152 columns)
+
+    def _torch_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        return self._with_rounded_activations(x2, lambda xx: F.linear(xx, self.dequantize(), self.bias))
 
     def dequantize(self) -> torch.Tensor:
         if self._lib is None:
@@ -655,7 +733,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
             self._lib.w4_dequant(self.qweight[n0].data_ptr(), self.scales[n0].data_ptr(), self.mins[n0].data_ptr(),
                                  g, buf.data_ptr(), n1 - n0, k, _dequant_threads(n1 - n0, k))
 
-        return self._dequant_chunks(x2, dq)
+        return self._with_rounded_activations(x2, lambda xx: self._dequant_chunks(xx, dq))
 
 
 class Int8DynamicLinear(QuantizedLinear):
@@ -666,6 +744,10 @@ class Int8DynamicLinear(QuantizedLinear):
 
     scheme = "int8-dynamic"
     _fn_name = "a8w8_linear"
+    _decode_kind = "int8-dynamic"
+
+    def _decode_tensors(self) -> tuple:
+        return self.qweight, self.scale, None, self.bias
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                  kernel: str = "auto", m_threshold: int = 8, name: str = "?"):
@@ -865,7 +947,7 @@ def _make(config, linear: nn.Linear, name: str) -> QuantizedLinear:
         return Int8WeightOnlyLinear.from_linear(linear, config.kernel, config.m_threshold, name)
     if isinstance(config, Int4WeightOnlyConfig):
         return Int4WeightOnlyLinear.from_linear(linear, config.group_size, config.kernel, config.m_threshold, name,
-                                                config.int16_activations)
+                                                config.activation_bits)
     if isinstance(config, Int8DynamicConfig):
         return Int8DynamicLinear.from_linear(linear, config.kernel, config.m_threshold, name)
     raise MoorelabError(

@@ -14,7 +14,7 @@ Two formats, chosen by what the model has become:
 
       {"format": "moorelab-improved/1", "config": TransformerConfig.to_dict(),
        "layout": {"layers": [{"n_heads", "n_kv_heads", "d_ff"}, ...], "masks": {...}},
-       "quantized": {module path: {"scheme": ..., "group_size": ..., "tied_to": ...}},
+       "quantized": {module path: {"scheme": ..., "group_size": ..., "tied_to": ..., "m_threshold": ..., "activation_bits": ...}},
        "aliases": {tensor name: name it shares storage with},
        "techniques": [spec strings in the order applied]}
 
@@ -100,7 +100,7 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         "layout": layout,
         "quantized": {
             n: {"scheme": m.scheme, "group_size": getattr(m, "group_size", None), "tied_to": m.tied_to,
-                "m_threshold": m.m_threshold}
+                "m_threshold": m.m_threshold, "activation_bits": getattr(m, "activation_bits", 32)}
             for n, m in quantized.items()
         },
         "aliases": aliases,
@@ -152,7 +152,8 @@ def load_improved(folder: Path) -> nn.Module:
             bias = stored.get(f"{fqn}.bias")
             if cls is Int4WeightOnlyLinear:
                 mod = cls(stored[f"{fqn}.qweight"], stored[f"{fqn}.scales"], stored[f"{fqn}.mins"], int(q["group_size"]),
-                          bias, m_threshold=q.get("m_threshold", 16), name=fqn)
+                          bias, m_threshold=q.get("m_threshold", 16), name=fqn,
+                          activation_bits=int(q.get("activation_bits", 32)))
             else:
                 mod = cls(stored[f"{fqn}.qweight"], stored[f"{fqn}.scale"], bias, m_threshold=q.get("m_threshold", 16), name=fqn)
         except KeyError as exc:

@@ -31,7 +31,7 @@ from moorelab.improve.quantize import (
     quantize_activations_per_token,
     quantize_int4_groupwise,
     quantize_int8_per_channel,
-    round_activations_int16_blocks,
+    round_activations_blocks,
     sqnr_db,
     unpack_int4,
     weight_bytes,
@@ -44,7 +44,9 @@ CONFIGS = {
     "int4-g32": Int4WeightOnlyConfig(group_size=32),
     "int4-g64": Int4WeightOnlyConfig(group_size=64),
     "int8-dyn": Int8DynamicConfig(),
-    "int4-g32-a16": Int4WeightOnlyConfig(group_size=32, int16_activations=True),
+    "int4-g32-a16": Int4WeightOnlyConfig(group_size=32, activation_bits=16),
+    "int4-g32-a8": Int4WeightOnlyConfig(group_size=32, activation_bits=8),
+    "int4-g64-a8": Int4WeightOnlyConfig(group_size=64, activation_bits=8),
 }
 
 
@@ -58,10 +60,10 @@ def _reference(mod: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
     if isinstance(mod, Int8DynamicLinear):
         xq, sx = quantize_activations_per_token(x)
         xd = xq.double() * sx.double()[:, None]
-    elif "int16-act" in (mod.last_kernel or ""):
-        # a16 kernel: int4 part on x rounded per 32-block to int16, min term on the float x
+    elif getattr(mod, "activation_bits", 32) < 32:
+        # a16/a8: int4 part on x rounded per 32-block, min term on the float x (every path)
         mins = mod.mins.double().repeat_interleave(mod.group_size, dim=1)
-        xr = round_activations_int16_blocks(x).double()
+        xr = round_activations_blocks(x, mod.activation_bits).double()
         y = xr @ (mod.dequantize().double() - mins).t() + x.double() @ mins.t()
         return y + mod.bias.double() if mod.bias is not None else y
     else:
@@ -258,8 +260,28 @@ def test_pure_torch_fallback_names_its_kernel(monkeypatch):
 
 def test_a16_rounding_golden():
     x = torch.tensor([[32767.0, 1.4, -2.6, 0.5] + [0.0] * 28])  # block max 32767 -> step 1
-    r = round_activations_int16_blocks(x)
+    r = round_activations_blocks(x, 16)
     assert r[0, :4].tolist() == [32767.0, 1.0, -3.0, 0.0]  # 0.5 rounds half to even
+
+
+def test_a8_rounding_golden():
+    # block max 254 -> step 2: 3.0 -> 1.5 steps -> 2 (half to even) -> 4.0; -5.1 -> -2.55 -> -3 -> -6.0
+    # the second block is all zero (step 1) and stays zero
+    x = torch.tensor([[254.0, 3.0, -5.1, 1.0] + [0.0] * 28 + [0.0] * 32])
+    r = round_activations_blocks(x, 8)
+    assert r[0, :4].tolist() == [254.0, 4.0, -6.0, 0.0]
+    assert r[0, 32:].abs().sum().item() == 0.0
+
+
+def test_a8_config_and_save_round_trip(tmp_path):
+    with pytest.raises(MoorelabError, match="activation_bits"):
+        Int4WeightOnlyConfig(activation_bits=4)
+    model = _holder(64, 8)
+    quantize_(model, Int4WeightOnlyConfig(group_size=32, activation_bits=8))
+    assert Int4WeightOnlyConfig(activation_bits=8).name == "int4-weight-only-g32-a8"
+    assert model[0].activation_bits == 8
+    if kernels.get_library() is not None:
+        assert model[0].kernel == "moorelab-avx2-gemv int4-g32 x int8-act"
 
 
 def test_compiled_kernels_available_here():

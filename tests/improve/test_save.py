@@ -31,6 +31,7 @@ CAL = torch.randint(0, 50, (8, 16), generator=torch.Generator().manual_seed(2))
 @pytest.mark.parametrize("specs,fmt", [
     (["int8"], "moorelab-improved/1"),
     (["int4:group_size=32"], "moorelab-improved/1"),
+    (["int4:group_size=32,activation_bits=8"], "moorelab-improved/1"),
     (["int8-dynamic"], "moorelab-improved/1"),
     (["magnitude:sparsity=0.5"], "huggingface"),
     (["heads:heads_per_layer=2,importance=weight"], "huggingface"),
