@@ -16,6 +16,11 @@
 Every matmul is an ``nn.Linear`` (:class:`FastLinear`, a subclass whose decode-sized calls run a
 compiled float32 GEMV kernel) so quantization can replace modules in place. Per-layer
 sizes (heads, FFN width) are read from each module, so pruned layers may differ.
+
+This file is the reference. A one-token, one-sequence decode step of a LLaMA-family model runs
+the same math in one compiled call (:mod:`moorelab.model.fused_decode`) when it can; set
+``model.fused_decode = False`` to force this Python path (``model.last_decode_path`` says which
+ran).
 """
 
 from __future__ import annotations
@@ -296,20 +301,29 @@ class KVCache:
         self.length = 0
         self.mask: torch.Tensor | None = None
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new ``k, v [B, H_kv, T, d]`` after the cached positions; return all ``[B, H_kv, length+T, d]``."""
-        start, end = self.length, self.length + k.shape[2]
+    def reserve(self, layer_idx: int, batch: int, n_kv_heads: int, head_dim: int, end: int,
+                dtype: torch.dtype, device) -> None:
+        """Make layer ``layer_idx``'s buffers exist and hold at least ``end`` positions.
+
+        Layers are created in order (``layer_idx == len(self.k)``); growing keeps the filled
+        positions and at least doubles the capacity.
+        """
         if layer_idx == len(self.k):
             cap = max(self.max_len or 0, end, 64)
-            B, H, _, d = k.shape
-            self.k.append(k.new_empty(B, H, cap, d))
-            self.v.append(v.new_empty(B, H, cap, d))
+            self.k.append(torch.empty(batch, n_kv_heads, cap, head_dim, dtype=dtype, device=device))
+            self.v.append(torch.empty(batch, n_kv_heads, cap, head_dim, dtype=dtype, device=device))
         if end > self.k[layer_idx].shape[2]:
             for buf in (self.k, self.v):
                 old = buf[layer_idx]
                 new = old.new_empty(old.shape[0], old.shape[1], max(2 * old.shape[2], end), old.shape[3])
-                new[:, :, :start] = old[:, :, :start]
+                new[:, :, : self.length] = old[:, :, : self.length]
                 buf[layer_idx] = new
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new ``k, v [B, H_kv, T, d]`` after the cached positions; return all ``[B, H_kv, length+T, d]``."""
+        start, end = self.length, self.length + k.shape[2]
+        B, H, _, d = k.shape
+        self.reserve(layer_idx, B, H, d, end, k.dtype, k.device)
         self.k[layer_idx][:, :, start:end] = k
         self.v[layer_idx][:, :, start:end] = v
         return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
@@ -327,6 +341,10 @@ class Transformer(nn.Module):
         super().__init__()
         c = self.config = config
         self.attention_impl = "sdpa"
+        # one-token decode of LLaMA-family models through one compiled call per step
+        # (moorelab.model.fused_decode); False forces the Python path
+        self.fused_decode = True
+        self.last_decode_path: str | None = None
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_embed = nn.Embedding(c.max_position_embeddings, c.d_model) if c.position == "learned" else None
         self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size else None
@@ -392,6 +410,25 @@ class Transformer(nn.Module):
         """
         c = self.config
         B, T = input_ids.shape
+        if (
+            cache is not None
+            and T == 1
+            and B == 1
+            and attention_mask is None
+            and position_ids is None
+            and token_type_ids is None
+            and not return_hidden
+            and cache.mask is None
+            and self.fused_decode
+            and self.attention_impl == "sdpa"
+        ):
+            from moorelab.model.fused_decode import decode_step
+
+            logits = decode_step(self, input_ids, cache)
+            if logits is not None:
+                self.__dict__["last_decode_path"] = "fused"
+                return logits
+        self.__dict__["last_decode_path"] = "python"
         past = cache.length if cache is not None else 0
         device = input_ids.device
 

@@ -28,11 +28,31 @@ import torch
 
 from moorelab.improve.kernels.quant_kernels_c import C_SOURCE
 
-__all__ = ["get_library", "status", "KernelLibrary", "CFLAGS"]
+__all__ = ["get_library", "status", "KernelLibrary", "CFLAGS", "MlLin", "MlLayer", "LIN_KINDS"]
+
+#: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
+LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6}
+
+
+class MlLin(ctypes.Structure):
+    """Mirror of the C ``ml_lin``: one linear layer for the fused decode (pointers are ``data_ptr()``)."""
+
+    _fields_ = [("kind", ctypes.c_int32), ("nthreads", ctypes.c_int32), ("N", ctypes.c_int64),
+                ("K", ctypes.c_int64), ("G", ctypes.c_int64), ("w", ctypes.c_void_p), ("s", ctypes.c_void_p),
+                ("mn", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+class MlLayer(ctypes.Structure):
+    """Mirror of the C ``ml_layer``: one LLaMA-family decoder layer for ``ml_decode_layers``."""
+
+    _fields_ = [(n, MlLin) for n in ("q", "k", "v", "o", "gate", "up", "down")] + [
+        ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p), ("kc", ctypes.c_void_p),
+        ("vc", ctypes.c_void_p), ("cap", ctypes.c_int64), ("H", ctypes.c_int32), ("Hkv", ctypes.c_int32),
+        ("hd", ctypes.c_int32), ("rope", ctypes.c_int32), ("eps", ctypes.c_float), ("pad_", ctypes.c_int32)]
 
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 _LIB_NAME = "libmoorelab_quant.so"
-_ABI_VERSION = 5
+_ABI_VERSION = 7
 
 _state: dict = {"loaded": False, "lib": None, "reason": "not tried yet"}
 
@@ -75,19 +95,30 @@ class KernelLibrary:
         lib.ml_w4_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, vp, vp, i64, cint]
         lib.ml_w4a16_linear.restype = cint
         lib.ml_w4a16_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, vp, vp, i64, cint]
+        lib.ml_w4a8_linear.restype = cint
+        lib.ml_w4a8_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, vp, vp, i64, cint]
         lib.ml_w4_dequant.restype = None
         lib.ml_w4_dequant.argtypes = [vp, vp, vp, i64, vp, i64, i64, cint]
         lib.ml_a8w8_linear.restype = cint
         lib.ml_a8w8_linear.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, vp]
         lib.ml_f32_linear.restype = None
         lib.ml_f32_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, cint]
+        lib.ml_fused_abi.restype = cint
+        lib.ml_fused_abi.argtypes = []
+        want = ctypes.sizeof(MlLin) * 1000 + ctypes.sizeof(MlLayer)
+        if lib.ml_fused_abi() != want:
+            raise OSError(f"{path}: fused-decode structure sizes {lib.ml_fused_abi()} != {want}")
+        lib.ml_decode_layers.restype = cint
+        lib.ml_decode_layers.argtypes = [vp, ctypes.c_int32, i64, vp, i64, vp, vp, ctypes.c_int32]
         self.lib = lib
+        self.decode_layers = lib.ml_decode_layers
         self.f32_linear = lib.ml_f32_linear
         self.w8_linear = lib.ml_w8_linear
         self.w8_dequant = lib.ml_w8_dequant
         self.w4_linear = lib.ml_w4_linear
         self.w4_dequant = lib.ml_w4_dequant
         self.w4a16_linear = lib.ml_w4a16_linear
+        self.w4a8_linear = lib.ml_w4a8_linear
         self.a8w8_linear = lib.ml_a8w8_linear
 
 

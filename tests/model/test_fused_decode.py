@@ -1,0 +1,173 @@
+"""The fused one-token decode (all layers in one compiled call) equals the per-op Python path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from moorelab.improve import kernels
+from moorelab.improve.api import ApplyContext, apply, parse_spec
+from moorelab.improve.quantize import Int4WeightOnlyConfig, quantize_
+from moorelab.model.config import TransformerConfig
+from moorelab.model.fused_decode import why_not_fused
+from moorelab.model.transformer import KVCache, Transformer
+from model_helpers import scramble
+
+pytestmark = pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+
+LLAMA = dict(family="llama", vocab_size=61, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=96,
+             max_position_embeddings=128, rope_theta=100.0)
+
+
+def tiny(**over) -> Transformer:
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(**{**LLAMA, **over})).eval()
+    scramble(m, std=0.25)
+    return m
+
+
+PROMPT = torch.randint(0, 61, (1, 5), generator=torch.Generator().manual_seed(3))
+STEPS = torch.randint(0, 61, (14,), generator=torch.Generator().manual_seed(4)).tolist()
+
+
+def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 8) -> tuple[torch.Tensor, list[str]]:
+    """Prefill ``prompt`` (Python path), then decode ``STEPS`` one token at a time; logits [steps, V]."""
+    m.fused_decode = fused
+    cache = KVCache(max_len=max_len)  # 8 < 5 + 14: the buffers must grow during decoding
+    outs, paths = [], []
+    with torch.inference_mode():
+        if prompt is not None:
+            m(prompt, cache=cache)
+        for t in STEPS:
+            outs.append(m(torch.tensor([[t]]), cache=cache)[0, -1])
+            paths.append(m.last_decode_path)
+    assert cache.length == (0 if prompt is None else prompt.shape[1]) + len(STEPS)
+    return torch.stack(outs), paths
+
+
+def assert_same(m: Transformer, tol: float = 2e-4, **kw) -> None:
+    ref, ref_paths = run_steps(copy.deepcopy(m), False, **kw)
+    got, paths = run_steps(m, True, **kw)
+    assert set(ref_paths) == {"python"} and set(paths) == {"fused"}, (paths, why_not_fused(m))
+    scale = ref.abs().max().item()
+    assert scale > 1.0  # scrambled weights: the logits are not all near zero
+    assert (got - ref).abs().max().item() <= tol * scale
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic"])
+def test_fused_equals_python_path(spec):
+    m = tiny()
+    if spec:
+        apply(m, parse_spec(spec))
+    assert why_not_fused(m) is None
+    assert_same(m)
+
+
+@pytest.mark.parametrize("head_dim", [12, 80])
+def test_fused_head_dims_off_the_vector_width(head_dim):
+    # 12 = one 8-wide vector + 4 scalar tail; 80 = one 64-float register pass + one 8-wide pass + tail 8
+    assert_same(tiny(head_dim=head_dim))
+
+
+def test_fused_from_an_empty_cache_and_without_max_len():
+    assert_same(tiny(), prompt=None, max_len=None)
+
+
+def test_fused_with_structurally_pruned_layers_of_different_sizes():
+    m = tiny()
+    cal = torch.randint(0, 61, (4, 16), generator=torch.Generator().manual_seed(5))
+    apply(m, parse_spec("heads:heads_per_layer=2,importance=weight,layers=[1]"), ApplyContext(calibration=cal))
+    apply(m, parse_spec("ffn:fraction=0.33,importance=weight"), ApplyContext(calibration=cal))
+    shapes = {(b.attn.n_heads, b.attn.n_kv_heads, b.ffn.up_proj.out_features) for b in m.blocks}
+    assert len(shapes) == 2  # layer 1 differs from layers 0 and 2
+    assert_same(m)
+    apply(m, parse_spec("int8"))
+    assert_same(m)
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_fused_rounded_activation_kernels_agree_within_their_rounding(bits):
+    # Rounding x per 32-block re-randomises with any 1e-7 change of x, so the two paths differ by
+    # the rounding noise itself, never more: compare against the float-activation int4 model.
+    m = tiny()
+    float_act = copy.deepcopy(m)
+    quantize_(m, Int4WeightOnlyConfig(group_size=32, activation_bits=bits))
+    quantize_(float_act, Int4WeightOnlyConfig(group_size=32))
+    ref, _ = run_steps(copy.deepcopy(m), False)
+    got, paths = run_steps(m, True)
+    base, _ = run_steps(float_act, False)
+    assert set(paths) == {"fused"}
+    noise = (ref - base).abs().max().item()
+    assert noise > 0
+    assert (got - ref).abs().max().item() <= 4 * noise
+
+
+def test_not_eligible_runs_the_python_path_and_says_why():
+    gpt2 = Transformer(TransformerConfig(family="gpt2", vocab_size=61, d_model=32, n_layers=1, n_heads=4, d_ff=64,
+                                         norm="layernorm", activation="gelu_tanh", position="learned",
+                                         max_position_embeddings=64)).eval()
+    assert "LLaMA" in why_not_fused(gpt2)
+    m = tiny()
+    apply(m, parse_spec("magnitude:sparsity=0.5"))  # parametrized weights (mask applied each forward)
+    assert "q" in why_not_fused(m) and "kernel" in why_not_fused(m)
+    ref, paths = run_steps(m, True)
+    assert set(paths) == {"python"}
+    m2 = tiny()
+    m2.blocks[0].ffn.register_forward_hook(lambda *a: None)
+    assert why_not_fused(m2) == "a module has forward hooks"
+    m3 = tiny()
+    m3.fused_decode = False
+    assert why_not_fused(m3) == "model.fused_decode is False"
+
+
+def test_padding_mask_or_batch_takes_the_python_path():
+    m = tiny()
+    with torch.inference_mode():
+        cache = KVCache()
+        m(PROMPT, attention_mask=torch.ones_like(PROMPT), cache=cache)
+        m(torch.tensor([[1]]), attention_mask=torch.ones(1, 6, dtype=torch.long), cache=cache)
+        assert m.last_decode_path == "python"
+        m(torch.tensor([[1]]), cache=cache)  # cache.mask was kept from the masked call
+        assert m.last_decode_path == "python"
+        cache2 = KVCache()
+        m(PROMPT.repeat(2, 1), cache=cache2)
+        m(torch.tensor([[1], [2]]), cache=cache2)
+        assert m.last_decode_path == "python"
+
+
+def test_plan_is_rebuilt_when_a_layer_is_swapped_mid_generation():
+    m = tiny()
+    ref_model = copy.deepcopy(m)
+    ref_model.fused_decode = False
+    c_fused, c_ref = KVCache(), KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c_fused)
+        ref_model(PROMPT, cache=c_ref)
+        m(torch.tensor([[7]]), cache=c_fused)
+        ref_model(torch.tensor([[7]]), cache=c_ref)
+        quantize_(m, Int4WeightOnlyConfig(group_size=32))  # swaps every Linear for a new module
+        quantize_(ref_model, Int4WeightOnlyConfig(group_size=32))
+        got = m(torch.tensor([[9]]), cache=c_fused)
+        want = ref_model(torch.tensor([[9]]), cache=c_ref)
+    assert m.last_decode_path == "fused"
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+
+
+@pytest.mark.slow
+def test_smollm2_fused_greedy_tokens_equal_python_path(smollm2):
+    from moorelab.model.generate import generate
+
+    ids = torch.tensor([smollm2.tokenizer.encode("The capital of France is Paris. The capital of Italy is").ids])
+    m = smollm2.model
+    try:
+        m.fused_decode = False
+        ref = generate(m, ids, max_new_tokens=24)
+        m.fused_decode = True
+        got = generate(m, ids, max_new_tokens=24)
+        assert m.last_decode_path == "fused"
+    finally:
+        m.fused_decode = True
+    assert torch.equal(got, ref)
