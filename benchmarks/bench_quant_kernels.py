@@ -8,9 +8,11 @@ than fp32) and the kernel each call used. Weights of one layer stay in cache her
 float32; part 2 is the real test.
 
 Part 2 (whole model, when moorelab.model.zoo.load_pretrained("smollm2-135m") works): greedy
-decode tokens/s over 64 new tokens for fp32, int8, int4-g32, int4-g64, int8-dynamic and
-int4-g32 with an int8 lm_head (variants interleaved round by round, median), and bits per byte
-on the first --chars characters of Macbeth (moorelab.measure, window 512, every token once).
+decode tokens/s over 64 new tokens for fp32, int8, int4-g32, int4-g64, int8-dynamic, int4 with
+int16 / int8 activation blocks (a16, a8; g32 and g64), int4-g32 with an int8 lm_head, and fp32
+on the per-op Python decode path ("fp32-py"; every other row uses the fused decode of
+moorelab.model.fused_decode), variants interleaved round by round, median; and bits per byte on
+the first --chars characters of Macbeth (moorelab.measure, window 512, every token once).
 
 The machine is shared: every figure is a median of many repeats, variants are interleaved, and
 part 1 is measured twice (start and end) and both passes are printed.
@@ -87,7 +89,8 @@ def bench_layers(quick: bool) -> list[dict]:
         ("int4-g32", Int4WeightOnlyConfig(group_size=32)),
         ("int4-g64", Int4WeightOnlyConfig(group_size=64)),
         ("int8-dyn", Int8DynamicConfig()),
-        ("int4-a16", Int4WeightOnlyConfig(group_size=32, int16_activations=True)),
+        ("int4-a16", Int4WeightOnlyConfig(group_size=32, activation_bits=16)),
+        ("int4-a8", Int4WeightOnlyConfig(group_size=32, activation_bits=8)),
     ]
     for k, n in SHAPES:
         lin = nn.Linear(k, n, bias=False)
@@ -182,12 +185,16 @@ def bench_model(quick: bool, rounds: int, chars: int | None) -> dict | None:
         "int4-g32": Int4WeightOnlyConfig(group_size=32),
         "int4-g64": Int4WeightOnlyConfig(group_size=64),
         "int8-dyn": Int8DynamicConfig(),
-        "int4-a16": Int4WeightOnlyConfig(group_size=32, int16_activations=True),
+        "int4-a16": Int4WeightOnlyConfig(group_size=32, activation_bits=16),
+        "int4-a8": Int4WeightOnlyConfig(group_size=32, activation_bits=8),
+        "i4g64-a8": Int4WeightOnlyConfig(group_size=64, activation_bits=8),
+        "fp32-py": None,  # float32 on the per-op Python decode path (model.fused_decode = False)
     }
     variants["int4+8head"] = "mixed"  # int4-g32 blocks, int8 lm_head (the only lossy int4 layer here)
     models, reports, results = {}, {}, {}
     for label, cfg in variants.items():
-        model = loaded.model if cfg is None else copy.deepcopy(loaded.model)
+        model = loaded.model if label == "fp32" else copy.deepcopy(loaded.model)
+        model.fused_decode = label != "fp32-py"
         t0 = time.perf_counter()
         if cfg == "mixed":
             reports[label] = quantize_(model, Int4WeightOnlyConfig(group_size=32), filter_fn=lambda m, n: n != "lm_head")
@@ -201,6 +208,7 @@ def bench_model(quick: bool, rounds: int, chars: int | None) -> dict | None:
         for label, model in models.items():
             tps, ids = greedy_decode_tps(model, prompt_ids, new_tokens)
             results[label]["tps"].append(tps)
+            results[label]["decode_path"] = model.last_decode_path
             results[label]["continuation"] = tok.decode(ids)[:48]
     for label, model in models.items():
         bpb, scored = float("nan"), 0
@@ -213,7 +221,8 @@ def bench_model(quick: bool, rounds: int, chars: int | None) -> dict | None:
         r.update(decode_tokens_per_s=statistics.median(r["tps"]), bits_per_byte=bpb, tokens_scored=scored,
                  min_sqnr_db=rep.min_sqnr_db if rep else None, mean_sqnr_db=rep.mean_sqnr_db if rep else None,
                  lm_head_sqnr_db=next((x.sqnr_db for x in rep.layers if x.name == "lm_head"), None) if rep else None,
-                 kernel=(" + ".join(dict.fromkeys(x.kernel for x in rep.layers)) if rep else "torch fp32 (MKL/oneDNN)"))
+                 kernel=(" + ".join(dict.fromkeys(x.kernel for x in rep.layers)) if rep else "moorelab fp32 GEMV")
+                 + f"; decode path {r['decode_path']}")
     for label in ("int8", "int4-g32"):
         lines = reports[label].table().splitlines()
         print(f"\nper-layer report ({label}): block 0 and the lm_head")

@@ -125,6 +125,11 @@ def measure_model(
         decode_tokens=budget.decode_tokens,
     )
     progress.advance(stask, 1)
+    path = getattr(model, "last_decode_path", None)
+    if path == "fused":
+        kernel += "; decode: fused layers (one compiled call per token)"
+    elif path == "python":
+        kernel += "; decode: per-op Python path"
     values = {
         "bits_per_byte": quality.bits_per_byte,
         "perplexity": quality.perplexity,

@@ -37,9 +37,13 @@ PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berli
 
 
 # (row name, technique spec, note): the improvements the default run measures, in order.
+#: the float32 rows' matmuls: moorelab.model.transformer.FastLinear
+FP32_KERNEL = "moorelab fp32 GEMV (decode) / torch fp32 matmul (prefill)"
 DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
     ("int8 weight-only", "int8", "per-output-channel symmetric int8 of every linear layer (tied lm_head as its own int8 copy)"),
-    ("int4 weight-only g32", "int4:group_size=32", "group-wise asymmetric int4, 32 inputs per group, two values per byte"),
+    ("int4 weight-only g32 a8", "int4:group_size=32,activation_bits=8",
+     "group-wise asymmetric int4, 32 inputs per group, two values per byte; the matmul rounds activations to int8 "
+     "per 32-block (llama.cpp's Q8 blocks), which bits per byte includes"),
     ("FFN channels pruned 25%", "ffn:fraction=0.25", "structured: 25% of each layer's SwiGLU channels removed by calibrated activation importance"),
 ]
 CALIBRATION_PLAY = "histories/henry-v.md"
@@ -232,7 +236,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         model = loaded.model
         loaded.model = None  # the variants below replace it; keep no second reference alive
         base_row, _ = measure_model(
-            "float32", "none", "torch fp32 matmul (oneDNN/MKL)", model, token_ids, text, budget, bos,
+            "float32", "none", FP32_KERNEL, model, token_ids, text, budget, bos,
             opts.usd_per_hour, progress, notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
         )
         # 3. improvements, each on a fresh float32 copy (the first reuses the baseline's weights)
@@ -251,7 +255,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             reports[label] = {"spec": spec, "report": report.to_dict() if hasattr(report, "to_dict") else str(report)}
             gc.collect()
             progress.advance(atask, 1)
-            kernels = sorted({m.kernel for m in model.modules() if getattr(m, "kernel", None)}) or ["torch fp32 matmul (oneDNN/MKL)"]
+            kernels = sorted({m.kernel for m in model.modules() if getattr(m, "kernel", None)}) or [FP32_KERNEL]
             row, _ = measure_model(label, spec, ", ".join(kernels), model, token_ids, text, budget, bos,
                                    opts.usd_per_hour, progress, notes=notes)
             rows.append(row)
