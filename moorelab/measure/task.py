@@ -85,7 +85,8 @@ def measure_model(
     Args:
         name: row name.
         technique: "none" for the baseline, else the technique applied.
-        kernel: the matmul kernel the row ran.
+        kernel: the matmul kernel the row ran ("; fused decode" or "; Python decode" is appended:
+            the decode path the speed test took).
         model: a moorelab Transformer (eval mode).
         token_ids: tokenized ``text``.
         text: the scored text (its UTF-8 byte count is the bits-per-byte denominator).
@@ -127,9 +128,9 @@ def measure_model(
     progress.advance(stask, 1)
     path = getattr(model, "last_decode_path", None)
     if path == "fused":
-        kernel += "; decode: fused layers (one compiled call per token)"
+        kernel += "; fused decode"
     elif path == "python":
-        kernel += "; decode: per-op Python path"
+        kernel += "; Python decode"
     values = {
         "bits_per_byte": quality.bits_per_byte,
         "perplexity": quality.perplexity,

@@ -38,7 +38,7 @@ PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berli
 
 # (row name, technique spec, note): the improvements the default run measures, in order.
 #: the float32 rows' matmuls: moorelab.model.transformer.FastLinear
-FP32_KERNEL = "moorelab fp32 GEMV (decode) / torch fp32 matmul (prefill)"
+FP32_KERNEL = "moorelab fp32 GEMV; torch matmul (prefill)"
 DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
     ("int8 weight-only", "int8", "per-output-channel symmetric int8 of every linear layer (tied lm_head as its own int8 copy)"),
     ("int4 weight-only g32 a8", "int4:group_size=32,activation_bits=8",
