@@ -139,7 +139,7 @@ class Int4WeightOnlyConfig:
             raise MoorelabError(
                 f"Int4WeightOnlyConfig.group_size={self.group_size!r}: expected a positive multiple of 32 (e.g. 32 or 64)"
             )
-        if self.activation_bits not in (8, 16, 32) or isinstance(self.activation_bits, bool):
+        if type(self.activation_bits) is not int or self.activation_bits not in (8, 16, 32):
             raise MoorelabError(
                 f"Int4WeightOnlyConfig.activation_bits={self.activation_bits!r}: expected 32 (float), 16 or 8"
             )
@@ -301,8 +301,8 @@ def quantize_activations_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch
     ``sx = max|x[m]| / 127`` (1 for an all-zero row); ``xq = round_half_even(x / sx)``; matches
     the C kernel bit for bit.
     """
-    amax = x.abs().amax(dim=1)
-    sx = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    sx = x.abs().amax(dim=1) / 127.0
+    sx = torch.where(sx > 0, sx, torch.ones_like(sx))  # all-zero row, or amax/127 underflowing to 0
     xq = torch.round(x / sx[:, None]).clamp_(-127, 127)
     return xq.to(torch.int8), sx
 
@@ -321,8 +321,8 @@ def round_activations_blocks(x: torch.Tensor, bits: int) -> torch.Tensor:
     qmax = float((1 << (bits - 1)) - 1)
     m, k = x.shape
     b = x.reshape(m, k // 32, 32)
-    amax = b.abs().amax(dim=2, keepdim=True)
-    s = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    s = b.abs().amax(dim=2, keepdim=True) / qmax
+    s = torch.where(s > 0, s, torch.ones_like(s))  # all-zero block, or amax so small that amax/qmax underflows
     return (torch.round(b / s).clamp_(-qmax, qmax) * s).reshape(m, k)
 
 
@@ -372,6 +372,7 @@ _SINGLE_THREAD_WEIGHTS = int(os.environ.get("MOORELAB_QUANT_PARALLEL_MIN", str(1
 # Inside the fused decode (moorelab.model.fused_decode) there is no Python between the calls and
 # the threads are still spinning from the previous layer, so a second thread pays off sooner:
 # measured here, 576x576 and 576x192 layers on two threads made int4 decode ~5% faster.
+# MOORELAB_QUANT_PARALLEL_MIN, when set, is the bar for both paths.
 _FUSED_SINGLE_THREAD_WEIGHTS = int(os.environ.get("MOORELAB_QUANT_PARALLEL_MIN", str(1 << 16)))
 
 
@@ -656,7 +657,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
                  bias: torch.Tensor | None, kernel: str = "auto", m_threshold: int = 8, name: str = "?",
                  activation_bits: int = 32):
         super().__init__(qweight.shape[1] * 2, qweight.shape[0], bias, m_threshold)
-        if activation_bits not in (8, 16, 32):
+        if type(activation_bits) is not int or activation_bits not in (8, 16, 32):
             raise MoorelabError(f"layer {name}: activation_bits={activation_bits!r}: expected 32, 16 or 8")
         self.group_size = group_size
         self.activation_bits = activation_bits

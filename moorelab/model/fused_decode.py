@@ -7,8 +7,9 @@ math (see the C comment of ``ml_decode_layers`` in :mod:`moorelab.improve.kernel
 for every layer in one ``ctypes`` call: each linear layer is handed to the C side as a
 descriptor of the GEMV kernel that already runs it on the Python path (float32
 :class:`~moorelab.model.transformer.FastLinear`, or a quantized module's own kernel), so the
-numbers are the Python path's up to float32 rounding (tested), and the speed-up is the same
-for every row of a comparison.
+numbers are the Python path's up to float32 rounding (tested); every eligible row of a
+comparison gets the same treatment (rows on the Python path, e.g. magnitude/Wanda-pruned models
+whose masks are parametrizations, say so in their kernel text).
 
 It runs only when all of these hold (otherwise :meth:`Transformer.forward` takes the Python
 path, and :func:`why_not_fused` says why):
@@ -22,8 +23,13 @@ path, and :func:`why_not_fused` says why):
 * the compiled kernels are available (gcc, AVX2) and ``model.fused_decode`` is True.
 
 A plan (the ``ml_layer`` array) is built once per :class:`KVCache` and rebuilt when any module,
-parameter or buffer is registered anywhere (e.g. ``quantize_`` or pruning swapped a layer); the
-plan holds the storages it points to, so a stale plan can never read freed memory.
+parameter or buffer is registered anywhere (e.g. ``quantize_`` or pruning swapped a layer; about
+1.5 ms for SmolLM2), when a tensor it points into changed storage (``.data =``, ``.to()``), or
+when hooks, a forward patched on an instance, attention recording, a norm's eps or the thread
+count changed (checked every step). The plan holds every tensor it points into, including the
+cache's K/V buffers, and re-binds the buffers whenever the cache replaced or grew them (e.g. a
+multi-token call on the Python path), checking their shapes against the model first; so it never
+reads or writes memory it does not hold.
 """
 
 from __future__ import annotations
@@ -76,17 +82,54 @@ def _has_hooks(model: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-class _Plan:
-    """ctypes ``ml_layer`` array for one model and one KV cache."""
+def _global_hooks() -> bool:
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
-    def __init__(self, model, reason: str | None, layers=None, keep=None, needs_grad=False):
+
+class _Plan:
+    """ctypes ``ml_layer`` array for one model and one KV cache, and what it was built from.
+
+    ``still_valid`` re-checks, every step, what can change without registering a module,
+    parameter or buffer (which bumps the generation): hooks, attention recording, a forward
+    replaced on an instance, norm eps, a tensor's storage (``.data =``, ``.half()``), the thread
+    count. About 50 µs per step for SmolLM2's 30 layers.
+    """
+
+    def __init__(self, model, reason: str | None, layers=None, transient: bool = False):
         self.model_ref = weakref.ref(model)
+        self.transient = transient  # reason is a hook / recording / patch: re-check every step
         self.generation = _generation[0]
+        self.threads = torch.get_num_threads()
         self.reason = reason
         self.layers = layers
-        self.keep = keep or []
-        self.needs_grad = needs_grad
-        self.kv_ptrs: tuple | None = None
+        self.tensors: list[tuple[torch.Tensor, int]] = []  # (tensor, data_ptr) the plan points into
+        self.modules: list[nn.Module] = []  # every module whose forward the C code replaces
+        self.attns: list[nn.Module] = []
+        self.norms: list[tuple[nn.Module, float]] = []
+        self.params: list[torch.Tensor] = []
+        self.kv: list[torch.Tensor] = []  # the cache tensors the layers point at (k0, v0, k1, v1, ...)
+        self.min_cap = 0
+
+    def still_valid(self, model) -> bool:
+        if self.model_ref() is not model or self.generation != _generation[0] or self.threads != torch.get_num_threads():
+            return False
+        if self.reason is not None:
+            # a structural verdict (config, a layer without a kernel) stays until something is
+            # registered; hooks, recording and patched forwards may go away at any step
+            return not self.transient
+        for t, ptr in self.tensors:
+            if t.data_ptr() != ptr:
+                return False
+        for m in self.modules:
+            if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+                return False
+        for a in self.attns:
+            if a.record is not None:
+                return False
+        for n, eps in self.norms:
+            if n.eps != eps:
+                return False
+        return True
 
 
 def _lin_struct(kernels, d) -> "ctypes.Structure":
@@ -110,13 +153,12 @@ def _build(model) -> _Plan:
     if model.lm_head is None or type(model.final_norm) is not RMSNorm:
         return _Plan(model, "no output layer or final RMSNorm")
     if _has_hooks(model):
-        return _Plan(model, "a module has forward hooks")
-    layers = (kernels.MlLayer * len(model.blocks))()
-    keep: list = []
+        return _Plan(model, "a module has forward hooks", transient=True)
+    plan = _Plan(model, None, (kernels.MlLayer * len(model.blocks))())
     for i, blk in enumerate(model.blocks):
         attn, ffn = blk.attn, blk.ffn
         if attn.record is not None or not attn.rope:
-            return _Plan(model, f"block {i}: attention recording or no RoPE")
+            return _Plan(model, f"block {i}: attention recording or no RoPE", transient=attn.record is not None)
         for norm in (blk.attn_norm, blk.ffn_norm):
             if type(norm) is not RMSNorm or norm.weight.dtype is not torch.float32 or not norm.weight.is_contiguous():
                 return _Plan(model, f"block {i}: norm is not a float32 RMSNorm")
@@ -124,9 +166,14 @@ def _build(model) -> _Plan:
             return _Plan(model, f"block {i}: the two norms have different eps")
         if ffn.activation != "swiglu" or ffn.gate_proj is None:
             return _Plan(model, f"block {i}: FFN is not SwiGLU")
+        linears = (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj), ("o", attn.o_proj),
+                   ("gate", ffn.gate_proj), ("up", ffn.up_proj), ("down", ffn.down_proj))
+        patched = [n for n, m in (("block", blk), ("attn", attn), ("ffn", ffn), ("attn_norm", blk.attn_norm),
+                                  ("ffn_norm", blk.ffn_norm), *linears) if "forward" in m.__dict__]
+        if patched:
+            return _Plan(model, f"block {i}.{patched[0]}: forward replaced on the instance", transient=True)
         descs = {}
-        for name, mod in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj), ("o", attn.o_proj),
-                          ("gate", ffn.gate_proj), ("up", ffn.up_proj), ("down", ffn.down_proj)):
+        for name, mod in linears:
             d = _linear_descriptor(mod)
             if isinstance(d, str):
                 return _Plan(model, f"block {i}.{name}: {d}")
@@ -137,26 +184,59 @@ def _build(model) -> _Plan:
             and descs["o"][3] == H * hd and descs["o"][2] == D
             and all(descs[n][3] == D for n in ("q", "k", "v", "gate", "up"))
             and descs["gate"][2] == descs["up"][2] == descs["down"][3] and descs["down"][2] == D
-            and H % Hkv == 0 and hd % 2 == 0
+            and H % Hkv == 0 and hd % 2 == 0 and hd == c.head_dim  # RoPE tables are [N, config.head_dim]
         )
         if not shapes_ok:
             return _Plan(model, f"block {i}: layer shapes do not form a decoder layer")
-        ly = layers[i]
+        ly = plan.layers[i]
         for name, d in descs.items():
             setattr(ly, name, _lin_struct(kernels, d))
-            keep.extend(t.untyped_storage() for t in d[-1])
+            plan.tensors.extend((t, t.data_ptr()) for t in d[-1])
+        for norm in (blk.attn_norm, blk.ffn_norm):
+            plan.tensors.append((norm.weight, norm.weight.data_ptr()))
+            plan.norms.append((norm, norm.eps))
         ly.attn_norm, ly.ffn_norm = blk.attn_norm.weight.data_ptr(), blk.ffn_norm.weight.data_ptr()
-        keep += [blk.attn_norm.weight.untyped_storage(), blk.ffn_norm.weight.untyped_storage()]
         ly.H, ly.Hkv, ly.hd, ly.rope, ly.eps = H, Hkv, hd, 1, float(blk.attn_norm.eps)
-    needs_grad = any(p.requires_grad for p in model.parameters())
-    return _Plan(model, None, layers, keep, needs_grad)
+        plan.modules += [blk, attn, ffn, blk.attn_norm, blk.ffn_norm] + [m for _, m in linears]
+        plan.attns.append(attn)
+    plan.params = [p for p in model.parameters()]
+    return plan
 
 
 def why_not_fused(model) -> str | None:
     """``None`` if :func:`decode_step` can run ``model``, else the reason (one line)."""
     if not getattr(model, "fused_decode", True):
         return "model.fused_decode is False"
+    if _global_hooks():
+        return "global module forward hooks are registered"
     return _build(model).reason
+
+
+def _bind_cache(plan: _Plan, model, cache, pos: int, device) -> bool:
+    """Point the plan's layers at the cache's K/V buffers (allocating or growing them through
+    :meth:`KVCache.reserve`); False if a buffer does not fit the model (the Python path then
+    raises its own shape error)."""
+    layers = plan.layers
+    n = len(layers)
+    if len(cache.k) < n or min(t.shape[2] for t in cache.k[:n]) <= pos:
+        want = max(pos + 1, cache.max_len or 0)
+        for i, blk in enumerate(model.blocks):
+            if i < len(cache.k) and (cache.k[i].shape[1], cache.k[i].shape[3]) != (blk.attn.n_kv_heads, blk.attn.head_dim):
+                return False
+            cache.reserve(i, 1, blk.attn.n_kv_heads, blk.attn.head_dim, want, torch.float32, device)
+    kv = []
+    for i, blk in enumerate(model.blocks):
+        kb, vb = cache.k[i], cache.v[i]
+        want_shape = (1, blk.attn.n_kv_heads, kb.shape[2], blk.attn.head_dim)
+        if (tuple(kb.shape) != want_shape or tuple(vb.shape) != want_shape or kb.dtype is not torch.float32
+                or vb.dtype is not torch.float32 or not kb.is_contiguous() or not vb.is_contiguous()
+                or kb.device.type != "cpu"):
+            return False
+        layers[i].kc, layers[i].vc, layers[i].cap = kb.data_ptr(), vb.data_ptr(), kb.shape[2]
+        kv += [kb, vb]
+    plan.kv = kv
+    plan.min_cap = min(t.shape[2] for t in kv)
+    return True
 
 
 def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
@@ -164,53 +244,49 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
 
     Appends the token's keys and values to ``cache`` (a :class:`KVCache`) at position
     ``cache.length`` and advances it, exactly as the Python path does. Returns ``None`` (and
-    touches nothing) when the model or the call is not eligible (see the module docstring);
-    the caller then runs the Python path.
+    touches nothing but, possibly, the cache's buffer capacity) when the model or the call is
+    not eligible (see the module docstring); the caller then runs the Python path.
 
     Raises:
         MemoryError: the C side could not allocate its work buffer.
-        RuntimeError: the C side rejected a layer descriptor (a bug, not bad input).
+        RuntimeError: the C side found a position beyond a layer's KV buffers or an unknown
+            layer kind (checked before the call, so this means a bug, not bad input).
     """
     plan = cache.__dict__.get("_fused_plan")
-    if plan is None or plan.model_ref() is not model or plan.generation != _generation[0]:
+    if plan is None or not plan.still_valid(model):
         plan = _build(model)
         cache.__dict__["_fused_plan"] = plan
-    if plan.reason is not None:
+    if plan.reason is not None or _global_hooks() or input_ids.device.type != "cpu":
         return None
-    if plan.needs_grad and torch.is_grad_enabled():
-        return None
-    if input_ids.device.type != "cpu":
-        return None
+    if torch.is_grad_enabled() and any(p.requires_grad for p in plan.params):
+        return None  # training: autograd needs the Python path
     from moorelab.improve import kernels
 
     pos = cache.length
     layers = plan.layers
-    c = model.config
-    # KV buffers: allocate / grow through the cache itself, then point the plan at them
-    if not cache.k or cache.k[0].shape[2] <= pos or len(cache.k) < len(layers):
-        want = max(pos + 1, cache.max_len or 0)
-        for i, blk in enumerate(model.blocks):
-            cache.reserve(i, 1, blk.attn.n_kv_heads, blk.attn.head_dim, want, torch.float32, input_ids.device)
-        plan.kv_ptrs = None
-    if plan.kv_ptrs is None:
-        for i in range(len(layers)):
-            kb, vb = cache.k[i], cache.v[i]
-            if kb.dtype is not torch.float32 or kb.shape[0] != 1 or not kb.is_contiguous() or not vb.is_contiguous():
-                return None
-            layers[i].kc, layers[i].vc, layers[i].cap = kb.data_ptr(), vb.data_ptr(), kb.shape[2]
-        plan.kv_ptrs = True
+    ks, vs = cache.k, cache.v
+    bound = (
+        len(plan.kv) == 2 * len(layers)
+        and len(ks) >= len(layers)
+        and all(a is b for a, b in zip(ks, plan.kv[0::2]))
+        and all(a is b for a, b in zip(vs, plan.kv[1::2]))
+        and plan.min_cap > pos
+    )
+    if not bound and not _bind_cache(plan, model, cache, pos, input_ids.device):
+        return None
     x = model.embed(input_ids)
     if x.dtype is not torch.float32:
         return None
     x = x.contiguous()
     cos, sin = model.rope_tables(pos + 1, input_ids.device)
-    off = pos * cos.stride(0) * 4
+    off = pos * cos.stride(0) * cos.element_size()
     rc = kernels.get_library().decode_layers(
-        ctypes.addressof(layers), len(layers), c.d_model, x.data_ptr(), pos,
+        ctypes.addressof(layers), len(layers), model.config.d_model, x.data_ptr(), pos,
         cos.data_ptr() + off, sin.data_ptr() + off, torch.get_num_threads())
     if rc == -1:
         raise MemoryError("fused decode: work buffer allocation failed")
     if rc != 0:
-        raise RuntimeError(f"fused decode: C side returned {rc}")
+        reason = {-2: "unknown linear kind", -3: f"position {pos} beyond a layer's KV-cache capacity"}.get(rc, "?")
+        raise RuntimeError(f"fused decode: C side returned {rc} ({reason})")
     cache.length += 1
     return model.lm_head(model.final_norm(x))

@@ -307,7 +307,12 @@ class KVCache:
 
         Layers are created in order (``layer_idx == len(self.k)``); growing keeps the filled
         positions and at least doubles the capacity.
+
+        Raises:
+            ValueError: ``layer_idx`` skips a layer (greater than the number of layers held).
         """
+        if layer_idx > len(self.k):
+            raise ValueError(f"KVCache.reserve: layer {layer_idx} requested but only {len(self.k)} layers exist")
         if layer_idx == len(self.k):
             cap = max(self.max_len or 0, end, 64)
             self.k.append(torch.empty(batch, n_kv_heads, cap, head_dim, dtype=dtype, device=device))
@@ -318,6 +323,13 @@ class KVCache:
                 new = old.new_empty(old.shape[0], old.shape[1], max(2 * old.shape[2], end), old.shape[3])
                 new[:, :, : self.length] = old[:, :, : self.length]
                 buf[layer_idx] = new
+
+    def __getstate__(self) -> dict:
+        # the fused-decode plan (ctypes pointers into this cache and the model) is not copied:
+        # a copy builds its own on first use
+        state = dict(self.__dict__)
+        state.pop("_fused_plan", None)
+        return state
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write new ``k, v [B, H_kv, T, d]`` after the cached positions; return all ``[B, H_kv, length+T, d]``."""

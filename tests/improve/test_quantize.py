@@ -501,3 +501,21 @@ def test_empty_input():
         quantize_(model, cfg)
         with torch.inference_mode():
             assert model(torch.empty(0, 64)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_block_rounding_survives_a_subnormal_block_maximum(bits):
+    # amax / qmax underflows to 0 for amax ~1e-44: the step must fall back to 1 (values round
+    # to 0), not divide by zero (NaN on prefill, undefined int conversion in C)
+    x = torch.zeros(2, 64)
+    x[:, 3] = 1e-44
+    x[:, 40] = 2.5
+    r = round_activations_blocks(x, bits)
+    assert torch.isfinite(r).all() and r[0, 3].item() == 0.0 and r[0, 40].item() == 2.5
+    model = _holder(64, 16)
+    quantize_(model, Int4WeightOnlyConfig(group_size=32, activation_bits=bits))
+    xs = x[:1].repeat(16, 1)  # 16 rows: prefill path; 1 row: decode kernel
+    with torch.inference_mode():
+        prefill, decode = model(xs), model(x[:1])
+    assert torch.isfinite(prefill).all() and torch.isfinite(decode).all()
+    assert (prefill[0] - decode[0]).abs().max().item() < 1e-4

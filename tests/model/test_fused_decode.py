@@ -157,11 +157,14 @@ def test_plan_is_rebuilt_when_a_layer_is_swapped_mid_generation():
 
 
 @pytest.mark.slow
-def test_smollm2_fused_greedy_tokens_equal_python_path(smollm2):
+@pytest.mark.parametrize("spec", [None, "int8"])
+def test_smollm2_fused_greedy_tokens_equal_python_path(smollm2, spec):
     from moorelab.model.generate import generate
 
     ids = torch.tensor([smollm2.tokenizer.encode("The capital of France is Paris. The capital of Italy is").ids])
-    m = smollm2.model
+    m = smollm2.model if spec is None else copy.deepcopy(smollm2.model)
+    if spec:
+        apply(m, parse_spec(spec))
     try:
         m.fused_decode = False
         ref = generate(m, ids, max_new_tokens=24)
@@ -171,3 +174,140 @@ def test_smollm2_fused_greedy_tokens_equal_python_path(smollm2):
     finally:
         m.fused_decode = True
     assert torch.equal(got, ref)
+
+
+# ------------------------------------------------------------------ dispatch, long context, cache binding
+
+
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int4:group_size=64",
+                                  "int4:group_size=32,activation_bits=16", "int4:group_size=32,activation_bits=8",
+                                  "int8-dynamic"])
+def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
+    # Same input, same kernel: the C dispatcher's output is bit-identical to the module's own
+    # decode call, so a layer routed to the wrong kernel (e.g. a8 to the float-activation one) fails.
+    import ctypes
+
+    from moorelab.model.fused_decode import _lin_struct, _linear_descriptor
+    from moorelab.model.transformer import FastLinear
+
+    torch.manual_seed(0)
+    holder = torch.nn.Sequential(FastLinear(128, 72))
+    if spec:
+        apply(holder, parse_spec(spec))
+    layer = holder[0]
+    d = _linear_descriptor(layer)
+    assert not isinstance(d, str), d
+    x = torch.randn(1, 128)
+    y = torch.empty(1, 72)
+    with torch.inference_mode():
+        ref = layer(x)
+        rc = kernels.get_library().lin_forward(ctypes.byref(_lin_struct(kernels, d)), x.data_ptr(), y.data_ptr())
+    assert rc == 0
+    assert torch.equal(y, ref)
+
+
+def test_threaded_attention_over_a_long_context():
+    # T * n_heads >= 2048 switches the C attention to one OpenMP thread per group of heads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prompt = torch.randint(0, 61, (1, 600), generator=torch.Generator().manual_seed(6))
+        assert_same(tiny(max_position_embeddings=1024), prompt=prompt, max_len=None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _step(m, cache, t):
+    with torch.inference_mode():
+        return m(torch.tensor([[t]]), cache=cache)[0, -1]
+
+
+def test_cache_rebinds_when_its_buffers_are_replaced_or_grown_elsewhere():
+    m = tiny()
+    ref = copy.deepcopy(m)
+    ref.fused_decode = False
+    c, r = KVCache(max_len=8), KVCache(max_len=8)
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+        ref(PROMPT, cache=r)
+    outs = []
+    for i, t in enumerate(STEPS[:6]):
+        if i == 1:
+            c.reserve(0, 1, 2, 16, 100, torch.float32, "cpu")  # public growth of one layer's buffers
+        if i == 2:
+            c.k[1] = c.k[1].clone()  # a buffer replaced behind the plan's back
+        if i == 3:  # a multi-token call on the Python path grows every buffer (8 -> 16 positions)
+            with torch.inference_mode():
+                extra = torch.tensor([[3, 4, 5, 6]])
+                m(extra, cache=c)
+                ref(extra, cache=r)
+        outs.append((_step(m, c, t), _step(ref, r, t), m.last_decode_path))
+    for got, want, path in outs:
+        assert path == "fused"
+        assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+
+
+def test_cache_of_another_model_shape_is_refused_not_overwritten():
+    small, big = tiny(), tiny(n_kv_heads=4)
+    c = KVCache()
+    with torch.inference_mode():
+        small(PROMPT, cache=c)
+        with pytest.raises(RuntimeError):  # the Python path's own shape error, not a silent write
+            big(torch.tensor([[1]]), cache=c)
+    assert big.last_decode_path == "python"
+
+
+def test_plan_follows_changes_that_register_nothing():
+    m = tiny()
+    c = KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+    _step(m, c, 1)
+    assert m.last_decode_path == "fused"
+    calls = []
+    h = m.blocks[0].ffn.register_forward_hook(lambda *a: calls.append(1))
+    _step(m, c, 2)
+    assert calls and m.last_decode_path == "python"
+    h.remove()
+    m.blocks[1].attn.record = {}
+    _step(m, c, 3)
+    assert "weights" in m.blocks[1].attn.record and m.last_decode_path == "python"
+    m.blocks[1].attn.record = None
+    # a weight whose storage is swapped with .data = must be the one used
+    ref = copy.deepcopy(m)
+    ref.fused_decode = False
+    r = copy.deepcopy(c)
+    new_w = torch.randn_like(m.blocks[0].ffn.down_proj.weight)
+    m.blocks[0].ffn.down_proj.weight.data = new_w.clone()
+    ref.blocks[0].ffn.down_proj.weight.data = new_w.clone()
+    got, want = _step(m, c, 4), _step(ref, r, 4)
+    assert m.last_decode_path == "fused"
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    m.blocks[2].ffn_norm.eps = m.blocks[2].attn_norm.eps = 0.5
+    ref.blocks[2].ffn_norm.eps = ref.blocks[2].attn_norm.eps = 0.5
+    got, want = _step(m, c, 5), _step(ref, r, 5)
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    # training: gradients need the Python path
+    m.blocks[0].attn.q_proj.weight.requires_grad_(True)
+    c4 = KVCache()
+    with torch.no_grad():  # (inference-mode caches cannot be written with autograd on)
+        m(PROMPT, cache=c4)
+    with torch.enable_grad():
+        m(torch.tensor([[6]]), cache=c4).sum().backward()
+    assert m.last_decode_path == "python" and m.blocks[0].attn.q_proj.weight.grad is not None
+
+
+def test_cache_can_be_copied_after_fused_steps():
+    import pickle
+
+    m = tiny()
+    c = KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+    _step(m, c, 1)
+    c2 = copy.deepcopy(c)
+    c3 = pickle.loads(pickle.dumps(c))
+    a, b, d = _step(m, c, 2), _step(m, c2, 2), _step(m, c3, 2)
+    assert m.last_decode_path == "fused"
+    assert torch.equal(a, b) and torch.equal(a, d)
+    assert c2.k[0].data_ptr() != c.k[0].data_ptr()

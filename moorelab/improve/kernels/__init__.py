@@ -52,7 +52,7 @@ class MlLayer(ctypes.Structure):
 
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
 _LIB_NAME = "libmoorelab_quant.so"
-_ABI_VERSION = 7
+_ABI_VERSION = 8
 
 _state: dict = {"loaded": False, "lib": None, "reason": "not tried yet"}
 
@@ -112,6 +112,9 @@ class KernelLibrary:
         lib.ml_decode_layers.argtypes = [vp, ctypes.c_int32, i64, vp, i64, vp, vp, ctypes.c_int32]
         self.lib = lib
         self.decode_layers = lib.ml_decode_layers
+        lib.ml_lin_forward.restype = cint
+        lib.ml_lin_forward.argtypes = [vp, vp, vp]
+        self.lin_forward = lib.ml_lin_forward
         self.f32_linear = lib.ml_f32_linear
         self.w8_linear = lib.ml_w8_linear
         self.w8_dequant = lib.ml_w8_dequant

@@ -41,7 +41,7 @@ C_SOURCE = r"""
 #include <math.h>
 #include <omp.h>
 
-#define ML_ABI_VERSION 7
+#define ML_ABI_VERSION 8
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
@@ -384,7 +384,8 @@ static void w4a16_prep_x(const float *x, int64_t K, int64_t G, int16_t *xs, floa
     for (int64_t b = 0; b < K; b += 32) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) { float a = fabsf(x[b + j]); if (a > amax) amax = a; }
-        float s = amax > 0.0f ? amax / 32767.0f : 1.0f;
+        float s = amax / 32767.0f;
+        if (!(s > 0.0f)) s = 1.0f; /* zero block, or amax / 32767 underflows to 0 */
         bs[b / 32] = s;
         for (int j = 0; j < 16; j++) {
             float ve = nearbyintf(x[b + 2 * j] / s), vo = nearbyintf(x[b + 2 * j + 1] / s);
@@ -481,7 +482,8 @@ static void w4a8_prep_x(const float *x, int64_t K, int64_t G, int8_t *xs, float 
     for (int64_t b = 0; b < K; b += 32) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) { float a = fabsf(x[b + j]); if (a > amax) amax = a; }
-        float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        float s = amax / 127.0f;
+        if (!(s > 0.0f)) s = 1.0f; /* zero, or amax / 127 underflows to 0 */
         bs[b / 32] = s;
         for (int j = 0; j < 16; j++) {
             float ve = nearbyintf(x[b + 2 * j] / s), vo = nearbyintf(x[b + 2 * j + 1] / s);
@@ -591,7 +593,8 @@ void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mi
 static float a8_quant_row(const float *x, int64_t K, int8_t *q) {
     float amax = 0.0f;
     for (int64_t k = 0; k < K; k++) { float a = fabsf(x[k]); if (a > amax) amax = a; }
-    float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    float s = amax / 127.0f;
+    if (!(s > 0.0f)) s = 1.0f; /* zero, or amax / 127 underflows to 0 */
     for (int64_t k = 0; k < K; k++) {
         float v = nearbyintf(x[k] / s);
         if (v > 127.0f) v = 127.0f;
@@ -712,6 +715,10 @@ static int ml_lin_apply(const ml_lin *l, const float *x, float *y) {
     default: return -2;
     }
 }
+
+/* one linear layer through the fused-decode dispatcher (tests check each kind against the
+   module's own kernel call): y[N] = layer(x[K]); returns ml_lin_apply's code */
+int ml_lin_forward(const ml_lin *l, const float *x, float *y) { return ml_lin_apply(l, x, y); }
 
 /* e^x for 8 floats: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial),
    relative error ~1e-7 over [-87.3, 88.7]; inputs are clamped to that range. */
