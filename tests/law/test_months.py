@@ -56,3 +56,15 @@ def test_months_offline_facts_trend(tmp_path):
     assert res.figures["months"]["value"] == pytest.approx(
         12 * math.log10(2) / res.fit.slope_log10_per_year)
     res.points.check_accounting()
+
+
+def test_reference_months_are_signed():
+    from moorelab.law.reference import months_of_reference
+
+    # 2.9x at 2.90x/year is exactly 12 months; a 2.9x loss is -12 months with a mirrored interval
+    gain = months_of_reference(2.90)["algorithmic_efficiency"]
+    loss = months_of_reference(1 / 2.90)["algorithmic_efficiency"]
+    assert gain["value"] == pytest.approx(12.0)
+    assert loss["value"] == pytest.approx(-12.0)
+    assert loss["ci"][0] == pytest.approx(-gain["ci"][1]) and loss["ci"][1] == pytest.approx(-gain["ci"][0])
+    assert loss["ci"][0] < loss["value"] < loss["ci"][1] < 0

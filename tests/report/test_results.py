@@ -65,3 +65,24 @@ def test_out_that_is_a_file_fails_before_work(tmp_path):
         with staged_output(f):
             raise AssertionError("must not run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_gains_print_both_trends_and_flag_rows_decoded_under_cpu_contention():
+    from rich.console import Console
+
+    from moorelab.report.results import add_cost_gain
+    from moorelab.report.run import print_gains
+
+    def row(name, cost, share):
+        return make_row(name, "none" if name == "base" else "x", "k",
+                        {"bits_per_byte": 1.0, "usd_per_million_tokens_decode": cost, "decode_cpu_share": share})
+
+    rows = [row("base", 0.29, 0.97), row("fast", 0.1, 0.95), row("disturbed", 0.58, 0.41)]
+    add_cost_gain(rows, rows[0])
+    console = Console(record=True, width=300)
+    print_gains(console, rows)
+    out = console.export_text()
+    assert "fast: ×2.90 tokens per $" in out and "+12.0 months of algorithmic efficiency" in out
+    assert "llm price at fixed capability" in out
+    assert "disturbed: ×0.50" in out and "-7.8 months of algorithmic efficiency" in out
+    assert "warning" in out and "disturbed (41%)" in out and "fast (" not in out

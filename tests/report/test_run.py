@@ -59,7 +59,8 @@ def test_quick_run_writes_every_field(quick_run):
         if not row["technique"].startswith("ffn"):
             assert m["parameters"] == pytest.approx(134_515_008, rel=0.01)
         assert m["usd_per_million_tokens_decode"] > 0
-        assert row["kernel"]
+        assert 0 < m["decode_cpu_share"] <= 1.2  # process CPU s / (wall s x threads)
+        assert row["kernel"].endswith("; fused decode")  # every row of the default run is LLaMA-family
     base, q = r["rows"][0]["metrics"], r["rows"][1]["metrics"]
     assert value(base["weight_bytes"]) == pytest.approx(134_515_008 * 4, rel=0.01)
     assert value(q["weight_bytes"]) < 0.5 * value(base["weight_bytes"])
