@@ -124,7 +124,7 @@ def improve_command(
     from moorelab.report import html as html_report
     from moorelab.report import plots
     from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
-    from moorelab.report.run import make_progress, print_gains, summary_table
+    from moorelab.report.run import flag_disturbed, make_progress, print_gains, print_kernels, summary_table
 
     console = Console(stderr=json_out)
     if not usd_per_hour > 0:
@@ -166,6 +166,7 @@ def improve_command(
             rows.append(row)
         add_ratios(rows, base)
         add_cost_gain(rows, base)
+        flag_disturbed(rows)
         tok = Path(loaded.hf_dir) / "tokenizer.json"
         saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
         saved["path"] = str(Path(out) / "model")
@@ -198,6 +199,7 @@ def improve_command(
         sys.stdout.write(json.dumps(json.loads((Path(out) / "results.json").read_text())) + "\n")
     else:
         console.print(summary_table(rows))
+        print_kernels(console, rows)
         print_gains(console, rows)
         console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
         console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")

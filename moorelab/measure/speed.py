@@ -9,9 +9,11 @@ of each is run first and not counted.
 
 Interference check: the process CPU time spent during the timed decode, divided by wall time ×
 threads, is reported as ``decode_cpu_share``. With OpenMP's default (spinning) wait policy an
-undisturbed run keeps every thread busy (share near 1); when other processes take cores the
-share falls (e.g. ~0.5 with one core taken of two) and the tokens/s of that row are not
-comparable with the others.
+undisturbed run keeps every thread busy (share ~0.99 here); when other processes take cores
+the share falls (measured: 0.89 with a competitor busy a quarter of the time, decode 14% slower;
+0.67 with one of two cores fully taken, decode 53% slower) and the tokens/s of that row are not
+comparable with the others. Slow-downs that leave the threads running (memory-bandwidth
+contention, busy hyperthread siblings, VM steal) do not show in the share.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class SpeedResult:
         threads: torch intra-op threads.
         repeats: timed prefill repeats.
         decode_cpu_share: process CPU seconds / (wall seconds × threads) over the timed decode
-            (see the module docstring; below ~0.75 means other processes took the cores).
+            (see the module docstring; below ~0.9 means other processes took the cores).
     """
 
     prefill_tokens: int

@@ -150,7 +150,7 @@ def measure_model(
     row = make_row(name, technique, kernel, values, notes)
     row["quality_protocol"] = {k: v for k, v in quality.to_dict().items() if k not in ("perplexity", "bits_per_byte")}
     row["speed_protocol"] = speed.to_dict()
-    row["peak_rss_scope"] = "this row's prefill/decode speed test (scoring excluded)" if rss_reset else "process lifetime (reset unsupported)"
+    row["peak_rss_scope"] = "process peak RSS during this row's prefill/decode speed test (scoring excluded)" if rss_reset else "process lifetime (reset unsupported)"
     return row, {"quality": quality, "speed": speed}
 
 

@@ -148,26 +148,50 @@ SUMMARY_METRICS = [
 ]
 
 
+_TREND_NAMES = {"algorithmic_efficiency": "algorithmic efficiency", "llm_price_at_fixed_capability": "LLM price at fixed capability"}
+
+
 def print_gains(console: Console, rows: list[dict]) -> None:
     """One line per variant: tokens per dollar against the baseline, the change in bits per byte,
-    and the gain in months of each reference trend (negative for a loss); then a warning for
-    rows whose decode was measured while other processes took the CPU."""
+    and the gain in months of each reference trend (negative for a loss, 90% interval); then a
+    warning for rows whose decode was measured while other processes took the CPU."""
     for r in rows[1:]:
         pc = r["performance_per_cost"]
         mo = pc["months_of_trend"] or {}
         extra = "".join(
-            f"; {m['value']:+.1f} months of {name.replace('_', ' ')} ({m['factor_per_year']:g}x/year)"
+            f"; {m['value']:+.1f} months of {_TREND_NAMES.get(name, name)} ({m['factor_per_year']:g}x/year"
+            + (f", 90% CI {m['ci'][0]:+.1f} to {m['ci'][1]:+.1f}" if m.get("ci") else "") + ")"
             for name, m in mo.items()
         )
         console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $ (decode, measured once), "
                       f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
-    busy = [(r["name"], r["metrics"]["decode_cpu_share"]["value"]) for r in rows
-            if r["metrics"].get("decode_cpu_share", {}).get("value", 1.0) < CPU_SHARE_WARN]
+    busy = [r for r in rows if r.get("speed_disturbed")]
     if busy:
-        listed = ", ".join(f"{n} ({v:.0%})" for n, v in busy)
-        console.print(f"[bold red]warning:[/] other processes took the CPU while these rows decoded (share of "
-                      f"{torch.get_num_threads()} threads' CPU time): {listed}; their tokens/s, costs and gains are "
-                      f"not comparable with the other rows; re-run on an idle machine")
+        listed = ", ".join(f"{r['name']} ({r['metrics']['decode_cpu_share']['value']:.0%})" for r in busy)
+        scope = ("the baseline was disturbed, so every gain and months figure above is invalid"
+                 if busy[0] is rows[0] else "their tokens/s, costs and gains are not comparable with the other rows")
+        console.print(f"[bold red]warning:[/] other processes took the CPU while these rows decoded (share of their "
+                      f"threads' CPU time, undisturbed ~0.99): {listed}; {scope}; re-run on an idle machine")
+
+
+def print_kernels(console: Console, rows: list[dict]) -> None:
+    """One line per row: the kernels it ran and its decode path."""
+    for r in rows:
+        console.print(f"kernel, {r['name']}: {r['kernel']}")
+
+
+def flag_disturbed(rows: list[dict]) -> None:
+    """Set ``speed_disturbed`` on each row: its decode got less than :data:`CPU_SHARE_WARN` of its
+    threads' CPU time (another process was running), so its speed figures are not comparable."""
+    for r in rows:
+        share = r["metrics"].get("decode_cpu_share", {}).get("value")
+        r["speed_disturbed"] = share is not None and share < CPU_SHARE_WARN
+
+
+#: rows whose decode got less than this share of their threads' CPU time are flagged; measured
+#: here: ~0.99 undisturbed, 0.95 with a competitor busy 10% of the time (decode -7%), 0.89 at 25%
+#: (-14%), 0.67 with one core fully taken (-53%)
+CPU_SHARE_WARN = 0.9
 
 
 def _plain(v) -> str:
@@ -175,10 +199,6 @@ def _plain(v) -> str:
     if isinstance(v, dict) and "value" in v:
         return f"{v['value']:g} {v.get('unit', '')}".strip() + (f" ({v['note']})" if v.get("note") else "")
     return str(v)
-
-
-#: rows whose decode got less than this share of their threads' CPU time are flagged
-CPU_SHARE_WARN = 0.75
 
 
 def summary_table(rows: list[dict]) -> Table:
@@ -286,6 +306,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         gc.collect()
         add_ratios(rows, base_row)
         add_cost_gain(rows, base_row)
+        flag_disturbed(rows)
         best_q = best_quantized(rows)
         # 4. trend
         trend, facts_df, fit = fit_trend(opts.facts)
@@ -344,9 +365,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         )
 
     console.print(summary_table(rows))
-    for r in rows:
-        console.print(f"kernel, {r['name']}: {r['kernel']}")
-    console.print(f"cost: ${opts.usd_per_hour:g}/hour assumed machine price (--usd-per-hour), decode tokens only")
+    print_kernels(console, rows)
+    console.print(f"cost: ${opts.usd_per_hour:.2f}/hour assumed machine price (--usd-per-hour), decode tokens only")
     print_gains(console, rows)
     console.print(f"best quantized row (fastest decode with bits/byte within +0.10 of the baseline): {best_q}")
     console.print(

@@ -19,7 +19,7 @@ def moorelab(*args, cwd=None, env=None):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = moorelab("run", "--quick", "--out", str(out))
+    proc = moorelab("run", "--quick", "--out", str(out), "--usd-per-hour", "0.25")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
 
@@ -103,6 +103,21 @@ def assert_clean_failure(proc, out: Path, *needles):
         assert n in err, err
     assert not out.exists() or not any(out.iterdir())
     assert not list(out.parent.glob(f".{out.name}.staging-*"))
+
+
+def test_machine_price_option_reaches_the_costs(quick_run):
+    out, proc = quick_run
+    r = json.loads((out / "results.json").read_text())
+    assert value(r["task"]["usd_per_hour_assumed"]) == 0.25
+    assert "$0.25/hour assumed machine price" in proc.stdout
+    m = r["rows"][0]["metrics"]
+    # $/1M tokens = price per hour / (tokens per hour) * 1e6
+    assert value(m["usd_per_million_tokens_decode"]) == pytest.approx(0.25 / (3600 * value(m["decode_tokens_per_s"])) * 1e6)
+
+
+def test_bad_machine_price(tmp_path):
+    out = tmp_path / "o"
+    assert_clean_failure(moorelab("run", "--quick", "--usd-per-hour", "0", "--out", str(out)), out, "--usd-per-hour")
 
 
 def test_unknown_model_name(tmp_path):
