@@ -27,6 +27,10 @@ import numpy as np
 import torch
 
 
+#: prompt tokens before a timed decode
+DECODE_PROMPT_TOKENS = 32
+
+
 @dataclass
 class SpeedResult:
     """Measured speed of one model.
@@ -114,6 +118,23 @@ def measure_decode(
     return times
 
 
+def measure_decode_with_cpu_share(
+    step: Callable[[torch.Tensor, Any], torch.Tensor],
+    new_cache: Callable[[], Any],
+    prompt: torch.Tensor,
+    new_tokens: int,
+) -> tuple[list[float], float]:
+    """:func:`measure_decode` plus the CPU share of the call (module docstring).
+
+    Returns:
+        (seconds per generated token, process CPU seconds / (wall seconds × torch threads)).
+    """
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    times = measure_decode(step, new_cache, prompt, new_tokens)
+    share = (time.process_time() - cpu0) / max(1e-9, (time.perf_counter() - wall0) * torch.get_num_threads())
+    return times, share
+
+
 def measure_speed(
     forward: Callable[[torch.Tensor], Any],
     step: Callable[[torch.Tensor, Any], torch.Tensor],
@@ -122,7 +143,7 @@ def measure_speed(
     *,
     prefill_tokens: int,
     decode_tokens: int,
-    decode_prompt_tokens: int = 32,
+    decode_prompt_tokens: int = DECODE_PROMPT_TOKENS,
     repeats: int = 3,
 ) -> SpeedResult:
     """Prefill and decode speed of one model (protocol in the module docstring).
@@ -149,9 +170,7 @@ def measure_speed(
     t_prefill = measure_prefill(forward, pre, repeats=repeats)
     dp = prompt[:, :decode_prompt_tokens]
     measure_decode(step, new_cache, dp, min(4, decode_tokens))  # warm-up
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    times = measure_decode(step, new_cache, dp, decode_tokens)
-    cpu_share = (time.process_time() - cpu0) / max(1e-9, (time.perf_counter() - wall0) * torch.get_num_threads())
+    times, cpu_share = measure_decode_with_cpu_share(step, new_cache, dp, decode_tokens)
     ms = np.array(times) * 1e3
     return SpeedResult(
         prefill_tokens=prefill_tokens,

@@ -148,6 +148,57 @@ SUMMARY_METRICS = [
 ]
 
 
+#: extra decode measurements per row, interleaved across rows (the row's figure is the median)
+SPEED_ROUNDS = 2
+
+
+def interleave_decode_rounds(rows: list[dict], models: dict, token_ids: list[int], budget, usd_per_hour: float,
+                             rounds: int, advance=lambda: None) -> None:
+    """Re-measure every row's decode ``rounds`` times, rows interleaved, and keep the median.
+
+    Each row's ``decode_tokens_per_s`` becomes the median of its first measurement and the
+    ``rounds`` new ones (all in ``speed_protocol["decode_rounds"]``, with their CPU shares);
+    ``decode_cpu_share`` becomes the lowest share seen; ``usd_per_million_tokens_decode`` follows
+    the median. Latency percentiles stay those of the first measurement.
+
+    Args:
+        rows: results rows (from :func:`~moorelab.measure.task.measure_model`).
+        models: row name -> the same model variant, rebuilt.
+        token_ids: the task's tokens (the decode prompt is their first
+            :data:`~moorelab.measure.speed.DECODE_PROMPT_TOKENS`).
+        budget: the run's :class:`~moorelab.measure.task.Budget` (decode length).
+        usd_per_hour: machine price, $/hour.
+        rounds: extra measurements per row.
+    """
+    import statistics
+
+    from moorelab.measure.resources import usd_per_million_tokens
+    from moorelab.measure.speed import DECODE_PROMPT_TOKENS, measure_decode, measure_decode_with_cpu_share
+    from moorelab.model.transformer import KVCache
+
+    prompt = torch.tensor([token_ids[:DECODE_PROMPT_TOKENS]], dtype=torch.long)
+    for r in rows:
+        m = r["metrics"]
+        r["speed_protocol"]["decode_rounds"] = [
+            {"tokens_per_s": m["decode_tokens_per_s"]["value"], "cpu_share": m["decode_cpu_share"]["value"]}]
+        model = models[r["name"]]
+        measure_decode(lambda ids, cache, model=model: model(ids, cache=cache), KVCache, prompt, 4)  # warm-up
+    for _ in range(rounds):
+        for r in rows:
+            model = models[r["name"]]
+            times, share = measure_decode_with_cpu_share(lambda ids, cache, model=model: model(ids, cache=cache),
+                                                         KVCache, prompt, budget.decode_tokens)
+            r["speed_protocol"]["decode_rounds"].append({"tokens_per_s": len(times) / sum(times), "cpu_share": share})
+            advance()
+    for r in rows:
+        got = r["speed_protocol"]["decode_rounds"]
+        tps = statistics.median(g["tokens_per_s"] for g in got)
+        r["metrics"]["decode_tokens_per_s"]["value"] = tps
+        r["metrics"]["decode_cpu_share"]["value"] = min(g["cpu_share"] for g in got)
+        r["metrics"]["usd_per_million_tokens_decode"]["value"] = usd_per_million_tokens(tps, usd_per_hour)
+        r["speed_protocol"]["decode_tokens_per_s_is"] = f"median of {len(got)} measurements, rows interleaved"
+
+
 _TREND_NAMES = {"algorithmic_efficiency": "algorithmic efficiency", "llm_price_at_fixed_capability": "LLM price at fixed capability"}
 
 
@@ -163,7 +214,9 @@ def print_gains(console: Console, rows: list[dict]) -> None:
             + (f", 90% CI {m['ci'][0]:+.1f} to {m['ci'][1]:+.1f}" if m.get("ci") else "") + ")"
             for name, m in mo.items()
         )
-        console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $ (decode, measured once), "
+        n = len(r.get("speed_protocol", {}).get("decode_rounds", [None]))
+        how = "measured once" if n == 1 else f"median of {n} interleaved measurements"
+        console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $ (decode, {how}), "
                       f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
     busy = [r for r in rows if r.get("speed_disturbed")]
     if busy:
@@ -284,17 +337,21 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         )
         # 3. improvements, each on a fresh float32 copy (the first reuses the baseline's weights)
         rows, reports = [base_row], {}
+
+        def build(spec: str, model):
+            cfg = parse_spec(spec)
+            ctx = ApplyContext()
+            if isinstance(cfg, NEEDS_CALIBRATION):
+                ctx.calibration = calibration_windows(loaded.tokenizer, CALIBRATION_PLAY, budget.calibration_tokens)
+            return apply(model, cfg, ctx)
+
         for i, (label, spec, notes) in enumerate(DEFAULT_VARIANTS):
             if i > 0:
                 del model
                 gc.collect()
                 model = load_pretrained(opts.model).model
             atask = progress.add_task(f"applying {spec}", total=1)
-            cfg = parse_spec(spec)
-            ctx = ApplyContext()
-            if isinstance(cfg, NEEDS_CALIBRATION):
-                ctx.calibration = calibration_windows(loaded.tokenizer, CALIBRATION_PLAY, budget.calibration_tokens)
-            report = apply(model, cfg, ctx)
+            report = build(spec, model)
             reports[label] = {"spec": spec, "report": report.to_dict() if hasattr(report, "to_dict") else str(report)}
             gc.collect()
             progress.advance(atask, 1)
@@ -304,6 +361,18 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             rows.append(row)
         del model
         gc.collect()
+        # 3b. decode speed again, the rows interleaved round by round (all variants resident): one
+        # measurement per row is at the mercy of whatever the machine did at that moment
+        if SPEED_ROUNDS:
+            rtask = progress.add_task("decode speed, rows interleaved", total=SPEED_ROUNDS * len(rows))
+            variants = {"float32": load_pretrained(opts.model).model}
+            for label, spec, _ in DEFAULT_VARIANTS:
+                variants[label] = load_pretrained(opts.model).model
+                build(spec, variants[label])
+            interleave_decode_rounds(rows, variants, token_ids, budget, opts.usd_per_hour, SPEED_ROUNDS,
+                                     lambda: progress.advance(rtask, 1))
+            del variants
+            gc.collect()
         add_ratios(rows, base_row)
         add_cost_gain(rows, base_row)
         flag_disturbed(rows)

@@ -60,6 +60,11 @@ def test_quick_run_writes_every_field(quick_run):
             assert m["parameters"] == pytest.approx(134_515_008, rel=0.01)
         assert m["usd_per_million_tokens_decode"] > 0
         assert 0 < m["decode_cpu_share"] <= 1.2  # process CPU s / (wall s x threads)
+        # decode tokens/s is the median of the first measurement and the interleaved rounds
+        rounds = row["speed_protocol"]["decode_rounds"]
+        assert len(rounds) == 3
+        assert m["decode_tokens_per_s"] == pytest.approx(sorted(g["tokens_per_s"] for g in rounds)[1])
+        assert m["decode_cpu_share"] == min(g["cpu_share"] for g in rounds)
         assert row["kernel"].endswith("; fused decode")  # every row of the default run is LLaMA-family
     base, q = r["rows"][0]["metrics"], r["rows"][1]["metrics"]
     assert value(base["weight_bytes"]) == pytest.approx(134_515_008 * 4, rel=0.01)
