@@ -82,11 +82,28 @@ class FastLinear(nn.Linear):
                 if not x.is_contiguous():
                     x = x.contiguous()
                 y = x.new_empty((*x.shape[:-1], n))
-                threads = 1 if n * k < self.SMALL else torch.get_num_threads()
                 lib.f32_linear(x.data_ptr(), m, k, w.data_ptr(), None if b is None else b.data_ptr(),
-                               y.data_ptr(), n, threads)
+                               y.data_ptr(), n, self._gemv_threads())
                 return y
         return F.linear(x, w, b)
+
+    def _gemv_threads(self) -> int:
+        return 1 if self.out_features * self.in_features < self.SMALL else torch.get_num_threads()
+
+    def decode_descriptor(self) -> tuple | str:
+        """This layer as a C ``ml_lin`` for :mod:`moorelab.model.fused_decode`:
+        ``("f32", threads, N, K, 0, w, None, None, bias, tensors to keep alive)``, or the reason
+        (a string) when its weight is not the contiguous float32 CPU tensor the kernel reads.
+        Also serves plain ``nn.Linear`` modules (``FastLinear.decode_descriptor(linear)``)."""
+        w, b = self.weight, self.bias
+        if not (w.dtype is torch.float32 and w.is_cpu and w.is_contiguous()):
+            return f"{type(self).__name__} weight is not a contiguous float32 CPU tensor"
+        if b is not None and not (b.dtype is torch.float32 and b.is_contiguous()):
+            return f"{type(self).__name__} bias is not a contiguous float32 tensor"
+        threads = FastLinear._gemv_threads(self)
+        keep = [w] + ([b] if b is not None else [])
+        return ("f32", threads, self.out_features, self.in_features, 0, w.data_ptr(), None, None,
+                None if b is None else b.data_ptr(), keep)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -380,19 +380,25 @@ int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const 
    nibbles are widened to int16 and multiplied with vpmaddwd (exact int32 sums, |q| <= 15),
    then each 32-block's sum is scaled by bs in float. The min term uses the float x. */
 
-static void w4a16_prep_x(const float *x, int64_t K, int64_t G, int16_t *xs, float *bs, float *xsum) {
+/* x row -> per 32-block [x0,x2,..,x30, x1,x3,..,x31] rounded to `bits` (16 or 8) bits:
+   xq = round_half_even(x / bs), bs = max|x_block| / (2^(bits-1) - 1) (1 if that is 0: a zero
+   block, or a maximum so small the division underflows); int16 or int8 stores; xsum[g] = float
+   sum of group g of x (for the min term). Shared by the a16 and a8 kernels. */
+static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
+    const float qmax = bits == 16 ? 32767.0f : 127.0f;
+    int16_t *x16 = (int16_t *)xq;
+    int8_t *x8 = (int8_t *)xq;
     for (int64_t b = 0; b < K; b += 32) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) { float a = fabsf(x[b + j]); if (a > amax) amax = a; }
-        float s = amax / 32767.0f;
-        if (!(s > 0.0f)) s = 1.0f; /* zero block, or amax / 32767 underflows to 0 */
+        float s = amax / qmax;
+        if (!(s > 0.0f)) s = 1.0f;
         bs[b / 32] = s;
-        for (int j = 0; j < 16; j++) {
-            float ve = nearbyintf(x[b + 2 * j] / s), vo = nearbyintf(x[b + 2 * j + 1] / s);
-            ve = ve > 32767.0f ? 32767.0f : (ve < -32767.0f ? -32767.0f : ve);
-            vo = vo > 32767.0f ? 32767.0f : (vo < -32767.0f ? -32767.0f : vo);
-            xs[b + j] = (int16_t)ve;
-            xs[b + 16 + j] = (int16_t)vo;
+        for (int j = 0; j < 32; j++) {
+            int64_t src = b + (j < 16 ? 2 * j : 2 * (j - 16) + 1);
+            float v = nearbyintf(x[src] / s);
+            v = v > qmax ? qmax : (v < -qmax ? -qmax : v);
+            if (bits == 16) x16[b + j] = (int16_t)v; else x8[b + j] = (int8_t)v;
         }
     }
     for (int64_t g = 0; g < K / G; g++) {
@@ -440,65 +446,11 @@ static inline void w4a16_dotn(const int16_t *xs, const float *bs, const float *x
     if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
 }
 
-int ml_w4a16_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
-                    const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
-    int64_t ngr = K / G, nb = K / 32;
-    char *buf = (char *)malloc(sizeof(int16_t) * (size_t)(M * K) + sizeof(float) * (size_t)(M * nb + M * ngr) + 64);
-    if (!buf) return -1;
-    int16_t *xs = (int16_t *)buf;
-    float *bs = (float *)(buf + ((sizeof(int16_t) * (size_t)(M * K) + 31) / 32) * 32);
-    float *xsum = bs + M * nb;
-    for (int64_t m = 0; m < M; m++) w4a16_prep_x(x + m * K, K, G, xs + m * K, bs + m * nb, xsum + m * ngr);
-    int64_t ntiles = (N + 3) / 4;
-    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
-    for (int64_t t = 0; t < ntiles; t++) {
-        int64_t n0 = t * 4;
-        int64_t nr = N - n0 < 4 ? N - n0 : 4;
-        if (t + ML_PF_TILES4 < ntiles) {
-            int64_t pn = n0 + 4 * ML_PF_TILES4;
-            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
-            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
-            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
-        }
-        for (int64_t m = 0; m < M; m++) {
-            float o[4];
-            w4a16_dotn(xs + m * K, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2), scales + n0 * ngr,
-                       mins + n0 * ngr, ngr, nr, o);
-            float *ym = y + m * N;
-            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
-        }
-    }
-    free(buf);
-    return 0;
-}
-
 /* ---- int4 weights x int8 activations ("a8", GGML Q4_1 x Q8 style) ----
    xq[k] = round_half_even(x[k] / bs), bs = max|x[block]| / 127 (1 if zero), per 32-block; the
    32 nibbles of a block (0..15, unsigned) meet the 32 int8 activations in one vpmaddubsw (pair
    sums <= 2*15*127, no saturation) and one vpmaddwd: exact int32 block sums, then scaled by bs
    in float. The min term uses the float x (exact block sums of x, not of xq). */
-
-static void w4a8_prep_x(const float *x, int64_t K, int64_t G, int8_t *xs, float *bs, float *xsum) {
-    for (int64_t b = 0; b < K; b += 32) {
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++) { float a = fabsf(x[b + j]); if (a > amax) amax = a; }
-        float s = amax / 127.0f;
-        if (!(s > 0.0f)) s = 1.0f; /* zero, or amax / 127 underflows to 0 */
-        bs[b / 32] = s;
-        for (int j = 0; j < 16; j++) {
-            float ve = nearbyintf(x[b + 2 * j] / s), vo = nearbyintf(x[b + 2 * j + 1] / s);
-            ve = ve > 127.0f ? 127.0f : (ve < -127.0f ? -127.0f : ve);
-            vo = vo > 127.0f ? 127.0f : (vo < -127.0f ? -127.0f : vo);
-            xs[b + j] = (int8_t)ve;
-            xs[b + 16 + j] = (int8_t)vo;
-        }
-    }
-    for (int64_t g = 0; g < K / G; g++) {
-        float s = 0.0f;
-        for (int64_t k = g * G; k < (g + 1) * G; k++) s += x[k];
-        xsum[g] = s;
-    }
-}
 
 #define W4A8_ROW(P, A)                                                                   \
     do {                                                                                 \
@@ -537,15 +489,20 @@ static inline void w4a8_dotn(const int8_t *xs, const float *bs, const float *xsu
     if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
 }
 
-int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
-                   const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+/* the a16 / a8 drivers: round x per 32-block (w4_blockq_prep_x), then 4-row tiles over OpenMP.
+   Returns 0 on success, -1 on allocation failure. */
+static int w4_blockq_linear(int bits, const float *x, int64_t M, int64_t K, const uint8_t *wp,
+                            const uint16_t *scales, const uint16_t *mins, int64_t G, const float *bias,
+                            float *y, int64_t N, int nthreads) {
     int64_t ngr = K / G, nb = K / 32;
-    char *buf = (char *)malloc((size_t)(M * K) + sizeof(float) * (size_t)(M * nb + M * ngr) + 64);
+    size_t esz = bits == 16 ? sizeof(int16_t) : sizeof(int8_t);
+    size_t xbytes = ((esz * (size_t)(M * K) + 31) / 32) * 32;
+    char *buf = (char *)malloc(xbytes + sizeof(float) * (size_t)(M * nb + M * ngr) + 64);
     if (!buf) return -1;
-    int8_t *xs = (int8_t *)buf;
-    float *bs = (float *)(buf + (((size_t)(M * K) + 31) / 32) * 32);
+    float *bs = (float *)(buf + xbytes);
     float *xsum = bs + M * nb;
-    for (int64_t m = 0; m < M; m++) w4a8_prep_x(x + m * K, K, G, xs + m * K, bs + m * nb, xsum + m * ngr);
+    for (int64_t m = 0; m < M; m++)
+        w4_blockq_prep_x(bits, x + m * K, K, G, buf + esz * (size_t)(m * K), bs + m * nb, xsum + m * ngr);
     int64_t ntiles = (N + 3) / 4;
     #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
     for (int64_t t = 0; t < ntiles; t++) {
@@ -559,14 +516,29 @@ int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, cons
         }
         for (int64_t m = 0; m < M; m++) {
             float o[4];
-            w4a8_dotn(xs + m * K, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2), scales + n0 * ngr,
-                      mins + n0 * ngr, ngr, nr, o);
+            const char *xm = buf + esz * (size_t)(m * K);
+            if (bits == 16)
+                w4a16_dotn((const int16_t *)xm, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2),
+                           scales + n0 * ngr, mins + n0 * ngr, ngr, nr, o);
+            else
+                w4a8_dotn((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2),
+                          scales + n0 * ngr, mins + n0 * ngr, ngr, nr, o);
             float *ym = y + m * N;
             for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
         }
     }
     free(buf);
     return 0;
+}
+
+int ml_w4a16_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                    const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    return w4_blockq_linear(16, x, M, K, wp, scales, mins, G, bias, y, N, nthreads);
+}
+
+int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                   const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    return w4_blockq_linear(8, x, M, K, wp, scales, mins, G, bias, y, N, nthreads);
 }
 
 void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t G,
