@@ -1,7 +1,7 @@
 """The task every model variant is measured on, the same way: quality, speed, resources, cost.
 
 A row is produced by :func:`measure_model`; the format is described in
-:mod:`moorelab.report.results`.
+:mod:`moorelab.measure.row`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 
 from moorelab.measure import resources
 from moorelab.measure.quality import score_text
+from moorelab.measure.row import make_row
 from moorelab.measure.speed import measure_speed
 from moorelab.measure.text import Text
-from moorelab.report.results import make_row
 
 
 @dataclass

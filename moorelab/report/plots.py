@@ -66,7 +66,7 @@ def plot_quality_vs_speed(path: Path, rows: list[dict]) -> Path:
 
     Args:
         path: PNG to write.
-        rows: results rows (see :mod:`moorelab.report.results`) with ``bits_per_byte`` and
+        rows: results rows (see :mod:`moorelab.measure.row`) with ``bits_per_byte`` and
             ``decode_tokens_per_s`` metrics.
 
     Returns:

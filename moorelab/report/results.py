@@ -1,10 +1,7 @@
 """The results format: every figure with its unit, plus the environment it was measured in.
 
-A *row* is one model variant measured on the same task (baseline or a technique)::
-
-    {"name": "float32", "technique": "none", "kernel": "torch fp32 matmul",
-     "metrics": {"bits_per_byte": {"value": 0.93, "unit": "bits/byte"}, ...},
-     "vs_baseline": {"decode_tokens_per_s": 1.8, ...}}
+Rows (one model variant measured on the task, :mod:`moorelab.measure.row`) are compared here:
+ratios to the baseline and gains per dollar.
 
 Files are written into a staging folder and moved into the output folder only when the whole
 run succeeded, so a failed run leaves no half-written files behind.
@@ -24,49 +21,12 @@ from typing import Iterator
 
 import torch
 
-# metric name -> (unit, higher_is_better)
-METRICS: dict[str, tuple[str, bool]] = {
-    "bits_per_byte": ("bits/byte", False),
-    "perplexity": ("1 (per token)", False),
-    "prefill_tokens_per_s": ("tokens/s", True),
-    "decode_tokens_per_s": ("tokens/s", True),
-    "decode_latency_p50_ms": ("ms/token", False),
-    "decode_latency_p90_ms": ("ms/token", False),
-    "decode_latency_p99_ms": ("ms/token", False),
-    "peak_rss_bytes": ("bytes", False),
-    "parameters": ("parameters", False),
-    "weight_bytes": ("bytes", False),
-    "usd_per_million_tokens_decode": ("$/1M tokens", False),
-    "decode_cpu_share": ("CPU s / (wall s x threads)", True),
-}
-
-
-def metric(name: str, value: float | int) -> dict:
-    """A figure with its unit, from :data:`METRICS`.
-
-    Raises:
-        KeyError: unknown metric name.
-    """
-    unit, _ = METRICS[name]
-    return {"value": value, "unit": unit}
-
-
-def make_row(name: str, technique: str, kernel: str, values: dict[str, float], notes: str = "") -> dict:
-    """Build a results row; every key of ``values`` must be a known metric."""
-    return {
-        "name": name,
-        "technique": technique,
-        "kernel": kernel,
-        "notes": notes,
-        "metrics": {k: metric(k, v) for k, v in values.items()},
-    }
-
 
 def add_ratios(rows: list[dict], baseline: dict) -> None:
     """Add ``vs_baseline`` to each row: value / baseline value for every shared metric.
 
     A ratio > 1 means "more" (faster for tokens/s, larger for bytes); the row's metric units say
-    which direction is better (see :data:`METRICS`).
+    which direction is better (see :data:`moorelab.measure.row.METRICS`).
     """
     base = baseline["metrics"]
     for row in rows:

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from moorelab.report.results import add_ratios, make_row, staged_output, write_json
+from moorelab.measure.row import make_row
+from moorelab.report.results import add_ratios, staged_output, write_json
 
 
 def test_staged_output_moves_files_only_on_success(tmp_path):
