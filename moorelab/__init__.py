@@ -5,4 +5,6 @@ Parts (one sub-package each): ``model`` (the Transformer from its math), ``train
 cost), ``law`` (trend fits, doubling times) and ``report`` (CLI tables, JSON, HTML).
 """
 
-__version__ = "0.1.0"
+from moorelab.version import __version__
+
+__all__ = ["__version__"]

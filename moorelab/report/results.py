@@ -54,7 +54,7 @@ def environment() -> dict:
         tf_version = transformers.__version__
     except Exception:  # pragma: no cover - transformers is a dependency
         tf_version = None
-    from moorelab import __version__
+    from moorelab.version import __version__
 
     return {
         "moorelab_version": __version__,
