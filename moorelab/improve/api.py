@@ -6,7 +6,8 @@ names used on the command line (``--with int8``, ``--with heads:fraction=0.33``)
 
 Spec syntax: ``NAME[:FIELD=VALUE[,FIELD=VALUE...]]``; values are Python literals (``0.5``, ``32``,
 ``[0,1,2]``, ``None``) or bare words (``global``). Unknown names or fields raise
-:class:`~moorelab.errors.MoorelabError` naming them.
+:class:`~moorelab.errors.MoorelabError` naming them. :func:`precheck_chain` refuses a chain of
+techniques that would fail half-way, before anything is measured or written.
 """
 
 from __future__ import annotations
@@ -157,3 +158,65 @@ def parse_spec(spec: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise MoorelabError(f"--with {spec!r}: {exc}") from None
+
+
+def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | None = None) -> None:
+    """Reject a chain that would fail half-way, before anything is measured or written.
+
+    Args:
+        specs: the ``--with`` strings (named in errors).
+        configs: their parsed configs.
+        model: the loaded model, for checks that need its shapes (heads per layer).
+
+    Raises:
+        MoorelabError: a second quantization, a technique after a quantization that needs float
+            weights, or head pruning that would remove every head of a layer.
+    """
+    quant = (Int8WeightOnlyConfig, Int4WeightOnlyConfig, Int8DynamicConfig)
+    structured = (HeadPruneConfig, FFNChannelPruneConfig)
+    masked = None
+    first_q = None
+    seen_prune = False
+    for spec, cfg in zip(specs, configs):
+        if isinstance(cfg, DistillConfig) and not seen_prune:
+            raise MoorelabError(f"--with {spec!r}: distillation recovers a pruned student; put a pruning step "
+                                "(heads, ffn, magnitude, wanda) before it (the teacher is the unmodified model)")
+        if isinstance(cfg, structured) and masked is not None:
+            raise MoorelabError(f"--with {spec!r} after --with {masked!r}: structured pruning needs dense weights; "
+                                "put structured pruning before unstructured pruning")
+        amount = getattr(cfg, "sparsity", None) if isinstance(cfg, (MagnitudePruneConfig, WandaConfig)) else None
+        if isinstance(cfg, FFNChannelPruneConfig):
+            amount = cfg.fraction
+        if isinstance(cfg, HeadPruneConfig):
+            amount = cfg.fraction if cfg.fraction is not None else cfg.heads_per_layer
+        if amount is not None and amount <= 0:
+            raise MoorelabError(f"--with {spec!r}: removes nothing (0); drop it or give an amount > 0")
+        if isinstance(cfg, (MagnitudePruneConfig, WandaConfig)):
+            masked = spec
+        if isinstance(cfg, (MagnitudePruneConfig, WandaConfig) + structured):
+            seen_prune = True
+        if first_q is not None:
+            what = "quantize an already quantized model" if isinstance(cfg, quant) else "change a quantized model"
+            raise MoorelabError(f"--with {spec!r} comes after --with {first_q!r}: cannot {what}; put the quantization last")
+        if isinstance(cfg, quant):
+            first_q = spec
+        if model is not None and isinstance(cfg, Int4WeightOnlyConfig):
+            widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
+            bad = [w for w in widths if w % cfg.group_size]
+            if bad:
+                raise MoorelabError(f"--with {spec!r}: group_size={cfg.group_size} does not divide the input width(s) "
+                                    f"{bad} of the model's linear layers")
+        if model is not None and isinstance(cfg, HeadPruneConfig):
+            for i, b in enumerate(model.blocks):
+                if cfg.layers is not None and i not in cfg.layers:
+                    continue
+                n, g = b.attn.n_heads, b.attn.n_heads // b.attn.n_kv_heads
+                k = cfg.heads_per_layer if cfg.heads_per_layer is not None else round(cfg.fraction * n)
+                if k >= n:
+                    raise MoorelabError(f"--with {spec!r}: would prune all {n} heads of layer {i}; keep at least one group")
+                if k == 0:
+                    raise MoorelabError(f"--with {spec!r}: removes no head of layer {i} ({n} heads)")
+                step = g if cfg.unit == "kv_group" else b.attn.n_kv_heads
+                if k % step:
+                    raise MoorelabError(f"--with {spec!r}: layer {i} has {n} query heads in groups of {g}; "
+                                        f"with unit={cfg.unit!r} prune a multiple of {step}")

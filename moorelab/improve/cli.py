@@ -36,72 +36,6 @@ def calibration_windows(tokenizer, play: str, n_tokens: int, length: int = 256) 
     return torch.tensor(ids[: n * length], dtype=torch.long).view(n, length)
 
 
-def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | None = None) -> None:
-    """Reject a chain that would fail half-way, before anything is measured or written.
-
-    Args:
-        specs: the ``--with`` strings (named in errors).
-        configs: their parsed configs.
-        model: the loaded model, for checks that need its shapes (heads per layer).
-
-    Raises:
-        MoorelabError: a second quantization, a technique after a quantization that needs float
-            weights, or head pruning that would remove every head of a layer.
-    """
-    from moorelab.improve.distill import DistillConfig
-    from moorelab.improve.prune import FFNChannelPruneConfig, HeadPruneConfig, MagnitudePruneConfig, WandaConfig
-    from moorelab.improve.quantize import Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig
-
-    quant = (Int8WeightOnlyConfig, Int4WeightOnlyConfig, Int8DynamicConfig)
-    structured = (HeadPruneConfig, FFNChannelPruneConfig)
-    masked = None
-    first_q = None
-    seen_prune = False
-    for spec, cfg in zip(specs, configs):
-        if isinstance(cfg, DistillConfig) and not seen_prune:
-            raise MoorelabError(f"--with {spec!r}: distillation recovers a pruned student; put a pruning step "
-                                "(heads, ffn, magnitude, wanda) before it (the teacher is the unmodified model)")
-        if isinstance(cfg, structured) and masked is not None:
-            raise MoorelabError(f"--with {spec!r} after --with {masked!r}: structured pruning needs dense weights; "
-                                "put structured pruning before unstructured pruning")
-        amount = getattr(cfg, "sparsity", None) if isinstance(cfg, (MagnitudePruneConfig, WandaConfig)) else None
-        if isinstance(cfg, FFNChannelPruneConfig):
-            amount = cfg.fraction
-        if isinstance(cfg, HeadPruneConfig):
-            amount = cfg.fraction if cfg.fraction is not None else cfg.heads_per_layer
-        if amount is not None and amount <= 0:
-            raise MoorelabError(f"--with {spec!r}: removes nothing (0); drop it or give an amount > 0")
-        if isinstance(cfg, (MagnitudePruneConfig, WandaConfig)):
-            masked = spec
-        if isinstance(cfg, (MagnitudePruneConfig, WandaConfig) + structured):
-            seen_prune = True
-        if first_q is not None:
-            what = "quantize an already quantized model" if isinstance(cfg, quant) else "change a quantized model"
-            raise MoorelabError(f"--with {spec!r} comes after --with {first_q!r}: cannot {what}; put the quantization last")
-        if isinstance(cfg, quant):
-            first_q = spec
-        if model is not None and isinstance(cfg, Int4WeightOnlyConfig):
-            widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
-            bad = [w for w in widths if w % cfg.group_size]
-            if bad:
-                raise MoorelabError(f"--with {spec!r}: group_size={cfg.group_size} does not divide the input width(s) "
-                                    f"{bad} of the model's linear layers")
-        if model is not None and isinstance(cfg, HeadPruneConfig):
-            for i, b in enumerate(model.blocks):
-                if cfg.layers is not None and i not in cfg.layers:
-                    continue
-                n, g = b.attn.n_heads, b.attn.n_heads // b.attn.n_kv_heads
-                k = cfg.heads_per_layer if cfg.heads_per_layer is not None else round(cfg.fraction * n)
-                if k >= n:
-                    raise MoorelabError(f"--with {spec!r}: would prune all {n} heads of layer {i}; keep at least one group")
-                if k == 0:
-                    raise MoorelabError(f"--with {spec!r}: removes no head of layer {i} ({n} heads)")
-                step = g if cfg.unit == "kv_group" else b.attn.n_kv_heads
-                if k % step:
-                    raise MoorelabError(f"--with {spec!r}: layer {i} has {n} query heads in groups of {g}; "
-                                        f"with unit={cfg.unit!r} prune a multiple of {step}")
-
-
 def improve_command(
     model: str = typer.Argument(..., help="Model name (e.g. smollm2-135m) or path (HF folder or .gguf)."),
     with_: List[str] = typer.Option(..., "--with", help="Technique spec NAME[:FIELD=VALUE,...], applied in order; "
@@ -115,7 +49,7 @@ def improve_command(
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
 ) -> None:
     """Apply improvements in order and measure each on the same task against the baseline."""
-    from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec
+    from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec, precheck_chain
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
     from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model

@@ -1,9 +1,13 @@
+import re
+
 import pytest
 
 from moorelab.errors import MoorelabError
-from moorelab.improve.api import REGISTRY, SPEC_NAMES, apply, parse_spec
+from moorelab.improve.api import REGISTRY, SPEC_NAMES, apply, parse_spec, precheck_chain
 from moorelab.improve.prune import MagnitudePruneConfig
 from moorelab.improve.quantize import Int4WeightOnlyConfig
+from moorelab.model.config import TransformerConfig
+from moorelab.model.transformer import Transformer
 
 
 def test_spec_parsing_types_fields():
@@ -37,3 +41,29 @@ def test_every_spec_name_has_a_transform():
 def test_apply_rejects_unregistered_config():
     with pytest.raises(MoorelabError, match="no transform registered for dict"):
         apply(object(), {})
+
+
+def tiny():
+    return Transformer(TransformerConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                         head_dim=8, d_ff=32, max_position_embeddings=32))
+
+
+@pytest.mark.parametrize("specs,needle", [
+    (["int8", "int8"], "cannot quantize an already quantized model"),
+    (["int4", "magnitude:sparsity=0.5"], "cannot change a quantized model"),
+    (["heads:heads_per_layer=4"], "would prune all 4 heads of layer 0"),
+    (["heads:fraction=0.9,layers=[1]"], "would prune all 4 heads of layer 1"),
+    (["heads:heads_per_layer=1"], "prune a multiple of 2"),
+    (["distill:steps=10"], "distillation recovers a pruned student"),
+    (["magnitude:sparsity=0.5", "ffn:fraction=0.25"], "structured pruning needs dense weights"),
+    (["ffn:fraction=0.0"], "removes nothing"),
+    (["int4:group_size=64"], "does not divide the input width(s) [32]"),
+])
+def test_chain_errors(specs, needle):
+    with pytest.raises(MoorelabError, match=re.escape(needle)):
+        precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
+
+
+def test_valid_chain_passes():
+    specs = ["heads:heads_per_layer=2", "ffn:fraction=0.25", "distill:steps=10", "int4"]
+    precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
