@@ -40,8 +40,8 @@ def improve_command(
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots
-    from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
-    from moorelab.report.run import flag_disturbed, make_progress, print_gains, print_kernels, summary_table
+    from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
+    from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
 
     console = Console(stderr=json_out)
     if not usd_per_hour > 0:

@@ -1,7 +1,7 @@
 """The results format: every figure with its unit, plus the environment it was measured in.
 
 Rows (one model variant measured on the task, :mod:`moorelab.measure.row`) are compared here:
-ratios to the baseline and gains per dollar.
+ratios to the baseline, gains per dollar, and flags on rows decoded under CPU contention.
 
 Files are written into a staging folder and moved into the output folder only when the whole
 run succeeded, so a failed run leaves no half-written files behind.
@@ -158,3 +158,17 @@ def add_cost_gain(rows: list[dict], baseline: dict) -> None:
             "delta_bits_per_byte": {"value": m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"], "unit": "bits/byte"},
             "months_of_trend": months_of_reference(gain) if abs(gain - 1.0) > 1e-9 else None,
         }
+
+
+def flag_disturbed(rows: list[dict]) -> None:
+    """Set ``speed_disturbed`` on each row: its decode got less than :data:`CPU_SHARE_WARN` of its
+    threads' CPU time (another process was running), so its speed figures are not comparable."""
+    for r in rows:
+        share = r["metrics"].get("decode_cpu_share", {}).get("value")
+        r["speed_disturbed"] = share is not None and share < CPU_SHARE_WARN
+
+
+#: rows whose decode got less than this share of their threads' CPU time are flagged; measured
+#: here: ~0.99 undisturbed, 0.95 with a competitor busy 10% of the time (decode -7%), 0.89 at 25%
+#: (-14%), 0.67 with one core fully taken (-53%)
+CPU_SHARE_WARN = 0.9

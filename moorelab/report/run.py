@@ -23,15 +23,14 @@ from typing import Optional
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from moorelab.errors import MoorelabError
 from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
 from moorelab.measure.text import Text, calibration_windows, default_text, read_text_file, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
-from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
+from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
+from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
 DEFAULT_USD_PER_HOUR = 0.10
@@ -78,19 +77,6 @@ class RunOptions:
     threads: int | None = None
 
 
-def make_progress(console: Console) -> Progress:
-    """The rich progress display used by long commands."""
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
     """Training-compute trend of notable language models from the embedded (or given) facts.
 
@@ -131,21 +117,6 @@ def _validate_inputs(opts: RunOptions) -> Text:
 
         load_facts(opts.facts)
     return text
-
-
-SUMMARY_METRICS = [
-    ("bits_per_byte", "bits/byte", ".4f", 1.0),
-    ("perplexity", "per token", ".2f", 1.0),
-    ("prefill_tokens_per_s", "tokens/s", ".1f", 1.0),
-    ("decode_tokens_per_s", "tokens/s", ".1f", 1.0),
-    ("decode_latency_p50_ms", "ms/token", ".1f", 1.0),
-    ("decode_latency_p99_ms", "ms/token", ".1f", 1.0),
-    ("peak_rss_bytes", "MB", ".0f", 1e-6),
-    ("weight_bytes", "MB", ".1f", 1e-6),
-    ("parameters", "millions", ".2f", 1e-6),
-    ("usd_per_million_tokens_decode", "$/1M tokens", ".3f", 1.0),
-    ("decode_cpu_share", "CPU share", ".2f", 1.0),
-]
 
 
 #: extra decode measurements per row, interleaved across rows (the row's figure is the median)
@@ -199,80 +170,11 @@ def interleave_decode_rounds(rows: list[dict], models: dict, token_ids: list[int
         r["speed_protocol"]["decode_tokens_per_s_is"] = f"median of {len(got)} measurements, rows interleaved"
 
 
-_TREND_NAMES = {"algorithmic_efficiency": "algorithmic efficiency", "llm_price_at_fixed_capability": "LLM price at fixed capability"}
-
-
-def print_gains(console: Console, rows: list[dict]) -> None:
-    """One line per variant: tokens per dollar against the baseline, the change in bits per byte,
-    and the gain in months of each reference trend (negative for a loss, 90% interval); then a
-    warning for rows whose decode was measured while other processes took the CPU."""
-    for r in rows[1:]:
-        pc = r["performance_per_cost"]
-        mo = pc["months_of_trend"] or {}
-        extra = "".join(
-            f"; {m['value']:+.1f} months of {_TREND_NAMES.get(name, name)} ({m['factor_per_year']:g}x/year"
-            + (f", 90% CI {m['ci'][0]:+.1f} to {m['ci'][1]:+.1f}" if m.get("ci") else "") + ")"
-            for name, m in mo.items()
-        )
-        n = len(r.get("speed_protocol", {}).get("decode_rounds", [None]))
-        how = "measured once" if n == 1 else f"median of {n} interleaved measurements"
-        console.print(f"{r['name']}: ×{pc['gain_vs_baseline']['value']:.2f} tokens per $ (decode, {how}), "
-                      f"Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f}{extra}")
-    busy = [r for r in rows if r.get("speed_disturbed")]
-    if busy:
-        listed = ", ".join(f"{r['name']} ({r['metrics']['decode_cpu_share']['value']:.0%})" for r in busy)
-        scope = ("the baseline was disturbed, so every gain and months figure above is invalid"
-                 if busy[0] is rows[0] else "their tokens/s, costs and gains are not comparable with the other rows")
-        console.print(f"[bold red]warning:[/] other processes took the CPU while these rows decoded (share of their "
-                      f"threads' CPU time, undisturbed ~0.99): {listed}; {scope}; re-run on an idle machine")
-
-
-def print_kernels(console: Console, rows: list[dict]) -> None:
-    """One line per row: the kernels it ran and its decode path."""
-    for r in rows:
-        console.print(f"kernel, {r['name']}: {r['kernel']}")
-
-
-def flag_disturbed(rows: list[dict]) -> None:
-    """Set ``speed_disturbed`` on each row: its decode got less than :data:`CPU_SHARE_WARN` of its
-    threads' CPU time (another process was running), so its speed figures are not comparable."""
-    for r in rows:
-        share = r["metrics"].get("decode_cpu_share", {}).get("value")
-        r["speed_disturbed"] = share is not None and share < CPU_SHARE_WARN
-
-
-#: rows whose decode got less than this share of their threads' CPU time are flagged; measured
-#: here: ~0.99 undisturbed, 0.95 with a competitor busy 10% of the time (decode -7%), 0.89 at 25%
-#: (-14%), 0.67 with one core fully taken (-53%)
-CPU_SHARE_WARN = 0.9
-
-
 def _plain(v) -> str:
     """A results.json value as report text: ``{"value", "unit", "note"}`` dicts as "0.1 $/hour (note)"."""
     if isinstance(v, dict) and "value" in v:
         return f"{v['value']:g} {v.get('unit', '')}".strip() + (f" ({v['note']})" if v.get("note") else "")
     return str(v)
-
-
-def summary_table(rows: list[dict]) -> Table:
-    """Terminal table: one line per metric, one column per model variant (ratios to the baseline)."""
-    t = Table(title="Measured on the same text")
-    t.add_column("metric")
-    t.add_column("unit")
-    for r in rows:
-        t.add_column(r["name"], justify="right")
-        if r["technique"] != "none":
-            t.add_column("ratio", justify="right")
-    for key, unit, fmt, scale in SUMMARY_METRICS:
-        cells = [key, unit]
-        for r in rows:
-            m = r["metrics"].get(key)
-            cells.append("–" if m is None else format(m["value"] * scale, fmt))
-            if r["technique"] != "none":
-                q = r.get("vs_baseline", {}).get(key)
-                cells.append("–" if q is None else f"×{q:.2f}")
-        t.add_row(*cells)
-    return t
 
 
 def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
