@@ -56,9 +56,9 @@ app.add_typer(data_app, name="data")
 from moorelab.model.cli import explain_app  # noqa: E402  (moorelab.model registers here)
 
 app.add_typer(explain_app, name="explain")
-from moorelab.improve.cli import register as _register_improve  # noqa: E402  (moorelab.improve registers here)
+from moorelab.report.improve_job import improve_command  # noqa: E402  (the `moorelab improve` job)
 
-_register_improve(app)
+app.command("improve")(improve_command)
 
 from moorelab.measure.datasets import _typer_command as _finetune_data  # noqa: E402  (labelled data fetch)
 

@@ -1,1 +1,1 @@
-"""Reporting: the `moorelab run` pipeline, terminal tables, results.json and report.html."""
+"""Reporting: the `moorelab run` and `moorelab improve` jobs, terminal tables, results.json and report.html."""

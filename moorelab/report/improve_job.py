@@ -1,8 +1,9 @@
-"""`moorelab improve MODEL --with SPEC [--with SPEC ...] --out DIR [--json]`.
+"""The `moorelab improve` job: `moorelab improve MODEL --with SPEC [--with SPEC ...] --out DIR [--json]`.
 
-Applies techniques in order, measures the baseline and the model after each step on the same
-task (the same text, windows and speed protocol as `moorelab run`), saves the improved model
-(:mod:`moorelab.improve.save`) and writes results.json and report.html with a Pareto plot.
+Applies techniques in order (:mod:`moorelab.improve.api`), measures the baseline and the model
+after each step on the same task (the same text, windows and speed protocol as `moorelab run`),
+saves the improved model (:mod:`moorelab.improve.save`) and writes results.json and report.html
+with a Pareto plot. :mod:`moorelab.cli` registers :func:`improve_command` as the command.
 """
 
 from __future__ import annotations
@@ -120,8 +121,3 @@ def improve_command(
         print_gains(console, rows)
         console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
         console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `improve` to the root CLI."""
-    app.command("improve")(improve_command)
