@@ -95,6 +95,7 @@ class QuantizedLinear(nn.Module):
     """
 
     scheme: str = "?"
+    config_type: type | None = None  # the config dataclass that asks quantize_ for this module
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None, m_threshold: int):
         super().__init__()
@@ -179,6 +180,11 @@ class QuantizedLinear(nn.Module):
         return 0 if self.tied_to else self.in_features * self.out_features
 
     # subclasses implement these
+    @classmethod
+    def from_config(cls, config, linear: nn.Linear, name: str) -> QuantizedLinear:  # pragma: no cover - abstract
+        """Quantize ``linear`` (module path ``name``, for messages) as ``config`` (a ``config_type``) asks."""
+        raise NotImplementedError
+
     def dequantize(self) -> torch.Tensor:  # pragma: no cover - abstract
         """Float32 ``[out, in]`` weight this module multiplies by."""
         raise NotImplementedError

@@ -22,6 +22,7 @@ from moorelab.improve.quantize.int8 import Int8WeightOnlyConfig, Int8WeightOnlyL
 from moorelab.improve.quantize.int8_dynamic import Int8DynamicConfig, Int8DynamicLinear
 from moorelab.improve.quantize.report import LayerQuantReport, QuantizeReport, sqnr_db, weight_bytes
 
+# One row per technique: quantize_ picks the class whose config_type the config is.
 _QUANT_CLASSES = (Int8WeightOnlyLinear, Int4WeightOnlyLinear, Int8DynamicLinear)
 
 
@@ -42,17 +43,13 @@ def _default_filter(module: nn.Module, fqn: str) -> bool:
     return isinstance(module, (nn.Linear, QuantizedLinear))
 
 
-def _make(config, linear: nn.Linear, name: str) -> QuantizedLinear:
-    if isinstance(config, Int8WeightOnlyConfig):
-        return Int8WeightOnlyLinear.from_linear(linear, config.kernel, config.m_threshold, name)
-    if isinstance(config, Int4WeightOnlyConfig):
-        return Int4WeightOnlyLinear.from_linear(linear, config.group_size, config.kernel, config.m_threshold, name,
-                                                config.activation_bits)
-    if isinstance(config, Int8DynamicConfig):
-        return Int8DynamicLinear.from_linear(linear, config.kernel, config.m_threshold, name)
-    raise MoorelabError(
-        f"config {type(config).__name__}: expected Int8WeightOnlyConfig, Int4WeightOnlyConfig or Int8DynamicConfig"
-    )
+def _linear_class(config) -> type[QuantizedLinear]:
+    """The quantized module class whose ``config_type`` ``config`` is; MoorelabError if none."""
+    for cls in _QUANT_CLASSES:
+        if isinstance(config, cls.config_type):
+            return cls
+    names = [cls.config_type.__name__ for cls in _QUANT_CLASSES]
+    raise MoorelabError(f"config {type(config).__name__}: expected {', '.join(names[:-1])} or {names[-1]}")
 
 
 def _set_submodule(root: nn.Module, fqn: str, new: nn.Module) -> None:
@@ -86,10 +83,7 @@ def quantize_(
         MoorelabError: a selected module is already quantized; int4 group size does not divide
             a layer's in_features; a weight is non-finite; unknown config; nothing to quantize.
     """
-    if not isinstance(config, (Int8WeightOnlyConfig, Int4WeightOnlyConfig, Int8DynamicConfig)):
-        raise MoorelabError(
-            f"config {type(config).__name__}: expected Int8WeightOnlyConfig, Int4WeightOnlyConfig or Int8DynamicConfig"
-        )
+    linear_class = _linear_class(config)
     if not isinstance(model, nn.Module):
         raise MoorelabError(f"quantize_: expected an nn.Module, got {type(model).__name__}")
     filt = filter_fn or _default_filter
@@ -117,7 +111,7 @@ def quantize_(
             if id(lin) in done:
                 built.append((fqn, done[id(lin)], None))
                 continue
-            qmod = done[id(lin)] = _make(config, lin, fqn)
+            qmod = done[id(lin)] = linear_class.from_config(config, lin, fqn)
             tied = lin.weight.untyped_storage().data_ptr() in tied_ptrs
             row = LayerQuantReport(
                 name=fqn,

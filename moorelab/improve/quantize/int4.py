@@ -186,6 +186,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     """
 
     scheme = "int4-weight-only"
+    config_type = Int4WeightOnlyConfig
     _fn_name = "w4_linear"
 
     @property
@@ -232,6 +233,12 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         packed, scales, mins = quantize_int4_groupwise(linear.weight, group_size, f"{name}.weight")
         return cls(packed, scales, mins, group_size, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name,
                    activation_bits=activation_bits)
+
+    @classmethod
+    def from_config(cls, config: Int4WeightOnlyConfig, linear: nn.Linear, name: str) -> Int4WeightOnlyLinear:
+        """Quantize ``linear`` (module path ``name``) with every field of ``config``."""
+        return cls.from_linear(linear, config.group_size, config.kernel, config.m_threshold, name,
+                               config.activation_bits)
 
     def _with_rounded_activations(self, x2: torch.Tensor, matmul: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``matmul(x)`` = x·Ŵᵀ(+b) evaluated as the a16/a8 kernels do: the int4 part on x rounded

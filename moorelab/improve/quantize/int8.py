@@ -71,15 +71,16 @@ def quantize_int8_per_channel(weight: torch.Tensor, name: str = "weight") -> tup
     return q.contiguous(), scale.contiguous()
 
 
-class Int8WeightOnlyLinear(QuantizedLinear):
-    """nn.Linear replacement with int8 per-output-channel weights (see module docstring).
+class PerChannelInt8Linear(QuantizedLinear):
+    """What the int8-weight modules share (:class:`Int8WeightOnlyLinear` and
+    :class:`~moorelab.improve.quantize.int8_dynamic.Int8DynamicLinear`): the weights of
+    :func:`quantize_int8_per_channel` and the compiled kernels' access to them.
 
-    Buffers: ``qweight`` int8 ``[out, in]``, ``scale`` float32 ``[out]``.
+    Buffers: ``qweight`` int8 ``[out, in]``, ``scale`` float32 ``[out]``. Subclasses name their
+    compiled kernels in ``_kernel_names`` (decode, prefill) and their GEMV in ``_fn_name``.
     """
 
-    scheme = "int8-weight-only"
-    _fn_name = "w8_linear"
-    _decode_kind = "int8"
+    _kernel_names = ("?", "?")
 
     def _decode_tensors(self) -> tuple:
         return self.qweight, self.scale, None, self.bias
@@ -90,10 +91,9 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self._lib = _resolve_lib(kernel, name)
-        self._fn = self._lib.w8_linear if self._lib is not None else None
+        self._fn = getattr(self._lib, self._fn_name) if self._lib is not None else None
         if self._lib is not None:
-            self.kernel = "moorelab-avx2-gemv int8"
-            self.prefill_kernel = "moorelab-avx2 dequant int8 + fp32 matmul"
+            self.kernel, self.prefill_kernel = self._kernel_names
         else:
             self.kernel = self.prefill_kernel = self._fallback_name
 
@@ -103,6 +103,33 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         q, s = quantize_int8_per_channel(linear.weight, f"{name}.weight")
         return cls(q, s, linear.bias, kernel=kernel, m_threshold=m_threshold, name=name)
 
+    @classmethod
+    def from_config(cls, config, linear: nn.Linear, name: str) -> "PerChannelInt8Linear":
+        """Quantize ``linear`` (module path ``name``) with ``config.kernel`` and ``config.m_threshold``."""
+        return cls.from_linear(linear, config.kernel, config.m_threshold, name)
+
+    def _kernel_ptrs(self) -> tuple:
+        return (self.qweight.data_ptr(), self.scale.data_ptr(), self._ptr(self.bias))
+
+    def _dequant_rows(self, n0: int, n1: int, buf: torch.Tensor) -> None:
+        """Compiled dequantization of output rows ``n0:n1`` into ``buf`` (float32 ``[n1-n0, in]``)."""
+        k = self.in_features
+        self._lib.w8_dequant(self.qweight[n0].data_ptr(), self.scale[n0].data_ptr(), buf.data_ptr(),
+                             n1 - n0, k, _dequant_threads(n1 - n0, k))
+
+
+class Int8WeightOnlyLinear(PerChannelInt8Linear):
+    """nn.Linear replacement with int8 per-output-channel weights (see module docstring).
+
+    Buffers: ``qweight`` int8 ``[out, in]``, ``scale`` float32 ``[out]``.
+    """
+
+    scheme = "int8-weight-only"
+    config_type = Int8WeightOnlyConfig
+    _fn_name = "w8_linear"
+    _decode_kind = "int8"
+    _kernel_names = ("moorelab-avx2-gemv int8", "moorelab-avx2 dequant int8 + fp32 matmul")
+
     def dequantize(self) -> torch.Tensor:
         if self._lib is None:
             return self.qweight.float() * self.scale[:, None]
@@ -111,19 +138,10 @@ class Int8WeightOnlyLinear(QuantizedLinear):
                              self.in_features, _dequant_threads(self.out_features, self.in_features))
         return out
 
-    def _kernel_ptrs(self) -> tuple:
-        return (self.qweight.data_ptr(), self.scale.data_ptr(), self._ptr(self.bias))
-
     def _kernel_forward(self, x2, y):
         m = x2.shape[0]
         qw, sc, b = self._ptrs or self._refresh_ptrs()
         self._fn(x2.data_ptr(), m, self.in_features, qw, sc, b, y.data_ptr(), self.out_features, self._threads(m))
 
     def _prefill_forward(self, x2):
-        k = self.in_features
-
-        def dq(n0, n1, buf):
-            self._lib.w8_dequant(self.qweight[n0].data_ptr(), self.scale[n0].data_ptr(), buf.data_ptr(),
-                                 n1 - n0, k, _dequant_threads(n1 - n0, k))
-
-        return self._dequant_chunks(x2, dq)
+        return self._dequant_chunks(x2, self._dequant_rows)
