@@ -14,7 +14,6 @@ from moorelab.improve.prune import (
     HeadPruneConfig,
     MagnitudePruneConfig,
     WandaConfig,
-    _lowest_k_mask,
     current_mask,
     layout,
     load_pruned,
@@ -25,6 +24,7 @@ from moorelab.improve.prune import (
     save_pruned,
     sparsity_report,
 )
+from moorelab.improve.prune.magnitude import _lowest_k_mask
 from moorelab.measure.resources import weight_bytes
 from moorelab.model.config import TransformerConfig
 from moorelab.model.transformer import FastLinear, KVCache, Transformer
