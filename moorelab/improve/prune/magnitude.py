@@ -31,7 +31,7 @@ class MagnitudePruneConfig:
         sparsity: fraction of the counted weights to zero, in ``[0, 1)``.
         scope: ``"global"`` (one threshold over all counted tensors) or ``"layer"``
             (``round(sparsity·numel)`` zeros in every tensor).
-        mask_mode: ``"parametrize"`` or ``"buffer"`` (see module docstring).
+        mask_mode: ``"parametrize"`` or ``"buffer"`` (see :mod:`moorelab.improve.prune.base`).
     """
 
     sparsity: float
