@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moorelab.improve import kernels  # noqa: E402
+from moorelab import kernels  # noqa: E402
 from moorelab.improve.quantize import (  # noqa: E402
     Int4WeightOnlyConfig,
     Int8DynamicConfig,

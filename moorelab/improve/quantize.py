@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moorelab.errors import MoorelabError
-from moorelab.improve import kernels as _kernels
+from moorelab import kernels as _kernels
 
 __all__ = [
     "Int8WeightOnlyConfig",

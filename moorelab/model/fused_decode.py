@@ -6,7 +6,7 @@ its matmuls: with every linear replaced by a no-op, a SmolLM2-135M decode step s
 3.5–4.1 ms here, against 17.2 ms for the whole float32 step and 9.9 ms for int4. Fused, the
 float32 step is 69.75 tok/s vs 53.76 on the Python path (``benchmarks/bench_quant_kernels.py``,
 rows ``fp32`` and ``fp32-py``). This module runs the same
-math (see the C comment of ``ml_decode_layers`` in :mod:`moorelab.improve.kernels.quant_kernels_c`)
+math (see the C comment of ``ml_decode_layers`` in ``moorelab/kernels/csrc/fused_decode.c``)
 for every layer in one ``ctypes`` call: each linear layer is handed to the C side as a
 descriptor of the GEMV kernel that already runs it on the Python path (float32
 :class:`~moorelab.model.transformer.FastLinear`, or a quantized module's own kernel), so the
@@ -43,6 +43,8 @@ import weakref
 import torch
 from torch import nn
 from torch.nn.modules import module as _module
+
+from moorelab import kernels
 
 __all__ = ["decode_step", "why_not_fused"]
 
@@ -135,7 +137,6 @@ def _lin_struct(kernels, d) -> "ctypes.Structure":
 
 
 def _build(model) -> _Plan:
-    from moorelab.improve import kernels
     from moorelab.model.transformer import RMSNorm
 
     lib = kernels.get_library()
@@ -257,8 +258,6 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in plan.params):
         return None  # training: autograd needs the Python path
-    from moorelab.improve import kernels
-
     pos = cache.length
     layers = plan.layers
     ks, vs = cache.k, cache.v

@@ -31,16 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moorelab.kernels import get_library
 from moorelab.model.config import TransformerConfig
 
 ATTENTION_IMPLS = ("sdpa", "eager")
-
-
-def _kernel_library():
-    """The compiled CPU kernels (:mod:`moorelab.improve.kernels`), or ``None`` if unavailable."""
-    from moorelab.improve.kernels import get_library
-
-    return get_library()
 
 
 class FastLinear(nn.Linear):
@@ -76,7 +70,7 @@ class FastLinear(nn.Linear):
             and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad or (b is not None and b.requires_grad)))
         ):
             m = x.numel() // k
-            lib = _kernel_library() if m > 0 else None
+            lib = get_library() if m > 0 else None
             if lib is not None:
                 n = self.out_features
                 if not x.is_contiguous():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moorelab.errors import MoorelabError
-from moorelab.improve import kernels
+from moorelab import kernels
 from moorelab.improve.quantize import (
     Int4WeightOnlyConfig,
     Int4WeightOnlyLinear,

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from moorelab.improve import kernels
+from moorelab import kernels
 from moorelab.improve.api import ApplyContext, apply, parse_spec
 from moorelab.improve.quantize import Int4WeightOnlyConfig, quantize_
 from moorelab.model.config import TransformerConfig
