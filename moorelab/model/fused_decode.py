@@ -14,8 +14,9 @@ numbers are the Python path's up to float32 rounding (tested); every eligible ro
 comparison gets the same treatment (rows on the Python path, e.g. magnitude/Wanda-pruned models
 whose masks are parametrizations, say so in their kernel text).
 
-It runs only when all of these hold (otherwise :meth:`Transformer.forward` takes the Python
-path, and :func:`why_not_fused` says why):
+Decoding loops reach it through :func:`moorelab.model.decode.forward`. It runs only when all of
+these hold (otherwise that call runs ``model(...)``, the Python path, and :func:`why_not_fused`
+says why):
 
 * decoder with RoPE, RMSNorm, SwiGLU, pre-norm, no learned/segment embeddings (LLaMA family);
 * one sequence, one new token, a :class:`KVCache` without padding mask, default positions,
@@ -45,6 +46,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from moorelab import kernels
+from moorelab.model.transformer import FastLinear, RMSNorm
 
 __all__ = ["decode_step", "why_not_fused"]
 
@@ -62,8 +64,6 @@ _module.register_module_buffer_registration_hook(_bump)
 
 def _linear_descriptor(mod: nn.Module):
     """``(kind, threads, N, K, G, w, s, mn, bias, keep)`` for the C ``ml_lin``, or a reason string."""
-    from moorelab.model.transformer import FastLinear
-
     if type(mod) in (nn.Linear, FastLinear):
         return FastLinear.decode_descriptor(mod)
     desc = getattr(mod, "decode_descriptor", None)
@@ -137,8 +137,6 @@ def _lin_struct(kernels, d) -> "ctypes.Structure":
 
 
 def _build(model) -> _Plan:
-    from moorelab.model.transformer import RMSNorm
-
     lib = kernels.get_library()
     if lib is None:
         return _Plan(model, f"compiled kernels unavailable: {kernels.status()}")
