@@ -51,6 +51,7 @@ from moorelab.measure import resources
 from moorelab.measure.quality import score_text
 from moorelab.measure.speed import measure_speed
 from moorelab.measure.text import default_text, take_prefix
+from moorelab.model import decode
 from moorelab.model.transformer import KVCache
 from moorelab.model.zoo import load_pretrained
 from moorelab.paths import cache_dir
@@ -181,7 +182,7 @@ def main() -> None:
     for rnd in range(args.speed_rounds):
         for row, (name, model, _) in zip(rows, variants):
             sp = measure_speed(
-                lambda ids, model=model: model(ids), lambda ids, cache, model=model: model(ids, cache=cache), lambda: KVCache(), prompt,
+                lambda ids, model=model: model(ids), lambda ids, cache, model=model: decode.forward(model, ids, cache=cache), lambda: KVCache(), prompt,
                 prefill_tokens=args.prefill_tokens, decode_tokens=args.decode_tokens,
             )
             row["speed_rounds"].append(sp.to_dict())

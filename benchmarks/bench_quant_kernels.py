@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moorelab.improve import kernels  # noqa: E402
+from moorelab import kernels  # noqa: E402
 from moorelab.improve.quantize import (  # noqa: E402
     Int4WeightOnlyConfig,
     Int8DynamicConfig,
@@ -143,15 +143,16 @@ def print_layer_table(rows: list[dict], title: str) -> None:
 @torch.inference_mode()
 def greedy_decode_tps(model, prompt_ids: list[int], new_tokens: int) -> tuple[float, list[int]]:
     """Greedy decode with the KV cache; returns (decode tokens/s excluding prefill, token ids)."""
+    from moorelab.model import decode
     from moorelab.model.transformer import KVCache
 
     cache = KVCache(max_len=len(prompt_ids) + new_tokens)
-    logits = model(torch.tensor([prompt_ids]), cache=cache)
+    logits = decode.forward(model, torch.tensor([prompt_ids]), cache=cache)
     nxt = int(logits[0, -1].argmax())
     out = [nxt]
     t0 = time.perf_counter()
     for _ in range(new_tokens - 1):
-        logits = model(torch.tensor([[nxt]]), cache=cache)
+        logits = decode.forward(model, torch.tensor([[nxt]]), cache=cache)
         nxt = int(logits[0, -1].argmax())
         out.append(nxt)
     dt = time.perf_counter() - t0

@@ -24,8 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "moorelab"
 #: longest matching prefix; a prefix matches itself and its submodules.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("errors/paths", ("moorelab.errors", "moorelab.paths", "moorelab.version")),
-    # moorelab.improve.kernels: the kernels' home before they move to moorelab.kernels (drop it after)
-    ("kernels", ("moorelab.kernels", "moorelab.improve.kernels")),
+    ("kernels", ("moorelab.kernels",)),
     ("model", ("moorelab.model",)),
     ("train", ("moorelab.train",)),
     ("law", ("moorelab.law",)),
@@ -37,14 +36,6 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
 #: the package itself (``moorelab/__init__.py``) counts as the top, with the CLI. (Python runs it
 #: before any submodule, so in practice it should stay as light as it is: it re-exports the version.)
 ROOT_FLOOR = "cli"
-
-#: cycles known on this branch and removed by another change at merge (each is also an expected
-#: failure below: once the cycle is gone, that test passes unexpectedly and fails as strict, so the
-#: entry gets deleted). Nothing else goes here.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # model/transformer.py <-> model/fused_decode.py: the fused decode helper removes the back-import
-    frozenset({"moorelab.model.transformer", "moorelab.model.fused_decode"}),
-]
 
 
 @dataclass(frozen=True)
@@ -225,16 +216,8 @@ def test_no_module_imports_a_higher_floor():
 
 
 def test_no_import_cycles():
-    _, cycles = check(PACKAGE_DIR, KNOWN_CYCLES)
+    _, cycles = check(PACKAGE_DIR)
     assert not cycles, "import cycles between moorelab modules:\n" + "\n".join(cycles)
-
-
-@pytest.mark.xfail(strict=True, reason="known cycle on this branch, removed at merge: then delete it from KNOWN_CYCLES")
-@pytest.mark.parametrize("cycle", KNOWN_CYCLES, ids=lambda c: "<->".join(sorted(c)))
-def test_known_cycle_is_gone(cycle):
-    modules = discover(PACKAGE_DIR)
-    components = strongly_connected(modules, import_edges(modules, PACKAGE_DIR))
-    assert frozenset(cycle) not in {frozenset(c) for c in components}
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -260,9 +243,9 @@ def test_checker_catches_a_planted_upward_import_and_cycle(tmp_path):
         "moorelab/report/results.py": "from moorelab.model.b import *\n",  # downward: fine
         "moorelab/improve/__init__.py": "",
         "moorelab/improve/api.py": "",
-        "moorelab/improve/kernels/__init__.py": "from moorelab.errors import *\n",
-        # the kernels' old home counts as the kernels floor; the rest of improve does not
-        "moorelab/model/d.py": "from moorelab.improve import kernels\nfrom moorelab.improve.api import *\n",
+        "moorelab/kernels/__init__.py": "from moorelab.errors import *\n",
+        # the kernels sit below model; improve does not
+        "moorelab/model/d.py": "from moorelab import kernels\nfrom moorelab.improve.api import *\n",
     })
     upward, cycles = check(pkg)
     assert sorted(upward) == [

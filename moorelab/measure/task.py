@@ -99,6 +99,7 @@ def measure_model(
     Returns:
         (results row, details dict with the quality protocol and speed protocol).
     """
+    from moorelab.model import decode
     from moorelab.model.transformer import KVCache
 
     task = progress.add_task(f"{name}: bits per byte", total=len(token_ids))
@@ -121,7 +122,7 @@ def measure_model(
     prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, 64)]], dtype=torch.long)
     speed = measure_speed(
         lambda ids: model(ids),
-        lambda ids, cache: model(ids, cache=cache),
+        lambda ids, cache: decode.forward(model, ids, cache=cache),
         lambda: KVCache(),
         prompt,
         prefill_tokens=budget.prefill_tokens,

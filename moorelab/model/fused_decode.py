@@ -6,7 +6,7 @@ its matmuls: with every linear replaced by a no-op, a SmolLM2-135M decode step s
 3.5–4.1 ms here, against 17.2 ms for the whole float32 step and 9.9 ms for int4. Fused, the
 float32 step is 69.75 tok/s vs 53.76 on the Python path (``benchmarks/bench_quant_kernels.py``,
 rows ``fp32`` and ``fp32-py``). This module runs the same
-math (see the C comment of ``ml_decode_layers`` in :mod:`moorelab.improve.kernels.quant_kernels_c`)
+math (see the C comment of ``ml_decode_layers`` in ``moorelab/kernels/csrc/fused_decode.c``)
 for every layer in one ``ctypes`` call: each linear layer is handed to the C side as a
 descriptor of the GEMV kernel that already runs it on the Python path (float32
 :class:`~moorelab.model.transformer.FastLinear`, or a quantized module's own kernel), so the
@@ -14,8 +14,9 @@ numbers are the Python path's up to float32 rounding (tested); every eligible ro
 comparison gets the same treatment (rows on the Python path, e.g. magnitude/Wanda-pruned models
 whose masks are parametrizations, say so in their kernel text).
 
-It runs only when all of these hold (otherwise :meth:`Transformer.forward` takes the Python
-path, and :func:`why_not_fused` says why):
+Decoding loops reach it through :func:`moorelab.model.decode.forward`. It runs only when all of
+these hold (otherwise that call runs ``model(...)``, the Python path, and :func:`why_not_fused`
+says why):
 
 * decoder with RoPE, RMSNorm, SwiGLU, pre-norm, no learned/segment embeddings (LLaMA family);
 * one sequence, one new token, a :class:`KVCache` without padding mask, default positions,
@@ -44,6 +45,9 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
+from moorelab import kernels
+from moorelab.model.transformer import FastLinear, RMSNorm
+
 __all__ = ["decode_step", "why_not_fused"]
 
 _generation = [0]
@@ -60,8 +64,6 @@ _module.register_module_buffer_registration_hook(_bump)
 
 def _linear_descriptor(mod: nn.Module):
     """``(kind, threads, N, K, G, w, s, mn, bias, keep)`` for the C ``ml_lin``, or a reason string."""
-    from moorelab.model.transformer import FastLinear
-
     if type(mod) in (nn.Linear, FastLinear):
         return FastLinear.decode_descriptor(mod)
     desc = getattr(mod, "decode_descriptor", None)
@@ -135,9 +137,6 @@ def _lin_struct(kernels, d) -> "ctypes.Structure":
 
 
 def _build(model) -> _Plan:
-    from moorelab.improve import kernels
-    from moorelab.model.transformer import RMSNorm
-
     lib = kernels.get_library()
     if lib is None:
         return _Plan(model, f"compiled kernels unavailable: {kernels.status()}")
@@ -257,8 +256,6 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in plan.params):
         return None  # training: autograd needs the Python path
-    from moorelab.improve import kernels
-
     pos = cache.length
     layers = plan.layers
     ks, vs = cache.k, cache.v

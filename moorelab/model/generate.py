@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from moorelab.model import decode
 from moorelab.model.transformer import KVCache, Transformer
 
 
@@ -85,7 +86,8 @@ def generate(
     for n in range(1, max_new_tokens + 1):
         L = T + n - 1
         if use_cache:
-            logits = model(step_ids, attention_mask=None if mask is None else mask[:, :L], cache=cache, last_only=True)
+            logits = decode.forward(model, step_ids, attention_mask=None if mask is None else mask[:, :L], cache=cache,
+                                    last_only=True)
         else:
             logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from moorelab.errors import ModelLoadError
+from moorelab.kernels import get_library
 from moorelab.model.config import TransformerConfig
 from moorelab.model.transformer import Transformer
 
@@ -176,13 +177,11 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
 def decode_layout_is_column_major() -> bool:
     """Whether ``decode_layout`` stores linear weights column-major on this machine.
 
-    With the compiled kernels available (gcc, AVX2/FMA; see :mod:`moorelab.improve.kernels`),
+    With the compiled kernels available (gcc, AVX2/FMA; see :mod:`moorelab.kernels`),
     decode-sized calls of :class:`moorelab.model.transformer.FastLinear` run a GEMV kernel that
     wants the plain row-major ``[out, in]`` layout (~1.5-2x faster than ``F.linear`` on either
     layout), so weights stay row-major; without it ``F.linear`` is fastest on column-major weights.
     """
-    from moorelab.improve.kernels import get_library
-
     return get_library() is None
 
 

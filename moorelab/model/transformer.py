@@ -17,10 +17,10 @@ Every matmul is an ``nn.Linear`` (:class:`FastLinear`, a subclass whose decode-s
 compiled float32 GEMV kernel) so quantization can replace modules in place. Per-layer
 sizes (heads, FFN width) are read from each module, so pruned layers may differ.
 
-This file is the reference. A one-token, one-sequence decode step of a LLaMA-family model runs
-the same math in one compiled call (:mod:`moorelab.model.fused_decode`) when it can; set
-``model.fused_decode = False`` to force this Python path (``model.last_decode_path`` says which
-ran).
+This file is the reference and knows nothing of its fast path: a one-token, one-sequence decode
+step of a LLaMA-family model can run the same math in one compiled call
+(:mod:`moorelab.model.fused_decode`), which decoding loops reach through
+:func:`moorelab.model.decode.forward`; it falls back to this model's forward.
 """
 
 from __future__ import annotations
@@ -31,16 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moorelab.kernels import get_library
 from moorelab.model.config import TransformerConfig
 
 ATTENTION_IMPLS = ("sdpa", "eager")
-
-
-def _kernel_library():
-    """The compiled CPU kernels (:mod:`moorelab.improve.kernels`), or ``None`` if unavailable."""
-    from moorelab.improve.kernels import get_library
-
-    return get_library()
 
 
 class FastLinear(nn.Linear):
@@ -76,7 +70,7 @@ class FastLinear(nn.Linear):
             and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad or (b is not None and b.requires_grad)))
         ):
             m = x.numel() // k
-            lib = _kernel_library() if m > 0 else None
+            lib = get_library() if m > 0 else None
             if lib is not None:
                 n = self.out_features
                 if not x.is_contiguous():
@@ -370,8 +364,8 @@ class Transformer(nn.Module):
         super().__init__()
         c = self.config = config
         self.attention_impl = "sdpa"
-        # one-token decode of LLaMA-family models through one compiled call per step
-        # (moorelab.model.fused_decode); False forces the Python path
+        # read and written by moorelab.model.decode.forward, not here: False forces the per-op
+        # Python path there; which path its last call took ("fused" or "python")
         self.fused_decode = True
         self.last_decode_path: str | None = None
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
@@ -439,25 +433,6 @@ class Transformer(nn.Module):
         """
         c = self.config
         B, T = input_ids.shape
-        if (
-            cache is not None
-            and T == 1
-            and B == 1
-            and attention_mask is None
-            and position_ids is None
-            and token_type_ids is None
-            and not return_hidden
-            and cache.mask is None
-            and self.fused_decode
-            and self.attention_impl == "sdpa"
-        ):
-            from moorelab.model.fused_decode import decode_step
-
-            logits = decode_step(self, input_ids, cache)
-            if logits is not None:
-                self.__dict__["last_decode_path"] = "fused"
-                return logits
-        self.__dict__["last_decode_path"] = "python"
         past = cache.length if cache is not None else 0
         device = input_ids.device
 

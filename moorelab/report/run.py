@@ -145,6 +145,7 @@ def interleave_decode_rounds(rows: list[dict], models: dict, token_ids: list[int
 
     from moorelab.measure.resources import usd_per_million_tokens
     from moorelab.measure.speed import DECODE_PROMPT_TOKENS, measure_decode, measure_decode_with_cpu_share
+    from moorelab.model import decode
     from moorelab.model.transformer import KVCache
 
     prompt = torch.tensor([token_ids[:DECODE_PROMPT_TOKENS]], dtype=torch.long)
@@ -153,11 +154,11 @@ def interleave_decode_rounds(rows: list[dict], models: dict, token_ids: list[int
         r["speed_protocol"]["decode_rounds"] = [
             {"tokens_per_s": m["decode_tokens_per_s"]["value"], "cpu_share": m["decode_cpu_share"]["value"]}]
         model = models[r["name"]]
-        measure_decode(lambda ids, cache, model=model: model(ids, cache=cache), KVCache, prompt, 4)  # warm-up
+        measure_decode(lambda ids, cache, model=model: decode.forward(model, ids, cache=cache), KVCache, prompt, 4)  # warm-up
     for _ in range(rounds):
         for r in rows:
             model = models[r["name"]]
-            times, share = measure_decode_with_cpu_share(lambda ids, cache, model=model: model(ids, cache=cache),
+            times, share = measure_decode_with_cpu_share(lambda ids, cache, model=model: decode.forward(model, ids, cache=cache),
                                                          KVCache, prompt, budget.decode_tokens)
             r["speed_protocol"]["decode_rounds"].append({"tokens_per_s": len(times) / sum(times), "cpu_share": share})
             advance()

@@ -1,4 +1,6 @@
-"""The fused one-token decode (all layers in one compiled call) equals the per-op Python path."""
+"""The fused one-token decode (all layers in one compiled call) equals the per-op Python path.
+
+Steps go through the dispatcher (:func:`moorelab.model.decode.forward`), as in generation."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import copy
 import pytest
 import torch
 
-from moorelab.improve import kernels
+from moorelab import kernels
 from moorelab.improve.api import ApplyContext, apply, parse_spec
 from moorelab.improve.quantize import Int4WeightOnlyConfig, quantize_
+from moorelab.model import decode
 from moorelab.model.config import TransformerConfig
 from moorelab.model.fused_decode import why_not_fused
 from moorelab.model.transformer import KVCache, Transformer
@@ -41,7 +44,7 @@ def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 
         if prompt is not None:
             m(prompt, cache=cache)
         for t in STEPS:
-            outs.append(m(torch.tensor([[t]]), cache=cache)[0, -1])
+            outs.append(decode.forward(m, torch.tensor([[t]]), cache=cache)[0, -1])
             paths.append(m.last_decode_path)
     assert cache.length == (0 if prompt is None else prompt.shape[1]) + len(STEPS)
     return torch.stack(outs), paths
@@ -128,13 +131,13 @@ def test_padding_mask_or_batch_takes_the_python_path():
     with torch.inference_mode():
         cache = KVCache()
         m(PROMPT, attention_mask=torch.ones_like(PROMPT), cache=cache)
-        m(torch.tensor([[1]]), attention_mask=torch.ones(1, 6, dtype=torch.long), cache=cache)
+        decode.forward(m, torch.tensor([[1]]), attention_mask=torch.ones(1, 6, dtype=torch.long), cache=cache)
         assert m.last_decode_path == "python"
-        m(torch.tensor([[1]]), cache=cache)  # cache.mask was kept from the masked call
+        decode.forward(m, torch.tensor([[1]]), cache=cache)  # cache.mask was kept from the masked call
         assert m.last_decode_path == "python"
         cache2 = KVCache()
         m(PROMPT.repeat(2, 1), cache=cache2)
-        m(torch.tensor([[1], [2]]), cache=cache2)
+        decode.forward(m, torch.tensor([[1], [2]]), cache=cache2)
         assert m.last_decode_path == "python"
 
 
@@ -146,12 +149,12 @@ def test_plan_is_rebuilt_when_a_layer_is_swapped_mid_generation():
     with torch.inference_mode():
         m(PROMPT, cache=c_fused)
         ref_model(PROMPT, cache=c_ref)
-        m(torch.tensor([[7]]), cache=c_fused)
-        ref_model(torch.tensor([[7]]), cache=c_ref)
+        decode.forward(m, torch.tensor([[7]]), cache=c_fused)
+        decode.forward(ref_model, torch.tensor([[7]]), cache=c_ref)
         quantize_(m, Int4WeightOnlyConfig(group_size=32))  # swaps every Linear for a new module
         quantize_(ref_model, Int4WeightOnlyConfig(group_size=32))
-        got = m(torch.tensor([[9]]), cache=c_fused)
-        want = ref_model(torch.tensor([[9]]), cache=c_ref)
+        got = decode.forward(m, torch.tensor([[9]]), cache=c_fused)
+        want = decode.forward(ref_model, torch.tensor([[9]]), cache=c_ref)
     assert m.last_decode_path == "fused"
     assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
 
@@ -219,7 +222,7 @@ def test_threaded_attention_over_a_long_context():
 
 def _step(m, cache, t):
     with torch.inference_mode():
-        return m(torch.tensor([[t]]), cache=cache)[0, -1]
+        return decode.forward(m, torch.tensor([[t]]), cache=cache)[0, -1]
 
 
 def test_cache_rebinds_when_its_buffers_are_replaced_or_grown_elsewhere():
@@ -253,7 +256,7 @@ def test_cache_of_another_model_shape_is_refused_not_overwritten():
     with torch.inference_mode():
         small(PROMPT, cache=c)
         with pytest.raises(RuntimeError):  # the Python path's own shape error, not a silent write
-            big(torch.tensor([[1]]), cache=c)
+            decode.forward(big, torch.tensor([[1]]), cache=c)
     assert big.last_decode_path == "python"
 
 
@@ -293,7 +296,7 @@ def test_plan_follows_changes_that_register_nothing():
     with torch.no_grad():  # (inference-mode caches cannot be written with autograd on)
         m(PROMPT, cache=c4)
     with torch.enable_grad():
-        m(torch.tensor([[6]]), cache=c4).sum().backward()
+        decode.forward(m, torch.tensor([[6]]), cache=c4).sum().backward()
     assert m.last_decode_path == "python" and m.blocks[0].attn.q_proj.weight.grad is not None
 
 

@@ -22,7 +22,7 @@ Three schemes, one module each, each replacing ``nn.Linear`` modules in place:
 three modules share.
 
 Kernels: decode (few rows ``M``) runs moorelab's AVX2 GEMV kernels
-(:mod:`moorelab.improve.kernels`), which read 4x (int8) or ~6.4x (int4, g32) fewer weight
+(:mod:`moorelab.kernels`), which read 4x (int8) or ~6.4x (int4, g32) fewer weight
 bytes than float32; many rows (prefill) dequantize the weight to float32 with a C loop and run
 torch's float32 matmul. Without gcc/AVX2 a pure-torch path runs. Every quantized module names
 its kernels in ``kernel`` (decode, ``M <= m_threshold``), ``prefill_kernel`` and

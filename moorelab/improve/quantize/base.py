@@ -4,7 +4,7 @@
 modules): decode calls (``M <= m_threshold`` rows) run the compiled GEMV kernel, prefill calls a
 dequantize + float32 matmul, autograd or a missing compiler the pure-torch path; raw buffer
 pointers are cached; copies and pickles look the kernel library up again. Also here: the kernel
-library lookup (the one import of :mod:`moorelab.improve.kernels` in this package), the thread
+library lookup (the one import of :mod:`moorelab.kernels` in this package), the thread
 heuristics, and the checks shared by every config and quantizer.
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moorelab.errors import MoorelabError
-from moorelab.improve import kernels as _kernels
+from moorelab import kernels as _kernels
 
 _KERNEL_CHOICES = ("auto", "moorelab", "torch")
 

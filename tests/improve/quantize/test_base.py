@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from moorelab.improve import kernels
+from moorelab import kernels
 from moorelab.improve.quantize import Int4WeightOnlyConfig, Int8WeightOnlyConfig, dequantize_int4, quantize_
 from quantize_helpers import CONFIGS, _assert_matches, _holder, _reference
 

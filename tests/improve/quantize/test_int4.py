@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from moorelab.errors import MoorelabError
-from moorelab.improve import kernels
+from moorelab import kernels
 from moorelab.improve.quantize import (
     Int4WeightOnlyConfig,
     dequantize_int4,

@@ -1,0 +1,92 @@
+/* moorelab's compiled CPU kernels: what every kernel file shares (AVX2 + FMA + F16C).
+
+   The .c files of this directory are compiled together by moorelab/kernels/build.py (one gcc
+   call, flags in build.CFLAGS) into one shared library, which moorelab/kernels/binding.py loads
+   through ctypes; every pointer is a torch tensor's data_ptr(). One file per kernel family:
+
+       f32_gemv.c      float32 GEMV for decode (ml_f32_linear)
+       int8.c          int8 weight-only (ml_w8_linear, ml_w8_dequant)
+       int4.c          int4 weight-only, float / int16 ("a16") / int8 ("a8") activations
+                       (ml_w4_linear, ml_w4a16_linear, ml_w4a8_linear, ml_w4_dequant)
+       int8_dynamic.c  dynamic int8 x int8 (ml_a8w8_linear)
+       fused_decode.c  every LLaMA-family decoder layer for one token in one call
+                       (ml_decode_layers, ml_lin_forward; structures in fused_decode.h)
+       abi.c           ml_abi_version, ml_fused_abi: checked by the binding when it loads
+
+   Layouts (all row-major, C-contiguous), common to every kernel; each file states its weights':
+   x: float32 [M, K]; y: float32 [M, N]; bias: float32 [N] or NULL.
+
+   Work is split over output rows (tiles of 4 rows) with OpenMP, nthreads threads. */
+
+#ifndef ML_COMMON_H
+#define ML_COMMON_H
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <omp.h>
+
+/* bump when a signature or structure below changes (the binding refuses another version) */
+#define ML_ABI_VERSION 8
+#define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
+#define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
+#define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
+
+/* prefetch [p, p + bytes) into L1 (weights stream from DRAM at decode; the hardware prefetcher
+   alone leaves single-core bandwidth well below what a sequential read reaches) */
+static inline void ml_prefetch(const void *p, int64_t bytes) {
+    const char *c = (const char *)p;
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+}
+
+static inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    __m128 sh = _mm_movehdup_ps(lo);
+    __m128 s = _mm_add_ps(lo, sh);
+    sh = _mm_movehl_ps(sh, s);
+    s = _mm_add_ss(s, sh);
+    return _mm_cvtss_f32(s);
+}
+
+static inline int32_t hsum256i(__m256i v) {
+    __m128i lo = _mm256_castsi256_si128(v);
+    __m128i hi = _mm256_extracti128_si256(v, 1);
+    lo = _mm_add_epi32(lo, hi);
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0x4E));
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xB1));
+    return _mm_cvtsi128_si32(lo);
+}
+
+/* 8 int8 -> 8 float */
+static inline __m256 cvt8_i8(__m128i v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+static inline __m256 cvt8_u8(__m128i v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+}
+
+/* ------------------------------------------------------------------ the exported GEMV kernels
+   Defined in the file of their family; the fused decode (fused_decode.c) dispatches to them. */
+
+void ml_f32_linear(const float *x, int64_t M, int64_t K, const float *w, const float *bias,
+                   float *y, int64_t N, int nthreads);
+void ml_w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+                  const float *bias, float *y, int64_t N, int nthreads);
+void ml_w8_dequant(const int8_t *w, const float *scale, float *out, int64_t N, int64_t K, int nthreads);
+int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                 const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads);
+int ml_w4a16_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                    const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads);
+int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                   const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads);
+void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t G,
+                   float *out, int64_t N, int64_t K, int nthreads);
+int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+                   const float *bias, float *y, int64_t N, int nthreads, float *sx_out);
+int ml_abi_version(void);
+
+#endif /* ML_COMMON_H */

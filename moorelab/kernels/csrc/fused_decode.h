@@ -1,0 +1,33 @@
+/* Structures of the fused decode (fused_decode.c), mirrored field for field by ctypes in
+   moorelab/kernels/binding.py (MlLin, MlLayer); ml_fused_abi (abi.c) returns their sizes so the
+   binding can check that both sides agree. */
+
+#ifndef ML_FUSED_DECODE_H
+#define ML_FUSED_DECODE_H
+
+#include <stdint.h>
+
+typedef struct {
+    int32_t kind;      /* 1 f32, 2 int8 weight-only, 3 int4, 4 int4 x int16-act, 5 int4 x int8-act, 6 dynamic int8 */
+    int32_t nthreads;
+    int64_t N, K, G;
+    const void *w, *s, *mn;
+    const float *bias;
+} ml_lin;
+
+typedef struct {
+    ml_lin q, k, v, o, gate, up, down;
+    const float *attn_norm, *ffn_norm;
+    float *kc, *vc;    /* [Hkv, cap, hd] each */
+    int64_t cap;
+    int32_t H, Hkv, hd, rope;
+    float eps;
+    int32_t pad_;
+} ml_layer;
+
+int ml_fused_abi(void);
+int ml_lin_forward(const ml_lin *l, const float *x, float *y);
+int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
+                     const float *cos, const float *sin, int32_t attn_threads);
+
+#endif /* ML_FUSED_DECODE_H */

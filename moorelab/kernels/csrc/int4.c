@@ -1,0 +1,335 @@
+/* int4 weight-only GEMV (AVX2 + FMA + F16C), with float, int16 ("a16") or int8 ("a8") activations.
+
+   wp: uint8 [N, K/2]; byte wp[n, j] holds q[n, 2j] in its LOW nibble and q[n, 2j+1] in its HIGH
+   nibble; q is unsigned 0..15. scales / mins: IEEE float16 (as uint16) [N, K/G];
+   W[n, k] = scales[n, k/G] * q[n, k] + mins[n, k/G] (asymmetric, GGML Q4_1 style). G is a
+   multiple of 32. y = x @ W.T + bias.
+
+   a16 / a8: x is rounded per 32-block (bs = max|x_block| / 32767 or / 127, round half to even)
+   and the nibbles are multiplied in integers (vpmaddwd / vpmaddubsw + vpmaddwd, exact int32
+   block sums), each block sum scaled by bs in float; the min term uses the float x. */
+
+#include "common.h"
+
+/* x row -> per 32-block [x0,x2,..,x30, x1,x3,..,x31] (matches low nibble = even index) */
+static void w4_prep_x(const float *x, int64_t K, int64_t G, float *xs, float *xsum) {
+    for (int64_t b = 0; b < K; b += 32) {
+        for (int j = 0; j < 16; j++) {
+            xs[b + j] = x[b + 2 * j];
+            xs[b + 16 + j] = x[b + 2 * j + 1];
+        }
+    }
+    for (int64_t g = 0; g < K / G; g++) {
+        float s = 0.0f;
+        for (int64_t k = g * G; k < (g + 1) * G; k++) s += x[k];
+        xsum[g] = s;
+    }
+}
+
+/* sum_g min[g] * xsum[g] for one row (float16 mins) */
+static inline float w4_min_term(const uint16_t *mn, const float *xsum, int64_t ngr) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= ngr; g += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + g))), _mm256_loadu_ps(xsum + g), acc);
+    float s = hsum256(acc);
+    for (; g < ngr; g++) s += _cvtsh_ss(mn[g]) * xsum[g];
+    return s;
+}
+
+#define W4_ROW(P, A)                                                           \
+    do {                                                                       \
+        __m128i by = _mm_loadu_si128((const __m128i *)(P));                    \
+        __m128i lo = _mm_and_si128(by, m4);                                    \
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), m4);                 \
+        A = _mm256_fmadd_ps(cvt8_u8(lo), x0, A);                               \
+        A = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(lo, lo)), x1, A);       \
+        A = _mm256_fmadd_ps(cvt8_u8(hi), x2, A);                               \
+        A = _mm256_fmadd_ps(cvt8_u8(_mm_unpackhi_epi64(hi, hi)), x3, A);       \
+    } while (0)
+
+/* four weight rows against one prepared x row; one accumulator per row and group keeps all
+   live values in the 16 ymm registers (no spills) */
+static inline void w4_dot4(const float *xs, const float *xsum, int64_t K, int64_t G,
+                           const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr,
+                           float *out) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const int64_t ldw = K / 2;
+    const uint8_t *p0 = wp, *p1 = wp + ldw, *p2 = wp + 2 * ldw, *p3 = wp + 3 * ldw;
+    /* float16 -> float32 scales of the 4 rows, 8 at a time (the 4 rows' scales are contiguous) */
+    float sf[4 * 256];
+    const float *sfp = sf;
+    if (ngr <= 256) {
+        int64_t i = 0;
+        for (; i + 8 <= 4 * ngr; i += 8)
+            _mm256_storeu_ps(sf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + i))));
+        for (; i < 4 * ngr; i++) sf[i] = _cvtsh_ss(sc[i]);
+    }
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            const float *xb = xs + b;
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+            W4_ROW(p0 + b / 2, a0);
+            W4_ROW(p1 + b / 2, a1);
+            W4_ROW(p2 + b / 2, a2);
+            W4_ROW(p3 + b / 2, a3);
+        }
+        if (ngr <= 256) {
+            t0 = _mm256_fmadd_ps(a0, _mm256_broadcast_ss(sfp + g), t0);
+            t1 = _mm256_fmadd_ps(a1, _mm256_broadcast_ss(sfp + ngr + g), t1);
+            t2 = _mm256_fmadd_ps(a2, _mm256_broadcast_ss(sfp + 2 * ngr + g), t2);
+            t3 = _mm256_fmadd_ps(a3, _mm256_broadcast_ss(sfp + 3 * ngr + g), t3);
+        } else {
+            t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+            t1 = _mm256_fmadd_ps(a1, _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
+            t2 = _mm256_fmadd_ps(a2, _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
+            t3 = _mm256_fmadd_ps(a3, _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+        }
+    }
+    out[0] = hsum256(t0) + w4_min_term(mn, xsum, ngr);
+    out[1] = hsum256(t1) + w4_min_term(mn + ngr, xsum, ngr);
+    out[2] = hsum256(t2) + w4_min_term(mn + 2 * ngr, xsum, ngr);
+    out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
+}
+
+static inline float w4_dot1(const float *xs, const float *xsum, int64_t K, int64_t G,
+                            const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    (void)K;
+    __m256 t0 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            const float *xb = xs + b;
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+            W4_ROW(wp + b / 2, a0);
+        }
+        t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+    }
+    return hsum256(t0) + w4_min_term(mn, xsum, ngr);
+}
+
+/* returns 0 on success, -1 on allocation failure */
+int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                 const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    int64_t ngr = K / G;
+    float *xs = (float *)malloc(sizeof(float) * (size_t)(M * K + M * ngr));
+    if (!xs) return -1;
+    float *xsum = xs + M * K;
+    for (int64_t m = 0; m < M; m++) w4_prep_x(x + m * K, K, G, xs + m * K, xsum + m * ngr);
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES4 < ntiles) {
+            int64_t pn = n0 + 4 * ML_PF_TILES4;
+            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+        }
+        for (int64_t m = 0; m < M; m++) {
+            float o[4];
+            if (nr == 4) {
+                w4_dot4(xs + m * K, xsum + m * ngr, K, G, wp + n0 * (K / 2), scales + n0 * ngr,
+                        mins + n0 * ngr, ngr, o);
+            } else {
+                for (int64_t r = 0; r < nr; r++)
+                    o[r] = w4_dot1(xs + m * K, xsum + m * ngr, K, G, wp + (n0 + r) * (K / 2),
+                                   scales + (n0 + r) * ngr, mins + (n0 + r) * ngr, ngr);
+            }
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(xs);
+    return 0;
+}
+
+/* ---- int4 weights x int16 activations ("a16"): x rounded per 32-block to int16 ----
+   xq[k] = round_half_even(x[k] / bs), bs = max|x[block]| / 32767 (1 if zero); the weight
+   nibbles are widened to int16 and multiplied with vpmaddwd (exact int32 sums, |q| <= 15),
+   then each 32-block's sum is scaled by bs in float. The min term uses the float x. */
+
+/* x row -> per 32-block [x0,x2,..,x30, x1,x3,..,x31] rounded to `bits` (16 or 8) bits:
+   xq = round_half_even(x / bs), bs = max|x_block| / (2^(bits-1) - 1) (1 if that is 0: a zero
+   block, or a maximum so small the division underflows); int16 or int8 stores; xsum[g] = float
+   sum of group g of x (for the min term). Shared by the a16 and a8 kernels. */
+static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
+    const float qmax = bits == 16 ? 32767.0f : 127.0f;
+    int16_t *x16 = (int16_t *)xq;
+    int8_t *x8 = (int8_t *)xq;
+    for (int64_t b = 0; b < K; b += 32) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) { float a = fabsf(x[b + j]); if (a > amax) amax = a; }
+        float s = amax / qmax;
+        if (!(s > 0.0f)) s = 1.0f;
+        bs[b / 32] = s;
+        for (int j = 0; j < 32; j++) {
+            int64_t src = b + (j < 16 ? 2 * j : 2 * (j - 16) + 1);
+            float v = nearbyintf(x[src] / s);
+            v = v > qmax ? qmax : (v < -qmax ? -qmax : v);
+            if (bits == 16) x16[b + j] = (int16_t)v; else x8[b + j] = (int8_t)v;
+        }
+    }
+    for (int64_t g = 0; g < K / G; g++) {
+        float s = 0.0f;
+        for (int64_t k = g * G; k < (g + 1) * G; k++) s += x[k];
+        xsum[g] = s;
+    }
+}
+
+#define W4A16_ROW(P, A)                                                                  \
+    do {                                                                                 \
+        __m128i by = _mm_loadu_si128((const __m128i *)(P));                              \
+        __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(by, m4));                        \
+        __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(by, 4), m4));     \
+        __m256i d = _mm256_add_epi32(_mm256_madd_epi16(lo, xe), _mm256_madd_epi16(hi, xo)); \
+        A = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), bsv, A);                              \
+    } while (0)
+
+static inline void w4a16_dotn(const int16_t *xs, const float *bs, const float *xsum, int64_t K, int64_t G,
+                              const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr,
+                              int64_t nr, float *out) {
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const int64_t ldw = K / 2;
+    const uint8_t *p0 = wp, *p1 = wp + (nr > 1 ? ldw : 0), *p2 = wp + (nr > 2 ? 2 * ldw : 0), *p3 = wp + (nr > 3 ? 3 * ldw : 0);
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            __m256i xe = _mm256_loadu_si256((const __m256i *)(xs + b));
+            __m256i xo = _mm256_loadu_si256((const __m256i *)(xs + b + 16));
+            __m256 bsv = _mm256_broadcast_ss(bs + b / 32);
+            W4A16_ROW(p0 + b / 2, a0);
+            W4A16_ROW(p1 + b / 2, a1);
+            W4A16_ROW(p2 + b / 2, a2);
+            W4A16_ROW(p3 + b / 2, a3);
+        }
+        t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+        if (nr > 1) t1 = _mm256_fmadd_ps(a1, _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
+        if (nr > 2) t2 = _mm256_fmadd_ps(a2, _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
+        if (nr > 3) t3 = _mm256_fmadd_ps(a3, _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+    }
+    out[0] = hsum256(t0) + w4_min_term(mn, xsum, ngr);
+    if (nr > 1) out[1] = hsum256(t1) + w4_min_term(mn + ngr, xsum, ngr);
+    if (nr > 2) out[2] = hsum256(t2) + w4_min_term(mn + 2 * ngr, xsum, ngr);
+    if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
+}
+
+/* ---- int4 weights x int8 activations ("a8", GGML Q4_1 x Q8 style) ----
+   xq[k] = round_half_even(x[k] / bs), bs = max|x[block]| / 127 (1 if zero), per 32-block; the
+   32 nibbles of a block (0..15, unsigned) meet the 32 int8 activations in one vpmaddubsw (pair
+   sums <= 2*15*127, no saturation) and one vpmaddwd: exact int32 block sums, then scaled by bs
+   in float. The min term uses the float x (exact block sums of x, not of xq). */
+
+#define W4A8_ROW(P, A)                                                                   \
+    do {                                                                                 \
+        __m128i by = _mm_loadu_si128((const __m128i *)(P));                              \
+        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(by, 4), by), m4);   \
+        __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones);                \
+        A = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), bsv, A);                              \
+    } while (0)
+
+static inline void w4a8_dotn(const int8_t *xs, const float *bs, const float *xsum, int64_t K, int64_t G,
+                             const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t ngr,
+                             int64_t nr, float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t ldw = K / 2;
+    const uint8_t *p0 = wp, *p1 = wp + (nr > 1 ? ldw : 0), *p2 = wp + (nr > 2 ? 2 * ldw : 0), *p3 = wp + (nr > 3 ? 3 * ldw : 0);
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ngr; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t b = g * G; b < (g + 1) * G; b += 32) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xs + b));
+            __m256 bsv = _mm256_broadcast_ss(bs + b / 32);
+            W4A8_ROW(p0 + b / 2, a0);
+            W4A8_ROW(p1 + b / 2, a1);
+            W4A8_ROW(p2 + b / 2, a2);
+            W4A8_ROW(p3 + b / 2, a3);
+        }
+        t0 = _mm256_fmadd_ps(a0, _mm256_set1_ps(_cvtsh_ss(sc[g])), t0);
+        if (nr > 1) t1 = _mm256_fmadd_ps(a1, _mm256_set1_ps(_cvtsh_ss(sc[ngr + g])), t1);
+        if (nr > 2) t2 = _mm256_fmadd_ps(a2, _mm256_set1_ps(_cvtsh_ss(sc[2 * ngr + g])), t2);
+        if (nr > 3) t3 = _mm256_fmadd_ps(a3, _mm256_set1_ps(_cvtsh_ss(sc[3 * ngr + g])), t3);
+    }
+    out[0] = hsum256(t0) + w4_min_term(mn, xsum, ngr);
+    if (nr > 1) out[1] = hsum256(t1) + w4_min_term(mn + ngr, xsum, ngr);
+    if (nr > 2) out[2] = hsum256(t2) + w4_min_term(mn + 2 * ngr, xsum, ngr);
+    if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
+}
+
+/* the a16 / a8 drivers: round x per 32-block (w4_blockq_prep_x), then 4-row tiles over OpenMP.
+   Returns 0 on success, -1 on allocation failure. */
+static int w4_blockq_linear(int bits, const float *x, int64_t M, int64_t K, const uint8_t *wp,
+                            const uint16_t *scales, const uint16_t *mins, int64_t G, const float *bias,
+                            float *y, int64_t N, int nthreads) {
+    int64_t ngr = K / G, nb = K / 32;
+    size_t esz = bits == 16 ? sizeof(int16_t) : sizeof(int8_t);
+    size_t xbytes = ((esz * (size_t)(M * K) + 31) / 32) * 32;
+    char *buf = (char *)malloc(xbytes + sizeof(float) * (size_t)(M * nb + M * ngr) + 64);
+    if (!buf) return -1;
+    float *bs = (float *)(buf + xbytes);
+    float *xsum = bs + M * nb;
+    for (int64_t m = 0; m < M; m++)
+        w4_blockq_prep_x(bits, x + m * K, K, G, buf + esz * (size_t)(m * K), bs + m * nb, xsum + m * ngr);
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES4 < ntiles) {
+            int64_t pn = n0 + 4 * ML_PF_TILES4;
+            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+        }
+        for (int64_t m = 0; m < M; m++) {
+            float o[4];
+            const char *xm = buf + esz * (size_t)(m * K);
+            if (bits == 16)
+                w4a16_dotn((const int16_t *)xm, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2),
+                           scales + n0 * ngr, mins + n0 * ngr, ngr, nr, o);
+            else
+                w4a8_dotn((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2),
+                          scales + n0 * ngr, mins + n0 * ngr, ngr, nr, o);
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+int ml_w4a16_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                    const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    return w4_blockq_linear(16, x, M, K, wp, scales, mins, G, bias, y, N, nthreads);
+}
+
+int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                   const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    return w4_blockq_linear(8, x, M, K, wp, scales, mins, G, bias, y, N, nthreads);
+}
+
+void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t G,
+                   float *out, int64_t N, int64_t K, int nthreads) {
+    int64_t ngr = K / G;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *p = wp + n * (K / 2);
+        float *o = out + n * K;
+        for (int64_t g = 0; g < ngr; g++) {
+            float s = _cvtsh_ss(scales[n * ngr + g]), mnv = _cvtsh_ss(mins[n * ngr + g]);
+            for (int64_t k = g * G; k < (g + 1) * G; k += 2) {
+                uint8_t b = p[k / 2];
+                o[k] = (float)(b & 0x0F) * s + mnv;
+                o[k + 1] = (float)(b >> 4) * s + mnv;
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+/* dynamic int8 x int8 GEMV (AVX2): weights as int8 weight-only (int8.c), activations rounded per row.
+
+   Each row of x is quantized symmetrically, sx[m] = max|x[m]| / 127 (1 if the row is all zero),
+   xq = round_half_even(x / sx); y = sx[m] * scale[n] * sum_k xq[m,k] w[n,k] + bias[n] with exact
+   int32 accumulation (AVX2 vpmaddubsw on |x| and sign-transferred w; |values| <= 127 so the
+   int16 pair sums cannot saturate). */
+
+#include "common.h"
+
+/* quantize one row symmetric per token; returns the scale */
+static float a8_quant_row(const float *x, int64_t K, int8_t *q) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; k++) { float a = fabsf(x[k]); if (a > amax) amax = a; }
+    float s = amax / 127.0f;
+    if (!(s > 0.0f)) s = 1.0f; /* zero, or amax / 127 underflows to 0 */
+    for (int64_t k = 0; k < K; k++) {
+        float v = nearbyintf(x[k] / s);
+        if (v > 127.0f) v = 127.0f;
+        if (v < -127.0f) v = -127.0f;
+        q[k] = (int8_t)v;
+    }
+    return s;
+}
+
+static inline int32_t a8_dot1(const int8_t *xq, const int8_t *w, int64_t K) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k));
+        __m256i ax = _mm256_abs_epi8(xv);
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k));
+        __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    int32_t s = hsum256i(acc);
+    for (; k < K; k++) s += (int32_t)xq[k] * (int32_t)w[k];
+    return s;
+}
+
+static inline void a8_dot4(const int8_t *xq, const int8_t *w, int64_t ldw, int64_t K, int32_t *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_setzero_si256(), c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+    const int8_t *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k));
+        __m256i ax = _mm256_abs_epi8(xv);
+        __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w0 + k)), xv));
+        __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w1 + k)), xv));
+        __m256i p2 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w2 + k)), xv));
+        __m256i p3 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(w3 + k)), xv));
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(p0, ones));
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(p1, ones));
+        c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(p2, ones));
+        c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(p3, ones));
+    }
+    int32_t s0 = hsum256i(c0), s1 = hsum256i(c1), s2 = hsum256i(c2), s3 = hsum256i(c3);
+    for (; k < K; k++) {
+        int32_t xv = xq[k];
+        s0 += xv * w0[k]; s1 += xv * w1[k]; s2 += xv * w2[k]; s3 += xv * w3[k];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+/* returns 0 on success, -1 on allocation failure; sx_out (may be NULL) receives the per-row scales */
+int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+                   const float *bias, float *y, int64_t N, int nthreads, float *sx_out) {
+    int8_t *xq = (int8_t *)malloc((size_t)(M * K) + sizeof(float) * (size_t)M + 64);
+    if (!xq) return -1;
+    float *sx = (float *)(xq + ((M * K + 63) / 64) * 64);
+    for (int64_t m = 0; m < M; m++) sx[m] = a8_quant_row(x + m * K, K, xq + m * K);
+    if (sx_out) memcpy(sx_out, sx, sizeof(float) * (size_t)M);
+    int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        int64_t n0 = t * 4;
+        int64_t nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES) * K, 4 * K);
+        for (int64_t m = 0; m < M; m++) {
+            int32_t o[4];
+            if (nr == 4) a8_dot4(xq + m * K, w + n0 * K, K, K, o);
+            else for (int64_t r = 0; r < nr; r++) o[r] = a8_dot1(xq + m * K, w + (n0 + r) * K, K);
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++)
+                ym[n0 + r] = (float)o[r] * (sx[m] * scale[n0 + r]) + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(xq);
+    return 0;
+}

@@ -1,0 +1,68 @@
+"""Decode dispatch: a model call that takes the fused one-token path when it can, else the reference.
+
+:class:`~moorelab.model.transformer.Transformer` is the reference and does not know its fast
+path; decoding loops (generation, speed measurements) call :func:`forward` instead of
+``model(...)``. A one-token, one-sequence step with a :class:`~moorelab.model.transformer.KVCache`
+goes to :func:`moorelab.model.fused_decode.decode_step` (every layer in one compiled call), which
+declines when the model is not eligible (:func:`~moorelab.model.fused_decode.why_not_fused` says
+why); everything else is ``model(...)``, the per-op Python path.
+
+``model.fused_decode = False`` forces the Python path; after each call ``model.last_decode_path``
+is ``"fused"`` or ``"python"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moorelab.model.fused_decode import decode_step
+from moorelab.model.transformer import KVCache, Transformer
+
+__all__ = ["forward"]
+
+
+def forward(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cache: KVCache | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    return_hidden: bool = False,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """``model(input_ids, ...)``, through the fused decode when the call and the model allow it.
+
+    Arguments and result are those of :meth:`Transformer.forward
+    <moorelab.model.transformer.Transformer.forward>` (``input_ids: LongTensor[B, T]``; logits
+    ``[B, T, vocab]``), and so are the numbers, up to float32 rounding (~1e-6 relative). The
+    fused path is tried for ``B == T == 1`` with a cache that has no padding mask, no mask,
+    positions or segments given, logits wanted, ``attention_impl == "sdpa"`` and
+    ``model.fused_decode`` true; it then also needs an eligible model (see
+    :mod:`moorelab.model.fused_decode`). Sets ``model.last_decode_path`` to ``"fused"`` or
+    ``"python"``.
+
+    Raises:
+        Whatever ``model(...)`` raises on the Python path; MemoryError / RuntimeError from
+        :func:`~moorelab.model.fused_decode.decode_step` on the fused one.
+    """
+    B, T = input_ids.shape
+    if (
+        cache is not None
+        and T == 1
+        and B == 1
+        and attention_mask is None
+        and position_ids is None
+        and token_type_ids is None
+        and not return_hidden
+        and cache.mask is None
+        and getattr(model, "fused_decode", True)
+        and model.attention_impl == "sdpa"
+    ):
+        logits = decode_step(model, input_ids, cache)
+        if logits is not None:
+            model.__dict__["last_decode_path"] = "fused"  # (skips nn.Module.__setattr__: every token)
+            return logits
+    model.__dict__["last_decode_path"] = "python"
+    return model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                 token_type_ids=token_type_ids, return_hidden=return_hidden, last_only=last_only)
