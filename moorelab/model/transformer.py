@@ -132,18 +132,56 @@ def make_norm(config: TransformerConfig, d: int | None = None) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_tables(head_dim: int, theta: float, n_positions: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, theta: float, n_positions: int, device=None, scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for rotary position embedding, half-split layout.
+
+    ``scaling`` (a config's ``rope_scaling``) rescales the frequencies, see :func:`scale_rope_freqs`.
 
     Returns:
         ``(cos, sin)``, each ``[n_positions, head_dim]`` float32; angle of pair ``i`` at position
-        ``p`` is ``p · theta^(-2i/head_dim)``, repeated for both halves.
+        ``p`` is ``p · theta^(-2i/head_dim)`` (scaled), repeated for both halves.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    if scaling is not None:
+        inv_freq = scale_rope_freqs(inv_freq, scaling)
     positions = torch.arange(n_positions, device=device).float()
     freqs = torch.outer(positions, inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
+
+
+def scale_rope_freqs(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """RoPE frequencies ``[head_dim / 2]`` (float32) under a context-extension scaling.
+
+    * ``linear`` (Chen et al. 2023, position interpolation): every frequency divided by ``factor``
+      (positions ``p`` become ``p / factor``); llama.cpp's ``rope.scaling.type = linear``.
+    * ``llama3`` (Meta's Llama 3.1): wavelengths ``2π/f`` longer than
+      ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``, those
+      shorter than ``... / high_freq_factor`` kept, and the band between interpolated smoothly.
+
+    Same operations, in the same float32 order, as transformers' ``modeling_rope_utils``
+    (``_compute_linear_scaling_rope_parameters``, ``_compute_llama3_parameters``).
+
+    Raises:
+        ValueError: an unknown ``rope_type`` (configs are checked on load, so this is a bug).
+    """
+    kind = scaling["rope_type"]
+    factor = scaling["factor"]
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        old = scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / inv_freq
+        out = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, out)
+    raise ValueError(f"rope_scaling type {kind!r} is not implemented")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -407,7 +445,8 @@ class Transformer(nn.Module):
         """cos/sin tables ``[N, head_dim]`` computed once and grown on demand."""
         if self._rope is None or self._rope[0].shape[0] < n_positions or self._rope[0].device != device:
             n = max(n_positions, self.config.max_position_embeddings)
-            self._rope = rope_tables(self.config.head_dim, self.config.rope_theta, n, device)
+            self._rope = rope_tables(self.config.head_dim, self.config.rope_theta, n, device,
+                                     scaling=self.config.rope_scaling)
         return self._rope
 
     def forward(

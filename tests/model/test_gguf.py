@@ -18,8 +18,11 @@ def test_unpermute_inverts_llama_cpp_permutation():
     assert permute_rope_rows(w, 6)[:8, 0].tolist() == [0, 20, 5, 25, 10, 30, 15, 35]
 
 
-def write_tiny_gguf(path, ref, arch="llama", skip=None):
-    """Write an HF tiny llama as llama.cpp's converter would (q/k rows permuted, float32)."""
+def write_tiny_gguf(path, ref, arch="llama", skip=None, extra=None):
+    """Write an HF tiny llama as llama.cpp's converter would (q/k rows permuted, float32).
+
+    ``extra(writer)`` may add metadata or tensors (e.g. RoPE scaling keys, ``rope_freqs.weight``).
+    """
     import gguf
 
     c = ref.config
@@ -50,6 +53,8 @@ def write_tiny_gguf(path, ref, arch="llama", skip=None):
                 a = permute_rope_rows(a, c.num_key_value_heads)
         if name != skip:
             w.add_tensor(name, np.ascontiguousarray(a))
+    if extra is not None:
+        extra(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
