@@ -54,7 +54,8 @@ class LoadedModel:
     Fields: ``model`` (Transformer, eval, float32), ``tokenizer`` (``tokenizers.Tokenizer``,
     padding/truncation off), ``name``, ``config``, ``source`` (original checkpoint path),
     ``hf_dir`` (folder ``transformers`` can load), ``cache_hit``, ``load_seconds``,
-    ``bos_token_id``, ``eos_token_id``.
+    ``bos_token_id``, ``eos_token_id`` (the first end-of-sequence id) and ``eos_token_ids`` (all
+    of them: generation stops at any, e.g. ``generate(..., eos_token_id=loaded.eos_token_ids)``).
     """
 
     model: Transformer
@@ -67,6 +68,7 @@ class LoadedModel:
     load_seconds: float
     bos_token_id: int | None
     eos_token_id: int | None
+    eos_token_ids: list[int]
 
 
 def package_path(name: str) -> Path:
@@ -211,4 +213,5 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
         load_seconds=time.perf_counter() - t0,
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
+        eos_token_ids=list(cfg.eos_token_ids),
     )
