@@ -72,6 +72,10 @@ def generate(
     Returns:
         ``LongTensor[B, T + n]`` with ``n <= max_new_tokens`` new tokens (fewer if every row
         hit one of ``eos_token_id``).
+
+    Raises:
+        ContextLengthError: a model with learned positions (GPT-2) and a prompt plus
+            ``max_new_tokens`` longer than its ``max_position_embeddings``, before any step runs.
     """
     stops = None
     if eos_token_id is not None:
@@ -79,6 +83,16 @@ def generate(
         if stops.numel() == 0:
             stops = None
     B, T = input_ids.shape
+    n_pos = model.config.max_position_embeddings
+    if model.config.position == "learned":
+        longest = T if attention_mask is None else int(attention_mask.sum(-1).max())
+        if longest + max_new_tokens > n_pos:
+            from moorelab.errors import ContextLengthError
+
+            raise ContextLengthError(
+                f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+                f"{n_pos} learned positions (config max_position_embeddings={n_pos})"
+            )
     out = input_ids.new_empty(B, T + max_new_tokens)
     out[:, :T] = input_ids
     mask = None

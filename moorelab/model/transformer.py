@@ -475,6 +475,9 @@ class Transformer(nn.Module):
 
         Returns:
             logits ``[B, T, vocab_size]`` for decoders, last hidden states for BERT.
+
+        Raises:
+            ContextLengthError: learned positions (GPT-2, BERT) past ``max_position_embeddings``.
         """
         c = self.config
         B, T = input_ids.shape
@@ -522,6 +525,7 @@ class Transformer(nn.Module):
 
         x = self.embed(input_ids)
         if self.pos_embed is not None:
+            check_positions(position_ids, self.pos_embed.num_embeddings)
             x = x + self.pos_embed(position_ids)
         if self.type_embed is not None:
             if token_type_ids is None:
@@ -551,6 +555,25 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)
+
+
+def check_positions(position_ids: torch.Tensor, n_positions: int) -> None:
+    """Refuse positions beyond a learned position table of ``n_positions`` rows.
+
+    Raises:
+        ContextLengthError: the largest of ``position_ids [B, T]`` is ``>= n_positions``, naming
+            the input length and the model's context (instead of an ``IndexError`` deep inside
+            ``nn.Embedding``).
+    """
+    top = int(position_ids.max()) if position_ids.numel() else -1
+    if top >= n_positions:
+        from moorelab.errors import ContextLengthError
+
+        raise ContextLengthError(
+            f"input reaches position {top} (length {top + 1} with any cached tokens) but the model has "
+            f"{n_positions} learned positions (config max_position_embeddings={n_positions}); "
+            f"use at most {n_positions} tokens (prompt + new tokens, or scoring window)"
+        )
 
 
 def build_mask(
