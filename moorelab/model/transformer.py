@@ -215,7 +215,7 @@ def attention_eager(
             ``weights`` (softmax), each ``[B, H, T, S]``.
 
     Returns:
-        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN.
+        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN; the softmax runs in float32 for every dtype.
     """
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
@@ -230,7 +230,8 @@ def attention_eager(
         mask = causal if mask is None else mask & causal
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a fully masked row: 0, not NaN
+    # softmax in float32 (half-precision models too), a fully masked row: 0, not NaN
+    weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(v.dtype)
     if record is not None:
         record.update(qk=qk.detach(), scores=scores.detach(), weights=weights.detach())
     return weights @ v
@@ -284,7 +285,7 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d_k))
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            out = (torch.softmax(scores, dim=-1) @ v).view(B, H, 1, d_k)
+            out = (torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v).view(B, H, 1, d_k)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=H != H_kv
@@ -537,7 +538,9 @@ class Transformer(nn.Module):
         rope = None
         if c.position == "rope":
             cos, sin = self.rope_tables(int(position_ids.max()) + 1, device)
-            rope = (cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1))
+            # tables are float32; rotate in the activations' dtype (as transformers does), so a
+            # float16/bfloat16 model keeps q and k in its dtype
+            rope = (cos[position_ids].unsqueeze(1).to(x.dtype), sin[position_ids].unsqueeze(1).to(x.dtype))
 
         mask, is_causal = build_mask(key_valid, T, past + T, causal=c.is_decoder, device=device)
         impl = self.attention_impl
