@@ -338,7 +338,9 @@ def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | N
     theta = 10000.0 if theta is None else theta
     partial = merged.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if partial is not None and float(partial) != 1.0:
-        raise ModelLoadError(f"{source}: field partial_rotary_factor={partial} is not supported (RoPE on every dimension only)")
+        raise ModelLoadError(
+            f"{source}: field partial_rotary_factor={partial} is not supported (RoPE on every dimension only)"
+        )
     if kind == "default":
         extra = sorted(k for k, v in merged.items() if v is not None)
         if extra:

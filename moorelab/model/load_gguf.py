@@ -98,7 +98,9 @@ def _gguf_rope_scaling(reader, path: str) -> dict | None:
     factor = _field(reader, "llama.rope.scaling.factor", path, required=False)
     old = _field(reader, "llama.rope.scale_linear", path, required=False)
     if old is not None and factor is not None and float(old) != float(factor):
-        raise ModelLoadError(f"{path}: GGUF fields llama.rope.scale_linear={old} and rope.scaling.factor={factor} disagree")
+        raise ModelLoadError(
+            f"{path}: GGUF fields llama.rope.scale_linear={old} and rope.scaling.factor={factor} disagree"
+        )
     if kind is None and old is not None:
         kind, factor = "linear", old
     if kind is None or kind == "none" or (kind == "linear" and factor is not None and float(factor) == 1.0):
@@ -238,6 +240,9 @@ def read_gguf(path: str | Path) -> tuple[TransformerConfig, dict[str, torch.Tens
         rope_theta=float(f("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
         tie_word_embeddings="output.weight" not in tensors,
+        # bias flags from the tensors present (a partial set then fails as a missing tensor)
+        attn_bias=any(n.startswith("blk.") and n.endswith((".attn_q.bias", ".attn_output.bias")) for n in tensors),
+        mlp_bias=any(n.startswith("blk.") and n.endswith((".ffn_up.bias", ".ffn_down.bias")) for n in tensors),
         bos_token_id=tok("bos_token_id"),
         eos_token_ids=list(dict.fromkeys(eos_ids)),
         pad_token_id=tok("padding_token_id"),

@@ -215,7 +215,8 @@ def attention_eager(
             ``weights`` (softmax), each ``[B, H, T, S]``.
 
     Returns:
-        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN; the softmax runs in float32 for every dtype.
+        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN; the softmax runs in
+        float32 for every dtype.
     """
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
