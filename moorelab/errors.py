@@ -20,3 +20,8 @@ class DataError(MoorelabError):
 class ModelLoadError(MoorelabError):
     """A checkpoint or model package that cannot be loaded (missing tensor, wrong shape,
     unknown architecture, package not installed)."""
+
+
+class ContextLengthError(MoorelabError, ValueError):
+    """An input (prompt + generated tokens, or a scoring window) longer than the positions the
+    model has (e.g. GPT-2's learned ``n_positions``)."""

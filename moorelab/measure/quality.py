@@ -3,15 +3,28 @@
 Protocol (the Hugging Face "perplexity of fixed-length models" strided method, and lm-eval's
 rolling log-likelihood for the document start):
 
-* The text is tokenized once. With ``bos_policy="first"`` a document-start token is put in front
-  of the whole text, so the first real token is scored too; with ``"every"`` each window starts
-  with that token (models such as Gemma need it); with ``"none"`` nothing is added and the first
-  token, which has no context, is not scored (reported in ``tokens_unscored``).
-* Windows of at most ``window`` tokens start every ``stride`` tokens; each token is scored exactly
-  once, in the first window that reaches it, with up to ``window - stride`` tokens of context.
+* The text is tokenized once. Which text tokens are scored:
+
+  ========  ==================================================  ======================
+  policy    model input                                         scored
+  ========  ==================================================  ======================
+  first     a document-start token (BOS) once, before the text  every text token
+  every     a BOS at the start of every window                  every text token
+  none      the text alone                                      all but the first
+  ========  ==================================================  ======================
+
+  Under ``"every"`` the first window is the ``"first"`` one (its BOS predicts the first text
+  token); each later window is ``[BOS] + window - 1`` text tokens (models such as Gemma need a
+  BOS at the start of every input). Under ``"none"`` the first token has no context and is not
+  scored (``tokens_unscored``).
+* Windows of at most ``window`` tokens (BOS included) start every ``stride`` tokens; each token is
+  scored exactly once, in the first window that reaches it, with up to ``window - stride`` tokens
+  of context. A ``window`` longer than the model's ``context`` is capped to it (the result keeps
+  ``window_requested``).
 * Means are token-weighted: ``perplexity = exp(Σ NLL / n_scored)``; padding never enters the sums.
-* ``bits_per_byte = Σ NLL / ln 2 / n_bytes`` with ``n_bytes`` the UTF-8 bytes of the original
-  text (not of the decoded tokens).
+* ``bits_per_byte = Σ NLL / ln 2 / n_bytes`` with ``n_bytes`` the UTF-8 bytes of exactly the
+  scored span of the original text: the whole text, less (under ``"none"``) the bytes of the
+  unscored first token.
 """
 
 from __future__ import annotations
@@ -36,12 +49,14 @@ class QualityResult:
         nll_nats: total negative log-likelihood over scored tokens (nats).
         tokens_scored: number of tokens scored (each exactly once).
         tokens_unscored: text tokens not scored (only the first one under ``bos_policy="none"``).
-        n_bytes: UTF-8 bytes of the original text.
-        window: window length in tokens (including a BOS under ``"every"``).
+        n_bytes: UTF-8 bytes of the scored span of the text (the bits-per-byte denominator).
+        window: window length in tokens (including a BOS), after any cap to the model's context.
         stride: step between window starts, tokens.
         bos_policy: ``"first"``, ``"every"`` or ``"none"``.
         bos_token_id: the document-start token used, or None.
         n_windows: forward passes made.
+        text_bytes: UTF-8 bytes of the whole text (``n_bytes`` plus any unscored first token's).
+        window_requested: the window asked for when it was capped to the model's context, else None.
     """
 
     nll_nats: float
@@ -53,6 +68,8 @@ class QualityResult:
     bos_policy: str
     bos_token_id: int | None
     n_windows: int
+    text_bytes: int = 0
+    window_requested: int | None = None
 
     @property
     def nll_per_token(self) -> float:
@@ -66,7 +83,7 @@ class QualityResult:
 
     @property
     def bits_per_byte(self) -> float:
-        """Bits per UTF-8 byte of the original text: ``Σ NLL / ln 2 / n_bytes``."""
+        """Bits per UTF-8 byte of the scored span of the text: ``Σ NLL / ln 2 / n_bytes``."""
         return self.nll_nats / math.log(2) / self.n_bytes
 
     def to_dict(self) -> dict:
@@ -128,6 +145,8 @@ def score_text(
     bos_token_id: int | None = None,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    unscored_bytes: int | None = None,
+    context: int | None = None,
 ) -> QualityResult:
     """Score a tokenized text with sliding windows: total NLL, perplexity, bits per byte.
 
@@ -135,7 +154,7 @@ def score_text(
         logits_fn: model call, ``LongTensor[B, T] -> FloatTensor[B, T, V]`` (causal LM).
         token_ids: the text's token ids (no special tokens added), length N ≥ 2 (≥ 1 with a BOS).
         n_bytes: UTF-8 bytes of the original text, > 0.
-        window: tokens per forward pass (the model's context budget for scoring).
+        window: tokens per forward pass, a BOS included (the model's context budget for scoring).
         stride: step between windows (default ``window``: no overlap, least compute);
             ``window - stride`` is the minimum context of every token after the first window.
         bos_policy: ``"first"`` (document-start token once), ``"every"`` (at each window's start)
@@ -143,12 +162,18 @@ def score_text(
         bos_token_id: the document-start token id (required unless ``bos_policy="none"``).
         batch_size: windows per forward pass (full-length windows only are batched; no padding).
         progress: called with the number of tokens just scored, for progress bars.
+        unscored_bytes: under ``"none"`` (required there), the UTF-8 bytes of the text the first
+            token covers; they are left out of ``n_bytes`` because that token is not scored.
+        context: the model's context length in tokens (e.g. learned positions, GPT-2's
+            ``n_positions``); a longer ``window`` is capped to it (and ``stride`` to the window),
+            the result keeps ``window_requested``. None: no cap.
 
     Returns:
         :class:`QualityResult`.
 
     Raises:
-        ValueError: unknown policy, missing BOS id, too few tokens, non-positive ``n_bytes``.
+        ValueError: unknown policy, missing BOS id or first-token bytes, too few tokens,
+            non-positive ``n_bytes``.
     """
     if bos_policy not in BOS_POLICIES:
         raise ValueError(f"bos_policy must be one of {BOS_POLICIES}, got {bos_policy!r}")
@@ -157,16 +182,27 @@ def score_text(
     if n_bytes <= 0:
         raise ValueError(f"n_bytes must be > 0, got {n_bytes}")
     stride = window if stride is None else stride
+    window_requested = None
+    if context is not None and window > context:
+        window_requested, window, stride = window, context, min(stride, context)
     ids = list(token_ids)
-    if bos_policy == "first":
-        seq = [bos_token_id] + ids
-        unscored = 0
-    else:
+    scored_bytes = n_bytes
+    if bos_policy == "none":
+        if unscored_bytes is None or not 0 <= unscored_bytes < n_bytes:
+            raise ValueError(
+                f"bos_policy='none' leaves the first token unscored: pass unscored_bytes, its UTF-8 bytes "
+                f"(0 <= unscored_bytes < n_bytes={n_bytes}), got {unscored_bytes}"
+            )
         seq = ids
         unscored = 1
+        scored_bytes = n_bytes - unscored_bytes
+    else:
+        # "first" and "every": the BOS in front of the text predicts its first token
+        seq = [bos_token_id] + ids
+        unscored = 0
     if len(seq) < 2:
         raise ValueError("need at least one token to score")
-    # Under "every" one position of each window is taken by the BOS token.
+    # Under "every" one position of each later window is taken by its own BOS token.
     span = window - 1 if bos_policy == "every" else window
     if span < 1 or stride > span:
         raise ValueError(f"window {window} leaves no room for stride {stride} under bos_policy={bos_policy!r}")
@@ -175,19 +211,20 @@ def score_text(
 
     total = 0.0
     n_scored = 0
-    # Group windows of equal input length so that batches need no padding.
-    by_len: dict[int, list[tuple[int, int, int]]] = {}
+    # Group windows of equal input length (and, under "every", with or without an added BOS:
+    # the first window starts with the text's own) so that batches need no padding.
+    by_len: dict[tuple[int, bool], list[tuple[int, int, int]]] = {}
     for p in plans:
-        by_len.setdefault(p[1] - p[0], []).append(p)
-    for length, group in by_len.items():
+        by_len.setdefault((p[1] - p[0], bos_policy == "every" and p[0] > 0), []).append(p)
+    for (length, add_bos), group in by_len.items():
         for batch in _batches(group, batch_size):
             inputs = torch.stack([seq_t[b:e] for b, e, _ in batch])
             targets = torch.stack([seq_t[b + 1 : e + 1] for b, e, _ in batch])
-            if bos_policy == "every":
+            if add_bos:
                 bos = torch.full((len(batch), 1), bos_token_id, dtype=torch.long)
                 inputs = torch.cat([bos, inputs], dim=1)
             logits = logits_fn(inputs).float()
-            if bos_policy == "every":
+            if add_bos:
                 logits = logits[:, 1:]
             logp = torch.log_softmax(logits, dim=-1)
             nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
@@ -201,10 +238,12 @@ def score_text(
         nll_nats=total,
         tokens_scored=n_scored,
         tokens_unscored=unscored,
-        n_bytes=n_bytes,
+        n_bytes=scored_bytes,
         window=window,
         stride=stride,
         bos_policy=bos_policy,
         bos_token_id=bos_token_id if bos_policy != "none" else None,
         n_windows=len(plans),
+        text_bytes=n_bytes,
+        window_requested=window_requested,
     )

@@ -113,6 +113,8 @@ def measure_model(
         bos_token_id=bos_token_id,
         batch_size=budget.batch_size,
         progress=lambda n: progress.advance(task, n),
+        # a window longer than the model's positions is capped (and the row says so)
+        context=getattr(getattr(model, "config", None), "max_position_embeddings", None),
     )
     # peak RSS is taken over the speed test only (model + prefill/decode working memory); the
     # scoring above holds batch x window x vocab logits, which would dominate every row

@@ -143,6 +143,8 @@ def calibration_windows(tokenizer, play: str, n_tokens: int, length: int = 256) 
         n_tokens: tokens wanted (rounded down to whole windows; at least one window).
         length: tokens per window.
     """
-    ids = tokenizer.encode(default_text(play).text, add_special_tokens=False).ids
+    from moorelab.model.tokenize import encode_text
+
+    ids = encode_text(tokenizer, default_text(play).text)
     n = max(1, min(n_tokens, len(ids)) // length)
     return torch.tensor(ids[: n * length], dtype=torch.long).view(n, length)

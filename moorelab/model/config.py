@@ -26,6 +26,12 @@ FAMILIES = ("gpt2", "llama", "bert")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 POSITIONS = ("learned", "rope")
+# RoPE frequency scalings we implement, with the keys each needs besides ``rope_type``
+# (Hugging Face ``rope_parameters`` names; transformers ``modeling_rope_utils``).
+ROPE_SCALINGS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 # Hugging Face activation names -> ours ("gelu_new" is GPT-2's tanh approximation).
 _HF_ACT = {
@@ -63,11 +69,15 @@ class TransformerConfig:
     activation: str = "swiglu"
     position: str = "rope"
     rope_theta: float = 10000.0
+    # None (plain RoPE) or {"rope_type": "linear" | "llama3", <that type's keys in ROPE_SCALINGS>}
+    rope_scaling: dict[str, Any] | None = None
     attn_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # every id that ends a sequence (generation stops at any); eos_token_id is the first of them
+    eos_token_ids: list[int] | None = None
     pad_token_id: int | None = None
     type_vocab_size: int = 0  # BERT token-type (segment) embeddings; 0 = none
 
@@ -76,6 +86,13 @@ class TransformerConfig:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
             self.head_dim = self.d_model // self.n_heads
+        if self.eos_token_ids is None:
+            self.eos_token_ids = [] if self.eos_token_id is None else [self.eos_token_id]
+        self.eos_token_ids = _unique_ints(self.eos_token_ids, "eos_token_ids")
+        if self.eos_token_id is None and self.eos_token_ids:
+            self.eos_token_id = self.eos_token_ids[0]
+        if self.rope_scaling is not None:
+            self.rope_scaling = dict(self.rope_scaling)
         self.validate()
 
     def validate(self) -> None:
@@ -100,6 +117,14 @@ class TransformerConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ModelLoadError(f"config field head_dim={self.head_dim} must be even for RoPE")
+        if self.eos_token_id is not None and self.eos_token_id not in self.eos_token_ids:
+            raise ModelLoadError(
+                f"config field eos_token_id={self.eos_token_id} is not among eos_token_ids={self.eos_token_ids}"
+            )
+        if self.rope_scaling is not None:
+            if self.position != "rope":
+                raise ModelLoadError(f"config field rope_scaling={self.rope_scaling} needs position='rope'")
+            check_rope_scaling(self.rope_scaling, "config field rope_scaling")
 
     @property
     def is_decoder(self) -> bool:
@@ -129,6 +154,7 @@ class TransformerConfig:
                 implement (e.g. RoPE scaling), naming the field and the file.
         """
         model_type = hf.get("model_type")
+        _refuse_set_fields(hf, model_type, source)
 
         def need(key: str) -> Any:
             if key not in hf:
@@ -164,16 +190,11 @@ class TransformerConfig:
                 mlp_bias=True,
                 tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
                 bos_token_id=hf.get("bos_token_id"),
-                eos_token_id=_first(hf.get("eos_token_id")),
+                eos_token_ids=token_id_list(hf.get("eos_token_id"), source, "eos_token_id"),
                 pad_token_id=hf.get("pad_token_id"),
             )
         if model_type == "llama":
-            rope = hf.get("rope_scaling") or {}
-            params = hf.get("rope_parameters") or {}
-            rope_type = rope.get("rope_type", rope.get("type")) or params.get("rope_type", "default")
-            if rope_type not in (None, "default"):
-                raise ModelLoadError(f"{source}: field rope_scaling type {rope_type!r} is not supported")
-            theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
+            theta, scaling = _hf_rope(hf, source)
             if hf.get("hidden_act", "silu") not in ("silu", "swish"):
                 raise ModelLoadError(f"{source}: field hidden_act={hf.get('hidden_act')!r} is not supported for llama")
             n_heads = need("num_attention_heads")
@@ -193,11 +214,12 @@ class TransformerConfig:
                 activation="swiglu",
                 position="rope",
                 rope_theta=float(theta),
+                rope_scaling=scaling,
                 attn_bias=bool(hf.get("attention_bias", False)),
                 mlp_bias=bool(hf.get("mlp_bias", False)),
                 tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
                 bos_token_id=hf.get("bos_token_id"),
-                eos_token_id=_first(hf.get("eos_token_id")),
+                eos_token_ids=token_id_list(hf.get("eos_token_id"), source, "eos_token_id"),
                 pad_token_id=hf.get("pad_token_id"),
             )
         if model_type == "bert":
@@ -250,21 +272,136 @@ class TransformerConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta},
             "rope_scaling": None,
             "attention_bias": self.attn_bias,
             "mlp_bias": self.mlp_bias,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": self.eos_token_ids if len(self.eos_token_ids) > 1 else self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             "torch_dtype": "float32",
             "dtype": "float32",
         }
 
 
-def _first(v: Any) -> Any:
-    """eos_token_id may be a list in HF configs; keep the first."""
-    if isinstance(v, (list, tuple)):
-        return v[0] if v else None
-    return v
+# Fields of a Hugging Face config.json that change the math of a model type we otherwise load
+# (soft-capping, sliding windows, Granite-style multipliers, cross-attention, QK norms), refused
+# when present with a non-neutral value rather than ignored.
+_REFUSED_WHEN_SET = {
+    "gpt2": ("add_cross_attention",),
+    "llama": ("sliding_window", "use_sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
+              "logit_scale", "logits_scaling", "attention_multiplier", "embedding_multiplier",
+              "residual_multiplier", "query_pre_attn_scalar", "use_qk_norm", "qk_layernorm"),
+    "bert": ("is_decoder", "add_cross_attention"),
+}
+
+
+def _refuse_set_fields(hf: dict[str, Any], model_type: Any, source: str) -> None:
+    for key in _REFUSED_WHEN_SET.get(model_type, ()):
+        value = hf.get(key)
+        if value is not None and value is not False:
+            raise ModelLoadError(
+                f"{source}: field {key}={value!r} changes the model's math and is not supported for "
+                f"model_type {model_type!r}"
+            )
+
+
+def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, dict[str, Any] | None]:
+    """``(rope_theta, rope_scaling)`` from a llama ``config.json``.
+
+    Reads transformers 5's ``rope_parameters`` and the older ``rope_theta`` + ``rope_scaling``
+    (``type`` or ``rope_type``), as ``transformers.modeling_rope_utils`` does; llama3's
+    ``original_max_position_embeddings`` falls back to ``max_position_embeddings`` there too.
+
+    Raises:
+        ModelLoadError: a scaling type other than linear / llama3 (yarn, dynamic, longrope, ...),
+            a missing or unknown key, a partial rotary factor, or two different ``rope_theta``.
+    """
+    merged: dict[str, Any] = {}
+    for key in ("rope_parameters", "rope_scaling"):
+        part = hf.get(key)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise ModelLoadError(f"{source}: field {key}={part!r} must be an object")
+        merged.update(part)
+    kind = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
+    merged.pop("type", None)
+    theta = merged.pop("rope_theta", None)
+    if "rope_theta" in hf:
+        if theta is not None and float(theta) != float(hf["rope_theta"]):
+            raise ModelLoadError(
+                f"{source}: field rope_theta={hf['rope_theta']} disagrees with rope_parameters.rope_theta={theta}"
+            )
+        theta = hf["rope_theta"]
+    theta = 10000.0 if theta is None else theta
+    partial = merged.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial is not None and float(partial) != 1.0:
+        raise ModelLoadError(
+            f"{source}: field partial_rotary_factor={partial} is not supported (RoPE on every dimension only)"
+        )
+    if kind == "default":
+        extra = sorted(k for k, v in merged.items() if v is not None)
+        if extra:
+            raise ModelLoadError(f"{source}: field rope_scaling key {extra[0]!r} is not used by default RoPE")
+        return float(theta), None
+    if kind not in ROPE_SCALINGS:
+        raise ModelLoadError(
+            f"{source}: field rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})"
+        )
+    if kind == "llama3" and merged.get("original_max_position_embeddings") is None:
+        merged["original_max_position_embeddings"] = hf.get(
+            "original_max_position_embeddings", hf.get("max_position_embeddings")
+        )
+    scaling = {"rope_type": kind, **{k: v for k, v in merged.items() if v is not None}}
+    check_rope_scaling(scaling, f"{source}: field rope_scaling")
+    return float(theta), scaling
+
+
+def check_rope_scaling(scaling: dict[str, Any], where: str) -> None:
+    """Check a ``rope_scaling`` dict names a type in :data:`ROPE_SCALINGS` with exactly its keys.
+
+    Raises:
+        ModelLoadError: unsupported type, missing or unknown key, or a non-positive value,
+            prefixed with ``where`` (the file and field).
+    """
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALINGS:
+        raise ModelLoadError(f"{where} type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})")
+    keys = ROPE_SCALINGS[kind]
+    for k in keys:
+        v = scaling.get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise ModelLoadError(f"{where} {kind}: key {k!r} must be a positive number, got {v!r}")
+    extra = sorted(set(scaling) - set(keys) - {"rope_type"})
+    if extra:
+        raise ModelLoadError(f"{where} {kind}: key {extra[0]!r} is not supported")
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ModelLoadError(f"{where} llama3: high_freq_factor must exceed low_freq_factor")
+
+
+def token_id_list(v: Any, source: str, field: str) -> list[int]:
+    """A token-id field that may be one id or a list (``eos_token_id: [a, b]``), as a list of
+    distinct ids in their order (``[]`` for None).
+
+    Raises:
+        ModelLoadError: a value that is not a non-negative integer, naming ``source`` and ``field``.
+    """
+    if v is None:
+        return []
+    items = v if isinstance(v, (list, tuple)) else [v]
+    for x in items:
+        if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+            raise ModelLoadError(f"{source}: field {field}={v!r} must be a token id or a list of token ids")
+    return _unique_ints(items, field)
+
+
+def _unique_ints(items: Any, field: str) -> list[int]:
+    out: list[int] = []
+    for x in items:
+        if not isinstance(x, int) or isinstance(x, bool):
+            raise ModelLoadError(f"config field {field}={items!r} must hold token ids (integers)")
+        if x not in out:
+            out.append(int(x))
+    return out

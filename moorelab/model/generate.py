@@ -7,7 +7,7 @@ real token, so a row decodes the same tokens in a batch as alone (Holtzman et al
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -53,7 +53,7 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
@@ -63,16 +63,37 @@ def generate(
     Args:
         attention_mask: ``[B, T]``, 1 = real token, 0 = left padding.
         temperature, top_k, top_p: see :func:`sample_next`; temperature 0 is greedy.
-        eos_token_id: rows stop after emitting it; finished rows are filled with it.
+        eos_token_id: one id or several (e.g. ``model.config.eos_token_ids``: a config may list
+            ``[eos, end_of_turn]``); a row stops after emitting any of them, as transformers'
+            ``generate`` does, and is then filled with the first. None: never stop early.
         generator: ``torch.Generator`` for reproducible sampling.
         use_cache: False recomputes the whole sequence each step (reference for tests).
         on_token: called with the new tokens ``LongTensor[B]`` after each step.
 
     Returns:
         ``LongTensor[B, T + n]`` with ``n <= max_new_tokens`` new tokens (fewer if every row
-        hit ``eos_token_id``).
+        hit one of ``eos_token_id``).
+
+    Raises:
+        ContextLengthError: a model with learned positions (GPT-2) and a prompt plus
+            ``max_new_tokens`` longer than its ``max_position_embeddings``, before any step runs.
     """
+    stops = None
+    if eos_token_id is not None:
+        stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
+        if stops.numel() == 0:
+            stops = None
     B, T = input_ids.shape
+    n_pos = model.config.max_position_embeddings
+    if model.config.position == "learned":
+        longest = T if attention_mask is None else int(attention_mask.sum(-1).max())
+        if longest + max_new_tokens > n_pos:
+            from moorelab.errors import ContextLengthError
+
+            raise ContextLengthError(
+                f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+                f"{n_pos} learned positions (config max_position_embeddings={n_pos})"
+            )
     out = input_ids.new_empty(B, T + max_new_tokens)
     out[:, :T] = input_ids
     mask = None
@@ -91,13 +112,13 @@ def generate(
         else:
             logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-        if eos_token_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-            done |= nxt == eos_token_id
+        if stops is not None:
+            nxt = torch.where(done, torch.full_like(nxt, int(stops[0])), nxt)
+            done |= torch.isin(nxt, stops.to(nxt.device))
         out[:, L] = nxt
         if on_token is not None:
             on_token(nxt)
-        if eos_token_id is not None and bool(done.all()):
+        if stops is not None and bool(done.all()):
             break
         step_ids = out[:, L : L + 1]
     return out[:, : T + n]

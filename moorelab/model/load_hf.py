@@ -7,6 +7,7 @@ translated to ours; GPT-2's ``Conv1D`` weights are stored ``[in, out]`` and are 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 
 from moorelab.errors import ModelLoadError
 from moorelab.kernels import get_library
-from moorelab.model.config import TransformerConfig
+from moorelab.model.config import TransformerConfig, token_id_list
 from moorelab.model.transformer import Transformer
 
 # Tensors present in some checkpoints that our model does not use (by design, not by accident).
@@ -251,6 +252,9 @@ def build_model(
 def read_hf_config(folder: Path) -> TransformerConfig:
     """Read ``folder/config.json`` into a :class:`TransformerConfig`.
 
+    End-of-sequence ids are those of ``config.json`` followed by any other ones listed in
+    ``generation_config.json`` (each may be one id or a list); generation stops at any of them.
+
     Raises:
         ModelLoadError: missing/invalid file or unsupported model type (naming the field).
     """
@@ -261,7 +265,19 @@ def read_hf_config(folder: Path) -> TransformerConfig:
         hf = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{path}: invalid JSON ({e})") from None
-    return TransformerConfig.from_hf_dict(hf, source=str(path))
+    config = TransformerConfig.from_hf_dict(hf, source=str(path))
+    gen_path = Path(folder) / "generation_config.json"
+    if gen_path.is_file() and config.is_decoder:
+        try:
+            gen = json.loads(gen_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{gen_path}: invalid JSON ({e})") from None
+        extra = token_id_list(gen.get("eos_token_id"), str(gen_path), "eos_token_id")
+        if extra:
+            # transformers' generate() stops at generation_config's ids; keep config.json's too
+            ids = config.eos_token_ids + [i for i in extra if i not in config.eos_token_ids]
+            config = dataclasses.replace(config, eos_token_id=ids[0], eos_token_ids=ids)
+    return config
 
 
 def load_hf_folder(folder: str | Path, decode_layout: bool = True) -> Transformer:

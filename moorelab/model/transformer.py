@@ -126,18 +126,56 @@ def make_norm(config: TransformerConfig, d: int | None = None) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_tables(head_dim: int, theta: float, n_positions: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, theta: float, n_positions: int, device=None, scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for rotary position embedding, half-split layout.
+
+    ``scaling`` (a config's ``rope_scaling``) rescales the frequencies, see :func:`scale_rope_freqs`.
 
     Returns:
         ``(cos, sin)``, each ``[n_positions, head_dim]`` float32; angle of pair ``i`` at position
-        ``p`` is ``p · theta^(-2i/head_dim)``, repeated for both halves.
+        ``p`` is ``p · theta^(-2i/head_dim)`` (scaled), repeated for both halves.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    if scaling is not None:
+        inv_freq = scale_rope_freqs(inv_freq, scaling)
     positions = torch.arange(n_positions, device=device).float()
     freqs = torch.outer(positions, inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
+
+
+def scale_rope_freqs(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """RoPE frequencies ``[head_dim / 2]`` (float32) under a context-extension scaling.
+
+    * ``linear`` (Chen et al. 2023, position interpolation): every frequency divided by ``factor``
+      (positions ``p`` become ``p / factor``); llama.cpp's ``rope.scaling.type = linear``.
+    * ``llama3`` (Meta's Llama 3.1): wavelengths ``2π/f`` longer than
+      ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``, those
+      shorter than ``... / high_freq_factor`` kept, and the band between interpolated smoothly.
+
+    Same operations, in the same float32 order, as transformers' ``modeling_rope_utils``
+    (``_compute_linear_scaling_rope_parameters``, ``_compute_llama3_parameters``).
+
+    Raises:
+        ValueError: an unknown ``rope_type`` (configs are checked on load, so this is a bug).
+    """
+    kind = scaling["rope_type"]
+    factor = scaling["factor"]
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        old = scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / inv_freq
+        out = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, out)
+    raise ValueError(f"rope_scaling type {kind!r} is not implemented")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +209,8 @@ def attention_eager(
             ``weights`` (softmax), each ``[B, H, T, S]``.
 
     Returns:
-        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN.
+        ``[B, H, T, d_k]``. Rows with every key masked give zeros, never NaN; the softmax runs in
+        float32 for every dtype.
     """
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
@@ -186,7 +225,8 @@ def attention_eager(
         mask = causal if mask is None else mask & causal
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a fully masked row: 0, not NaN
+    # softmax in float32 (half-precision models too), a fully masked row: 0, not NaN
+    weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(v.dtype)
     if record is not None:
         record.update(qk=qk.detach(), scores=scores.detach(), weights=weights.detach())
     return weights @ v
@@ -240,7 +280,7 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d_k))
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            out = (torch.softmax(scores, dim=-1) @ v).view(B, H, 1, d_k)
+            out = (torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v).view(B, H, 1, d_k)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=H != H_kv
@@ -401,7 +441,8 @@ class Transformer(nn.Module):
         """cos/sin tables ``[N, head_dim]`` computed once and grown on demand."""
         if self._rope is None or self._rope[0].shape[0] < n_positions or self._rope[0].device != device:
             n = max(n_positions, self.config.max_position_embeddings)
-            self._rope = rope_tables(self.config.head_dim, self.config.rope_theta, n, device)
+            self._rope = rope_tables(self.config.head_dim, self.config.rope_theta, n, device,
+                                     scaling=self.config.rope_scaling)
         return self._rope
 
     def forward(
@@ -430,6 +471,9 @@ class Transformer(nn.Module):
 
         Returns:
             logits ``[B, T, vocab_size]`` for decoders, last hidden states for BERT.
+
+        Raises:
+            ContextLengthError: learned positions (GPT-2, BERT) past ``max_position_embeddings``.
         """
         c = self.config
         B, T = input_ids.shape
@@ -458,6 +502,7 @@ class Transformer(nn.Module):
 
         x = self.embed(input_ids)
         if self.pos_embed is not None:
+            check_positions(position_ids, self.pos_embed.num_embeddings)
             x = x + self.pos_embed(position_ids)
         if self.type_embed is not None:
             if token_type_ids is None:
@@ -469,7 +514,9 @@ class Transformer(nn.Module):
         rope = None
         if c.position == "rope":
             cos, sin = self.rope_tables(int(position_ids.max()) + 1, device)
-            rope = (cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1))
+            # tables are float32; rotate in the activations' dtype (as transformers does), so a
+            # float16/bfloat16 model keeps q and k in its dtype
+            rope = (cos[position_ids].unsqueeze(1).to(x.dtype), sin[position_ids].unsqueeze(1).to(x.dtype))
 
         mask, is_causal = build_mask(key_valid, T, past + T, causal=c.is_decoder, device=device)
         impl = self.attention_impl
@@ -487,6 +534,25 @@ class Transformer(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)
+
+
+def check_positions(position_ids: torch.Tensor, n_positions: int) -> None:
+    """Refuse positions beyond a learned position table of ``n_positions`` rows.
+
+    Raises:
+        ContextLengthError: the largest of ``position_ids [B, T]`` is ``>= n_positions``, naming
+            the input length and the model's context (instead of an ``IndexError`` deep inside
+            ``nn.Embedding``).
+    """
+    top = int(position_ids.max()) if position_ids.numel() else -1
+    if top >= n_positions:
+        from moorelab.errors import ContextLengthError
+
+        raise ContextLengthError(
+            f"input reaches position {top} (length {top + 1} with any cached tokens) but the model has "
+            f"{n_positions} learned positions (config max_position_embeddings={n_positions}); "
+            f"use at most {n_positions} tokens (prompt + new tokens, or scoring window)"
+        )
 
 
 def build_mask(

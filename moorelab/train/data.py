@@ -17,7 +17,8 @@ from moorelab.errors import DataError
 
 
 def tokenize_text(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` with no special tokens added.
+    """Token ids of ``text`` as ordinary text: no special tokens added, none parsed
+    (see :func:`moorelab.model.tokenize.encode_text`).
 
     Args:
         tokenizer: a ``tokenizers.Tokenizer`` (as in ``LoadedModel.tokenizer``).
@@ -26,7 +27,9 @@ def tokenize_text(tokenizer, text: str) -> list[int]:
     Returns:
         List of int token ids.
     """
-    return list(tokenizer.encode(text, add_special_tokens=False).ids)
+    from moorelab.model.tokenize import encode_text
+
+    return encode_text(tokenizer, text)
 
 
 class TokenWindows:

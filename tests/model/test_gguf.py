@@ -18,8 +18,11 @@ def test_unpermute_inverts_llama_cpp_permutation():
     assert permute_rope_rows(w, 6)[:8, 0].tolist() == [0, 20, 5, 25, 10, 30, 15, 35]
 
 
-def write_tiny_gguf(path, ref, arch="llama", skip=None):
-    """Write an HF tiny llama as llama.cpp's converter would (q/k rows permuted, float32)."""
+def write_tiny_gguf(path, ref, arch="llama", skip=None, extra=None):
+    """Write an HF tiny llama as llama.cpp's converter would (q/k rows permuted, float32).
+
+    ``extra(writer)`` may add metadata or tensors (e.g. RoPE scaling keys, ``rope_freqs.weight``).
+    """
     import gguf
 
     c = ref.config
@@ -44,12 +47,15 @@ def write_tiny_gguf(path, ref, arch="llama", skip=None):
         else:
             _, _, i, *mod, kind = hf_name.split(".")
             name = f"blk.{i}.{sub['.'.join(mod)]}.{kind}"
-            if name.endswith("attn_q.weight"):
+            # llama.cpp's converter permutes q/k weights and biases alike
+            if name.endswith(("attn_q.weight", "attn_q.bias")):
                 a = permute_rope_rows(a, c.num_attention_heads)
-            elif name.endswith("attn_k.weight"):
+            elif name.endswith(("attn_k.weight", "attn_k.bias")):
                 a = permute_rope_rows(a, c.num_key_value_heads)
         if name != skip:
             w.add_tensor(name, np.ascontiguousarray(a))
+    if extra is not None:
+        extra(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -69,6 +75,16 @@ def test_tiny_gguf_matches_transformers(tmp_path):
             for proj, n in ((blk.attn.q_proj, 6), (blk.attn.k_proj, 2)):
                 proj.weight.copy_(torch.from_numpy(permute_rope_rows(proj.weight.numpy(), n)))
         assert (ours(ids) - ref(ids).logits).abs().max().item() > 1e-2
+
+
+def test_gguf_bias_tensors_set_the_bias_flags(tmp_path):
+    ref = tiny_hf("llama", tmp_path / "hf", attention_bias=True, mlp_bias=True)
+    write_tiny_gguf(tmp_path / "b.gguf", ref)
+    ours = load_gguf(tmp_path / "b.gguf")
+    assert ours.config.attn_bias and ours.config.mlp_bias
+    ids = torch.randint(0, 103, (2, 13), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (ours(ids) - ref(ids).logits).abs().max().item() < 1e-5
 
 
 def test_gguf_unknown_architecture(tmp_path):
