@@ -17,6 +17,7 @@ import copy
 import pytest
 import torch
 
+from moorelab.model import decode
 from moorelab.model.fused_decode import why_not_fused
 from moorelab.model.generate import generate
 from moorelab.model.load_hf import load_hf_folder
@@ -104,8 +105,8 @@ def test_half_llama_decodes_on_the_python_path(tmp_path, dtype):
     ids = _ids(103, B=1, T=7)
     cache = KVCache()
     with torch.no_grad():
-        half(ids, cache=cache)
-        step = half(ids[:, -1:], cache=cache)
+        decode.forward(half, ids, cache=cache)
+        step = decode.forward(half, ids[:, -1:], cache=cache)
         assert half.last_decode_path == "python"
         assert cache.k[0].dtype == dtype and step.dtype == dtype
         full = half(torch.cat([ids, ids[:, -1:]], dim=1))[:, -1:]
