@@ -10,6 +10,7 @@ silent ``NaT``. Decimal years follow the usual convention of trend papers (Epoch
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -82,3 +83,98 @@ def parse_dates(values: Iterable[object], *, fmt: str = ISO_DATE, file: str = "<
     for i, (v, r) in enumerate(zip(values, rows)):
         out[i] = decimal_year(parse_date(v, fmt=fmt, file=file, row=r, field=field))
     return out
+
+
+#: Date layouts recognised when a value does not match the format asked for: used only to tell
+#: a value written in ANOTHER date format (an error: the column mixes formats, or the format
+#: option is wrong) from text that is no date at all (a reported drop). Never used to parse.
+OTHER_FORMATS = (
+    "%Y-%m-%d", "%Y/%m/%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y",
+    "%d/%m/%y", "%m/%d/%y", "%Y%m%d", "%Y-%m", "%Y/%m", "%Y",
+    "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M",
+    "%d %b %Y", "%d %B %Y", "%b %d, %Y", "%B %d, %Y", "%b %d %Y", "%B %d %Y", "%b %Y", "%B %Y",
+)
+
+
+def formats_matching(text: str, formats: Sequence[str] = OTHER_FORMATS) -> tuple[str, ...]:
+    """The strptime formats of ``formats`` that parse ``text`` exactly (e.g. "05/01/2023" ->
+    ("%d/%m/%Y", "%m/%d/%Y")); empty if none does, and empty for text without a 4-digit year
+    or a dd/mm/yy shape (strptime's ``%Y`` also takes "5", which is no date)."""
+    if not (re.search(r"\d{4}", text) or re.fullmatch(r"\d{1,2}[/.-]\d{1,2}[/.-]\d{2}", text)):
+        return ()
+    out = []
+    for f in formats:
+        try:
+            _dt.datetime.strptime(text, f)
+        except ValueError:
+            continue
+        out.append(f)
+    return tuple(out)
+
+
+def parse_date_column(values: Sequence[object], rows: Sequence[object], *, fmt: str = ISO_DATE,
+                      file: str = "<input>", field: str = "date"
+                      ) -> tuple[list[_dt.date | None], dict[object, str]]:
+    """Parse a whole date column strictly with ``fmt``, telling format errors from bad cells.
+
+    Every value is one of: empty (a drop, "<field> missing"); a date in ``fmt`` (parsed); a
+    date written in another known layout (:data:`OTHER_FORMATS`); or text that is no date at
+    all, e.g. "TBD" or "2023-13-45" (a drop, "<field> unparseable as <fmt> ('TBD')").
+
+    Args:
+        values: the column's cells (str or anything ``str()`` turns into the written date).
+        rows: the row number of each cell (spreadsheet row or line), used in messages.
+        fmt: the strptime format every date must match (default ISO YYYY-MM-DD).
+        file, field: named in messages.
+
+    Returns:
+        (dates, drops): ``dates[i]`` the parsed date or None; ``drops`` row -> reason for
+        every None.
+
+    Raises:
+        DataError (one line naming the file and the column):
+            * the column mixes formats: some values match ``fmt`` and others are dates in
+              another layout -- names an example row of each format;
+            * no value matches ``fmt`` but values are dates in another layout -- names an
+              example row and the layouts it matches, so the user can pass that format.
+    """
+    dates: list[_dt.date | None] = []
+    drops: dict[object, str] = {}
+    first_ok: tuple[object, str] | None = None
+    others: dict[tuple[str, ...], tuple[object, str, int]] = {}  # layouts -> (row, text, count)
+    for v, r in zip(values, rows):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+            dates.append(None)
+            drops[r] = f"{field} missing"
+            continue
+        text = str(v).strip()
+        try:
+            d = _dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            d = None
+        if d is not None:
+            dates.append(d)
+            if first_ok is None:
+                first_ok = (r, text)
+            continue
+        dates.append(None)
+        layouts = tuple(f for f in formats_matching(text) if f != fmt)
+        if layouts:
+            row0, text0, k = others.get(layouts, (r, text, 0))
+            others[layouts] = (row0, text0, k + 1)
+        else:
+            drops[r] = f"{field} unparseable as {fmt} ({text!r})"
+    if others:
+        n_other = sum(k for _, _, k in others.values())
+        examples = "; ".join(f"row {r0} {t0!r} (reads as {' or '.join(lay)}; {k} row(s))"
+                             for lay, (r0, t0, k) in others.items())
+        if first_ok is not None:
+            raise DataError(
+                f"{file}, column '{field}': mixed date formats: row {first_ok[0]} "
+                f"{first_ok[1]!r} is {fmt}, but {n_other} row(s) are dates in another format: "
+                f"{examples}; write every date in one format (--date-format sets which)")
+        raise DataError(
+            f"{file}, column '{field}': no date matches {fmt}; {examples}; pass that format "
+            f"with --date-format")
+    return dates, drops

@@ -28,3 +28,21 @@ def test_parse_dates_strict_and_names_row():
         parse_date("2021-02-30")
     with pytest.raises(DataError):
         parse_date("2021-1-5x")
+
+
+def test_parse_date_column_tells_other_formats_from_non_dates():
+    from moorelab.law.dates import formats_matching, parse_date_column
+
+    assert formats_matching("05/01/2023") == ("%d/%m/%Y", "%m/%d/%Y")
+    assert formats_matching("2023") == ("%Y",)
+    assert formats_matching("5") == ()  # strptime's %Y would take it; it is no date
+    dates, drops = parse_date_column(["2021-03-01", "", "soon", "2021-02-30", "5"],
+                                     [2, 3, 4, 5, 6], file="f.csv", field="day")
+    assert dates == [dt.date(2021, 3, 1), None, None, None, None]
+    assert drops == {3: "day missing", 4: "day unparseable as %Y-%m-%d ('soon')",
+                     5: "day unparseable as %Y-%m-%d ('2021-02-30')",
+                     6: "day unparseable as %Y-%m-%d ('5')"}
+    with pytest.raises(DataError, match=r"f\.csv, column 'day': mixed date formats: row 2 "
+                                        r"'2021-03-01' is %Y-%m-%d, but 1 row\(s\) are dates "
+                                        r"in another format: row 3 '2021'"):
+        parse_date_column(["2021-03-01", "2021"], [2, 3], file="f.csv", field="day")
