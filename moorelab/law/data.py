@@ -128,26 +128,82 @@ class TrendPoints:
 
 # --------------------------------------------------------------------------- reading helpers
 def read_table(path: str | os.PathLike, *, required: Sequence[str] = (),
-               low_memory: bool = False) -> pd.DataFrame:
-    """Read a CSV strictly: the file must exist and hold every ``required`` column.
+               low_memory: bool = False, as_text: bool = False) -> pd.DataFrame:
+    """Read a CSV strictly: the file must exist, hold a header and every ``required`` column.
 
     The returned frame's index is the spreadsheet row (header = 1, first data row = 2).
 
+    Args:
+        as_text: keep every cell as written (str; empty cells NaN) instead of letting pandas
+            guess numbers, so that e.g. a date column "2023" stays "2023", not 2023.0.
+
     Raises:
-        DataError: "<file>: no such file" / "<file>: missing column(s) 'A', 'B'" /
+        DataError: "<file>: no such file" / "<file>: empty file (no header)" /
+            "<file>: missing column(s) 'A', 'B' (columns present: 'x', 'y')" /
             "<file>: cannot read CSV: ...".
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     try:
-        df = pd.read_csv(p, low_memory=low_memory)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        df = pd.read_csv(p, low_memory=low_memory, dtype=str if as_text else None)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p}: empty file (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: cannot read CSV: {str(exc).splitlines()[0]}") from None
+    check_columns(df, required, p)
+    df.index = np.arange(2, len(df) + 2)
+    return df
+
+
+def check_columns(df: pd.DataFrame, required: Sequence[str], file: str | os.PathLike) -> None:
+    """Raise DataError "<file>: missing column(s) 'A' (columns present: 'x', 'y')" unless
+    ``df`` holds every ``required`` column."""
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(f"{p}: missing column(s) " + ", ".join(repr(c) for c in missing))
-    df.index = np.arange(2, len(df) + 2)
+        present = ", ".join(repr(str(c)) for c in df.columns) or "none"
+        raise DataError(f"{file}: missing column(s) " + ", ".join(repr(c) for c in missing)
+                        + f" (columns present: {present})")
+
+
+def read_jsonl(path: str | os.PathLike, *, required: Sequence[str] = ()) -> pd.DataFrame:
+    """Read JSON lines (one JSON object per line) strictly, like :func:`read_table`.
+
+    Blank lines are skipped; the columns are the union of the objects' keys (a key absent
+    from a line is NaN there). The returned frame's index is the line number (first line = 1),
+    so row numbers in messages and drops are lines of the file.
+
+    Raises:
+        DataError: no such file / empty file (no objects) / "<file> line N: not a JSON object
+            (...)" / missing column(s), naming the columns present.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    import json
+
+    records, lines = [], []
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p} line {i}: not valid JSON ({exc.msg}, column {exc.colno})"
+                            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{p} line {i}: not a JSON object (a {type(obj).__name__})")
+        records.append(obj)
+        lines.append(i)
+    if not records:
+        raise DataError(f"{p}: empty file (no JSON objects)")
+    df = pd.DataFrame.from_records(records)
+    check_columns(df, required, p)
+    df.index = np.array(lines, dtype=int)
     return df
 
 
