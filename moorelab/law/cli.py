@@ -147,6 +147,34 @@ def forecast_cmd(
     output(res, as_json=as_json, plot=plot, no_plot=no_plot)
 
 
+@trend_app.command("fit")
+def fit_cmd(
+    file: Path = typer.Argument(..., help="CSV (.csv) or JSON lines (.jsonl) of dated values."),
+    date_col: str = typer.Option("date", help="Date column."),
+    value_col: str = typer.Option("value", help="Value column (> 0; fitted on a log scale)."),
+    label_col: Optional[str] = typer.Option(None, help="Label column (default: row numbers)."),
+    date_format: str = typer.Option("%Y-%m-%d", help="strptime format of every date (strict)."),
+    lower_is_better: bool = typer.Option(False, "--lower-is-better",
+                                         help="e.g. prices: factor of decline per year, "
+                                              "halving time, running minimum."),
+    frontier: str = typer.Option("none", help="none | running-best | top-K (e.g. top-3)."),
+    since: Optional[str] = typer.Option(None, help="Keep dates on/after (YYYY-MM-DD)."),
+    until: Optional[str] = typer.Option(None, help="Keep dates before (YYYY-MM-DD, exclusive)."),
+    unit: Optional[str] = typer.Option(None, help="Unit of the values, for labels."),
+    ci: float = typer.Option(0.90, help="Interval level."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
+) -> None:
+    """Fit any dated series: factor per year, doubling/halving time, rows dropped and why."""
+    from moorelab.law.trendfit import run_fit
+
+    res = run_fit(file, date_col=date_col, value_col=value_col, label_col=label_col,
+                  date_format=date_format, lower_is_better=lower_is_better, frontier=frontier,
+                  since=since, until=until, ci=ci, n_boot=n_boot, seed=seed, unit=unit)
+    output(res, as_json=as_json, plot=plot, no_plot=no_plot)
+
+
 @trend_app.command("prices")
 def prices_cmd(
     data: Optional[Path] = DataOpt,
