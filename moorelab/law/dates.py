@@ -135,14 +135,19 @@ def parse_date_column(values: Sequence[object], rows: Sequence[object], *, fmt: 
     Raises:
         DataError (one line naming the file and the column):
             * the column mixes formats: some values match ``fmt`` and others are dates in
-              another layout -- names an example row of each format;
+              another layout -- names an example row of each format (values of one shape,
+              e.g. "07/05/2025" and "20/05/2025", are one format, read as the layouts they
+              all fit: here %d/%m/%Y);
             * no value matches ``fmt`` but values are dates in another layout -- names an
               example row and the layouts it matches, so the user can pass that format.
     """
     dates: list[_dt.date | None] = []
     drops: dict[object, str] = {}
     first_ok: tuple[object, str] | None = None
-    others: dict[tuple[str, ...], tuple[object, str, int]] = {}  # layouts -> (row, text, count)
+    # values in other layouts, grouped by shape (digits -> 9, letters -> a): "20/05/2025" and
+    # "07/05/2025" are one format; shape -> [first row, its text, count, layouts in common,
+    # layouts of any]
+    others: dict[str, list] = {}
     for v, r in zip(values, rows):
         if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
             dates.append(None)
@@ -161,14 +166,18 @@ def parse_date_column(values: Sequence[object], rows: Sequence[object], *, fmt: 
         dates.append(None)
         layouts = tuple(f for f in formats_matching(text) if f != fmt)
         if layouts:
-            row0, text0, k = others.get(layouts, (r, text, 0))
-            others[layouts] = (row0, text0, k + 1)
+            shape = re.sub(r"[^\W\d_]", "a", re.sub(r"\d", "9", text))
+            g = others.setdefault(shape, [r, text, 0, layouts, ()])
+            g[2] += 1
+            g[3] = tuple(f for f in g[3] if f in layouts)
+            g[4] = g[4] + tuple(f for f in layouts if f not in g[4])
         else:
             drops[r] = f"{field} unparseable as {fmt} ({text!r})"
     if others:
-        n_other = sum(k for _, _, k in others.values())
-        examples = "; ".join(f"row {r0} {t0!r} (reads as {' or '.join(lay)}; {k} row(s))"
-                             for lay, (r0, t0, k) in others.items())
+        n_other = sum(g[2] for g in others.values())
+        examples = "; ".join(f"row {r0} {t0!r} (reads as {' or '.join(common or anyof)}; "
+                             f"{k} row(s) like it)"
+                             for r0, t0, k, common, anyof in others.values())
         if first_ok is not None:
             raise DataError(
                 f"{file}, column '{field}': mixed date formats: row {first_ok[0]} "

@@ -44,5 +44,6 @@ def test_parse_date_column_tells_other_formats_from_non_dates():
                      6: "day unparseable as %Y-%m-%d ('5')"}
     with pytest.raises(DataError, match=r"f\.csv, column 'day': mixed date formats: row 2 "
                                         r"'2021-03-01' is %Y-%m-%d, but 1 row\(s\) are dates "
-                                        r"in another format: row 3 '2021'"):
+                                        r"in another format: row 3 '2021' \(reads as %Y; "
+                                        r"1 row\(s\) like it\)"):
         parse_date_column(["2021-03-01", "2021"], [2, 3], file="f.csv", field="day")

@@ -155,13 +155,14 @@ def test_mixed_date_formats_is_one_error_naming_column_and_rows(tmp_path):
     assert "\n" not in msg
     assert str(f) in msg and "column 'released'" in msg and "mixed date formats" in msg
     assert "row 2 '2023-01-05' is %Y-%m-%d" in msg
-    assert "row 4 '05/03/2023' (reads as %d/%m/%Y or %m/%d/%Y; 1 row(s))" in msg
-    assert "row 6 '5 Jun 2023' (reads as %d %b %Y; 1 row(s))" in msg
-    # the whole column in another format than asked: says which formats it reads as
+    assert "row 4 '05/03/2023' (reads as %d/%m/%Y or %m/%d/%Y; 1 row(s) like it)" in msg
+    assert "row 6 '5 Jun 2023' (reads as %d %b %Y; 1 row(s) like it)" in msg
+    # the whole column in another format than asked: one example per shape, read as the
+    # layout every value of that shape fits (01/02 could be either; 13/02 is day first)
     g = _write_csv(tmp_path / "dmy.csv", ["date", "value"],
-                   [("13/01/2023", 1), ("13/02/2023", 2), ("13/03/2023", 4)])
-    with pytest.raises(DataError, match=r"no date matches %Y-%m-%d; row 2 '13/01/2023' "
-                                        r"\(reads as %d/%m/%Y; 3 row\(s\)\)"):
+                   [("01/02/2023", 1), ("13/02/2023", 2), ("14/03/2023", 4)])
+    with pytest.raises(DataError, match=r"no date matches %Y-%m-%d; row 2 '01/02/2023' "
+                                        r"\(reads as %d/%m/%Y; 3 row\(s\) like it\); pass"):
         run_fit(g)
     res = run_fit(g, date_format="%d/%m/%Y", n_boot=0)  # the format asked for: fits
     assert res.points.n == 3
