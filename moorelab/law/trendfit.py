@@ -24,6 +24,7 @@ Fewer than 3 usable rows, or all on one date, is a DataError (from the fit).
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import re
 from dataclasses import dataclass, field
@@ -174,11 +175,18 @@ def run_fit(path: str | os.PathLike, *, date_col: str = "date", value_col: str =
         3 usable rows or all on one date (names the count and what was dropped).
     """
     kind, k = parse_frontier(frontier)
+    bounds = {}
+    for opt, v in (("--since", since), ("--until", until)):
+        if v is not None:
+            try:
+                bounds[opt] = _dt.datetime.strptime(str(v).strip(), ISO_DATE).date()
+            except ValueError:
+                raise DataError(f"option {opt}: cannot parse date {v!r} as YYYY-MM-DD") from None
     pts, kinds = load_dated_values(path, date_col=date_col, value_col=value_col,
                                    label_col=label_col, date_format=date_format)
     n0 = len(pts.dropped)
     if since is not None or until is not None:
-        pts = window(pts, since, until)
+        pts = window(pts, bounds.get("--since"), bounds.get("--until"))
     kinds["outside --since/--until"] = len(pts.dropped) - n0
     candidates = pts
     n1 = len(pts.dropped)

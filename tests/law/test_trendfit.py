@@ -190,6 +190,15 @@ def test_missing_column_empty_file_and_too_few_rows(tmp_path):
     with pytest.raises(DataError, match=r"2 usable row\(s\) of 3 \(1 value <= 0 \(or "
                                         r"infinite\)\); a trend fit needs at least 3"):
         run_fit(few)
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("date,value\n")
+    with pytest.raises(DataError, match=r"0 usable row\(s\) of 0 \(none dropped\)"):
+        run_fit(header_only)
+    ok = _write_csv(tmp_path / "ok.csv", ["date", "value"], _doubling_rows())
+    with pytest.raises(DataError, match=r"option --since: cannot parse date '2020/01/01'"):
+        run_fit(ok, since="2020/01/01")
+    with pytest.raises(DataError, match="end 2020-01-01 is not after start 2021-01-01"):
+        run_fit(ok, since="2021-01-01", until="2020-01-01")
     with pytest.raises(DataError, match="unknown file type '.xlsx'"):
         run_fit(tmp_path / "x.xlsx")
 
@@ -229,3 +238,28 @@ def test_cli_mixed_formats_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1
     assert "mixed date formats" in lines[0] and "column 'date'" in lines[0]
     assert "row 2 '2023-01-05'" in lines[0] and "row 3 '05/01/2023'" in lines[0]
+
+
+def test_jsonl_bad_line_names_the_line(tmp_path):
+    f = tmp_path / "b.jsonl"
+    f.write_text('{"date": "2020-01-01", "value": 1}\n{"date": 2020-01-02}\n')
+    with pytest.raises(DataError, match=r"b\.jsonl line 2: not valid JSON"):
+        run_fit(f)
+    f.write_text('{"date": "2020-01-01", "value": 1}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"b\.jsonl line 2: not a JSON object \(a list\)"):
+        run_fit(f)
+
+
+def test_top_k_lower_is_better_keeps_the_k_lowest(tmp_path):
+    rows = [("2020-01-01", 8), ("2020-01-01", 4), ("2020-01-01", 2), ("2021-01-01", 16),
+            ("2022-01-01", 0.5)]
+    f = _write_csv(tmp_path / "k.csv", ["date", "usd"], rows)
+    res = run_fit(f, value_col="usd", lower_is_better=True, frontier="top-2", n_boot=0)
+    # 8 (4 and 2 cheaper) and 16 (three cheaper) drop; 4 and 2 at x = 0, 0.5 at x = 2 remain.
+    # By hand: the two at x = 0 average 2^1.5 in log; the line goes from 2^1.5 to 2^-1 in two
+    # years (the OLS line through two x values joins the log means): 2.5 halvings / 2 years.
+    assert sorted(res.points.value) == [0.5, 2, 4]
+    assert res.fit.factor_per_year == pytest.approx(2 ** 1.25)
+    assert res.fit.doubling_time_months == pytest.approx(12 / 1.25)
+    x = np.array([2020.0, 2020.0, 2022.0])
+    assert res.fit.slope_log10_per_year == pytest.approx(np.polyfit(x, np.log10([4, 2, .5]), 1)[0])
