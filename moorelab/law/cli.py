@@ -236,6 +236,7 @@ register_analysis("forecast", _lazy("moorelab.law.forecast", "run_forecast"))
 register_analysis("prices", _lazy("moorelab.law.prices", "run_prices"))
 register_analysis("chinchilla", _lazy("moorelab.law.chinchilla", "run_chinchilla"))
 register_analysis("efficiency", _lazy("moorelab.law.efficiency", "run_efficiency"))
+register_analysis("fit", _lazy("moorelab.law.trendfit", "run_fit"))
 
 
 # --------------------------------------------------------------------------- data commands

@@ -263,3 +263,12 @@ def test_top_k_lower_is_better_keeps_the_k_lowest(tmp_path):
     assert res.fit.doubling_time_months == pytest.approx(12 / 1.25)
     x = np.array([2020.0, 2020.0, 2022.0])
     assert res.fit.slope_log10_per_year == pytest.approx(np.polyfit(x, np.log10([4, 2, .5]), 1)[0])
+
+
+def test_registered_for_programmatic_use_and_in_help(tmp_path):
+    from moorelab.cli import app
+    from moorelab.law.cli import ANALYSES
+
+    f = _write_csv(tmp_path / "s.csv", ["date", "value"], _doubling_rows())
+    assert ANALYSES["fit"](path=f, n_boot=0).fit.factor_per_year == pytest.approx(4.0)
+    assert "fit" in CliRunner().invoke(app, ["trend", "--help"]).stdout
