@@ -43,9 +43,16 @@ def run_command(
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
 ) -> None:
     """Measure a real LLM (quality, speed, resources, cost), quantized and pruned variants, and the field's trend."""
+    from rich.console import Console
+
+    from moorelab.report.inputs import check_run_inputs
+
+    # every input first, before torch is even imported: bad input fails in seconds, writes nothing
+    inputs = check_run_inputs(model=model, text=text, facts=facts, out=out, usd_per_hour=usd_per_hour, console=Console())
     from moorelab.report.run import RunOptions, run_main_job
 
-    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick, usd_per_hour=usd_per_hour))
+    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick, usd_per_hour=usd_per_hour),
+                 inputs=inputs)
 
 
 from moorelab.law.cli import data_app, trend_app  # noqa: E402  (moorelab.law registers here)

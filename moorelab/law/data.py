@@ -138,6 +138,8 @@ def read_table(path: str | os.PathLike, *, required: Sequence[str] = (),
             "<file>: cannot read CSV: ...".
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder; expected a CSV file")
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     try:
