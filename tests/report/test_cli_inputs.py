@@ -1,5 +1,5 @@
-"""Bad input to `moorelab run` and `moorelab improve`: one error line, exit 2, nothing written,
-and no model loaded (each command runs with an empty cache that stays empty)."""
+"""Bad input to `moorelab run`, `moorelab improve` and `moorelab trend`: one error line, exit 2,
+nothing written, and no model loaded (each command runs with an empty cache that stays empty)."""
 
 from __future__ import annotations
 
@@ -83,3 +83,15 @@ def test_improve_refuses_bad_input_before_loading_the_model(files, args, needles
 def test_improve_refuses_an_output_path_under_a_file(files):
     proc = moorelab("improve", "smollm2-135m", "--with", "int8", "--out", files / "afile" / "o", cache=files / "cache")
     refused(proc, files / "cache", None, "--out", "afile is a file, not a folder")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["compute", "--data", "{d}/afile", "--no-plot"], ["--data", "afile: is a file; expected a folder"]),
+    (["compute", "--data", "{d}/missing", "--no-plot"], ["--data", "missing: no such folder"]),
+    (["forecast", "1e27", "--trend", "csv", "--csv", "{d}/folder", "--no-plot"], ["--csv", "folder: is a folder"]),
+    (["chinchilla", "--plot", "{d}/afile/c.png"], ["--plot", "afile is a file, not a folder"]),
+    (["prices", "--plot", "{d}/folder"], ["--plot", "folder: is a folder; expected a file path"]),
+])
+def test_trend_commands_check_their_files_first(files, args, needles):
+    proc = moorelab("trend", *[a.format(d=files) for a in args], cache=files / "cache")
+    refused(proc, files / "cache", None, *needles)
