@@ -1,5 +1,6 @@
 """Bad input to `moorelab run`, `moorelab improve` and `moorelab trend`: one error line, exit 2,
-nothing written, and no model loaded (each command runs with an empty cache that stays empty)."""
+nothing written, and no model loaded (each command runs with an empty cache that stays empty);
+`moorelab` with no arguments prints its help once and exits 0."""
 
 from __future__ import annotations
 
@@ -95,3 +96,13 @@ def test_improve_refuses_an_output_path_under_a_file(files):
 def test_trend_commands_check_their_files_first(files, args, needles):
     proc = moorelab("trend", *[a.format(d=files) for a in args], cache=files / "cache")
     refused(proc, files / "cache", None, *needles)
+
+
+@pytest.mark.parametrize("group", [[], ["trend"], ["data"], ["explain"]])
+def test_no_arguments_prints_the_help_once_and_exits_0(tmp_path, group):
+    proc = moorelab(*group, cache=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.count("Usage:") == 1 and proc.stdout.count("Commands") == 1
+    helped = moorelab(*group, "--help", cache=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.strip() == proc.stdout.strip()  # the help of --help
