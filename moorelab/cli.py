@@ -1,12 +1,18 @@
 """The `moorelab` command line (typer).
 
-Each part of the system registers its own sub-commands here. User errors
-(:class:`moorelab.errors.MoorelabError`) are printed as one line on stderr with exit code 2
-and no traceback.
+Each part of the system registers its own sub-commands here. Exit codes, for every command:
+
+* 0: done; also ``moorelab`` (or a command group) with no arguments, which prints its help once
+  on stdout, as ``--help`` does.
+* 2: bad input or usage: one line on stderr naming the option, file, row or field, no traceback
+  (user errors are :class:`moorelab.errors.MoorelabError`); nothing written to the output folder.
+* 130: interrupted by Ctrl-C (SIGINT), 143: terminated (SIGTERM): one line on stderr; output
+  folders are staged, so nothing half-written is left (see :func:`main`).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -43,9 +49,16 @@ def run_command(
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
 ) -> None:
     """Measure a real LLM (quality, speed, resources, cost), quantized and pruned variants, and the field's trend."""
+    from rich.console import Console
+
+    from moorelab.report.inputs import check_run_inputs
+
+    # every input first, before torch is even imported: bad input fails in seconds, writes nothing
+    inputs = check_run_inputs(model=model, text=text, facts=facts, out=out, usd_per_hour=usd_per_hour, console=Console())
     from moorelab.report.run import RunOptions, run_main_job
 
-    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick, usd_per_hour=usd_per_hour))
+    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick, usd_per_hour=usd_per_hour),
+                 inputs=inputs)
 
 
 from moorelab.law.cli import data_app, trend_app  # noqa: E402  (moorelab.law registers here)
@@ -65,29 +78,65 @@ from moorelab.measure.datasets import _typer_command as _finetune_data  # noqa: 
 app.command("finetune-data")(_finetune_data())
 
 
+#: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command
+_STOPPED = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+def _catch_stop_signals() -> tuple[list[int], dict]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt (so every ``finally`` and staging clean-up
+    runs) and remember which one came: typer turns a KeyboardInterrupt into a plain return of 130
+    when not standalone, so the record is how :func:`main` knows. Signals ignored by the parent
+    (a background job's SIGINT) stay ignored. Returns (signals received, previous handlers)."""
+    got: list[int] = []
+
+    def stop(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) == default:
+            previous[sig] = signal.signal(sig, stop)
+    return got, previous
+
+
+def _stopped(got: list[int]) -> None:
+    sig = got[0] if got else signal.SIGINT
+    typer.secho(f"{_STOPPED[sig]}: stopped; nothing half-written was kept", err=True)
+    sys.exit(128 + sig)
+
+
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one clear line and exit 2."""
+    """Console entry point: run the app; user errors become one line and exit 2, Ctrl-C one line
+    and exit 130 (SIGTERM: 143), a typer.Exit its own code (see the module's exit codes)."""
+    got, previous = _catch_stop_signals()
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except MoorelabError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except (typer.Exit,) as exc:  # pragma: no cover - typer control flow
+    except typer.Exit as exc:  # pragma: no cover - typer control flow
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.secho("aborted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        _stopped(got)
     except Exception as exc:  # usage errors from click (typer may bundle its own copy of click)
         if _is_click_exception(exc):
             if type(exc).__name__ == "NoArgsIsHelpError":
-                typer.echo(exc.ctx.get_help() if getattr(exc, "ctx", None) else str(exc))
+                # with rich help, building the error already printed the help (its message is
+                # then empty): print the message only if there is one, so the help shows once
+                if str(exc).strip():
+                    typer.echo(str(exc))
                 sys.exit(0)
             exc.show()
             sys.exit(2)
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if got or rv == 130:  # typer returns 130 for a KeyboardInterrupt when not standalone
+        _stopped(got)
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv:  # a typer.Exit(code) inside a command
+        sys.exit(rv)
 
 
 def _is_click_exception(exc: BaseException) -> bool:

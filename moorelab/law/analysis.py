@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from moorelab.law.data import EPOCH_CREDIT, TrendPoints
+from moorelab.law.data import EPOCH_CREDIT, DroppedRow, TrendPoints, reason_key
 from moorelab.law.fit import GrowthFit
 
 
@@ -193,14 +193,14 @@ def render(result: TrendResult, console=None) -> None:
         lvl = f"{round(result.fit.ci_level * 100)}%"
         t = Table(title=f"{result.metric} ({result.unit})" if result.metric else None)
         for col in ("figure", "value", f"{lvl} CI (OLS, t)", f"{lvl} CI (bootstrap)"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")
         for row in fit_rows(result.fit):
             t.add_row(*row)
         con.print(t)
     if result.figures:
         t = Table(title="figures")
         for col in ("figure", "value", "interval", "unit"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")
         for k, v in result.figures.items():
             if isinstance(v, dict):
                 iv = v.get("ci") or v.get("interval")
@@ -236,24 +236,49 @@ def render(result: TrendResult, console=None) -> None:
         con.print(t)
     if result.points is not None:
         p = result.points
-        con.print(f"rows: {p.n_input} read, {p.n} used, {len(p.dropped)} dropped "
-                  "(every dropped row and its reason: --json)")
-        summary = sorted(p.dropped_summary().items(), key=lambda kv: -kv[1])
-        if summary:
-            t = Table(title="dropped rows by reason")
-            t.add_column("reason", overflow="fold")
-            t.add_column("rows")
-            for reason, k in summary[:12]:
-                t.add_row(reason, str(k))
-            if len(summary) > 12:
-                t.add_row(f"... {len(summary) - 12} more reasons", "")
-            con.print(t)
+        con.print(f"rows: {p.n_input} read, {p.n} used, {len(p.dropped)} dropped")
+        print_dropped(con, p.dropped)
     for n in result.notes:
         con.print(f"- {n}")
     if result.plot_path:
         con.print(f"plot: {result.plot_path}")
     if result.credit:
         con.print(f"[dim]{result.credit}[/dim]")
+
+
+#: up to this many dropped rows are listed one per line; more are grouped by reason, each group
+#: with its count and first rows (--json lists every one)
+LIST_DROPPED_ROWS = 20
+
+
+def print_dropped(con, dropped: list[DroppedRow]) -> None:
+    """Name the dropped rows on the terminal: each one (file, row, label, reason) when there
+    are at most :data:`LIST_DROPPED_ROWS`, else a table by reason with each reason's first rows."""
+    from rich.table import Table
+
+    if not dropped:
+        return
+    several_files = len({d.file for d in dropped}) > 1
+
+    def where(d: DroppedRow) -> str:
+        return f"{Path(d.file).name} row {d.row}" if several_files else f"row {d.row}"
+
+    if len(dropped) <= LIST_DROPPED_ROWS:
+        for d in dropped:
+            con.print(f"  dropped {where(d)} ({d.label}): {d.reason}", markup=False, highlight=False,
+                      soft_wrap=True)
+        return
+    groups: dict[str, list[DroppedRow]] = {}
+    for d in dropped:
+        groups.setdefault(reason_key(d.reason), []).append(d)
+    t = Table(title="dropped rows by reason (every row and its reason: --json)")
+    t.add_column("reason", overflow="fold")
+    t.add_column("rows", justify="right")
+    t.add_column("first rows", overflow="fold")
+    for reason, ds in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        first = ", ".join(where(d) if several_files else str(d.row) for d in ds[:4])
+        t.add_row(reason, str(len(ds)), first + (f" and {len(ds) - 4} more" if len(ds) > 4 else ""))
+    con.print(t)
 
 
 def _tex(text: str) -> str:

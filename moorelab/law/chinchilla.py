@@ -382,7 +382,7 @@ def chinchilla_table(result: ChinchillaResult):
                 caption=result.credit + f" | rows: {f.n} used, {len(result.dropped)} dropped "
                 f"of {result.n_input}")
     for c in ("quantity", "fit", "bootstrap SE", "Epoch 2024", "Epoch SE", "Hoffmann 2022"):
-        tab.add_column(c, justify="left" if c == "quantity" else "right")
+        tab.add_column(c, justify="left" if c == "quantity" else "right", overflow="fold")
     for k in PARAMS:
         v = f.params[k]
         fmt = (lambda x: f"{x:.4g}") if k in ("E", "alpha", "beta") else (lambda x: f"{x:.1f}")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 
@@ -57,6 +58,40 @@ def plot_path(name: str, plot: Optional[Path], no_plot: bool) -> Optional[Path]:
     return plot if plot is not None else DEFAULT_OUT / f"trend_{name}.png"
 
 
+def check_files(name: str, data: Optional[Path], plot: Optional[Path], no_plot: bool,
+                **files: Optional[Path]) -> None:
+    """Check a trend command's paths before any work: ``--data`` is a folder, the plot can be
+    written (a real probe of its folder), each of ``files`` (option name -> path) is a file.
+
+    Raises:
+        MoorelabError: naming the option and the path.
+    """
+    from moorelab.paths import check_output_file, require_file, require_folder
+
+    if data is not None:
+        require_folder(data, "--data")
+    for option, path in files.items():
+        if path is not None:
+            require_file(path, "--" + option.replace("_", "-"))
+    target = plot_path(name, plot, no_plot)
+    if target is not None:
+        check_output_file(target, "--plot")
+
+
+@contextmanager
+def working(message: str) -> Iterator[None]:
+    """A spinner with ``message`` on stderr while a long step runs, on a terminal only (a pipe,
+    a log file or ``--json`` output sees nothing)."""
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    if not con.is_terminal:
+        yield
+        return
+    with con.status(message):
+        yield
+
+
 def output(result, *, as_json: bool, plot: Optional[Path], no_plot: bool) -> None:
     """Emit a TrendResult the standard way (table or JSON, plus plot)."""
     from moorelab.law.analysis import emit
@@ -77,10 +112,12 @@ def compute_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """Training compute of notable models since 2010 (Epoch AI: 4.7x/yr, 90% CI 4.3-5.2)."""
+    check_files("compute", data, plot, no_plot)
     from moorelab.law.compute import run_compute
 
-    res = run_compute(data, start=start, end=end, frontier=frontier, ci=ci, n_boot=n_boot,
-                      seed=seed)
+    with working(f"fitting the training-compute trend ({n_boot} bootstrap resamples)"):
+        res = run_compute(data, start=start, end=end, frontier=frontier, ci=ci, n_boot=n_boot,
+                          seed=seed)
     output(res, as_json=as_json, plot=plot, no_plot=no_plot)
 
 
@@ -95,9 +132,11 @@ def hardware_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """FLOP/s per dollar of GPUs over release date -> doubling time (published 2.0-2.5 yr)."""
+    check_files("hardware", data, plot, no_plot)
     from moorelab.law.hardware import run_hardware
 
-    res = run_hardware(data, start=start, end=end, ci=ci, n_boot=n_boot, seed=seed)
+    with working(f"fitting the hardware trend ({n_boot} bootstrap resamples)"):
+        res = run_hardware(data, start=start, end=end, ci=ci, n_boot=n_boot, seed=seed)
     output(res, as_json=as_json, plot=plot, no_plot=no_plot)
 
 
@@ -115,10 +154,12 @@ def months_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """Convert a gain factor into months of a chosen trend, with interval."""
+    check_files("months", data, plot, no_plot)
     from moorelab.law.months import run_months
 
-    res = run_months(gain, trend=trend, data_dir=data, factor_per_year=factor_per_year,
-                     ci_lo=ci_lo, ci_hi=ci_hi, ci=ci, n_boot=n_boot)
+    with working(f"fitting the {trend} trend"):
+        res = run_months(gain, trend=trend, data_dir=data, factor_per_year=factor_per_year,
+                         ci_lo=ci_lo, ci_hi=ci_hi, ci=ci, n_boot=n_boot)
     output(res, as_json=as_json, plot=plot, no_plot=no_plot)
 
 
@@ -139,11 +180,13 @@ def forecast_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """When a trend crosses a threshold, with a prediction interval."""
+    check_files("forecast", data, plot, no_plot, csv=csv)
     from moorelab.law.forecast import run_forecast
 
-    res = run_forecast(threshold, trend=trend, data_dir=data, frontier=frontier, csv=csv,
-                       date_col=date_col, value_col=value_col, label_col=label_col, ci=ci,
-                       n_boot=n_boot, seed=seed)
+    with working(f"fitting the {trend} trend ({n_boot} bootstrap resamples)"):
+        res = run_forecast(threshold, trend=trend, data_dir=data, frontier=frontier, csv=csv,
+                           date_col=date_col, value_col=value_col, label_col=label_col, ci=ci,
+                           n_boot=n_boot, seed=seed)
     output(res, as_json=as_json, plot=plot, no_plot=no_plot)
 
 
@@ -182,10 +225,12 @@ def prices_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """Cheapest LLM price reaching a fixed benchmark score (Epoch AI: 9x-900x cheaper/yr)."""
+    check_files("prices", data, plot, no_plot)
     from moorelab.law.prices import emit_prices, run_prices
 
-    emit_prices(run_prices(data, ci=ci), as_json=as_json,
-                plot=plot_path("prices", plot, no_plot))
+    with working("fitting the price declines"):
+        res = run_prices(data, ci=ci)
+    emit_prices(res, as_json=as_json, plot=plot_path("prices", plot, no_plot))
 
 
 @trend_app.command("chinchilla")
@@ -200,10 +245,13 @@ def chinchilla_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """Chinchilla law L(N,D) fit and compute-optimal N, D (Epoch: E=1.82, alpha=.35, beta=.37)."""
+    check_files("chinchilla", data, plot, no_plot)
     from moorelab.law.chinchilla import emit_chinchilla, run_chinchilla
 
-    res = run_chinchilla(data, budget_flop=budget, grid=grid, n_boot=n_boot, seed=seed,
-                         exclude_fewest_tokens=exclude_fewest_tokens)
+    with working(f"fitting the Chinchilla law L(N, D) ({grid} grid of starts, then {n_boot} "
+                 "bootstrap refits)"):
+        res = run_chinchilla(data, budget_flop=budget, grid=grid, n_boot=n_boot, seed=seed,
+                             exclude_fewest_tokens=exclude_fewest_tokens)
     emit_chinchilla(res, as_json=as_json, plot=plot_path("chinchilla", plot, no_plot))
 
 
@@ -215,10 +263,12 @@ def efficiency_cmd(
     as_json: bool = JsonOpt, plot: Optional[Path] = PlotOpt, no_plot: bool = NoPlotOpt,
 ) -> None:
     """Algorithmic efficiency from the capabilities index (Epoch quick check: ~2.9x/yr)."""
+    check_files("efficiency", data, plot, no_plot)
     from moorelab.law.efficiency import emit_efficiency, run_efficiency
 
-    emit_efficiency(run_efficiency(data, snapshot=snapshot, level=ci), as_json=as_json,
-                    plot=plot_path("efficiency", plot, no_plot))
+    with working("fitting the capabilities index"):
+        res = run_efficiency(data, snapshot=snapshot, level=ci)
+    emit_efficiency(res, as_json=as_json, plot=plot_path("efficiency", plot, no_plot))
 
 
 def _lazy(modname: str, fn: str) -> Callable:
@@ -254,7 +304,8 @@ def fetch_cmd(
     from moorelab.law.fetch import fetch_dataset, results_to_dicts
     from moorelab.law.sources import RAW_BASE
 
-    res = fetch_dataset(name, from_path=from_path, base_url=base_url or RAW_BASE, force=force)
+    with working(f"fetching {name}"):
+        res = fetch_dataset(name, from_path=from_path, base_url=base_url or RAW_BASE, force=force)
     if as_json:
         sys.stdout.write(json.dumps({"dataset": name, "files": results_to_dicts(res)}) + "\n")
         return

@@ -50,6 +50,15 @@ class DroppedRow:
         return {"row": self.row, "label": self.label, "reason": self.reason, "file": self.file}
 
 
+def reason_key(reason: str) -> str:
+    """A drop reason without its trailing "(...)" detail and with row numbers as "row N", so
+    that rows dropped for the same rule count together (e.g. "duplicate of row N")."""
+    import re
+
+    key = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)$", "", reason)
+    return re.sub(r"\brow \d+", "row N", key)
+
+
 @dataclass
 class TrendPoints:
     """Dated positive values ready for :func:`moorelab.law.fit.fit_growth`.
@@ -105,12 +114,9 @@ class TrendPoints:
     def dropped_summary(self) -> dict[str, int]:
         """Counts of dropped rows by reason; a trailing "(...)" detail and row numbers are
         folded so that e.g. every "duplicate of row N" counts under "duplicate of row N"."""
-        import re
-
         out: dict[str, int] = {}
         for d in self.dropped:
-            key = re.sub(r"\s*\((?:[^()]|\([^()]*\))*\)$", "", d.reason)
-            key = re.sub(r"\brow \d+", "row N", key)
+            key = reason_key(d.reason)
             out[key] = out.get(key, 0) + 1
         return out
 
@@ -143,6 +149,8 @@ def read_table(path: str | os.PathLike, *, required: Sequence[str] = (),
             "<file>: cannot read CSV: ...".
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder; expected a CSV file")
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     try:

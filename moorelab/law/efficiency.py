@@ -298,21 +298,25 @@ def efficiency_table(result: EfficiencyResult):
                 caption=result.credit + f" | rows: {result.all_models.n} used, "
                 f"{len(result.dropped)} dropped of {result.n_input} | frontier: "
                 + result.frontier_rule)
-    for c in ("subset", "n", "db/dt (ECI/yr)", "gain (x/yr)", f"{pct}% CI (fixed k)",
-              f"{pct}% CI (with k)", "doubling (months)", "published"):
-        tab.add_column(c, justify="left" if c == "subset" else "right")
+    # one column per subset, one row per figure: readable at 80 columns (cells fold, never cut)
+    fits = [f for f in (result.all_models, result.frontier) if f is not None]
+    tab.add_column("figure", overflow="fold")
+    for fit in fits:
+        tab.add_column(fit.subset, justify="right", overflow="fold")
     pub = {"all models with compute": PUBLISHED["all_models"],
            "capability frontier": PUBLISHED["frontier"]}
-    for fit in (result.all_models, result.frontier):
-        if fit is None:
-            continue
-        p = pub[fit.subset]
-        tab.add_row(fit.subset, str(fit.n), f"{fit.stage2.slope:.2f}",
-                    f"{fit.gain_per_year:.3g}",
-                    f"{fit.ci_fixed_k[0]:.3g}-{fit.ci_fixed_k[1]:.3g}",
-                    f"{fit.ci_with_k[0]:.3g}-{fit.ci_with_k[1]:.3g}",
-                    f"{fit.doubling_time_months:.1f}",
-                    f"{p['gain_per_year']}x ({p['ci90'][0]}-{p['ci90'][1]}), n={p['n']}")
+    rows = [
+        ("models (n)", lambda f: str(f.n)),
+        ("db/dt (ECI/yr)", lambda f: f"{f.stage2.slope:.2f}"),
+        ("gain (x/yr)", lambda f: f"{f.gain_per_year:.3g}"),
+        (f"{pct}% CI, k fixed", lambda f: f"{f.ci_fixed_k[0]:.3g} – {f.ci_fixed_k[1]:.3g}"),
+        (f"{pct}% CI, k uncertain", lambda f: f"{f.ci_with_k[0]:.3g} – {f.ci_with_k[1]:.3g}"),
+        ("doubling (months)", lambda f: f"{f.doubling_time_months:.1f}"),
+        ("published (Epoch)", lambda f: (lambda p: f"{p['gain_per_year']}x ({p['ci90'][0]} – "
+                                                   f"{p['ci90'][1]}), n={p['n']}")(pub[f.subset])),
+    ]
+    for name, cell in rows:
+        tab.add_row(name, *(cell(f) for f in fits))
     return tab
 
 

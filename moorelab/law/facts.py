@@ -14,6 +14,7 @@ when undisclosed), training_compute_flop (FLOP, may be empty), compute_basis, so
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,45 @@ def fit_facts_compute_trend(df: pd.DataFrame, *, ci: float = 0.90, n_boot: int =
         raise DataError(f"facts table: {len(sub)} row(s) with training compute; need >= 3")
     return fit_growth(sub["year"].to_numpy(float), sub["training_compute_flop"].to_numpy(float),
                       ci=ci, n_boot=n_boot, seed=seed, labels=list(sub["model"]))
+
+
+#: the compute trend fit needs at least this many rows with a training-compute figure
+MIN_FIT_ROWS = 3
+
+
+def facts_for_fit(path: str | Path | None = None,
+                  report: Callable[[list[DroppedRow]], None] | None = None,
+                  ) -> tuple[pd.DataFrame, list[DroppedRow]]:
+    """Load a facts table and account for every row the compute fit will not use.
+
+    Cheap (no fit): ``moorelab run`` calls it before loading the model.
+
+    Args:
+        path: CSV to read (default: the embedded table).
+        report: called with the rows left out (possibly none) before the count is checked, so
+            that they are shown even when the check fails.
+
+    Returns:
+        (frame, left_out): frame as :func:`load_facts`; ``left_out`` is every dropped row plus
+        every kept row without a training-compute figure (which the fit leaves out), each with
+        its reason.
+
+    Raises:
+        DataError: what :func:`load_facts` raises, or fewer than :data:`MIN_FIT_ROWS` rows with
+            training compute (naming the file and the counts).
+    """
+    p = Path(path) if path is not None else FACTS_PATH
+    df, dropped = load_facts(p)
+    no_compute = df[df["training_compute_flop"].isna()]
+    left_out = list(dropped) + [
+        DroppedRow(int(r.row), str(r.model), "training compute missing (not in the fit)", str(p))
+        for r in no_compute.itertuples()]
+    left_out.sort(key=lambda d: d.row)
+    if report is not None:
+        report(left_out)
+    usable = len(df) - len(no_compute)
+    if usable < MIN_FIT_ROWS:
+        raise DataError(
+            f"{p}: {usable} usable row(s) with training compute of {len(df) + len(dropped)} read "
+            f"({len(left_out)} left out); the trend fit needs at least {MIN_FIT_ROWS}")
+    return df, left_out

@@ -335,17 +335,18 @@ def prices_table(result: PricesResult):
                   f"{s['median_factor_per_year']['value']:.3g}x)")
     tab = Table(title=title, caption=result.credit + f" | rows: {result.n_used} used, "
                 f"{len(result.dropped)} dropped of {result.n_input}")
-    for c, j in (("benchmark", "left"), ("threshold model", "left"), ("window", "right"),
-                 ("n", "right"), ("from", "left"), ("to", "left"),
-                 ("x cheaper/yr", "right"), (f"{int(result.ci * 100)}% CI", "right"),
-                 ("R²", "right")):
-        tab.add_column(c, justify=j)
+    pct = f"{int(result.ci * 100)}% CI"
+    # narrow enough for 80 columns: cells wrap at their spaces, and fold rather than cut a word
+    for c, j, w in (("benchmark: top-1 model [score window)", "left", None), ("n", "right", None),
+                    ("first, last", "left", 10), ("x/yr", "right", None), (pct, "right", 13),
+                    ("R²", "right", None)):
+        tab.add_column(c, justify=j, overflow="fold", max_width=w)
     for f in result.fits:
         lo, hi = f.fit.factor_ci_ols
         win = f"[{f.lower:g}, {'inf' if not math.isfinite(f.upper) else f'{f.upper:g}'})"
-        tab.add_row(f.benchmark, f.threshold_model, win, str(len(f.points)), f.points[0].date,
-                    f.points[-1].date, f"{f.factor_per_year:.3g}", f"{lo:.3g}-{hi:.3g}",
-                    f"{f.fit.r_squared:.2f}")
+        tab.add_row(f"{f.benchmark}: {f.threshold_model} {win}", str(len(f.points)),
+                    f"{f.points[0].date} {f.points[-1].date}", f"{f.factor_per_year:.3g}",
+                    f"{lo:.3g} – {hi:.3g}", f"{f.fit.r_squared:.2f}")
     return tab
 
 
@@ -427,8 +428,11 @@ def emit_analysis(result, *, as_json: bool, plot: str | os.PathLike | None, tabl
         return
     from rich.console import Console
 
+    from moorelab.law.analysis import print_dropped
+
     con = Console()
     con.print(table_fn(result))
+    print_dropped(con, result.dropped)
     if written:
         con.print(f"plot: {written}")
 

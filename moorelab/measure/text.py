@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from moorelab.errors import DataError, MoorelabError
+
+if TYPE_CHECKING:  # torch is imported where used: reading and checking a text needs none
+    import torch
 
 DEFAULT_PLAY = "tragedies/macbeth.md"
 
@@ -51,9 +54,12 @@ def read_text_file(path: Path) -> Text:
         :class:`Text` with the file's content unchanged.
 
     Raises:
-        DataError: the file is missing, not valid UTF-8 (byte offset named) or empty.
+        DataError: the file is missing or a folder, not valid UTF-8 (byte offset named), empty, or
+            more than :data:`MAX_CONTROL_SHARE` control characters (:func:`check_control_share`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a text file")
     if not path.is_file():
         raise DataError(f"{path}: text file not found")
     raw = path.read_bytes()
@@ -63,7 +69,42 @@ def read_text_file(path: Path) -> Text:
         raise DataError(f"{path}: not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
     if not text.strip():
         raise DataError(f"{path}: text file is empty")
+    check_control_share(text, str(path))
     return Text(text=text, source=str(path), description=path.name)
+
+
+#: a text with a larger share of control characters (other than newline, carriage return and tab)
+#: is refused: prose has none (a form feed per page at most), while a binary file, a NUL-padded
+#: dump or a terminal log scored as text gives a meaningless bits per byte (~30 for NULs)
+MAX_CONTROL_SHARE = 0.01
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def check_control_share(text: str, name: str) -> float:
+    """Refuse a text whose share of control characters is above :data:`MAX_CONTROL_SHARE`.
+
+    Control characters are Unicode category Cc (U+0000-U+001F, U+007F-U+009F) except ``\\n``,
+    ``\\r`` and ``\\t``; the share is counted over characters.
+
+    Args:
+        text: the decoded text.
+        name: the file, named in the error.
+
+    Returns:
+        The share (0 to 1).
+
+    Raises:
+        DataError: share above the threshold (naming the file, the share and the commonest one).
+    """
+    found = _CONTROL.findall(text)
+    share = len(found) / max(1, len(text))
+    if share > MAX_CONTROL_SHARE:
+        common, count = Counter(found).most_common(1)[0]
+        raise DataError(
+            f"{name}: {share:.1%} of its {len(text):,} characters are control characters (other than "
+            f"newline, carriage return, tab; commonest U+{ord(common):04X} x{count:,}); "
+            f"more than {MAX_CONTROL_SHARE:.0%} is not text to measure")
+    return share
 
 
 def play_to_plain_text(markdown: str) -> str:
@@ -143,6 +184,8 @@ def calibration_windows(tokenizer, play: str, n_tokens: int, length: int = 256) 
         n_tokens: tokens wanted (rounded down to whole windows; at least one window).
         length: tokens per window.
     """
+    import torch
+
     from moorelab.model.tokenize import encode_text
 
     ids = encode_text(tokenizer, default_text(play).text)

@@ -17,11 +17,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from moorelab.errors import ModelLoadError
 from moorelab.model.config import TransformerConfig
-from moorelab.model.transformer import Transformer
+
+if TYPE_CHECKING:  # loading is lazy: checking a model argument needs no torch
+    from moorelab.model.transformer import Transformer
 
 # 2: the GGUF pre-tokenizer (tokenizer.ggml.pre) applied, every eos id, RoPE scaling kept
 CACHE_FORMAT = 2
@@ -95,6 +97,37 @@ def package_path(name: str) -> Path:
     if not path.exists():
         raise ModelLoadError(f"model {name!r}: {path} is missing from package {k.package}")
     return path
+
+
+def model_source(name: str) -> Path:
+    """Where a model argument points, checked cheaply before anything is loaded.
+
+    A known name must have its package installed; a path must be a folder holding
+    ``config.json`` and ``*.safetensors``, or a file starting with the GGUF magic.
+
+    Raises:
+        ModelLoadError: unknown name, package missing, or a path that cannot be a model (naming
+            the path and what it lacks).
+    """
+    if name in KNOWN_MODELS:
+        return package_path(name)
+    source = Path(name).expanduser()
+    if not source.exists():
+        raise ModelLoadError(
+            f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file"
+        )
+    if source.is_dir():
+        if not (source / "config.json").is_file():
+            raise ModelLoadError(f"{source}: a folder without config.json; expected a Hugging Face model folder or a .gguf file")
+        if not any(source.glob("*.safetensors")):
+            raise ModelLoadError(f"{source}: no *.safetensors weights (pickle checkpoints are not loaded)")
+        return source
+    if source.suffix != ".gguf":
+        raise ModelLoadError(f"{source}: expected a Hugging Face folder or a .gguf file")
+    with open(source, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ModelLoadError(f"{source}: not a GGUF file (the first 4 bytes are not 'GGUF')")
+    return source
 
 
 def _load_tokenizer(folder: Path):
@@ -204,14 +237,7 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
 
     t0 = time.perf_counter()
     say = progress or (lambda s: None)
-    if name in KNOWN_MODELS:
-        source = package_path(name)
-    else:
-        source = Path(name).expanduser()
-        if not source.exists():
-            raise ModelLoadError(
-                f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file"
-            )
+    source = model_source(name)
     cache_hit = False
     if source.is_dir():
         hf_dir = source

@@ -71,22 +71,36 @@ def print_kernels(console: Console, rows: list[dict]) -> None:
         console.print(f"kernel, {r['name']}: {r['kernel']}")
 
 
+#: the summary table's metric labels (unit included; short, to fit 80 columns)
+_LABELS = {
+    "bits_per_byte": "bits per byte", "perplexity": "perplexity (per token)",
+    "prefill_tokens_per_s": "prefill tokens/s", "decode_tokens_per_s": "decode tokens/s",
+    "decode_latency_p50_ms": "decode p50 ms/token", "decode_latency_p99_ms": "decode p99 ms/token",
+    "peak_rss_bytes": "peak RSS (MB)", "weight_bytes": "weights (MB)", "parameters": "parameters (M)",
+    "usd_per_million_tokens_decode": "$ per 1M decode tokens", "decode_cpu_share": "decode CPU share",
+}
+
+
 def summary_table(rows: list[dict]) -> Table:
-    """Terminal table: one line per metric, one column per model variant (ratios to the baseline)."""
-    t = Table(title="Measured on the same text")
-    t.add_column("metric")
-    t.add_column("unit")
+    """Terminal table: one line per metric, one column per model variant.
+
+    A variant's cell holds its value and its ratio to the baseline ("14.9 ×1.31"): with the
+    variants' names as headers this fits 80 columns for the default run's four rows, and with
+    more rows cells wrap at their space and fold rather than being cut (no "…"), in a terminal
+    as in a pipe or a log file.
+    """
+    t = Table(title="Measured on the same text (×: ratio to the first column)")
+    t.add_column("metric", overflow="fold")
     for r in rows:
-        t.add_column(r["name"], justify="right")
-        if r["technique"] != "none":
-            t.add_column("ratio", justify="right")
+        t.add_column(r["name"], justify="right", overflow="fold")
     for key, unit, fmt, scale in SUMMARY_METRICS:
-        cells = [key, unit]
+        cells = [_LABELS.get(key, f"{key} ({unit})")]
         for r in rows:
             m = r["metrics"].get(key)
-            cells.append("–" if m is None else format(m["value"] * scale, fmt))
+            cell = "–" if m is None or m["value"] is None else format(m["value"] * scale, fmt)
             if r["technique"] != "none":
                 q = r.get("vs_baseline", {}).get(key)
-                cells.append("–" if q is None else f"×{q:.2f}")
+                cell += " ×–" if q is None else f" ×{q:.2f}"
+            cells.append(cell)
         t.add_row(*cells)
     return t

@@ -17,8 +17,6 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from moorelab.errors import MoorelabError
-
 
 def improve_command(
     model: str = typer.Argument(..., help="Model name (e.g. smollm2-135m) or path (HF folder or .gguf)."),
@@ -33,11 +31,16 @@ def improve_command(
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
 ) -> None:
     """Apply improvements in order and measure each on the same task against the baseline."""
+    from moorelab.report.inputs import check_improve_inputs
+
+    # every input first, before torch is even imported: bad input fails in seconds, writes nothing
+    full = check_improve_inputs(model=model, text=text, out=out, usd_per_hour=usd_per_hour,
+                                calibration_play=calibration_play, calibration_tokens=calibration_tokens)
     from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec, precheck_chain
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
     from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
-    from moorelab.measure.text import calibration_windows, default_text, read_text_file, take_prefix
+    from moorelab.measure.text import calibration_windows, take_prefix
     from moorelab.model.tokenize import encode_text
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
@@ -46,13 +49,10 @@ def improve_command(
     from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
 
     console = Console(stderr=json_out)
-    if not usd_per_hour > 0:
-        raise MoorelabError(f"--usd-per-hour {usd_per_hour}: must be > 0 ($/hour)")
     t0 = time.perf_counter()
     configs = [parse_spec(s) for s in with_]  # bad specs fail here, before anything is loaded
     precheck_chain(with_, configs)
     budget = QUICK if quick else FULL
-    full = read_text_file(text) if text is not None else default_text()
     task_text = take_prefix(full, budget.max_chars)
     with staged_output(out) as stage, make_progress(console) as progress:
         ltask = progress.add_task(f"loading {model}", total=None)

@@ -121,19 +121,47 @@ def staged_output(out: Path) -> Iterator[Path]:
     try:
         yield stage
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        with _signals_deferred():  # a second Ctrl-C must not leave the staging folder behind
+            shutil.rmtree(stage, ignore_errors=True)
         raise
+    with _signals_deferred():  # the move into ``out`` finishes before a Ctrl-C takes effect
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for item in stage.iterdir():
+                target = out / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(item, target)
+        except OSError as exc:
+            raise MoorelabError(f"--out {out}: cannot write there ({exc.strerror})") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM during a short step that must not stop half-way, then deliver
+    them (the handler that was in place runs, so Ctrl-C still stops the command after it).
+    Python runs signal handlers in the main thread only; elsewhere this does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for item in stage.iterdir():
-            target = out / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-    except OSError as exc:
-        raise MoorelabError(f"--out {out}: cannot write there ({exc.strerror})") from None
+        yield
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in held[:1]:
+            previous[sig](sig, None)
 
 
 def add_cost_gain(rows: list[dict], baseline: dict) -> None:

@@ -24,12 +24,12 @@ from typing import Optional
 import torch
 from rich.console import Console
 
-from moorelab.errors import MoorelabError
 from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
-from moorelab.measure.text import Text, calibration_windows, default_text, read_text_file, take_prefix
+from moorelab.measure.text import calibration_windows, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
 from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
+from moorelab.report.inputs import RunInputs, check_run_inputs
 from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
@@ -106,19 +106,6 @@ def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
     return section, df, fit
 
 
-def _validate_inputs(opts: RunOptions) -> Text:
-    """Check user inputs before any heavy work, so that bad input fails fast and writes nothing."""
-    if opts.text is not None:
-        text = read_text_file(opts.text)
-    else:
-        text = default_text()
-    if opts.facts is not None:
-        from moorelab.law.facts import load_facts
-
-        load_facts(opts.facts)
-    return text
-
-
 #: extra decode measurements per row, interleaved across rows (the row's figure is the median)
 SPEED_ROUNDS = 2
 
@@ -178,12 +165,14 @@ def _plain(v) -> str:
     return str(v)
 
 
-def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
+def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunInputs | None = None) -> dict:
     """Run the main job and write results.json and report.html into ``opts.out``.
 
     Args:
         opts: what to measure and where to write.
         console: rich console (default: a new one on stdout).
+        inputs: the inputs as already checked by :func:`~moorelab.report.inputs.check_run_inputs`
+            (default: checked here, before anything else).
 
     Returns:
         The results dictionary written to ``results.json``.
@@ -201,14 +190,14 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         console = Console()
         if not console.is_terminal:  # a pipe or a log file: do not wrap the table at 80 columns
             console = Console(width=160)
-    if not opts.usd_per_hour > 0:
-        raise MoorelabError(f"--usd-per-hour {opts.usd_per_hour}: must be > 0 ($/hour)")
     t_start = time.perf_counter()
+    if inputs is None:
+        inputs = check_run_inputs(model=opts.model, text=opts.text, facts=opts.facts, out=opts.out,
+                                  usd_per_hour=opts.usd_per_hour, console=console)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     budget = QUICK if opts.quick else FULL
-    full_text = _validate_inputs(opts)
-    text = take_prefix(full_text, budget.max_chars)
+    text = take_prefix(inputs.text, budget.max_chars)
 
     with staged_output(opts.out) as stage, make_progress(console) as progress:
         # 1. model
@@ -344,6 +333,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
     console.print(
         f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"
+        + (f"; {len(inputs.facts_left_out)} facts row(s) left out, listed at the start" if inputs.facts_left_out else "")
     )
     console.print(f"text: {text.description}: {len(token_ids):,} tokens, {text.n_bytes:,} bytes; window {budget.window}, stride {budget.stride}, document-start token {bos} prepended once")
     console.print(f"wrote {Path(opts.out) / 'results.json'} and {Path(opts.out) / 'report.html'}")
