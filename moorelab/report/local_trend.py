@@ -83,6 +83,9 @@ def local_trend(records: list[dict], *, metric: str = "tokens_per_usd",
     if metric not in LOCAL_METRICS:
         raise LocalTrendError(f"--metric {metric!r}: choose one of {', '.join(LOCAL_METRICS)}")
     unit, value_of = LOCAL_METRICS[metric]
+    if not records:
+        raise LocalTrendError(f"no runs recorded in {source} yet (every `moorelab run` and `moorelab "
+                              "improve` adds its rows); a doubling time needs at least 3 runs on different dates")
     counts = {k: 0 for k in EXCLUDE_KINDS}
     dropped: list[DroppedRow] = []
     keep = []

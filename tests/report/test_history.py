@@ -180,8 +180,10 @@ def test_bad_input_is_one_line_exit_2_and_the_file_is_kept(tmp_path):
     env["MOORELAB_HISTORY"] = str(tmp_path / "empty.sqlite")
     r = _main("trend", "local", "--no-plot", env=env)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"error: 0 usable run record(s) of 0 in {tmp_path / 'empty.sqlite'} "
-                                "(excluded: none); a doubling time needs at least 3 runs on different dates")
+    assert r.stderr.strip() == (f"error: no runs recorded in {tmp_path / 'empty.sqlite'} yet (every "
+                                "`moorelab run` and `moorelab improve` adds its rows); a doubling time needs "
+                                "at least 3 runs on different dates")
+    assert not (tmp_path / "empty.sqlite").exists()  # reading created nothing
     r = _main("history", "rm", "4", env=env)
     assert r.returncode == 2 and "does not exist yet" in r.stderr
 
