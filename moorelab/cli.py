@@ -76,6 +76,12 @@ app.command("improve")(improve_command)
 from moorelab.measure.datasets import _typer_command as _finetune_data  # noqa: E402  (labelled data fetch)
 
 app.command("finetune-data")(_finetune_data())
+from moorelab.report.history_cli import history_app  # noqa: E402  (run history; `trend local` fits it)
+
+app.add_typer(history_app, name="history")
+from moorelab.report.local_trend import local_command  # noqa: E402
+
+trend_app.command("local")(local_command)
 
 
 #: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command

@@ -122,3 +122,5 @@ def improve_command(
         print_gains(console, rows)
         console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
         console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")
+    from moorelab.measure.history import record_job  # the run history (`moorelab history`, `trend local`)
+    record_job(results, command="improve", results_path=Path(out).resolve() / "results.json")

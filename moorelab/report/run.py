@@ -338,4 +338,6 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
     console.print(f"text: {text.description}: {len(token_ids):,} tokens, {text.n_bytes:,} bytes; window {budget.window}, stride {budget.stride}, document-start token {bos} prepended once")
     console.print(f"wrote {Path(opts.out) / 'results.json'} and {Path(opts.out) / 'report.html'}")
     console.print(f"elapsed: {time.perf_counter() - t_start:.1f} s")
+    from moorelab.measure.history import record_job  # the run history (`moorelab history`, `trend local`)
+    record_job(results, command="run", results_path=Path(opts.out).resolve() / "results.json")
     return results
