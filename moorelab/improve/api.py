@@ -154,9 +154,16 @@ def parse_spec(spec: str) -> Any:
         if hints.get(key) is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs[key] = value
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+    if required:
+        raise MoorelabError(f"--with {spec!r}: {cls.__name__} needs the field {required[0]!r} "
+                            f"(write {name}:{required[0]}=VALUE)")
     try:
         return cls(**kwargs)
     except TypeError as exc:
+        raise MoorelabError(f"--with {spec!r}: {exc}") from None
+    except MoorelabError as exc:  # the config's own check names the field; say which --with it was
         raise MoorelabError(f"--with {spec!r}: {exc}") from None
 
 

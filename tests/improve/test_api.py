@@ -27,6 +27,9 @@ def test_spec_parsing_types_fields():
     ("int4:group_size=48", "group_size=48"),
     ("wanda:0.5", "expected FIELD=VALUE"),
     ("int4:group_size=32,group_size=64", "field 'group_size' given twice"),
+    ("magnitude", "--with 'magnitude': MagnitudePruneConfig needs the field 'sparsity' (write magnitude:sparsity=VALUE)"),
+    ("ffn:importance=weight", "FFNChannelPruneConfig needs the field 'fraction'"),
+    ("heads", "--with 'heads': HeadPruneConfig: give exactly one of heads_per_layer or fraction"),
 ])
 def test_bad_specs_name_the_field(spec, needle):
     with pytest.raises(MoorelabError) as e:
