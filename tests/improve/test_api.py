@@ -17,6 +17,10 @@ def test_spec_parsing_types_fields():
     assert c == MagnitudePruneConfig(sparsity=0.5, scope="layer")
     assert parse_spec("heads:fraction=0.33,layers=[0,2]").layers == [0, 2]
     assert isinstance(parse_spec("magnitude:sparsity=0").sparsity, float)
+    # heads named per layer: the shell-safe string form and a dict literal (commas inside braces)
+    assert parse_spec("heads:remove=0:1+3/2:0").remove == {0: [1, 3], 2: [0]}
+    assert parse_spec("heads:remove={0:[1,3],2:[0]},unit=query").remove == {0: [1, 3], 2: [0]}
+    assert parse_spec("heads:remove={0:[1,3],2:[0]},unit=query").unit == "query"
 
 
 @pytest.mark.parametrize("spec,needle", [
@@ -29,7 +33,8 @@ def test_spec_parsing_types_fields():
     ("int4:group_size=32,group_size=64", "field 'group_size' given twice"),
     ("magnitude", "--with 'magnitude': MagnitudePruneConfig needs the field 'sparsity' (write magnitude:sparsity=VALUE)"),
     ("ffn:importance=weight", "FFNChannelPruneConfig needs the field 'fraction'"),
-    ("heads", "--with 'heads': HeadPruneConfig: give exactly one of heads_per_layer or fraction"),
+    ("heads", "--with 'heads': HeadPruneConfig: give exactly one of the fields heads_per_layer, fraction or remove"),
+    ("heads:remove=0-1", "--with 'heads:remove=0-1': HeadPruneConfig field remove='0-1': expected LAYER:HEAD"),
 ])
 def test_bad_specs_name_the_field(spec, needle):
     with pytest.raises(MoorelabError) as e:
@@ -61,6 +66,8 @@ def tiny():
     (["magnitude:sparsity=0.5", "ffn:fraction=0.25"], "structured pruning needs dense weights"),
     (["ffn:fraction=0.0"], "removes nothing"),
     (["int4:group_size=64"], "does not divide the input width(s) [32]"),
+    (["heads:remove=0:1"], "--with 'heads:remove=0:1': HeadPruneConfig field remove: layer 0: with unit='kv_group'"),
+    (["heads:remove=0:9"], "layer 0 has no head 9"),
 ])
 def test_chain_errors(specs, needle):
     with pytest.raises(MoorelabError, match=re.escape(needle)):
@@ -70,3 +77,4 @@ def test_chain_errors(specs, needle):
 def test_valid_chain_passes():
     specs = ["heads:heads_per_layer=2", "ffn:fraction=0.25", "distill:steps=10", "int4"]
     precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
+

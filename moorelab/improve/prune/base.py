@@ -74,7 +74,7 @@ class LayerSparsity:
 
 @dataclass
 class StructuredLayer:
-    """What structured pruning removed from one layer (indices are the layer's own, before pruning).
+    """What structured pruning removed from one layer (indices are the layer's current ones, before this pruning).
 
     Attributes:
         layer: block index.
@@ -84,6 +84,8 @@ class StructuredLayer:
         kept: kept query heads (or channels), in their new order.
         before, after: ``{"n_heads", "n_kv_heads"}`` or ``{"d_ff"}``.
         shapes: new weight shapes by module name.
+        removed_original, kept_original: the same query heads by their original index (before
+            any pruning round; heads only, see ``structured.head_map``).
     """
 
     layer: int
@@ -94,6 +96,8 @@ class StructuredLayer:
     before: dict
     after: dict
     shapes: dict
+    removed_original: list[int] = field(default_factory=list)
+    kept_original: list[int] = field(default_factory=list)
 
 
 @dataclass
