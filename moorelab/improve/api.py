@@ -189,7 +189,7 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
 
     Raises:
         MoorelabError: a second quantization, a technique after a quantization that needs float
-            weights, head pruning that
+            weights (also when ``model`` itself is a saved quantized variant), head pruning that
             would remove every head of a layer, or named heads (``heads:remove=``) that the model
             does not have or that break a GQA group.
     """
@@ -199,6 +199,15 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
     first_q = None
     seen_prune = False
     heads_changed = False
+    if model is not None:  # a saved variant brings its quantization with it
+        from moorelab.improve.quantize import QuantizedLinear
+
+        schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QuantizedLinear)})
+        if schemes and specs:
+            cfg = configs[0]
+            what = "quantize an already quantized model" if isinstance(cfg, quant) else "change a quantized model"
+            raise MoorelabError(f"--with {specs[0]!r}: the model is already quantized ({', '.join(schemes)}); "
+                                f"cannot {what}; start from the float model")
     for spec, cfg in zip(specs, configs):
         if isinstance(cfg, DistillConfig) and not seen_prune:
             raise MoorelabError(f"--with {spec!r}: distillation recovers a pruned student; put a pruning step "

@@ -53,7 +53,8 @@ class LoadedModel:
 
     Fields: ``model`` (Transformer, eval, float32), ``tokenizer`` (``tokenizers.Tokenizer``,
     padding/truncation off), ``name``, ``config``, ``source`` (original checkpoint path),
-    ``hf_dir`` (folder ``transformers`` can load), ``cache_hit``, ``load_seconds``,
+    ``hf_dir`` (the folder the weights were read from; ``transformers`` loads it when it holds a
+    ``config.json``, i.e. not a quantized ``moorelab improve`` result), ``cache_hit``, ``load_seconds``,
     ``bos_token_id``, ``eos_token_id``.
     """
 
@@ -67,6 +68,38 @@ class LoadedModel:
     load_seconds: float
     bos_token_id: int | None
     eos_token_id: int | None
+
+
+#: ``moorelab.json`` "format" value -> loader ``f(folder) -> Transformer`` for folders written by a
+#: higher floor (``moorelab improve`` saves quantized / per-layer-shaped variants in its own format;
+#: :mod:`moorelab.improve.save` registers its loader here when imported, since this floor cannot
+#: import it).
+SAVED_FORMATS: dict[str, Callable[[Path], Transformer]] = {}
+
+
+def register_saved_format(fmt: str, loader: Callable[[Path], Transformer]) -> None:
+    """Let :func:`load_pretrained` load folders whose ``moorelab.json`` says ``"format": fmt``."""
+    SAVED_FORMATS[fmt] = loader
+
+
+def saved_format(folder: Path) -> str | None:
+    """The ``"format"`` of ``folder/moorelab.json`` (None when absent, e.g. a plain HF folder or
+    the converted-GGUF cache, whose ``moorelab.json`` only records provenance).
+
+    Raises:
+        ModelLoadError: ``moorelab.json`` is not a JSON object.
+    """
+    path = Path(folder) / "moorelab.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    fmt = meta.get("format")
+    return fmt if isinstance(fmt, str) else None
 
 
 def package_path(name: str) -> Path:
@@ -164,7 +197,8 @@ def _gguf_cache_folder(name: str, gguf_path: Path) -> Path:
 
 
 def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] | None = None) -> LoadedModel:
-    """Load a named model (``KNOWN_MODELS``), a Hugging Face folder, or a ``.gguf`` file.
+    """Load a named model (``KNOWN_MODELS``), a Hugging Face folder, a ``.gguf`` file, or a folder
+    saved in a registered format (:data:`SAVED_FORMATS`: ``moorelab improve``'s output).
 
     Returns:
         :class:`LoadedModel` with our :class:`Transformer` (eval, float32).
@@ -186,7 +220,13 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
                 f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file"
             )
     cache_hit = False
-    if source.is_dir():
+    fmt = saved_format(source) if source.is_dir() else None
+    if fmt is not None:
+        if fmt not in SAVED_FORMATS:
+            raise ModelLoadError(f"{source}: saved in format {fmt!r}, whose loader is not installed "
+                                 "(it comes with moorelab.improve.save: import it first)")
+        hf_dir = source
+    elif source.is_dir():
         hf_dir = source
     elif source.suffix == ".gguf":
         hf_dir = _gguf_cache_folder(name, source)
@@ -197,7 +237,7 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
             convert_gguf_to_hf(source, hf_dir, progress)
     else:
         raise ModelLoadError(f"{source}: expected a Hugging Face folder or a .gguf file")
-    model = load_hf_folder(hf_dir)
+    model = SAVED_FORMATS[fmt](hf_dir) if fmt is not None else load_hf_folder(hf_dir)
     tokenizer = _load_tokenizer(hf_dir)
     cfg = model.config
     return LoadedModel(

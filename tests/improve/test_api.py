@@ -78,3 +78,15 @@ def test_valid_chain_passes():
     specs = ["heads:heads_per_layer=2", "ffn:fraction=0.25", "distill:steps=10", "int4"]
     precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
 
+
+@pytest.mark.parametrize("spec,what", [
+    ("int8", "cannot quantize an already quantized model"),
+    ("heads:heads_per_layer=2", "cannot change a quantized model"),
+])
+def test_a_quantized_model_takes_no_further_technique(spec, what):
+    """A saved quantized variant loaded for a second round: refused before anything runs."""
+    m = tiny()
+    apply(m, parse_spec("int4:group_size=32"))
+    with pytest.raises(MoorelabError) as e:
+        precheck_chain([spec], [parse_spec(spec)], m)
+    assert str(e.value) == f"--with {spec!r}: the model is already quantized (int4-weight-only); {what}; start from the float model"
