@@ -102,6 +102,10 @@ def saved_format(folder: Path) -> str | None:
     return fmt if isinstance(fmt, str) else None
 
 
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.startswith((".", "~")) or name.endswith((".gguf", ".safetensors", ".json"))
+
+
 def package_path(name: str) -> Path:
     """Path of a known model's file/folder inside its installed package.
 
@@ -204,8 +208,9 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
         :class:`LoadedModel` with our :class:`Transformer` (eval, float32).
 
     Raises:
-        ModelLoadError: unknown name, package not installed, unsupported architecture,
-            missing tensor or wrong shape (each naming the thing at fault).
+        ModelLoadError: unknown name, a path that does not exist ("no such file or folder"),
+            package not installed, unsupported architecture, missing tensor or wrong shape (each
+            naming the thing at fault).
     """
     from moorelab.model.load_hf import load_hf_folder
 
@@ -216,8 +221,11 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
     else:
         source = Path(name).expanduser()
         if not source.exists():
+            if _looks_like_path(name):
+                raise ModelLoadError(f"{name}: no such file or folder")
             raise ModelLoadError(
-                f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file"
+                f"unknown model {name!r} (and no file or folder of that name); known: {', '.join(KNOWN_MODELS)} "
+                "or a path to a HF folder / .gguf file"
             )
     cache_hit = False
     fmt = saved_format(source) if source.is_dir() else None

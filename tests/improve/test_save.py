@@ -159,3 +159,11 @@ def test_zoo_names_the_missing_loader_and_missing_paths(tmp_path):
             "try:\n    load_pretrained(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)")
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
     assert "ModelLoadError" in p.stdout and "'moorelab-improved/1', whose loader is not installed" in p.stdout, p.stdout + p.stderr
+    from moorelab.model.zoo import load_pretrained
+
+    with pytest.raises(ModelLoadError, match=r"no such file or folder"):
+        load_pretrained(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match=r"no such file or folder"):
+        load_pretrained("missing.gguf")
+    with pytest.raises(ModelLoadError, match=r"unknown model 'smollm3' \(and no file or folder of that name\)"):
+        load_pretrained("smollm3")
