@@ -99,6 +99,12 @@ def test_head_pruned_variant_round_trip(tiny_dir, tmp_path):
     assert len(r["rows"]) == 4 and r["skipped_variants"] == []
     assert r["rows"][0]["notes"] == "saved by moorelab improve: heads:remove=0:2+3"
 
+    png = tmp_path / "h.png"
+    p = moorelab("explain", "attention", "--model", str(o1 / "model"), "--layer", "1", "--head", "3", "--out", str(png))
+    assert p.returncode == 0 and png.is_file() and "head 3 was" not in p.stdout  # layer 1 was not pruned
+    p = moorelab("explain", "attention", "--model", str(o1 / "model"), "--layer", "0", "--head", "1", "--out", str(png))
+    assert p.returncode == 0 and "head 1 was head 1 of the original model (removed there: [2, 3])" in p.stdout
+
     gone = moorelab("improve", str(o1 / "model"), "--with", "heads:remove=0:3", "--quick", "--out", str(tmp_path / "x"))
     assert gone.returncode == 2 and "head 3 of layer 0 was already removed by an earlier pruning" in gone.stderr
     assert not (tmp_path / "x").exists()
