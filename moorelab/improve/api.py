@@ -90,6 +90,16 @@ SPEC_NAMES: dict[str, type] = {
 NEEDS_CALIBRATION = (WandaConfig, HeadPruneConfig, FFNChannelPruneConfig, DistillConfig)
 
 
+def needs_calibration(config: Any) -> bool:
+    """True when ``config`` reads calibration text: Wanda, distillation, and structured pruning
+    with ``importance="activation"`` — not heads named by ``remove`` nor ``importance="weight"``."""
+    if isinstance(config, HeadPruneConfig) and config.remove is not None:
+        return False
+    if isinstance(config, (HeadPruneConfig, FFNChannelPruneConfig)):
+        return config.importance == "activation"
+    return isinstance(config, NEEDS_CALIBRATION)
+
+
 def apply(model: nn.Module, config: Any, context: ApplyContext | None = None) -> Any:
     """Apply one improvement to ``model`` in place.
 

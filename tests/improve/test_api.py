@@ -90,3 +90,12 @@ def test_a_quantized_model_takes_no_further_technique(spec, what):
     with pytest.raises(MoorelabError) as e:
         precheck_chain([spec], [parse_spec(spec)], m)
     assert str(e.value) == f"--with {spec!r}: the model is already quantized (int4-weight-only); {what}; start from the float model"
+
+
+def test_needs_calibration_follows_the_config():
+    from moorelab.improve.api import needs_calibration
+
+    assert [needs_calibration(parse_spec(s)) for s in (
+        "heads:remove=0:1", "heads:heads_per_layer=2", "heads:heads_per_layer=2,importance=weight",
+        "ffn:fraction=0.25", "ffn:fraction=0.25,importance=weight", "wanda", "int8", "magnitude:sparsity=0.5",
+    )] == [False, True, False, True, False, True, False, False]
