@@ -30,9 +30,17 @@ app = typer.Typer(
 )
 
 
+#: sub-commands that load a model by name or path (and so may be given a saved `moorelab improve` folder)
+_LOADS_MODELS = ("run", "improve", "explain")
+
+
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """Measure, explain and push AI's Moore's law for language models."""
+    if ctx.invoked_subcommand in _LOADS_MODELS:
+        # registers the loader of `moorelab improve`'s saved format with the model zoo (the model
+        # floor cannot import it); only here, as it imports torch, which `trend`/`data` do not need
+        import moorelab.improve.save  # noqa: F401
 
 
 @app.command("run")

@@ -5,7 +5,8 @@ taste); :data:`REGISTRY` maps config type → transform, and :data:`SPEC_NAMES` 
 names used on the command line (``--with int8``, ``--with heads:fraction=0.33``) → config type.
 
 Spec syntax: ``NAME[:FIELD=VALUE[,FIELD=VALUE...]]``; values are Python literals (``0.5``, ``32``,
-``[0,1,2]``, ``None``) or bare words (``global``). Unknown names or fields raise
+``[0,1,2]``, ``{0:[1,3]}``, ``None``) or bare words (``global``, ``0:1+3/2:0``); commas inside
+brackets or braces do not split fields. Unknown names or fields raise
 :class:`~moorelab.errors.MoorelabError` naming them. :func:`precheck_chain` refuses a chain of
 techniques that would fail half-way, before anything is measured or written.
 """
@@ -29,6 +30,7 @@ from moorelab.improve.prune import (
     HeadPruneConfig,
     MagnitudePruneConfig,
     WandaConfig,
+    check_head_plan,
     prune_,
 )
 from moorelab.improve.quantize import Int4WeightOnlyConfig, Int8DynamicConfig, Int8WeightOnlyConfig, quantize_
@@ -88,6 +90,16 @@ SPEC_NAMES: dict[str, type] = {
 NEEDS_CALIBRATION = (WandaConfig, HeadPruneConfig, FFNChannelPruneConfig, DistillConfig)
 
 
+def needs_calibration(config: Any) -> bool:
+    """True when ``config`` reads calibration text: Wanda, distillation, and structured pruning
+    with ``importance="activation"`` — not heads named by ``remove`` nor ``importance="weight"``."""
+    if isinstance(config, HeadPruneConfig) and config.remove is not None:
+        return False
+    if isinstance(config, (HeadPruneConfig, FFNChannelPruneConfig)):
+        return config.importance == "activation"
+    return isinstance(config, NEEDS_CALIBRATION)
+
+
 def apply(model: nn.Module, config: Any, context: ApplyContext | None = None) -> Any:
     """Apply one improvement to ``model`` in place.
 
@@ -110,7 +122,17 @@ def apply(model: nn.Module, config: Any, context: ApplyContext | None = None) ->
 
 
 def _split_fields(s: str) -> list[str]:
-    return [p for p in re.split(r",(?![^\[]*\])", s) if p.strip()]
+    """Split at the commas that are not inside ``[...]``, ``(...)`` or ``{...}``."""
+    parts, depth, cur = [], 0, ""
+    for ch in s:
+        depth += (ch in "[({") - (ch in "])}")
+        if ch == "," and depth <= 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p for p in parts if p.strip()]
 
 
 def _coerce(raw: str) -> Any:
@@ -154,9 +176,16 @@ def parse_spec(spec: str) -> Any:
         if hints.get(key) is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs[key] = value
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+    if required:
+        raise MoorelabError(f"--with {spec!r}: {cls.__name__} needs the field {required[0]!r} "
+                            f"(write {name}:{required[0]}=VALUE)")
     try:
         return cls(**kwargs)
     except TypeError as exc:
+        raise MoorelabError(f"--with {spec!r}: {exc}") from None
+    except MoorelabError as exc:  # the config's own check names the field; say which --with it was
         raise MoorelabError(f"--with {spec!r}: {exc}") from None
 
 
@@ -170,13 +199,25 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
 
     Raises:
         MoorelabError: a second quantization, a technique after a quantization that needs float
-            weights, or head pruning that would remove every head of a layer.
+            weights (also when ``model`` itself is a saved quantized variant), head pruning that
+            would remove every head of a layer, or named heads (``heads:remove=``) that the model
+            does not have or that break a GQA group.
     """
     quant = (Int8WeightOnlyConfig, Int4WeightOnlyConfig, Int8DynamicConfig)
     structured = (HeadPruneConfig, FFNChannelPruneConfig)
     masked = None
     first_q = None
     seen_prune = False
+    heads_changed = False
+    if model is not None:  # a saved variant brings its quantization with it
+        from moorelab.improve.quantize import QuantizedLinear
+
+        schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QuantizedLinear)})
+        if schemes and specs:
+            cfg = configs[0]
+            what = "quantize an already quantized model" if isinstance(cfg, quant) else "change a quantized model"
+            raise MoorelabError(f"--with {specs[0]!r}: the model is already quantized ({', '.join(schemes)}); "
+                                f"cannot {what}; start from the float model")
     for spec, cfg in zip(specs, configs):
         if isinstance(cfg, DistillConfig) and not seen_prune:
             raise MoorelabError(f"--with {spec!r}: distillation recovers a pruned student; put a pruning step "
@@ -206,7 +247,13 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
             if bad:
                 raise MoorelabError(f"--with {spec!r}: group_size={cfg.group_size} does not divide the input width(s) "
                                     f"{bad} of the model's linear layers")
-        if model is not None and isinstance(cfg, HeadPruneConfig):
+        if model is not None and isinstance(cfg, HeadPruneConfig) and cfg.remove is not None:
+            if not heads_changed:  # after another heads step the heads left are known only then
+                try:
+                    check_head_plan(model, cfg)
+                except MoorelabError as exc:
+                    raise MoorelabError(f"--with {spec!r}: {exc}") from None
+        elif model is not None and isinstance(cfg, HeadPruneConfig):
             for i, b in enumerate(model.blocks):
                 if cfg.layers is not None and i not in cfg.layers:
                     continue
@@ -220,3 +267,5 @@ def precheck_chain(specs: list[str], configs: list, model: torch.nn.Module | Non
                 if k % step:
                     raise MoorelabError(f"--with {spec!r}: layer {i} has {n} query heads in groups of {g}; "
                                         f"with unit={cfg.unit!r} prune a multiple of {step}")
+        if isinstance(cfg, HeadPruneConfig):
+            heads_changed = True

@@ -6,19 +6,34 @@ Two formats, chosen by what the model has become:
   baked in, structured pruning that left every layer the same shape): ``config.json``
   (transformers' llama format, with ``head_dim``/``intermediate_size`` updated) +
   ``model.safetensors`` + ``tokenizer.json``. ``transformers.AutoModelForCausalLM`` loads it.
+  Beside them, ``moorelab.json`` records what transformers' config cannot:
+  ``{"format": "moorelab-improved/1", "weights": "huggingface", "config": ..., "layout": ...,
+  "techniques": [...]}`` (the layout carries the head map of pruned heads, below).
 * **moorelab folder** (quantized layers, or per-layer shapes that a Hugging Face config cannot
   express): ``model.safetensors`` holding every tensor once (quantized layers as their integer
   buffers: int8 ``qweight`` [out, in] + float32 ``scale`` [out]; int4 ``qweight`` uint8
   [out, in/2] with the low nibble = even input index + float16 ``scales``/``mins``
   [out, in/group_size]), and ``moorelab.json``::
 
-      {"format": "moorelab-improved/1", "config": TransformerConfig.to_dict(),
+      {"format": "moorelab-improved/1", "weights": "moorelab", "config": TransformerConfig.to_dict(),
        "layout": {"layers": [{"n_heads", "n_kv_heads", "d_ff"}, ...], "masks": {...}},
        "quantized": {module path: {"scheme": ..., "group_size": ..., "tied_to": ..., "m_threshold": ..., "activation_bits": ...}},
        "aliases": {tensor name: name it shares storage with},
-       "techniques": [spec strings in the order applied]}
+       "techniques": [spec strings in the order applied, earlier rounds first]}
 
   :func:`load_improved` rebuilds the model from it. Weights load with safetensors only.
+
+**Head map.** A layer whose attention heads were pruned has, in ``layout["layers"][i]``,
+``"heads"`` (the original index of each remaining query head, in order: current head ``h`` was
+head ``heads[h]`` of the unpruned model), ``"kv_heads"`` (the same for key/value heads),
+``"heads_removed"`` and ``"kv_heads_removed"`` (original indices). Loading restores it on each
+``Attention`` (``head_map``), so a second round (``heads:remove=``, which names original indices)
+knows which heads are already gone.
+
+Loading by name: importing this module registers :func:`load_improved` with
+:func:`moorelab.model.zoo.register_saved_format`, so ``load_pretrained(folder)`` — and with it
+``moorelab run --model``, ``moorelab improve`` and ``moorelab explain --model`` — load these
+folders (with their ``tokenizer.json``). ``model.applied_techniques`` holds the recorded specs.
 """
 
 from __future__ import annotations
@@ -44,9 +59,13 @@ def _quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
+_SHAPE_KEYS = ("n_heads", "n_kv_heads", "d_ff")
+
+
 def _uniform(layout: dict) -> bool:
-    layers = layout["layers"]
-    return all(L == layers[0] for L in layers)
+    """Every layer has the same shapes (head maps may differ: they go to moorelab.json)."""
+    shapes = [tuple(L[k] for k in _SHAPE_KEYS) for L in layout["layers"]]
+    return all(sh == shapes[0] for sh in shapes)
 
 
 def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = None,
@@ -68,6 +87,7 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
     prune_mod.remove_masks_(model)
     layout = prune_mod.layout(model)
     quantized = _quantized_modules(model)
+    history = list(getattr(model, "applied_techniques", None) or []) + list(techniques or [])
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         shutil.copy(tokenizer_file, folder / "tokenizer.json")
     if not quantized and _uniform(layout) and model.config.family == "llama":
@@ -80,8 +100,11 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         model.config = replace(original, n_heads=L0["n_heads"], n_kv_heads=L0["n_kv_heads"], d_ff=L0["d_ff"])
         try:
             save_hf_llama_folder(model, folder)
+            hf_config = model.config.to_dict()
         finally:
             model.config = original
+        meta = {"format": FORMAT, "weights": "huggingface", "config": hf_config, "layout": layout, "techniques": history}
+        (folder / "moorelab.json").write_text(json.dumps(meta, indent=1))
         return {"format": "huggingface", "path": str(folder), "bytes": (folder / "model.safetensors").stat().st_size}
 
     tensors: dict[str, torch.Tensor] = {}
@@ -96,6 +119,7 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         tensors[name] = t.detach().contiguous()
     meta = {
         "format": FORMAT,
+        "weights": "moorelab",
         "config": model.config.to_dict(),
         "layout": layout,
         "quantized": {
@@ -104,7 +128,7 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
             for n, m in quantized.items()
         },
         "aliases": aliases,
-        "techniques": techniques or [],
+        "techniques": history,
     }
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt", "moorelab": FORMAT})
     (folder / "moorelab.json").write_text(json.dumps(meta, indent=1))
@@ -124,15 +148,32 @@ def load_improved(folder: Path) -> nn.Module:
     from moorelab.model.config import TransformerConfig
     from moorelab.model.transformer import Transformer
 
+    from moorelab.model.load_hf import load_hf_folder
+
     folder = Path(folder)
     meta_path = folder / "moorelab.json"
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: no such folder")
     if not meta_path.is_file():
-        from moorelab.model.load_hf import load_hf_folder
-
         return load_hf_folder(folder)
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{meta_path}: field format={meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{meta_path}: not readable JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise ModelLoadError(f"{meta_path}: field format={got!r}, expected {FORMAT!r}")
+    for key in ("config", "layout"):
+        if not isinstance(meta.get(key), dict):
+            raise ModelLoadError(f"{meta_path}: field {key!r} is missing")
+    if meta.get("weights", "moorelab") == "huggingface":
+        model = load_hf_folder(folder)
+        try:
+            prune_mod.apply_layout_(model, {"layers": meta["layout"].get("layers", []), "masks": {}})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{meta_path}: field layout is malformed ({exc})") from None
+        model.applied_techniques = list(meta.get("techniques", []))
+        return model.eval()
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"{folder}: model.safetensors is missing")
@@ -170,4 +211,14 @@ def load_improved(folder: Path) -> nn.Module:
     model.load_state_dict({k: stored[k] for k in own}, strict=True)
     if model.config.tie_word_embeddings and model.lm_head is not None and "lm_head" not in meta["quantized"]:
         model.lm_head.weight = model.embed.weight
+    model.applied_techniques = list(meta.get("techniques", []))
     return model.eval()
+
+
+def _register() -> None:
+    from moorelab.model.zoo import register_saved_format
+
+    register_saved_format(FORMAT, load_improved)
+
+
+_register()

@@ -322,6 +322,9 @@ def fetch_cmd(
     con.print(t)
     if res:
         con.print(f"cache: {Path(res[0].path).parents[1]}  (manifest: MANIFEST.json)")
+    if res and all(r.status == "cached" for r in res):
+        con.print(f"cached: all {len(res)} file(s) already in the cache, sha256 verified; nothing downloaded or copied "
+                  "(--force fetches again)")
     if any(r.matches_reference is False for r in res):
         con.print("[yellow]warning: some files differ from the reference sha256 "
                   "(upstream changed or a different copy was given)[/yellow]")

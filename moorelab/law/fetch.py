@@ -4,7 +4,8 @@ Files are downloaded from their pinned GitHub commits (:mod:`moorelab.law.source
 ``cache_dir()/trends/<folder>/<file>`` -- the same layout as ``../shared/data/trends`` -- and
 each file's sha256, size, origin and time are written to ``cache_dir()/trends/MANIFEST.json``.
 A file already in the cache whose content still matches its recorded sha256 is not fetched
-again (``force=True`` re-fetches). ``from_path`` copies a local copy instead of downloading
+again, nor copied again from a ``from_path`` copy with the same sha256 (status "cached";
+``force=True`` re-fetches). ``from_path`` copies a local copy instead of downloading
 (offline use). Nothing else in moorelab touches the network.
 """
 
@@ -149,11 +150,12 @@ def fetch_dataset(name: str, *, from_path: str | os.PathLike | None = None,
         target = root / src.folder / src.file
         target.parent.mkdir(parents=True, exist_ok=True)
         rec = manifest.get(src.relpath)
-        if (not force and rec and target.is_file() and local_root is None
-                and sha256_file(target) == rec.get("sha256")):
+        verified = bool(not force and rec and target.is_file() and sha256_file(target) == rec.get("sha256"))
+        path = _locate_local(src, local_root, single=len(files) == 1) if local_root is not None else None
+        if verified and (path is None or sha256_file(path) == rec.get("sha256")):
+            # the cached copy matches its recorded sha256 (and the --from copy, if any): nothing to do
             status, origin = "cached", rec.get("origin", "")
-        elif local_root is not None:
-            path = _locate_local(src, local_root, single=len(files) == 1)
+        elif path is not None:
             if path.resolve() != target.resolve():
                 shutil.copyfile(path, target)
             status, origin = "copied", str(path.resolve())

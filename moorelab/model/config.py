@@ -162,9 +162,14 @@ class TransformerConfig:
             return hf[key]
 
         def act(key: str) -> str:
+            # gpt2/bert FFNs are not gated: SiLU ("silu"/"swish") exists here only as LLaMA's
+            # gated SwiGLU, so a plain-SiLU gpt2/bert is refused by name (not as a missing gate tensor)
             name = need(key)
-            if name not in _HF_ACT:
-                raise ModelLoadError(f"{source}: field {key}={name!r} is not a supported activation")
+            plain = sorted(k for k, v in _HF_ACT.items() if v != "swiglu")
+            if name not in plain:
+                what = "is not supported" if name not in _HF_ACT else "(plain, not gated) is not supported"
+                raise ModelLoadError(f"{source}: field {key}={name!r}: activation {what} for model_type "
+                                     f"{model_type!r} (supported: {', '.join(plain)})")
             return _HF_ACT[name]
 
         if model_type == "gpt2":

@@ -56,7 +56,8 @@ class LoadedModel:
 
     Fields: ``model`` (Transformer, eval, float32), ``tokenizer`` (``tokenizers.Tokenizer``,
     padding/truncation off), ``name``, ``config``, ``source`` (original checkpoint path),
-    ``hf_dir`` (folder ``transformers`` can load), ``cache_hit``, ``load_seconds``,
+    ``hf_dir`` (the folder the weights were read from; ``transformers`` loads it when it holds a
+    ``config.json``, i.e. not a quantized ``moorelab improve`` result), ``cache_hit``, ``load_seconds``,
     ``bos_token_id``, ``eos_token_id`` (the first end-of-sequence id), ``eos_token_ids`` (all
     of them: generation stops at any, e.g. ``generate(..., eos_token_id=loaded.eos_token_ids)``)
     and ``tokenizer_note`` (for a converted GGUF: how its declared pre-tokenizer was honoured, or
@@ -76,6 +77,42 @@ class LoadedModel:
     eos_token_id: int | None
     eos_token_ids: list[int]
     tokenizer_note: str | None = None
+
+
+#: ``moorelab.json`` "format" value -> loader ``f(folder) -> Transformer`` for folders written by a
+#: higher floor (``moorelab improve`` saves quantized / per-layer-shaped variants in its own format;
+#: :mod:`moorelab.improve.save` registers its loader here when imported, since this floor cannot
+#: import it).
+SAVED_FORMATS: dict[str, Callable[[Path], Transformer]] = {}
+
+
+def register_saved_format(fmt: str, loader: Callable[[Path], Transformer]) -> None:
+    """Let :func:`load_pretrained` load folders whose ``moorelab.json`` says ``"format": fmt``."""
+    SAVED_FORMATS[fmt] = loader
+
+
+def saved_format(folder: Path) -> str | None:
+    """The ``"format"`` of ``folder/moorelab.json`` (None when absent, e.g. a plain HF folder or
+    the converted-GGUF cache, whose ``moorelab.json`` only records provenance).
+
+    Raises:
+        ModelLoadError: ``moorelab.json`` is not a JSON object.
+    """
+    path = Path(folder) / "moorelab.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    fmt = meta.get("format")
+    return fmt if isinstance(fmt, str) else None
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.startswith((".", "~")) or name.endswith((".gguf", ".safetensors", ".json"))
 
 
 def package_path(name: str) -> Path:
@@ -113,10 +150,15 @@ def model_source(name: str) -> Path:
         return package_path(name)
     source = Path(name).expanduser()
     if not source.exists():
+        if _looks_like_path(name):
+            raise ModelLoadError(f"{name}: no such file or folder")
         raise ModelLoadError(
-            f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} or a path to a HF folder / .gguf file"
+            f"unknown model {name!r} (and no file or folder of that name); known: {', '.join(KNOWN_MODELS)} "
+            "or a path to a HF folder / .gguf file"
         )
     if source.is_dir():
+        if saved_format(source) is not None:  # a `moorelab improve` result: its loader checks the rest
+            return source
         if not (source / "config.json").is_file():
             raise ModelLoadError(f"{source}: a folder without config.json; expected a Hugging Face model folder or a .gguf file")
         if not any(source.glob("*.safetensors")):
@@ -224,14 +266,16 @@ def _gguf_cache_folder(name: str, gguf_path: Path) -> Path:
 
 
 def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] | None = None) -> LoadedModel:
-    """Load a named model (``KNOWN_MODELS``), a Hugging Face folder, or a ``.gguf`` file.
+    """Load a named model (``KNOWN_MODELS``), a Hugging Face folder, a ``.gguf`` file, or a folder
+    saved in a registered format (:data:`SAVED_FORMATS`: ``moorelab improve``'s output).
 
     Returns:
         :class:`LoadedModel` with our :class:`Transformer` (eval, float32).
 
     Raises:
-        ModelLoadError: unknown name, package not installed, unsupported architecture,
-            missing tensor or wrong shape (each naming the thing at fault).
+        ModelLoadError: unknown name, a path that does not exist ("no such file or folder"),
+            package not installed, unsupported architecture, missing tensor or wrong shape (each
+            naming the thing at fault).
     """
     from moorelab.model.load_hf import load_hf_folder
 
@@ -239,7 +283,13 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
     say = progress or (lambda s: None)
     source = model_source(name)
     cache_hit = False
-    if source.is_dir():
+    fmt = saved_format(source) if source.is_dir() else None
+    if fmt is not None:
+        if fmt not in SAVED_FORMATS:
+            raise ModelLoadError(f"{source}: saved in format {fmt!r}, whose loader is not installed "
+                                 "(it comes with moorelab.improve.save: import it first)")
+        hf_dir = source
+    elif source.is_dir():
         hf_dir = source
     elif source.suffix == ".gguf":
         hf_dir = _gguf_cache_folder(name, source)
@@ -250,7 +300,7 @@ def load_pretrained(name: str = "smollm2-135m", progress: Callable[[str], None] 
             convert_gguf_to_hf(source, hf_dir, progress)
     else:
         raise ModelLoadError(f"{source}: expected a Hugging Face folder or a .gguf file")
-    model = load_hf_folder(hf_dir)
+    model = SAVED_FORMATS[fmt](hf_dir) if fmt is not None else load_hf_folder(hf_dir)
     tokenizer = _load_tokenizer(hf_dir)
     tokenizer_note = None
     if source.suffix == ".gguf":

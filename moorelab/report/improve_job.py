@@ -36,7 +36,7 @@ def improve_command(
     # every input first, before torch is even imported: bad input fails in seconds, writes nothing
     full = check_improve_inputs(model=model, text=text, out=out, usd_per_hour=usd_per_hour,
                                 calibration_play=calibration_play, calibration_tokens=calibration_tokens)
-    from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec, precheck_chain
+    from moorelab.improve.api import ApplyContext, apply, needs_calibration, parse_spec, precheck_chain
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
     from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
@@ -65,7 +65,7 @@ def improve_command(
         check_task_fits(loaded, ids, budget, task_text)
         bos = document_start_token(loaded)
         ctx = ApplyContext()
-        if any(isinstance(c, NEEDS_CALIBRATION) for c in configs):
+        if any(needs_calibration(c) for c in configs):  # named heads and weight importance read no text
             ctx.calibration = calibration_windows(loaded.tokenizer, calibration_play, calibration_tokens)
         if any(isinstance(c, DistillConfig) for c in configs):
             ctx.teacher = load_pretrained(model).model

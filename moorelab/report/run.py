@@ -181,7 +181,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         MoorelabError: bad input (unknown model, missing package, empty or non-UTF-8 text,
             unusable facts row). Nothing is written to ``opts.out`` in that case.
     """
-    from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec
+    import moorelab.improve.save  # noqa: F401  (registers the loader of saved `moorelab improve` folders)
+    from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec, precheck_chain
     from moorelab.model.parity import max_logit_diff_vs_transformers
     from moorelab.model.tokenize import encode_text
     from moorelab.model.zoo import load_pretrained
@@ -210,12 +211,18 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             + f" at {loaded.hf_dir}"
         )
         ptask = progress.add_task("parity check against transformers", total=1)
-        import transformers
+        parity_note = None
+        if (Path(loaded.hf_dir) / "config.json").is_file():
+            import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-        parity = max_logit_diff_vs_transformers(loaded, PARITY_PROMPT)
+            transformers.utils.logging.disable_progress_bar()
+            parity = max_logit_diff_vs_transformers(loaded, PARITY_PROMPT)
+            console.print(f"parity: largest |logit difference| vs transformers on a {len(PARITY_PROMPT)}-character prompt = {parity:.2e}")
+        else:  # a `moorelab improve` result in moorelab's own format (quantized or per-layer shapes)
+            parity = None
+            parity_note = "not checked: the folder is in moorelab's own format (quantized layers or per-layer shapes), which transformers cannot load"
+            console.print(f"parity: {parity_note}")
         progress.advance(ptask, 1)
-        console.print(f"parity: largest |logit difference| vs transformers on a {len(PARITY_PROMPT)}-character prompt = {parity:.2e}")
 
         # 2. text
         token_ids = encode_text(loaded.tokenizer, text.text)
@@ -223,11 +230,27 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         bos = document_start_token(loaded)
         model = loaded.model
         loaded.model = None  # the variants below replace it; keep no second reference alive
+        # a saved `moorelab improve` folder brings its techniques: the baseline row is that variant
+        history = list(getattr(model, "applied_techniques", None) or [])
+        base_kernels = sorted({m.kernel for m in model.modules() if getattr(m, "scheme", None) and getattr(m, "kernel", None)})
+        base_label = "float32" if not base_kernels else "saved " + " + ".join(history or ["quantized variant"])
+        base_notes = "weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else ""
+        if history:
+            base_notes = f"saved by moorelab improve: {' + '.join(history)}"
         base_row, _ = measure_model(
-            "float32", "none", FP32_KERNEL, model, token_ids, text, budget, bos,
-            opts.usd_per_hour, progress, notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
+            base_label, "none", ", ".join(base_kernels) or FP32_KERNEL, model, token_ids, text, budget, bos,
+            opts.usd_per_hour, progress, notes=base_notes,
         )
-        # 3. improvements, each on a fresh float32 copy (the first reuses the baseline's weights)
+        # 3. improvements, each on a fresh copy of the loaded model (the first reuses the baseline's
+        # weights); those the loaded model cannot take (a saved quantized variant) are skipped, named
+        variants, skipped = [], []
+        for label, spec, notes in DEFAULT_VARIANTS:
+            try:
+                precheck_chain([spec], [parse_spec(spec)], model)
+                variants.append((label, spec, notes))
+            except MoorelabError as exc:
+                skipped.append({"name": label, "spec": spec, "reason": str(exc)})
+                console.print(f"[yellow]skipped[/yellow] {label}: {exc}")
         rows, reports = [base_row], {}
 
         def build(spec: str, model):
@@ -237,7 +260,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                 ctx.calibration = calibration_windows(loaded.tokenizer, CALIBRATION_PLAY, budget.calibration_tokens)
             return apply(model, cfg, ctx)
 
-        for i, (label, spec, notes) in enumerate(DEFAULT_VARIANTS):
+        for i, (label, spec, notes) in enumerate(variants):
             if i > 0:
                 del model
                 gc.collect()
@@ -257,13 +280,13 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         # measurement per row is at the mercy of whatever the machine did at that moment
         if SPEED_ROUNDS:
             rtask = progress.add_task("decode speed, rows interleaved", total=SPEED_ROUNDS * len(rows))
-            variants = {"float32": load_pretrained(opts.model).model}
-            for label, spec, _ in DEFAULT_VARIANTS:
-                variants[label] = load_pretrained(opts.model).model
-                build(spec, variants[label])
-            interleave_decode_rounds(rows, variants, token_ids, budget, opts.usd_per_hour, SPEED_ROUNDS,
+            resident = {base_label: load_pretrained(opts.model).model}
+            for label, spec, _ in variants:
+                resident[label] = load_pretrained(opts.model).model
+                build(spec, resident[label])
+            interleave_decode_rounds(rows, resident, token_ids, budget, opts.usd_per_hour, SPEED_ROUNDS,
                                      lambda: progress.advance(rtask, 1))
-            del variants
+            del resident
             gc.collect()
         add_ratios(rows, base_row)
         add_cost_gain(rows, base_row)
@@ -278,7 +301,10 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             "schema": "moorelab.run/1",
             "model": {"name": loaded.name, "source": str(loaded.source), "converted_cache": str(loaded.hf_dir),
                       "cache_hit": loaded.cache_hit, "load_seconds": {"value": loaded.load_seconds, "unit": "s"},
-                      "parity_max_abs_logit_diff_vs_transformers": {"value": parity, "unit": "logit", "prompt": PARITY_PROMPT}},
+                      "parity_max_abs_logit_diff_vs_transformers": {"value": parity, "unit": "logit", "prompt": PARITY_PROMPT,
+                                                                    **({"note": parity_note} if parity_note else {})},
+                      "techniques_saved_with_it": history},
+            "skipped_variants": skipped,
             "task": {"text": text.description, "text_source": text.source, "characters": len(text.text),
                      "bytes": text.n_bytes, "tokens": len(token_ids),
                      "window_tokens": budget.window, "stride_tokens": budget.stride,

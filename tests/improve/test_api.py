@@ -17,6 +17,10 @@ def test_spec_parsing_types_fields():
     assert c == MagnitudePruneConfig(sparsity=0.5, scope="layer")
     assert parse_spec("heads:fraction=0.33,layers=[0,2]").layers == [0, 2]
     assert isinstance(parse_spec("magnitude:sparsity=0").sparsity, float)
+    # heads named per layer: the shell-safe string form and a dict literal (commas inside braces)
+    assert parse_spec("heads:remove=0:1+3/2:0").remove == {0: [1, 3], 2: [0]}
+    assert parse_spec("heads:remove={0:[1,3],2:[0]},unit=query").remove == {0: [1, 3], 2: [0]}
+    assert parse_spec("heads:remove={0:[1,3],2:[0]},unit=query").unit == "query"
 
 
 @pytest.mark.parametrize("spec,needle", [
@@ -27,6 +31,10 @@ def test_spec_parsing_types_fields():
     ("int4:group_size=48", "group_size=48"),
     ("wanda:0.5", "expected FIELD=VALUE"),
     ("int4:group_size=32,group_size=64", "field 'group_size' given twice"),
+    ("magnitude", "--with 'magnitude': MagnitudePruneConfig needs the field 'sparsity' (write magnitude:sparsity=VALUE)"),
+    ("ffn:importance=weight", "FFNChannelPruneConfig needs the field 'fraction'"),
+    ("heads", "--with 'heads': HeadPruneConfig: give exactly one of the fields heads_per_layer, fraction or remove"),
+    ("heads:remove=0-1", "--with 'heads:remove=0-1': HeadPruneConfig field remove='0-1': expected LAYER:HEAD"),
 ])
 def test_bad_specs_name_the_field(spec, needle):
     with pytest.raises(MoorelabError) as e:
@@ -58,6 +66,8 @@ def tiny():
     (["magnitude:sparsity=0.5", "ffn:fraction=0.25"], "structured pruning needs dense weights"),
     (["ffn:fraction=0.0"], "removes nothing"),
     (["int4:group_size=64"], "does not divide the input width(s) [32]"),
+    (["heads:remove=0:1"], "--with 'heads:remove=0:1': HeadPruneConfig field remove: layer 0: with unit='kv_group'"),
+    (["heads:remove=0:9"], "layer 0 has no head 9"),
 ])
 def test_chain_errors(specs, needle):
     with pytest.raises(MoorelabError, match=re.escape(needle)):
@@ -67,3 +77,25 @@ def test_chain_errors(specs, needle):
 def test_valid_chain_passes():
     specs = ["heads:heads_per_layer=2", "ffn:fraction=0.25", "distill:steps=10", "int4"]
     precheck_chain(specs, [parse_spec(s) for s in specs], tiny())
+
+
+@pytest.mark.parametrize("spec,what", [
+    ("int8", "cannot quantize an already quantized model"),
+    ("heads:heads_per_layer=2", "cannot change a quantized model"),
+])
+def test_a_quantized_model_takes_no_further_technique(spec, what):
+    """A saved quantized variant loaded for a second round: refused before anything runs."""
+    m = tiny()
+    apply(m, parse_spec("int4:group_size=32"))
+    with pytest.raises(MoorelabError) as e:
+        precheck_chain([spec], [parse_spec(spec)], m)
+    assert str(e.value) == f"--with {spec!r}: the model is already quantized (int4-weight-only); {what}; start from the float model"
+
+
+def test_needs_calibration_follows_the_config():
+    from moorelab.improve.api import needs_calibration
+
+    assert [needs_calibration(parse_spec(s)) for s in (
+        "heads:remove=0:1", "heads:heads_per_layer=2", "heads:heads_per_layer=2,importance=weight",
+        "ffn:fraction=0.25", "ffn:fraction=0.25,importance=weight", "wanda", "int8", "magnitude:sparsity=0.5",
+    )] == [False, True, False, True, False, True, False, False]

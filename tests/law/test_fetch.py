@@ -88,6 +88,14 @@ def test_fetch_http_error_names_url(github_like_server, tmp_path):
 def test_fetch_from_local_copy(tmp_path, trends_dir):
     res = fetch_dataset("chinchilla", from_path=trends_dir, dest=tmp_path / "c")
     assert res[0].status == "copied" and res[0].matches_reference is True
+    # the same copy again: verified against the manifest, not copied again
+    again = fetch_dataset("chinchilla", from_path=trends_dir, dest=tmp_path / "c")
+    assert again[0].status == "cached" and again[0].sha256 == res[0].sha256
+    # a different copy is copied (and recorded)
+    changed = tmp_path / "changed.csv"
+    changed.write_bytes((trends_dir / res[0].relpath).read_bytes() + b"\n")
+    assert fetch_dataset("chinchilla", from_path=changed, dest=tmp_path / "c")[0].status == "copied"
+    assert fetch_dataset("chinchilla", from_path=changed, dest=tmp_path / "c", force=True)[0].status == "copied"
     single = fetch_dataset("chinchilla",
                            from_path=trends_dir / "epoch-chinchilla-replication"
                            / "svg_extracted_data.csv", dest=tmp_path / "d")

@@ -136,6 +136,36 @@ def test_fetch_amazon_from_local_deb_reports_dropped_rows(tmp_path, monkeypatch)
     assert data.dropped == {"train: empty or missing review": 1}
 
 
+def test_finetune_data_says_cached_when_the_cache_is_present_and_verified(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOORELAB_CACHE", str(tmp_path / "cache"))
+    rdx, rdb = fake_modeldata(tmp_path)
+    deb = fake_deb(tmp_path, {f"{ds.AMAZON_RDB_DIR}/Rdata.rdx": rdx, f"{ds.AMAZON_RDB_DIR}/Rdata.rdb": rdb})
+    ds.fetch_command(ds.AMAZON, deb)
+    folder = ds.dataset_dir(ds.AMAZON)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"train.jsonl", "test.jsonl"}
+    assert manifest["files"]["train.jsonl"] == ds.sha256_file(folder / "train.jsonl")
+    capsys.readouterr()
+    calls = []
+    real = ds.fetch_dataset
+    monkeypatch.setattr(ds, "fetch_dataset", lambda *a, **k: calls.append(a) or real(*a, **k))
+    ds.fetch_command(ds.AMAZON, deb)  # same .deb, files intact: nothing read or written
+    out = capsys.readouterr().out
+    assert calls == [] and "amazon-reviews: cached at" in out and "2 files, sha256 verified" in out
+    # a changed cached file is fetched again, and so is a different source; --force always
+    (folder / "test.jsonl").write_text("{}\n")
+    ds.fetch_command(ds.AMAZON, deb)
+    assert len(calls) == 1 and ds.verified_cache(ds.AMAZON) is not None
+    other = tmp_path / "other" / deb.name
+    other.parent.mkdir()
+    other.write_bytes(deb.read_bytes() + b"\n")
+    assert ds.verified_cache(ds.AMAZON, other) is None
+    ds.fetch_command(ds.AMAZON, deb, force=True)
+    assert len(calls) == 2
+    with pytest.raises(MoorelabError, match="unknown data set 'imdb'"):
+        ds.fetch_command("imdb")
+
+
 def test_deb_member_errors(tmp_path):
     bad = tmp_path / "bad.deb"
     bad.write_bytes(b"not an archive")
@@ -193,6 +223,8 @@ def test_amazon_reviews_real_counts():
     assert data.dropped == {}
     assert data.train.texts[0].startswith("this stuff is  not stuffing")
     assert len(data.manifest["sha256"]) == 64
+    # the cache verifies (per-file digests, or the reference output digests for an older manifest)
+    assert set(ds.verified_cache(ds.AMAZON)["files"]) == {"train.jsonl", "test.jsonl"}
 
 
 def test_chinese_reviews_real_counts():
@@ -205,3 +237,4 @@ def test_chinese_reviews_real_counts():
     assert (len(data.train), len(data.test)) == (13946, 3417)
     assert data.test.class_counts() == {"neg": 1808, "pos": 1609}
     assert not set(data.train.texts) & set(data.test.texts)
+    assert set(ds.verified_cache(ds.CHINESE)["files"]) == {"pos.txt", "neg.txt"}

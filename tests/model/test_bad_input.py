@@ -71,6 +71,31 @@ def test_unsupported_rope_scaling(tmp_path):
         load_hf_folder(tmp_path)
 
 
+@pytest.mark.parametrize("family,field,value", [
+    ("gpt2", "activation_function", "silu"),
+    ("gpt2", "activation_function", "swish"),
+    ("gpt2", "activation_function", "mish"),
+    ("bert", "hidden_act", "silu"),
+])
+def test_unsupported_activation_is_named_not_a_missing_tensor(tmp_path, family, field, value):
+    """'silu' used to map to LLaMA's gated SwiGLU and fail later as "missing tensor gate_proj"."""
+    tiny_hf(family, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as e:
+        load_pretrained(str(tmp_path))
+    msg = str(e.value)
+    assert f"field {field}={value!r}: activation" in msg and f"for model_type {family!r}" in msg, msg
+    assert "gelu" in msg and "tensor" not in msg
+
+
+def test_missing_path_is_no_such_file(tmp_path):
+    for name in (str(tmp_path / "nope"), "./model-dir", "~/nothing-here.gguf", "SmolLM2.gguf"):
+        with pytest.raises(ModelLoadError, match=r"no such file or folder"):
+            load_pretrained(name)
+
+
 def test_bad_config_values():
     with pytest.raises(ModelLoadError, match="activation='gelu2'"):
         TransformerConfig(activation="gelu2")

@@ -40,7 +40,10 @@ Structured methods (:mod:`.structured`)
   ``unit="kv_group"`` removes whole groups (their query heads and their k/v head);
   ``unit="query"`` removes the same number of query heads from every group and keeps all k/v
   heads, so the new mapping ``h' // (n_heads'/n_kv_heads)`` still sends each kept head to its
-  own kv head.
+  own kv head. ``remove={layer: [heads]}`` (or ``"0:1+3/2:0"``) names the heads instead, by their
+  original index; each pruned layer keeps its ``head_map`` (original index of every remaining
+  head, and those removed), saved with the layout, so a second round and a reader know which
+  heads are gone.
 * :class:`FFNChannelPruneConfig` — remove FFN hidden channels: rows of gate/up and columns of
   down.
 Importance ``"activation"`` (calibration text needed): the mean squared norm of the unit's
@@ -72,7 +75,7 @@ from moorelab.improve.prune.base import (
 from moorelab.improve.prune.driver import prune_
 from moorelab.improve.prune.magnitude import MagnitudePruneConfig
 from moorelab.improve.prune.save import apply_layout_, layout, load_pruned, save_pruned
-from moorelab.improve.prune.structured import FFNChannelPruneConfig, HeadPruneConfig
+from moorelab.improve.prune.structured import FFNChannelPruneConfig, HeadPruneConfig, check_head_plan, head_map
 from moorelab.improve.prune.wanda import WandaConfig
 
 __all__ = [
@@ -95,4 +98,6 @@ __all__ = [
     "apply_layout_",
     "current_mask",
     "WeightMask",
+    "head_map",
+    "check_head_plan",
 ]

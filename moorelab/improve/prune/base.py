@@ -74,7 +74,7 @@ class LayerSparsity:
 
 @dataclass
 class StructuredLayer:
-    """What structured pruning removed from one layer (indices are the layer's own, before pruning).
+    """What structured pruning removed from one layer (indices are the layer's current ones, before this pruning).
 
     Attributes:
         layer: block index.
@@ -84,6 +84,8 @@ class StructuredLayer:
         kept: kept query heads (or channels), in their new order.
         before, after: ``{"n_heads", "n_kv_heads"}`` or ``{"d_ff"}``.
         shapes: new weight shapes by module name.
+        removed_original, kept_original: the same query heads by their original index (before
+            any pruning round; heads only, see ``structured.head_map``).
     """
 
     layer: int
@@ -94,6 +96,8 @@ class StructuredLayer:
     before: dict
     after: dict
     shapes: dict
+    removed_original: list[int] = field(default_factory=list)
+    kept_original: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -225,6 +229,21 @@ def reapply_masks_(model: nn.Module, *_: object) -> int:
     return n
 
 
+def _own_parametrized_class(m: nn.Module) -> None:
+    """Give ``m`` a class of its own before its parametrization is removed.
+
+    ``torch.nn.utils.parametrize`` makes a class per parametrized module (``ParametrizedFastLinear``)
+    holding the ``weight`` property, and removing the parametrization deletes that property from
+    the class. ``copy.deepcopy`` does not copy classes, so a module and its deep copy share the
+    class: removing the mask of one would delete the other's ``weight`` ("no attribute 'weight'"
+    at its next forward). A private copy of the class (same base, same attributes) keeps the
+    removal local.
+    """
+    cls = type(m)
+    own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    m.__class__ = type(cls.__name__, cls.__bases__, own)
+
+
 @torch.no_grad()
 def remove_masks_(model: nn.Module) -> int:
     """Bake masks into plain weights (zeros stay zeros) and drop the mask tensors.
@@ -237,6 +256,7 @@ def remove_masks_(model: nn.Module) -> int:
         if not isinstance(m, nn.Linear):
             continue
         if parametrize.is_parametrized(m, "weight"):
+            _own_parametrized_class(m)
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
             n += 1
         elif isinstance(getattr(m, "weight_mask", None), torch.Tensor):

@@ -15,18 +15,24 @@ from torch.nn.utils import parametrize
 
 from moorelab.errors import ModelLoadError
 from moorelab.improve.prune.base import MASK_MODES, _set_mask, _slice_cols, _slice_rows, prunable_linears
+from moorelab.improve.prune.structured import head_map
 
 
 def layout(model: nn.Module) -> dict:
     """Per-layer structure and masks of a (possibly pruned) model, JSON-ready.
 
     Returns:
-        ``{"layers": [{"n_heads", "n_kv_heads", "d_ff"}, ...], "masks": {module path: mode}}``.
+        ``{"layers": [{"n_heads", "n_kv_heads", "d_ff"}, ...], "masks": {module path: mode}}``; a
+        layer whose heads were pruned also has its head map (original indices, see
+        ``structured.head_map``): ``"heads"``, ``"kv_heads"`` (of the current heads, in order),
+        ``"heads_removed"``, ``"kv_heads_removed"``.
     """
-    layers = [
-        {"n_heads": b.attn.n_heads, "n_kv_heads": b.attn.n_kv_heads, "d_ff": b.ffn.up_proj.out_features}
-        for b in model.blocks
-    ]
+    layers = []
+    for b in model.blocks:
+        L = {"n_heads": b.attn.n_heads, "n_kv_heads": b.attn.n_kv_heads, "d_ff": b.ffn.up_proj.out_features}
+        if getattr(b.attn, "head_map", None) is not None:
+            L.update(head_map(b.attn))
+        layers.append(L)
     masks = {}
     for name, m in prunable_linears(model):
         if parametrize.is_parametrized(m, "weight"):
@@ -53,6 +59,11 @@ def apply_layout_(model: nn.Module, spec: dict) -> nn.Module:
         H, Hkv, d_ff = int(L["n_heads"]), int(L["n_kv_heads"]), int(L["d_ff"])
         if not (0 < H <= attn.n_heads and 0 < Hkv <= attn.n_kv_heads and H % Hkv == 0 and 0 < d_ff <= ffn.up_proj.out_features):
             raise ModelLoadError(f"pruning layout layer {i}: n_heads={H}, n_kv_heads={Hkv}, d_ff={d_ff} do not fit the model")
+        if "heads" in L:
+            hm = {k: [int(h) for h in L.get(k, [])] for k in ("heads", "kv_heads", "heads_removed", "kv_heads_removed")}
+            if len(hm["heads"]) != H or len(hm["kv_heads"]) != Hkv or set(hm["heads"]) & set(hm["heads_removed"]):
+                raise ModelLoadError(f"pruning layout layer {i}: head map {hm} does not fit n_heads={H}, n_kv_heads={Hkv}")
+            attn.head_map = hm
         d = attn.head_dim
         if H != attn.n_heads or Hkv != attn.n_kv_heads:
             attn.q_proj = _slice_rows(attn.q_proj, torch.arange(H * d))

@@ -7,8 +7,16 @@
   ``unit="query"`` removes the same number of query heads from every group and keeps all k/v
   heads, so the new mapping ``h' // (n_heads'/n_kv_heads)`` still sends each kept head to its
   own kv head.
+  ``remove`` names the heads instead of counting them (see :class:`HeadPruneConfig`), by their
+  *original* index (the model's numbering before any pruning), which stays valid across rounds.
 * :class:`FFNChannelPruneConfig` — remove FFN hidden channels: rows of gate/up and columns of
   down.
+
+**Head map.** Head pruning records on each pruned ``Attention`` the attribute ``head_map``:
+``{"heads": [original index of each current query head], "kv_heads": [same for the KV heads],
+"heads_removed": [...], "kv_heads_removed": [...]}`` (original indices). A later round reads
+it (:func:`head_map`), the saved layout stores it (:mod:`.save`), and :mod:`moorelab.improve.save`
+writes it to ``moorelab.json`` for readers. A layer without the attribute is unpruned (identity).
 
 Importance ``"activation"`` (calibration text needed): the mean squared norm of the unit's
 contribution to the residual stream, ``E‖W_o[:, h]·a_h‖²`` for head ``h``, ``E[a_j²]·‖W_down[:, j]‖²``
@@ -57,6 +65,15 @@ class HeadPruneConfig:
             groups: it must be a multiple of ``n_kv_heads``).
         layers: layer indices to prune (None: all).
         calibration_tokens: tokens used for ``"activation"`` importance.
+        remove: the heads to remove, by name instead of by count: ``{layer: [query head, ...]}``,
+            or the same as a string ``"LAYER:HEAD+HEAD/LAYER:HEAD"`` (``"0:1+3/2:0"``: heads 1 and 3
+            of layer 0, head 0 of layer 2; shell-safe, no quoting needed). Head indices are the
+            layer's **original** query-head indices (before any pruning; after an earlier round,
+            a head keeps its original number — the saved ``moorelab.json`` lists them per layer),
+            so naming a head removed earlier is an error. ``unit`` applies: ``"kv_group"`` needs
+            every named head's whole GQA group named (the group's KV head goes too); ``"query"``
+            needs the same number named in every group. Neither ``layers`` nor ``importance`` is
+            used (the layers are the keys).
     """
 
     heads_per_layer: int | None = None
@@ -66,20 +83,95 @@ class HeadPruneConfig:
     layers: list[int] | None = None
     calibration_tokens: int = 4096
     batch_size: int = 4
+    remove: dict[int, list[int]] | str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise MoorelabError naming the bad field."""
-        if (self.heads_per_layer is None) == (self.fraction is None):
-            raise MoorelabError("HeadPruneConfig: give exactly one of heads_per_layer or fraction")
+        given = [n for n in ("heads_per_layer", "fraction", "remove") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise MoorelabError("HeadPruneConfig: give exactly one of the fields heads_per_layer, fraction or remove"
+                                + (f" (got {', '.join(given)})" if given else ""))
+        if self.remove is not None:
+            self.remove = _parse_remove(self.remove)
+            if self.layers is not None:
+                raise MoorelabError("HeadPruneConfig field layers: not used with remove (its keys are the layers); drop it")
         if self.fraction is not None:
             _check_fraction("fraction", self.fraction, "HeadPruneConfig")
         if self.heads_per_layer is not None and (not isinstance(self.heads_per_layer, int) or self.heads_per_layer < 0):
             raise MoorelabError(f"HeadPruneConfig field heads_per_layer={self.heads_per_layer!r} must be an int >= 0")
         _check_choice("importance", self.importance, ("activation", "weight"), "HeadPruneConfig")
         _check_choice("unit", self.unit, ("kv_group", "query"), "HeadPruneConfig")
+
+
+REMOVE_SYNTAX = "LAYER:HEAD+HEAD/LAYER:HEAD..., e.g. 0:1+3/2:0 (layer 0 heads 1 and 3, layer 2 head 0)"
+
+
+def _parse_remove(value) -> dict[int, list[int]]:
+    """``remove`` as ``{layer: sorted heads}`` from a dict (int or digit-string keys, an int or a
+    list of ints per layer) or the string form ``"0:1+3/2:0"``."""
+    where = f"HeadPruneConfig field remove={value!r}"
+    if isinstance(value, str):
+        parsed: dict = {}
+        for part in value.split("/"):
+            layer, colon, heads = part.partition(":")
+            if not colon or not layer.strip() or not heads.strip():
+                raise MoorelabError(f"{where}: expected {REMOVE_SYNTAX}; got part {part!r}")
+            if layer.strip() in parsed:
+                raise MoorelabError(f"{where}: layer {layer.strip()} named twice")
+            parsed[layer.strip()] = [h.strip() for h in heads.split("+")]
+        value = parsed
+    if not isinstance(value, dict):
+        raise MoorelabError(f"{where}: expected {{layer: [heads]}} or {REMOVE_SYNTAX}")
+    if not value:
+        raise MoorelabError(f"{where}: names no head; name at least one")
+    out: dict[int, list[int]] = {}
+    for layer, heads in value.items():
+        try:
+            i = int(layer)
+            hs = [int(h) for h in (heads if isinstance(heads, (list, tuple)) else [heads])]
+        except (TypeError, ValueError):
+            raise MoorelabError(f"{where}: layer {layer!r}: layers and heads are integers ({REMOVE_SYNTAX})") from None
+        if isinstance(layer, bool) or i < 0 or any(h < 0 for h in hs) or isinstance(heads, bool):
+            raise MoorelabError(f"{where}: layer {layer!r}: indices must be integers >= 0")
+        if i in out:
+            raise MoorelabError(f"{where}: layer {i} named twice")
+        if not hs:
+            raise MoorelabError(f"{where}: layer {i} names no head")
+        dup = sorted({h for h in hs if hs.count(h) > 1})
+        if dup:
+            raise MoorelabError(f"{where}: layer {i}: head {dup[0]} named twice")
+        out[i] = sorted(hs)
+    return dict(sorted(out.items()))
+
+
+def head_map(attn) -> dict[str, list[int]]:
+    """Original indices of an ``Attention``'s current heads (identity when never pruned).
+
+    Returns:
+        ``{"heads", "kv_heads", "heads_removed", "kv_heads_removed"}``: the original index of
+        each current query / KV head, and the original indices removed so far (sorted).
+    """
+    m = getattr(attn, "head_map", None)
+    if m is None:
+        return {"heads": list(range(attn.n_heads)), "kv_heads": list(range(attn.n_kv_heads)),
+                "heads_removed": [], "kv_heads_removed": []}
+    return {k: list(v) for k, v in m.items()}
+
+
+def _update_head_map(attn, old: dict, keep_q: list[int], keep_kv: list[int]) -> dict[str, list[int]]:
+    """Compose the layer's map ``old`` (:func:`head_map` before the cut) with a pruning that keeps
+    current heads ``keep_q`` / ``keep_kv``; store and return it."""
+    new = {
+        "heads": [old["heads"][h] for h in keep_q],
+        "kv_heads": [old["kv_heads"][k] for k in keep_kv],
+        "heads_removed": sorted(old["heads_removed"] + [o for h, o in enumerate(old["heads"]) if h not in keep_q]),
+        "kv_heads_removed": sorted(old["kv_heads_removed"] + [o for k, o in enumerate(old["kv_heads"]) if k not in keep_kv]),
+    }
+    attn.head_map = new
+    return new
 
 
 @dataclass
@@ -206,8 +298,99 @@ def _heads_plan(model: nn.Module, config: HeadPruneConfig, layers: list[int]) ->
     return plan
 
 
+def _named_heads_plan(model: nn.Module, config: HeadPruneConfig) -> dict[int, tuple[list[int], list[int]]]:
+    """Validate ``config.remove`` against the model's heads and GQA groups (before touching
+    anything) and return ``{layer: (kept current query heads, kept current KV heads)}``."""
+    n_layers = len(model.blocks)
+    plan = {}
+    for i, named in config.remove.items():
+        if i >= n_layers:
+            raise MoorelabError(f"HeadPruneConfig field remove: layer {i} is not a block of this model (0..{n_layers - 1})")
+        attn = model.blocks[i].attn
+        H, Hkv = attn.n_heads, attn.n_kv_heads
+        g = H // Hkv
+        hm = head_map(attn)
+        gone = [h for h in named if h not in hm["heads"]]
+        if gone:
+            h = gone[0]
+            if h in hm["heads_removed"]:
+                raise MoorelabError(
+                    f"HeadPruneConfig field remove: head {h} of layer {i} was already removed by an earlier pruning "
+                    f"(heads are named by their original index; layer {i} still has original heads {hm['heads']})")
+            raise MoorelabError(f"HeadPruneConfig field remove: layer {i} has no head {h} "
+                                f"(its heads, by original index: {hm['heads']})")
+        cur = sorted(hm["heads"].index(h) for h in named)
+        groups = [list(range(k * g, (k + 1) * g)) for k in range(Hkv)]
+        show = "; ".join(f"KV head {hm['kv_heads'][k]}: heads {[hm['heads'][h] for h in grp]}" for k, grp in enumerate(groups))
+        if len(cur) >= H:
+            raise MoorelabError(f"HeadPruneConfig field remove: names every head of layer {i} (n_heads={H}); keep at least one group")
+        if config.unit == "kv_group":
+            partial = [k for k, grp in enumerate(groups) if 0 < len(set(grp) & set(cur)) < g]
+            if partial:
+                grp = groups[partial[0]]
+                raise MoorelabError(
+                    f"HeadPruneConfig field remove: layer {i}: with unit='kv_group' a head goes with its whole KV group; "
+                    f"heads {[hm['heads'][h] for h in grp]} share KV head {hm['kv_heads'][partial[0]]} but not all are named "
+                    f"(layer {i} groups by original index: {show}); name whole groups or use unit='query'")
+            keep_kv = [k for k, grp in enumerate(groups) if not set(grp) & set(cur)]
+            keep_q = [h for k in keep_kv for h in groups[k]]
+        else:
+            counts = [len(set(grp) & set(cur)) for grp in groups]
+            if len(set(counts)) != 1:
+                raise MoorelabError(
+                    f"HeadPruneConfig field remove: layer {i}: with unit='query' every KV group must lose the same number "
+                    f"of query heads (so each kept head still reads its own KV head); named per group: {counts} "
+                    f"(layer {i} groups by original index: {show})")
+            keep_kv = list(range(Hkv))
+            keep_q = [h for h in range(H) if h not in cur]
+        plan[i] = (keep_q, keep_kv)
+    return plan
+
+
+def check_head_plan(model: nn.Module, config: HeadPruneConfig) -> None:
+    """Raise :class:`MoorelabError` if ``config`` cannot prune ``model``'s heads as asked
+    (unknown layer or head, a head removed earlier, a partial GQA group); changes nothing."""
+    if config.remove is not None:
+        _named_heads_plan(model, config)
+    else:
+        _heads_plan(model, config, _layers(model, config.layers, "HeadPruneConfig"))
+
+
+@torch.no_grad()
+def _cut_heads(model: nn.Module, i: int, keep_q: list[int], keep_kv: list[int]) -> StructuredLayer:
+    """Remove every current head of layer ``i`` not in ``keep_q``/``keep_kv``; update its head map."""
+    attn = model.blocks[i].attn
+    H, Hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    before = head_map(attn)
+    removed_q = [h for h in range(H) if h not in keep_q]
+    removed_kv = [k for k in range(Hkv) if k not in keep_kv]
+    q_rows = _head_rows(keep_q, d)
+    kv_rows = _head_rows(keep_kv, d)
+    attn.q_proj = _slice_rows(attn.q_proj, q_rows)
+    attn.k_proj = _slice_rows(attn.k_proj, kv_rows)
+    attn.v_proj = _slice_rows(attn.v_proj, kv_rows)
+    attn.o_proj = _slice_cols(attn.o_proj, q_rows)
+    attn.n_heads, attn.n_kv_heads = len(keep_q), len(keep_kv)
+    assert attn.n_heads % attn.n_kv_heads == 0
+    after = _update_head_map(attn, before, keep_q, keep_kv)
+    return StructuredLayer(
+        layer=i,
+        kind="heads",
+        removed=removed_q,
+        removed_kv=removed_kv,
+        kept=keep_q,
+        before={"n_heads": H, "n_kv_heads": Hkv},
+        after={"n_heads": attn.n_heads, "n_kv_heads": attn.n_kv_heads},
+        shapes={f"blocks.{i}.attn.{p}": list(getattr(attn, p).weight.shape) for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+        removed_original=[before["heads"][h] for h in removed_q],
+        kept_original=after["heads"],
+    )
+
+
 @torch.no_grad()
 def _prune_heads(model: nn.Module, config: HeadPruneConfig, layers: list[int], cal) -> list[StructuredLayer]:
+    if config.remove is not None:
+        return [_cut_heads(model, i, q, kv) for i, (q, kv) in _named_heads_plan(model, config).items()]
     plan = _heads_plan(model, config, layers)
     if config.importance == "activation":
         scores = _unit_activations(model, cal, config.batch_size, layers, "heads")
@@ -216,7 +399,7 @@ def _prune_heads(model: nn.Module, config: HeadPruneConfig, layers: list[int], c
     out = []
     for i in layers:
         attn = model.blocks[i].attn
-        H, Hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        H, Hkv = attn.n_heads, attn.n_kv_heads
         g = H // Hkv
         n = plan[i]
         s = scores[i]
@@ -234,28 +417,7 @@ def _prune_heads(model: nn.Module, config: HeadPruneConfig, layers: list[int], c
                 order = torch.sort(s[heads], stable=True).indices.tolist()
                 dropped = {heads[j] for j in order[:r]}
                 keep_q += [h for h in heads if h not in dropped]  # kept in order, grouped by kv head
-        removed_q = [h for h in range(H) if h not in keep_q]
-        removed_kv = [k for k in range(Hkv) if k not in keep_kv]
-        q_rows = _head_rows(keep_q, d)
-        kv_rows = _head_rows(keep_kv, d)
-        attn.q_proj = _slice_rows(attn.q_proj, q_rows)
-        attn.k_proj = _slice_rows(attn.k_proj, kv_rows)
-        attn.v_proj = _slice_rows(attn.v_proj, kv_rows)
-        attn.o_proj = _slice_cols(attn.o_proj, q_rows)
-        attn.n_heads, attn.n_kv_heads = len(keep_q), len(keep_kv)
-        assert attn.n_heads % attn.n_kv_heads == 0
-        out.append(
-            StructuredLayer(
-                layer=i,
-                kind="heads",
-                removed=removed_q,
-                removed_kv=removed_kv,
-                kept=keep_q,
-                before={"n_heads": H, "n_kv_heads": Hkv},
-                after={"n_heads": attn.n_heads, "n_kv_heads": attn.n_kv_heads},
-                shapes={f"blocks.{i}.attn.{p}": list(getattr(attn, p).weight.shape) for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
-            )
-        )
+        out.append(_cut_heads(model, i, keep_q, keep_kv))
     return out
 
 
@@ -319,6 +481,10 @@ def _run_structured(model: nn.Module, config, calibration, method: str, cls: str
 
 def _run_heads(model: nn.Module, config: HeadPruneConfig, calibration) -> tuple[str, int, list[StructuredLayer]]:
     """:func:`~moorelab.improve.prune.prune_` for this config: ``(method, calibration tokens, layers)``."""
+    if config.remove is not None:  # named heads: no importance, no calibration
+        _require_plain(model, "HeadPruneConfig")
+        _named_heads_plan(model, config)  # validate every layer first: nothing written on error
+        return "heads", 0, _prune_heads(model, config, sorted(config.remove), None)
     return _run_structured(model, config, calibration, "heads", "HeadPruneConfig", _heads_plan, _prune_heads)
 
 

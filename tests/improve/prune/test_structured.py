@@ -151,3 +151,84 @@ def test_structured_pruning_on_smollm2_real_text():
         ref.blocks[3].ffn.down_proj.weight[:, s.removed] = 0
         torch.testing.assert_close(m(x), ref(x), atol=2e-4, rtol=1e-4)
     assert rh.parameters_before - rh.parameters_after == 2 * (2 * 192 * 576 + 2 * 64 * 576)
+
+
+# --------------------------------------------------------------------------- heads by name
+def test_named_heads_kv_group_and_query_units():
+    m = tiny()
+    ref = copy.deepcopy(m)
+    # layer 0: the whole second group (heads 3,4,5 and KV head 1); layer 1: one head per group
+    prune_(m, HeadPruneConfig(remove="0:3+4+5"))
+    r = prune_(m, HeadPruneConfig(remove={1: [1, 5]}, unit="query"))
+    zero_heads(ref, 0, [3, 4, 5])
+    zero_heads(ref, 1, [1, 5])
+    torch.testing.assert_close(m(X), ref(X), atol=1e-5, rtol=1e-5)
+    a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+    assert (a0.n_heads, a0.n_kv_heads, a1.n_heads, a1.n_kv_heads) == (3, 1, 4, 2)
+    assert a0.head_map == {"heads": [0, 1, 2], "kv_heads": [0], "heads_removed": [3, 4, 5], "kv_heads_removed": [1]}
+    assert a1.head_map == {"heads": [0, 2, 3, 4], "kv_heads": [0, 1], "heads_removed": [1, 5], "kv_heads_removed": []}
+    (s,) = r.structured
+    assert s.removed == [1, 5] and s.removed_original == [1, 5] and s.kept_original == [0, 2, 3, 4]
+    assert layout(m)["layers"][1]["heads"] == [0, 2, 3, 4]
+    # a second round names ORIGINAL indices: original head 3 of layer 1 is current head 2
+    r2 = prune_(m, HeadPruneConfig(remove={1: [0, 3]}, unit="query"))
+    (s2,) = r2.structured
+    assert s2.removed == [0, 2] and s2.removed_original == [0, 3]
+    assert m.blocks[1].attn.head_map["heads"] == [2, 4] and m.blocks[1].attn.head_map["heads_removed"] == [0, 1, 3, 5]
+    zero_heads(ref, 1, [0, 3])
+    torch.testing.assert_close(m(X), ref(X), atol=1e-5, rtol=1e-5)
+    # the count-based method composes with the map too
+    r3 = prune_(m, HeadPruneConfig(heads_per_layer=1, layers=[1], importance="weight"))
+    assert r3.structured[0].removed_original[0] in (2, 4)
+    assert sorted(m.blocks[1].attn.head_map["heads_removed"]) == sorted([0, 1, 3, 5, r3.structured[0].removed_original[0]])
+
+
+@pytest.mark.parametrize("config,needle", [
+    (dict(remove={0: [1]}), "heads [0, 1, 2] share KV head 0 but not all are named"),
+    (dict(remove={0: [0, 1, 3]}, unit="query"), "named per group: [2, 1]"),
+    (dict(remove={0: [6]}), "layer 0 has no head 6 (its heads, by original index: [0, 1, 2, 3, 4, 5])"),
+    (dict(remove={2: [0]}), "layer 2 is not a block of this model (0..1)"),
+    (dict(remove={0: [0, 1, 2, 3, 4, 5]}), "names every head of layer 0"),
+])
+def test_named_heads_errors_change_nothing(config, needle):
+    m = tiny()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(MoorelabError) as e:
+        prune_(m, HeadPruneConfig(**config))
+    assert needle in str(e.value)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert getattr(m.blocks[0].attn, "head_map", None) is None
+
+
+def test_naming_a_head_removed_earlier_is_an_error():
+    m = tiny()
+    prune_(m, HeadPruneConfig(remove={0: [0, 1, 2]}))
+    with pytest.raises(MoorelabError, match=r"head 1 of layer 0 was already removed by an earlier pruning .*original heads \[3, 4, 5\]"):
+        prune_(m, HeadPruneConfig(remove={0: [1]}))
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("0:1+3/2:0", {0: [1, 3], 2: [0]}),
+    (" 1 : 5+4 ", {1: [4, 5]}),
+    ({"0": [3, 1], 2: 0}, {0: [1, 3], 2: [0]}),
+])
+def test_remove_forms(value, expected):
+    assert HeadPruneConfig(remove=value).remove == expected
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("0-1", "expected LAYER:HEAD+HEAD/LAYER:HEAD"),
+    ("0:1/0:2", "layer 0 named twice"),
+    ("0:1+1", "head 1 named twice"),
+    ("0:a", "layers and heads are integers"),
+    ({}, "names no head"),
+    ({0: [-1]}, "integers >= 0"),
+])
+def test_remove_bad_forms(value, needle):
+    with pytest.raises(MoorelabError) as e:
+        HeadPruneConfig(remove=value)
+    assert needle in str(e.value)
+    with pytest.raises(MoorelabError, match="exactly one of the fields heads_per_layer, fraction or remove"):
+        HeadPruneConfig(remove="0:1", heads_per_layer=1)
+    with pytest.raises(MoorelabError, match="field layers: not used with remove"):
+        HeadPruneConfig(remove="0:1", layers=[0])
