@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from rich.console import Console
 
+from moorelab.errors import MoorelabError
 from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
 from moorelab.measure.text import calibration_windows, take_prefix
 from moorelab.report import html as html_report
