@@ -1,0 +1,116 @@
+"""`moorelab train`: a tiny model trained on real text, saved as a Hugging Face folder that
+transformers and `moorelab run`'s loader read, TensorBoard logs read back, profile, budgets."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moorelab.errors import MoorelabError
+from moorelab.report.train_job import TrainOptions, run_train_job, shakespeare_documents
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    """Four small documents: the first 12,000 characters of four plays."""
+    d = tmp_path_factory.mktemp("texts")
+    paths = []
+    for doc in shakespeare_documents()[:4]:
+        p = d / (Path(doc.name).stem + ".txt")
+        p.write_text(doc.text[:12_000], encoding="utf-8")
+        paths.append(p)
+    return paths
+
+
+def tiny(texts, out, **kw):
+    base = dict(init="llama", d_model=32, n_layers=2, n_heads=2, context=32, text=list(texts), vocab_size=300,
+                steps=4, batch=4, lr=3e-3, out=out, checkpoint_every=2, val_max_bytes=3000, val_fraction=0.25,
+                threads=1)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_output_is_a_hf_folder_transformers_loads_with_equal_logits(texts, tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    from moorelab.model.zoo import load_pretrained
+
+    out = tmp_path / "run"
+    result = run_train_job(tiny(texts, out, init=family))
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "train.json", "run.json"):
+        assert (out / f).is_file(), f
+    # moorelab run / improve load the folder with load_pretrained
+    loaded = load_pretrained(str(out))
+    assert loaded.config.family == family and loaded.config.vocab_size == 300
+    assert loaded.tokenizer.token_to_id("<|endoftext|>") == 0 == loaded.config.bos_token_id
+    hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.tensor([loaded.tokenizer.encode("Enter the king, with his train.").ids[:20]])
+    with torch.no_grad():
+        ours = loaded.model(ids)
+        theirs = hf(ids).logits
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max().item() < 1e-4
+    # the model learnt something: loss falls below uniform over the vocabulary (ln 300 = 5.70)
+    val = result["validation"]
+    assert 0 < val["bits_per_byte"] < 8 and val["loss_nats_per_token"] < math.log(300)
+    assert val["documents"] == 1 and val["bytes_scored"] <= 3000
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert result["tokens_trained"]["value"] == 4 * 4 * 32
+    assert 0 < result["mfu"]["value"] < 1
+
+
+def test_tensorboard_events_read_back(texts, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_train_job(tiny(texts, out, steps=3))
+    acc = EventAccumulator(str(out / "logs"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu"):
+        assert tag in tags, tag
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3]
+    assert [e.step for e in acc.Scalars("val/loss")] == [3]
+    assert [e.step for e in acc.Scalars("val/bits_per_byte")] == [3]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([m["loss"] for m in metrics], rel=1e-6)
+
+
+def test_profile_writes_a_chrome_trace_and_prints_the_top_operators(texts, tmp_path, capsys):
+    from rich.console import Console
+
+    out = tmp_path / "run"
+    console = Console(width=250, force_terminal=False)
+    run_train_job(tiny(texts, out, steps=3, profile=2), console=console)
+    trace = json.loads((out / "profile" / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert any("mm" in str(n) for n in names)  # the matmuls are in it
+    printed = capsys.readouterr().out
+    assert "profile of 2 step(s)" in printed and "Self CPU" in printed
+
+
+def test_budget_in_tokens_and_flops(texts, tmp_path):
+    from moorelab.train.corpus import steps_for_budget
+
+    # 4 sequences x 32 tokens = 128 tokens per step
+    r = run_train_job(tiny(texts, tmp_path / "a", steps=None, tokens=128 * 3 + 100))
+    assert r["steps"] == {"start": 0, "end": 3}
+    assert steps_for_budget(steps=None, tokens=None, flops=1e9, tokens_per_step=100, flop_per_token=1e6) == 10
+    assert steps_for_budget(steps=None, tokens=None, flops=1.99e8, tokens_per_step=100, flop_per_token=1e6) == 1
+    with pytest.raises(MoorelabError, match="smaller than one step"):
+        steps_for_budget(steps=None, tokens=None, flops=9e7, tokens_per_step=100, flop_per_token=1e6)
+    with pytest.raises(MoorelabError, match="exactly one budget"):
+        steps_for_budget(steps=3, tokens=10, flops=None, tokens_per_step=100, flop_per_token=1e6)
