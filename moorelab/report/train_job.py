@@ -168,6 +168,14 @@ def _read_run(out: Path) -> dict:
         raise MoorelabError(f"{out / 'run.json'}: unreadable ({exc})") from None
 
 
+def _metrics_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a line cut short by a kill (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -339,7 +347,7 @@ def run_train_job(opts: TrainOptions, console=None) -> dict | None:
         if main:
             kept = []
             if start and metrics_path.is_file():
-                kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
+                kept = [ln for ln in metrics_path.read_text().splitlines() if _metrics_step(ln) <= start]
             _atomic_write(metrics_path, "".join(ln + "\n" for ln in kept))
 
         peak = measure_matmul_peak() if main else None

@@ -114,3 +114,64 @@ def test_budget_in_tokens_and_flops(texts, tmp_path):
         steps_for_budget(steps=None, tokens=None, flops=9e7, tokens_per_step=100, flop_per_token=1e6)
     with pytest.raises(MoorelabError, match="exactly one budget"):
         steps_for_budget(steps=3, tokens=10, flops=None, tokens_per_step=100, flop_per_token=1e6)
+
+
+def _cli_args(texts, out, steps, every):
+    args = ["train", "--init", "llama", "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--context", "32",
+            "--vocab-size", "300", "--steps", str(steps), "--batch", "4", "--lr", "3e-3", "--out", str(out),
+            "--checkpoint-every", str(every), "--val-max-bytes", "3000", "--val-fraction", "0.25", "--threads", "1"]
+    for t in texts:
+        args += ["--text", str(t)]
+    return args
+
+
+def _env():
+    import os
+
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1",
+                OMP_WAIT_POLICY="PASSIVE")
+
+
+def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run_bit_for_bit(texts, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    steps, every = 200, 5
+    ref = tmp_path / "ref"
+    run_train_job(tiny(texts, ref, steps=steps, checkpoint_every=every))
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "moorelab", *_cli_args(texts, out, steps, every)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any(int(p.name[5:]) >= 2 * every for p in (out / "checkpoints").glob("step_*")):
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run must be killed in the middle"
+    done_before = len((out / "metrics.jsonl").read_text().splitlines())
+    assert 2 * every <= done_before < steps and not (out / "model.safetensors").exists()
+
+    result = run_train_job(tiny(texts, out, steps=steps, checkpoint_every=every, resume=True))
+    assert 2 * every <= result["steps"]["start"] < steps and result["steps"]["end"] == steps
+    a = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in b] == list(range(1, steps + 1))
+    assert [m["loss"] for m in b] == [m["loss"] for m in a]  # bit for bit (JSON floats round-trip exactly)
+    assert [m["grad_norm"] for m in b] == [m["grad_norm"] for m in a]
+    wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # TensorBoard: the resumed run's steps replace the killed run's, none twice
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "logs"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, steps + 1))
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([m["loss"] for m in a], rel=1e-6)
