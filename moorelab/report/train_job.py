@@ -254,7 +254,7 @@ def run_train_job(opts: TrainOptions, console=None) -> dict | None:
                                 f"multiple of the {info.world} processes")
         if main:
             _out_state(out, opts.resume)
-        saved_run = _read_run(out) if opts.resume else None
+        saved_run = _read_run(out) if opts.resume and main else None
 
         docs = load_documents(opts)
         split = split_documents(docs, opts.val_fraction, opts.seed)

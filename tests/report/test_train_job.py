@@ -175,3 +175,78 @@ def test_sigkill_mid_run_then_resume_equals_the_uninterrupted_run_bit_for_bit(te
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, steps + 1))
     assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([m["loss"] for m in a], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- data parallel
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def ddp_two(texts, tmp_path_factory):
+    """5 steps of 2 processes on this machine (`--nproc 2`), global batch 4 = 2 per process."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("ddp") / "two"
+    r = subprocess.run([sys.executable, "-m", "moorelab", *_cli_args(texts, out, 5, 3), "--nproc", "2"],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "data parallel: 2 processes (DDP, gloo), 2 sequences each" in r.stdout
+    return out
+
+
+def test_two_processes_with_half_batches_equal_one_process_with_the_whole_batch(texts, tmp_path, ddp_two):
+    one = tmp_path / "one"
+    run_train_job(tiny(texts, one, steps=5, checkpoint_every=3))
+    a, b = _weights(one), _weights(ddp_two)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    la = [json.loads(x)["loss"] for x in (one / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (ddp_two / "metrics.jsonl").read_text().splitlines()]
+    assert lb == pytest.approx(la, rel=1e-6)  # the logged loss is over the global batch
+    assert json.loads((ddp_two / "train.json").read_text())["processes"] == 2
+
+
+def test_two_single_process_nodes_equal_two_processes_on_one_node(texts, tmp_path, ddp_two):
+    import subprocess
+
+    out = tmp_path / "nodes"
+    port = _free_port()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+                          "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                          "-m", "moorelab", *_cli_args(texts, out, 5, 3)],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-2000:] for x in logs)
+    a, b = _weights(ddp_two), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_under_ddp(texts, tmp_path, ddp_two):
+    import shutil
+    import subprocess
+
+    out = tmp_path / "resumed"
+    shutil.copytree(ddp_two, out)
+    # back to the state after step 3: its checkpoint, nothing written after it
+    shutil.rmtree(out / "checkpoints" / "step_000005")
+    for f in ("model.safetensors", "config.json", "train.json"):
+        (out / f).unlink()
+    r = subprocess.run([sys.executable, "-m", "moorelab", *_cli_args(texts, out, 5, 3), "--nproc", "2", "--resume"],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step_000003 (step 3)" in r.stdout.replace("\n", "")
+    a, b = _weights(ddp_two), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
