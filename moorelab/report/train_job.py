@@ -577,6 +577,9 @@ def train_command(
                         profile=profile, threads=threads, nproc=nproc)
     if nproc != 1 and not dd.launched_by_torchrun():
         # check what can be checked here, so that bad input fails once, before any process starts
+        cores = dd.available_cores()
+        if not 1 <= nproc <= cores:
+            raise MoorelabError(f"--nproc {nproc}: this machine has {cores} core(s) available; use 1 to {cores}")
         _check_options(opts)
         if batch % nproc:
             raise MoorelabError(f"--batch {batch} (sequences per micro-batch, all processes together) is not a "

@@ -250,3 +250,89 @@ def test_resume_under_ddp(texts, tmp_path, ddp_two):
     assert "step_000003 (step 3)" in r.stdout.replace("\n", "")
     a, b = _weights(ddp_two), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _cli_error(monkeypatch, capsys, args):
+    from moorelab import cli
+
+    monkeypatch.setattr(sys, "argv", ["moorelab", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(texts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    torch.set_num_threads(1)
+    run_train_job(tiny(texts, out, steps=3, checkpoint_every=3))
+    return out
+
+
+def test_text_too_short_for_one_batch(monkeypatch, capsys, tmp_path):
+    files = []
+    for i in range(3):
+        files += ["--text", str(tmp_path / f"t{i}.txt")]
+        (tmp_path / f"t{i}.txt").write_text(f"A line of play number {i}.\n")
+    out = tmp_path / "out"
+    err = _cli_error(monkeypatch, capsys, ["train", "--context", "256", "--steps", "2", "--vocab-size", "260",
+                                           "--out", str(out), *files])
+    assert "fewer than one window of --context 256" in err
+    assert not out.exists()
+
+
+def test_budget_smaller_than_one_step(monkeypatch, capsys, texts, tmp_path):
+    out = tmp_path / "out"
+    args = _cli_args(texts, out, 1, 1)
+    args[args.index("--steps"):args.index("--steps") + 2] = ["--tokens", "100"]
+    err = _cli_error(monkeypatch, capsys, args)
+    assert "--tokens 100 is smaller than one step (128 tokens)" in err
+    assert not out.exists()
+
+
+def test_context_longer_than_the_models(monkeypatch, capsys, texts, tmp_path, finished):
+    args = _cli_args(texts, tmp_path / "out", 2, 1)
+    args[args.index("--init") + 1] = str(finished)
+    args[args.index("--context") + 1] = "64"
+    err = _cli_error(monkeypatch, capsys, args)
+    assert "--context 64 is longer than the model's 32 positions" in err
+
+
+def test_resume_of_a_folder_from_another_configuration_loses_nothing(monkeypatch, capsys, texts, finished):
+    before = _snapshot(finished)
+    args = _cli_args(texts, finished, 3, 3) + ["--resume"]
+    args[args.index("--lr") + 1] = "1e-3"
+    err = _cli_error(monkeypatch, capsys, args)
+    assert "trained with another configuration (train.lr: 0.003 in the folder, 0.001 now)" in err
+    assert _snapshot(finished) == before
+    # and a fresh run into it is refused, not overwritten
+    err = _cli_error(monkeypatch, capsys, _cli_args(texts, finished, 3, 3))
+    assert "already holds a training run" in err
+    assert _snapshot(finished) == before
+
+
+def test_nproc_larger_than_the_cores(monkeypatch, capsys, texts, tmp_path):
+    err = _cli_error(monkeypatch, capsys, _cli_args(texts, tmp_path / "out", 2, 1) + ["--nproc", "999"])
+    assert "--nproc 999: this machine has" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupted_checkpoint(monkeypatch, capsys, texts, tmp_path, finished):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    weights = out / "checkpoints" / "step_000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = _snapshot(out)
+    err = _cli_error(monkeypatch, capsys, _cli_args(texts, out, 3, 3) + ["--resume"])
+    assert "step_000003/model.safetensors: corrupted checkpoint" in err
+    assert _snapshot(out) == before
