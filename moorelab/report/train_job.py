@@ -391,7 +391,7 @@ def run_train_job(opts: TrainOptions, console=None) -> dict | None:
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
             say(f"profile of {profiled['steps']} step(s): {out / 'profile' / 'trace.json'} (Chrome trace; open in "
                 f"chrome://tracing or https://ui.perfetto.dev); the ten operators with the most self CPU time:")
-            console.print(table, markup=False, highlight=False)
+            console.print(table, markup=False, highlight=False, soft_wrap=True)
             prof = None
 
         metrics_file = open(metrics_path, "a") if main else None
