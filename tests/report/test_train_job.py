@@ -336,3 +336,14 @@ def test_corrupted_checkpoint(monkeypatch, capsys, texts, tmp_path, finished):
     err = _cli_error(monkeypatch, capsys, _cli_args(texts, out, 3, 3) + ["--resume"])
     assert "step_000003/model.safetensors: corrupted checkpoint" in err
     assert _snapshot(out) == before
+
+
+def test_fine_tune_a_saved_folder_keeps_its_tokenizer_and_continues_from_its_weights(texts, tmp_path, finished):
+    out = tmp_path / "ft"
+    r = run_train_job(tiny(texts, out, init=str(finished), steps=2, lr=1e-3))
+    assert (out / "tokenizer.json").read_text() == (finished / "tokenizer.json").read_text()
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    last_of_finished = [json.loads(x)["loss"] for x in (finished / "metrics.jsonl").read_text().splitlines()][-1]
+    assert first < math.log(300) - 0.05  # starts from trained weights, not from a uniform guess
+    assert abs(first - last_of_finished) < 0.3
+    assert r["model"].startswith("run (")
