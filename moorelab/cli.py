@@ -81,6 +81,10 @@ from moorelab.report.improve_job import improve_command  # noqa: E402  (the `moo
 
 app.command("improve")(improve_command)
 
+from moorelab.report.train_job import train_command  # noqa: E402  (the `moorelab train` job)
+
+app.command("train")(train_command)
+
 from moorelab.measure.datasets import _typer_command as _finetune_data  # noqa: E402  (labelled data fetch)
 
 app.command("finetune-data")(_finetune_data())

@@ -256,13 +256,15 @@ class TransformerConfig:
         )
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """Return a ``transformers`` ``config.json`` dict (llama family only).
+        """Return a ``transformers`` ``config.json`` dict (llama, or gpt2 with its fixed shape).
 
         Raises:
-            ModelLoadError: for families other than llama.
+            ModelLoadError: for bert, or a gpt2 config that ``GPT2LMHeadModel`` cannot express.
         """
+        if self.family == "gpt2":
+            return self._to_hf_gpt2()
         if self.family != "llama":
-            raise ModelLoadError(f"to_hf_dict: family {self.family!r} is not supported (llama only)")
+            raise ModelLoadError(f"to_hf_dict: family {self.family!r} is not supported (llama, gpt2)")
         return {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -282,6 +284,36 @@ class TransformerConfig:
             "attention_bias": self.attn_bias,
             "mlp_bias": self.mlp_bias,
             "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids if len(self.eos_token_ids) > 1 else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+            "dtype": "float32",
+        }
+
+    def _to_hf_gpt2(self) -> dict[str, Any]:
+        expect = dict(norm="layernorm", norm_position="pre", activation="gelu_tanh", position="learned",
+                      attn_bias=True, mlp_bias=True, tie_word_embeddings=True, n_kv_heads=self.n_heads,
+                      head_dim=self.d_model // self.n_heads, type_vocab_size=0)
+        for key, value in expect.items():
+            if getattr(self, key) != value:
+                raise ModelLoadError(f"to_hf_dict: gpt2 needs {key}={value!r}, got {getattr(self, key)!r}")
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": self.vocab_size,
+            "n_embd": self.d_model,
+            "n_layer": self.n_layers,
+            "n_head": self.n_heads,
+            "n_inner": self.d_ff,
+            "n_positions": self.max_position_embeddings,
+            "n_ctx": self.max_position_embeddings,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": self.norm_eps,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "tie_word_embeddings": True,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_ids if len(self.eos_token_ids) > 1 else self.eos_token_id,
             "pad_token_id": self.pad_token_id,

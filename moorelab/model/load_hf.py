@@ -326,3 +326,45 @@ def save_hf_llama_folder(model: Transformer, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2))
     save_file(to_hf_llama_state(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def to_hf_gpt2_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our gpt2 state dict under ``GPT2LMHeadModel`` names: q, k, v fused into ``c_attn`` and
+    every linear weight transposed to ``Conv1D``'s ``[in, out]`` (the inverse of loading); the
+    tied head is omitted."""
+    sd = model.state_dict()
+    out = {"transformer.wte.weight": sd["embed.weight"], "transformer.wpe.weight": sd["pos_embed.weight"],
+           "transformer.ln_f.weight": sd["final_norm.weight"], "transformer.ln_f.bias": sd["final_norm.bias"]}
+    for i in range(model.config.n_layers):
+        p, h = f"blocks.{i}.", f"transformer.h.{i}."
+        for ours, theirs in (("attn_norm", "ln_1"), ("ffn_norm", "ln_2")):
+            out[h + theirs + ".weight"] = sd[p + ours + ".weight"]
+            out[h + theirs + ".bias"] = sd[p + ours + ".bias"]
+        qkv = [p + f"attn.{x}_proj" for x in "qkv"]
+        out[h + "attn.c_attn.weight"] = torch.cat([sd[n + ".weight"] for n in qkv], dim=0).t()
+        out[h + "attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv], dim=0)
+        for ours, theirs in (("attn.o_proj", "attn.c_proj"), ("ffn.up_proj", "mlp.c_fc"), ("ffn.down_proj", "mlp.c_proj")):
+            out[h + theirs + ".weight"] = sd[p + ours + ".weight"].t()
+            out[h + theirs + ".bias"] = sd[p + ours + ".bias"]
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def save_hf_folder(model: Transformer, folder: Path) -> None:
+    """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads
+    (``LlamaForCausalLM`` or ``GPT2LMHeadModel``), each through a temporary file renamed into place.
+
+    Raises:
+        ModelLoadError: a family or shape transformers' classes cannot express (bert; see
+            :meth:`TransformerConfig.to_hf_dict`).
+    """
+    import os
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = model.config.to_hf_dict()
+    state = to_hf_gpt2_state(model) if model.config.family == "gpt2" else to_hf_llama_state(model)
+    tmp_w, tmp_c = folder / ".model.safetensors.tmp", folder / ".config.json.tmp"
+    save_file(state, str(tmp_w), metadata={"format": "pt"})
+    tmp_c.write_text(json.dumps(hf, indent=2))
+    os.replace(tmp_w, folder / "model.safetensors")
+    os.replace(tmp_c, folder / "config.json")

@@ -93,6 +93,35 @@ def latest_checkpoint(path: str | Path) -> Path:
     return steps[-1]
 
 
+def read_trainer_json(ckpt: Path) -> dict:
+    """``ckpt/trainer.json`` as a dict.
+
+    Raises:
+        MoorelabError: unreadable or not a moorelab checkpoint record (named file).
+    """
+    path = Path(ckpt) / "trainer.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MoorelabError(f"{path}: corrupted checkpoint ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("step"), int):
+        raise MoorelabError(f"{path}: corrupted checkpoint (no format {FORMAT} record with a step)")
+    return meta
+
+
+def prune_checkpoints(checkpoint_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` ``step_*`` folders (≥ 1 always kept).
+
+    Returns:
+        The folders deleted.
+    """
+    steps = sorted(p for p in Path(checkpoint_dir).glob("step_*") if p.is_dir())
+    gone = steps[: max(0, len(steps) - max(1, keep))]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Restore model, optimizer and torch RNG state from :func:`save_checkpoint` output.
 
@@ -111,13 +140,23 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         MoorelabError: missing files, or a parameter/tensor name that does not match (named).
     """
     ckpt = latest_checkpoint(path)
-    meta = json.loads((ckpt / "trainer.json").read_text())
+    meta = read_trainer_json(ckpt)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        if not (ckpt / name).is_file():
+            raise MoorelabError(f"{ckpt / name}: missing (corrupted checkpoint)")
     try:
         load_model(model, str(ckpt / "model.safetensors"), strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise MoorelabError(f"{ckpt / 'model.safetensors'}: does not match the model ({first})") from None
-    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on bad bytes
+        raise MoorelabError(f"{ckpt / 'model.safetensors'}: corrupted checkpoint ({str(exc).splitlines()[0]})") from None
+    try:
+        tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    except Exception as exc:  # noqa: BLE001
+        raise MoorelabError(f"{ckpt / 'optimizer.safetensors'}: corrupted checkpoint ({str(exc).splitlines()[0]})") from None
+    if "rng.torch" not in tensors:
+        raise MoorelabError(f"{ckpt / 'optimizer.safetensors'}: no RNG state (corrupted checkpoint)")
     torch.set_rng_state(tensors.pop("rng.torch"))
     if optimizer is not None:
         saved_groups = meta["param_groups"]

@@ -237,6 +237,9 @@ def train(
     after_step: Callable[[nn.Module, int], None] | None = None,
     resume_from: str | Path | None = None,
     progress: Callable[[int, float], None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    flop_per_token: float | None = None,
+    peak_flop_per_s: float | None = None,
 ) -> TrainReport:
     """Train ``model`` in place for ``config.steps`` optimizer steps (or up to it when resuming).
 
@@ -251,6 +254,19 @@ def train(
             to re-apply pruning masks (:func:`moorelab.improve.prune.reapply_masks_`).
         resume_from: a checkpoint directory from :func:`save_checkpoint` to continue from.
         progress: called as ``progress(step_done, loss)`` after each step.
+        on_step: called after each step with ``{"step", "loss", "lr", "grad_norm", "tokens",
+            "seconds", "tokens_per_s", "mfu"}`` (``tokens`` over all ranks, ``seconds`` the
+            step's wall time; ``mfu`` None unless both FLOP arguments are given).
+        flop_per_token: training FLOP per token (:func:`moorelab.train.flops.training_flop_per_token`),
+            for the ``train/mfu`` log.
+        peak_flop_per_s: measured matmul peak of one process, FLOP/s.
+
+    Data parallel: when a ``torch.distributed`` group is initialised, the forward/backward runs
+    through ``DistributedDataParallel`` (gradients all-reduced once per optimizer step, not per
+    micro-batch); each rank's summed loss is divided by the *global* loss-token count and
+    multiplied by the world size, so the averaged gradient is token-weighted over all ranks.
+    ``get_batch`` must return this rank's shard. Only rank 0 writes logs and checkpoints; every
+    rank reads ``resume_from``.
 
     Returns:
         :class:`TrainReport`.
@@ -260,14 +276,27 @@ def train(
     """
     from moorelab.train.checkpoint import load_checkpoint, save_checkpoint
 
+    import contextlib
+
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    world = dist.get_world_size() if distributed else 1
+    main = not distributed or dist.get_rank() == 0
+
     optimizer = make_optimizer(model, config)
     start = 0
     if resume_from is not None:
         start = load_checkpoint(resume_from, model, optimizer)
     else:
         set_seed(config.seed)
+    runner: nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(model)
     writer = None
-    if config.log_dir:
+    if config.log_dir and main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(config.log_dir, purge_step=start + 1 if start else None)
@@ -277,19 +306,28 @@ def train(
     t0 = time.perf_counter()
     try:
         for step in range(start, config.steps):
+            t_step = time.perf_counter()
             batches = [get_batch(step, micro) for micro in range(config.grad_accum)]
             counts = [count_tokens(b) for b in batches]
-            n_tokens = sum(counts)
             if min(counts) <= 0:
                 raise MoorelabError(f"training step {step}: a micro-batch has no loss tokens")
+            n_tokens = sum(counts)
+            if distributed:
+                n_tokens = int(_all_reduce(float(n_tokens)))
             lr = lr_at(step, config)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             total = 0.0
-            for b in batches:
-                loss_sum = loss_fn(model, b)
-                (loss_sum / n_tokens).backward()
+            for i, b in enumerate(batches):
+                last = i == len(batches) - 1
+                sync = contextlib.nullcontext() if last or not distributed else runner.no_sync()
+                with sync:
+                    loss_sum = loss_fn(runner, b)
+                    # DDP averages over ranks: scale by world so the result is Σ loss / global tokens
+                    (loss_sum / n_tokens if world == 1 else loss_sum * (world / n_tokens)).backward()
                 total += float(loss_sum.detach())
+            if distributed:
+                total = _all_reduce(total)
             loss = total / n_tokens
             if not math.isfinite(loss):
                 raise MoorelabError(f"training step {step}: loss is {loss} (diverged; lower lr)")
@@ -302,6 +340,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if after_step is not None:
                 after_step(model, step + 1)
+            seconds = time.perf_counter() - t_step
+            tokens_per_s = n_tokens / seconds
+            step_mfu = None
+            if flop_per_token and peak_flop_per_s:
+                step_mfu = flop_per_token * tokens_per_s / (peak_flop_per_s * world)
             report.end_step = step + 1
             report.tokens += n_tokens
             report.losses.append(loss)
@@ -312,10 +355,16 @@ def train(
                 writer.add_scalar("train/lr", lr, step + 1)
                 writer.add_scalar("train/grad_norm", gnorm, step + 1)
                 writer.add_scalar("train/tokens", n_tokens, step + 1)
+                writer.add_scalar("train/tokens_per_s", tokens_per_s, step + 1)
+                if step_mfu is not None:
+                    writer.add_scalar("train/mfu", step_mfu, step + 1)
             if progress is not None:
                 progress(step + 1, loss)
+            if on_step is not None:
+                on_step({"step": step + 1, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": n_tokens,
+                         "seconds": seconds, "tokens_per_s": tokens_per_s, "mfu": step_mfu})
             done = step + 1
-            if config.checkpoint_dir and (
+            if config.checkpoint_dir and main and (
                 (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps
             ):
                 report.checkpoint = str(save_checkpoint(config.checkpoint_dir, model, optimizer, done, config))
@@ -325,3 +374,12 @@ def train(
             writer.close()
         model.train(was_training)
     return report
+
+
+def _all_reduce(value: float) -> float:
+    """Sum over the ranks of the initialised process group (float64)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0])

@@ -158,3 +158,19 @@ def test_training_reduces_loss_and_seeds_repeat():
     assert r1.losses == r2.losses
     assert r1.losses[-1] < 0.5 * r1.losses[0]
     assert r1.tokens == 25 * 4 * 15
+
+
+def test_half_written_checkpoints_are_never_picked(tmp_path):
+    from moorelab.train.checkpoint import latest_checkpoint, read_trainer_json
+
+    m = tiny()
+    cfg = TrainConfig(steps=2, lr=1e-3, checkpoint_dir=str(tmp_path), checkpoint_every=1)
+    train(m, next_token_loss, TokenWindows(list(range(50)) * 4, 9, 2), cfg)
+    # a kill during save leaves only a temporary folder, or a step folder without its record
+    (tmp_path / ".tmp_abc").mkdir()
+    (tmp_path / ".tmp_abc" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "step_000009").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step_000002"
+    (tmp_path / "step_000002" / "trainer.json").write_text('{"format": 1, "st')
+    with pytest.raises(MoorelabError, match="corrupted checkpoint"):
+        read_trainer_json(latest_checkpoint(tmp_path))
