@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
