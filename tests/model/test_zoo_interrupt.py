@@ -27,10 +27,11 @@ def test_interrupted_conversion_leaves_no_cache_and_the_next_load_works(tmp_path
     with pytest.raises(KeyboardInterrupt):
         zoo.load_pretrained("smollm2-135m")
     models = tmp_path / "models"
-    assert os.listdir(models) == []  # no smollm2-135m/, no hidden temporary folder
+    assert os.listdir(models) == []  # no cache folder, no hidden temporary folder
 
     monkeypatch.setattr(load_hf, "save_hf_llama_folder", real_save)
     loaded = zoo.load_pretrained("smollm2-135m")
-    assert not loaded.cache_hit and loaded.hf_dir == models / "smollm2-135m"
-    assert sorted(os.listdir(models)) == ["smollm2-135m"]
+    folder = f"smollm2-135m-cf{zoo.CACHE_FORMAT}"  # the cache folder names its format version
+    assert not loaded.cache_hit and loaded.hf_dir == models / folder
+    assert sorted(os.listdir(models)) == [folder]
     assert zoo.load_pretrained("smollm2-135m").cache_hit
