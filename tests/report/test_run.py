@@ -52,8 +52,9 @@ def test_quick_run_writes_every_field(quick_run):
         assert 0.5 < m["bits_per_byte"] < 3.0, row["name"]
         assert 2 < m["perplexity"] < 200
         # speeds are only checked for sanity here (no timed unit tests): benchmarks hold targets
+        # (no ordering of prefill vs decode: prefill is timed once and unchecked for CPU share, so
+        # a busy machine reversed it once, 15 vs 28 tokens/s; issue 10 makes every round checked)
         assert m["prefill_tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0
-        assert m["prefill_tokens_per_s"] > m["decode_tokens_per_s"]
         assert m["decode_latency_p50_ms"] <= m["decode_latency_p99_ms"]
         assert 100e6 < m["peak_rss_bytes"] < 8e9
         if not row["technique"].startswith("ffn"):
