@@ -143,9 +143,9 @@ def add_cost_gain(rows: list[dict], baseline: dict) -> None:
     machine at the same price), i.e. how many times more tokens the same money buys; it is stated
     beside the change in bits per byte, since a gain bought with quality is not the same gain.
     Where the gain differs from 1 it is also expressed as months of the reference trends
-    (:mod:`moorelab.law.reference`).
+    (:func:`moorelab.law.months.months_of_reference`).
     """
-    from moorelab.law.reference import months_of_reference
+    from moorelab.law.months import months_of_reference
 
     b = baseline["metrics"]
     for row in rows:
