@@ -2,7 +2,7 @@
 table of every row's figures with its ratios to the baseline (speed ratios with their interval,
 "no measurable difference" when it contains 1), the kernels each row ran, the speed protocol's
 bookkeeping (rounds kept, measurements excluded and re-measured), and each row's tokens per
-dollar with the verdict on it (months of the reference trends only for a measurable factor).
+dollar with the verdict on it (a gain and months of the reference trends only at equal quality).
 Every number printed is read from the row, as written to results.json."""
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def ratio_text(q: dict | None) -> str:
 
 def print_gains(console: Console, rows: list[dict]) -> None:
     """One line per variant: tokens per dollar against the baseline with its interval, the change
-    in bits per byte, the verdict, and, for a credited (measurable) factor only, the months of
-    each reference trend (with the command that reproduces each)."""
+    in bits per byte against the quality rule, the verdict, and, for a credited gain only, the
+    months of each reference trend (with the command that reproduces each)."""
     for r in rows[1:]:
         pc = r["performance_per_cost"]
         g = pc["gain_vs_baseline"]
+        rule = pc["quality_rule"]["max_delta_bits_per_byte"]
         if g["value"] is None:
             factor = "tokens per $ not claimed"
         elif g.get("ci"):
@@ -72,7 +73,8 @@ def print_gains(console: Console, rows: list[dict]) -> None:
                       f"{g['ci'][0]:.2f}–{g['ci'][1]:.2f})")
         else:
             factor = f"×{g['value']:.2f} tokens per $ (decode)"
-        line = f"{r['name']}: {factor}, Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f} → {pc['verdict']}"
+        line = (f"{r['name']}: {factor}, Δ bits/byte {pc['delta_bits_per_byte']['value']:+.4f} "
+                f"(rule: ≤ +{rule:g}) → {pc['verdict']}")
         for name, m in (pc["months_of_trend"] or {}).items():
             line += (f"; {m['value']:+.1f} months of {_TREND_NAMES.get(name, name)} ({m['factor_per_year']:g}x/year"
                      + (f", 90% CI {m['ci'][0]:+.1f} to {m['ci'][1]:+.1f}" if m.get("ci") else "") + ")")

@@ -60,10 +60,10 @@ def rows_table(rows: list[dict]) -> str:
 
 def gains_table(rows: list[dict]) -> str:
     """HTML table: per variant, tokens per $ against the baseline (interval), Δ bits per byte,
-    the verdict (credited only when measurable) and months of the reference trends with the
-    command that reproduces each."""
+    the verdict (a gain only at equal quality and when measurable) and months of the reference
+    trends with the command that reproduces each."""
     out = ["<table><tr><th>variant</th><th>tokens per $<br><small>x baseline (interval)</small></th>"
-           "<th>Δ bits/byte</th><th>verdict</th><th>months of the reference trends</th></tr>"]
+           "<th>Δ bits/byte<br><small>rule</small></th><th>verdict</th><th>months of the reference trends</th></tr>"]
     for r in rows[1:]:
         pc = r.get("performance_per_cost")
         if not pc:
@@ -77,7 +77,7 @@ def gains_table(rows: list[dict]) -> str:
             + f")<br><small><code>{html.escape(m['command'])}</code></small>"
             for name, m in (pc["months_of_trend"] or {}).items()) or "–"
         out.append(f"<tr><th>{html.escape(r['name'])}</th><td>{html.escape(factor)}</td>"
-                   f"<td>{pc['delta_bits_per_byte']['value']:+.4f}</td>"
+                   f"<td>{pc['delta_bits_per_byte']['value']:+.4f}<br><small>≤ +{pc['quality_rule']['max_delta_bits_per_byte']:g}</small></td>"
                    f"<td>{html.escape(pc['verdict'])}</td><td>{months}</td></tr>")
     out.append("</table>")
     return "".join(out)

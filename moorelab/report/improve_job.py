@@ -2,7 +2,7 @@
 
 Applies techniques in order (:mod:`moorelab.improve.api`), measures the baseline and the model
 after each step on the same task (the same text, windows, float32 decode path, speed protocol and
-way of stating gains as `moorelab run`: every stage is kept, a deep copy each, and all are timed
+quality rule for gains as `moorelab run`: every stage is kept, a deep copy each, and all are timed
 together in interleaved rounds by :func:`moorelab.measure.task.measure_speed_rows`), saves the
 improved model (:mod:`moorelab.improve.save`) and writes results.json and report.html with a
 Pareto plot. :mod:`moorelab.cli` registers :func:`improve_command` as the command.
@@ -35,6 +35,9 @@ def improve_command(
     calibration_tokens: int = typer.Option(8192, help="Calibration/training tokens taken from that play."),
     quick: bool = typer.Option(False, "--quick", help="A smaller slice of text, for tests."),
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
+    max_delta_bits_per_byte: float = typer.Option(
+        0.01, help="Quality rule: a gain (tokens per $, months) is credited only if bits per byte rose by at most this."
+    ),
 ) -> None:
     """Apply improvements in order and measure each on the same task against the baseline."""
     from moorelab.improve.api import NEEDS_CALIBRATION, ApplyContext, apply, parse_spec, precheck_chain
@@ -52,6 +55,8 @@ def improve_command(
     console = Console(stderr=json_out)
     if not usd_per_hour > 0:
         raise MoorelabError(f"--usd-per-hour {usd_per_hour}: must be > 0 ($/hour)")
+    if not max_delta_bits_per_byte >= 0:
+        raise MoorelabError(f"--max-delta-bits-per-byte {max_delta_bits_per_byte}: must be ≥ 0 (bits/byte)")
     t0 = time.perf_counter()
     configs = [parse_spec(s) for s in with_]  # bad specs fail here, before anything is loaded
     precheck_chain(with_, configs)
@@ -94,7 +99,7 @@ def improve_command(
         del stages
         gc.collect()
         add_ratios(rows, base)
-        add_cost_gain(rows, base)
+        add_cost_gain(rows, base, max_delta_bits_per_byte)
         tok = Path(loaded.hf_dir) / "tokenizer.json"
         saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
         saved["path"] = str(Path(out) / "model")
@@ -107,6 +112,9 @@ def improve_command(
                      "calibration": (f"{calibration_play}: {ctx.calibration.numel()} tokens in windows of {ctx.calibration.shape[1]}"
                                      if ctx.calibration is not None else None),
                      "usd_per_hour_assumed": {"value": usd_per_hour, "unit": "$/hour"}},
+            "gain_rule": {"max_delta_bits_per_byte": {"value": max_delta_bits_per_byte, "unit": "bits/byte"},
+                          "rule": "tokens per $ and months of a trend are credited as a gain only when bits per byte rose by "
+                                  "at most this much over the baseline and the paired speed interval excludes 1"},
             "techniques": reports,
             "rows": rows,
             "saved_model": saved,

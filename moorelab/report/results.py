@@ -151,28 +151,44 @@ def staged_output(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def add_cost_gain(rows: list[dict], baseline: dict) -> None:
+#: default quality tolerance for crediting a gain: Δ bits per byte at most this (see add_cost_gain)
+DEFAULT_MAX_DELTA_BITS_PER_BYTE = 0.01
+
+
+def add_cost_gain(rows: list[dict], baseline: dict, max_delta_bits_per_byte: float = DEFAULT_MAX_DELTA_BITS_PER_BYTE) -> None:
     """Add ``performance_per_cost`` to every non-baseline row: tokens per $ against the baseline,
-    credited (and put in months of the reference trends) only when measurable.
+    credited as a gain (and in months of the reference trends) only at equal quality.
 
     The tokens-per-$ factor is the paired decode-speed ratio of the row (same machine, same
     price: tokens per $ scale as decode tokens/s), with its interval. It is *credited* only when
-    the speed was measured undisturbed (ratio claimed) and the interval excludes 1 (a measurable
-    difference); it is stated beside the change in bits per byte, since a gain bought with
-    quality is not the same gain. Only a credited factor is put in months of the reference
-    trends (:func:`moorelab.law.months.months_of_reference`, each with the ``moorelab trend
-    months`` command that reproduces it); a credited factor < 1 is a loss (negative months).
-    Otherwise ``verdict`` says why nothing is credited: "no measurable difference in tokens per
-    $" or "not claimed: ...".
+    all hold: the row's bits per byte rose by at most ``max_delta_bits_per_byte`` over the
+    baseline's (quality held), the speed was measured undisturbed (ratio claimed) and the
+    interval excludes 1 (a measurable difference). Only a credited factor is put in months of the
+    reference trends (:func:`moorelab.law.months.months_of_reference`, each with the
+    ``moorelab trend months`` command that reproduces it); a credited factor < 1 is a loss at
+    equal quality (negative months). Otherwise ``verdict`` says why nothing is credited:
+    "no gain at equal quality: ...", "no measurable difference in tokens per $" or
+    "not claimed: ...".
+
+    Default tolerance, 0.01 bits/byte: under 0.6% of SmolLM2's ~1.73 bits/byte on the default
+    text (token perplexity ×1.016 at most). int8 weight-only changes bits per byte by ~+0.003 and
+    passes; int4 g32 with int8 activations (~+0.036, perplexity ×1.09) and FFN pruning (+0.26,
+    ×1.97) are quality traded for speed, not the same model made cheaper, and are not credited.
+
+    Raises:
+        ValueError: a negative tolerance.
     """
     from moorelab.law.months import months_of_reference
 
+    if not max_delta_bits_per_byte >= 0:
+        raise ValueError(f"max_delta_bits_per_byte must be ≥ 0, got {max_delta_bits_per_byte}")
     b = baseline["metrics"]
     for row in rows:
         if row is baseline:
             continue
         m = row["metrics"]
         delta = m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"]
+        held = delta <= max_delta_bits_per_byte
         sr = row.get("vs_baseline", {}).get("decode_tokens_per_s")
         if sr is None or "ci" not in sr:  # no paired rounds: the plain ratio of the two cost figures, never credited
             gain = {"value": b["usd_per_million_tokens_decode"]["value"] / m["usd_per_million_tokens_decode"]["value"],
@@ -180,16 +196,22 @@ def add_cost_gain(rows: list[dict], baseline: dict) -> None:
         else:
             gain = {k: sr[k] for k in ("value", "ci", "confidence", "verdict")}
         credited = False
-        if gain["value"] is None or gain["verdict"].startswith("not claimed"):
+        if not held:
+            verdict = (f"no gain at equal quality: bits per byte {delta:+.4f} exceeds the "
+                       f"+{max_delta_bits_per_byte:g} allowed")
+        elif gain["value"] is None or gain["verdict"].startswith("not claimed"):
             verdict = gain["verdict"]
         elif gain["verdict"] == "no measurable difference":
             verdict = "no measurable difference in tokens per $"
         else:
             credited = True
-            verdict = "gain" if gain["value"] > 1 else "loss"
+            verdict = "gain at equal quality" if gain["value"] > 1 else "loss at equal quality"
         row["performance_per_cost"] = {
             "gain_vs_baseline": {**gain, "unit": "x tokens per $ (decode)"},
             "delta_bits_per_byte": {"value": delta, "unit": "bits/byte"},
+            "quality_rule": {"max_delta_bits_per_byte": max_delta_bits_per_byte, "held": held,
+                             "why": "a gain is credited only at equal quality: bits per byte may rise by at most "
+                                    "this much over the baseline (--max-delta-bits-per-byte)"},
             "credited": credited,
             "verdict": verdict,
             "months_of_trend": months_of_reference(gain["value"]) if credited else None,

@@ -27,12 +27,13 @@ def test_gains_say_what_is_credited_and_protocol_names_disturbed_rows():
     print_gains(console, rows)
     print_speed_protocol(console, rows)
     out = console.export_text()
-    assert "fast: ×2.90 tokens per $ (decode; 94% interval 2.70–3.10), Δ bits/byte +0.0020 → gain" in out
+    assert "fast: ×2.90 tokens per $ (decode; 94% interval 2.70–3.10), Δ bits/byte +0.0020 (rule: ≤ +0.01) → gain at equal quality" in out
     assert "+12.0 months of algorithmic efficiency (2.9x/year, 90% CI +9.2 to +17.0)" in out  # 12·ln 2.9 / ln(3.98 or 2.12)
     assert "LLM price at fixed capability" in out
+    assert "worse: ×2.80" in out and "→ no gain at equal quality: bits per byte +0.0360 exceeds the +0.01 allowed" in out
     assert "same: ×1.02" in out and "→ no measurable difference in tokens per $" in out
     assert "disturbed: tokens per $ not claimed" in out
-    assert out.count("months of algorithmic efficiency") == 2  # the measurable rows only
+    assert out.count("months of algorithmic efficiency") == 1  # only the credited row
     assert "`moorelab trend months 2.9 --trend algorithmic_efficiency`" in out
     assert "disturbed 2/5 kept, 7 excluded, 6 re-measured" in out and "fast 5/5 kept, 1 excluded, 1 re-measured" in out
     assert "warning" in out and "too few undisturbed rounds for disturbed;" in out and "no ratio, gain or months" in out

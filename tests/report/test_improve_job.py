@@ -44,6 +44,7 @@ def test_improve_int8_end_to_end(tmp_path):
     # the same protocol, decode path and kernel label as `moorelab run`
     assert base["kernel"] == "moorelab fp32 GEMV; torch matmul (prefill); fused decode"
     assert base["speed_protocol"]["rounds"] == 5 and q["speed_protocol"]["measurements"] >= 5
+    assert r["gain_rule"]["max_delta_bits_per_byte"]["value"] == 0.01
     assert r["saved_model"]["format"] == "moorelab-improved/1"
     assert (out / "model" / "moorelab.json").is_file() and (out / "pareto.png").stat().st_size > 5000
     from moorelab.improve.save import load_improved

@@ -50,20 +50,31 @@ def _gain_rows(ratio, ci, delta_bpb, verdict="higher"):
     return base, q
 
 
-def test_cost_gain_credited_only_when_measurable():
-    from moorelab.report.results import add_cost_gain
+def test_cost_gain_credited_only_at_equal_quality_and_when_measurable():
+    from moorelab.report.results import DEFAULT_MAX_DELTA_BITS_PER_BYTE, add_cost_gain
 
+    assert DEFAULT_MAX_DELTA_BITS_PER_BYTE == 0.01
     base, q = _gain_rows(2.4, [2.2, 2.6], 0.005)
     add_cost_gain([base, q], base)
     pc = q["performance_per_cost"]
     assert pc["gain_vs_baseline"]["value"] == pytest.approx(2.4) and pc["gain_vs_baseline"]["ci"] == [2.2, 2.6]
     assert pc["delta_bits_per_byte"]["value"] == pytest.approx(0.005)
-    assert pc["credited"] and pc["verdict"] == "gain"
+    assert pc["credited"] and pc["verdict"] == "gain at equal quality"
     # 12 ln 2.4 / ln 2.9 months of the 2.90x/yr algorithmic-efficiency trend, and the command that reproduces it
     m = pc["months_of_trend"]["algorithmic_efficiency"]
     assert m["value"] == pytest.approx(9.867, abs=1e-3)
     assert m["command"] == "moorelab trend months 2.4 --trend algorithmic_efficiency"
     assert "performance_per_cost" not in base
+    # a pruned model with perplexity x1.97 (+0.26 bits/byte) is faster, but not at equal quality
+    base, q = _gain_rows(1.24, [1.1, 1.4], 0.26)
+    add_cost_gain([base, q], base)
+    pc = q["performance_per_cost"]
+    assert not pc["credited"] and pc["months_of_trend"] is None
+    assert pc["verdict"] == "no gain at equal quality: bits per byte +0.2600 exceeds the +0.01 allowed"
+    # int4 g32 (+0.036) passes only under a looser, stated rule
+    base, q = _gain_rows(2.8, [2.6, 3.0], 0.036)
+    add_cost_gain([base, q], base, max_delta_bits_per_byte=0.05)
+    assert q["performance_per_cost"]["credited"] and q["performance_per_cost"]["quality_rule"]["max_delta_bits_per_byte"] == 0.05
     # an interval containing 1: no measurable difference, no months
     base, q = _gain_rows(1.05, [0.93, 1.12], 0.0, verdict="no measurable difference")
     add_cost_gain([base, q], base)
@@ -73,10 +84,10 @@ def test_cost_gain_credited_only_when_measurable():
     base, q = _gain_rows(None, None, 0.0, verdict="not claimed: this variant had fewer than 5 undisturbed rounds")
     add_cost_gain([base, q], base)
     assert q["performance_per_cost"]["verdict"].startswith("not claimed") and not q["performance_per_cost"]["credited"]
-    # a measurable loss is a loss: negative months
+    # a measurable loss at equal quality is credited as a loss: negative months
     base, q = _gain_rows(1 / 2.9, [0.3, 0.4], 0.0, verdict="lower")
     add_cost_gain([base, q], base)
-    assert q["performance_per_cost"]["verdict"] == "loss"
+    assert q["performance_per_cost"]["verdict"] == "loss at equal quality"
     assert q["performance_per_cost"]["months_of_trend"]["algorithmic_efficiency"]["value"] == pytest.approx(-12.0)
 
 

@@ -81,11 +81,17 @@ def test_quick_run_writes_every_field(quick_run):
     pruned = by_tech["ffn"]["metrics"]
     assert value(pruned["parameters"]) < 0.9 * 134_515_008
     assert value(pruned["weight_bytes"]) < 0.9 * value(base["weight_bytes"])
+    # gains: only at equal quality (the pruned row's perplexity rose ~x1.8: never credited)
+    assert value(r["gain_rule"]["max_delta_bits_per_byte"]) == 0.01
+    pc = by_tech["ffn"]["performance_per_cost"]
+    assert not pc["credited"] and pc["months_of_trend"] is None and pc["verdict"].startswith("no gain at equal quality")
+    assert not by_tech["int4"]["performance_per_cost"]["credited"]
     for row in r["rows"][1:]:
         pc = row["performance_per_cost"]
         assert pc["credited"] == (pc["months_of_trend"] is not None)
         for m in (pc["months_of_trend"] or {}).values():
             assert m["command"].startswith("moorelab trend months ")
+    assert r["best_quantized_row"] in {"int8 weight-only", None}
     assert (out / "pareto.png").stat().st_size > 5000
     # trend fit from the embedded facts
     fit = r["trend"]["fit"]
