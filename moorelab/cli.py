@@ -55,6 +55,9 @@ def run_command(
     out: Path = typer.Option(Path("moorelab-out"), help="Output folder for results.json and report.html."),
     quick: bool = typer.Option(False, "--quick", help="A smaller slice of text, for tests."),
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
+    max_delta_bits_per_byte: float = typer.Option(
+        0.01, help="Quality rule: a gain (tokens per $, months) is credited only if bits per byte rose by at most this."
+    ),
 ) -> None:
     """Measure a real LLM (quality, speed, resources, cost), quantized and pruned variants, and the field's trend."""
     from rich.console import Console
@@ -65,7 +68,8 @@ def run_command(
     inputs = check_run_inputs(model=model, text=text, facts=facts, out=out, usd_per_hour=usd_per_hour, console=Console())
     from moorelab.report.run import RunOptions, run_main_job
 
-    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick, usd_per_hour=usd_per_hour),
+    run_main_job(RunOptions(model=model, text=text, facts=facts, out=out, quick=quick, usd_per_hour=usd_per_hour,
+                            max_delta_bits_per_byte=max_delta_bits_per_byte),
                  inputs=inputs)
 
 

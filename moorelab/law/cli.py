@@ -143,7 +143,8 @@ def hardware_cmd(
 @trend_app.command("months")
 def months_cmd(
     gain: float = typer.Argument(..., help="Gain factor, e.g. 2.4 for '2.4x cheaper/better'."),
-    trend: str = typer.Option("compute", help="compute | hardware | facts | custom "
+    trend: str = typer.Option("compute", help="compute | hardware | facts | algorithmic_efficiency | "
+                                              "llm_price_at_fixed_capability | custom "
                                               "(custom: give --factor-per-year and --ci-lo/hi)."),
     factor_per_year: Optional[float] = typer.Option(None, help="custom trend: factor per year."),
     ci_lo: Optional[float] = typer.Option(None, help="custom trend: interval low (x/yr)."),

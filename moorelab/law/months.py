@@ -10,6 +10,11 @@ same formula; a slope interval that reaches zero gives an unbounded upper end. W
 trend (factor per year F and interval [lo, hi]) the interval is 12*ln G / ln hi to
 12*ln G / ln lo. Example: 2.4x at Epoch's 4.7x/yr (4.3-5.2) compute trend = 6.79 months
 (6.37-7.19).
+
+The reference trends of :mod:`moorelab.law.reference` (``algorithmic_efficiency``,
+``llm_price_at_fixed_capability``: the ones `moorelab run` and `moorelab improve` express gains
+in) are trends given as a factor per year with a 90% interval; with them a loss (G < 1) is
+reported as negative months, exactly as in those jobs' results.json.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 from moorelab.errors import MoorelabError
 from moorelab.law.analysis import TrendResult
 from moorelab.law.fit import GrowthFit
+from moorelab.law.reference import REFERENCE_TRENDS
 
 
 def months_from_slope(gain: float, slope: float) -> float:
@@ -68,6 +74,40 @@ def months_of_factor(gain: float, factor_per_year: float,
     return {"value": months_from_slope(gain, s), "unit": "months", "ci": ci}
 
 
+def signed_months_of_factor(gain: float, factor_per_year: float,
+                            factor_ci: tuple[float, float] | None = None) -> dict:
+    """:func:`months_of_factor` with a sign: negative months (and a mirrored interval) for a loss
+    (gain < 1), i.e. how long the trend takes to win back what was lost."""
+    m = months_of_factor(gain, factor_per_year, factor_ci)
+    if gain < 1:
+        ci = m.get("ci")
+        m = {**m, "value": -m["value"], "ci": None if ci is None else (-ci[1], -ci[0])}
+    return m
+
+
+def months_of_reference(gain: float) -> dict:
+    """Months of each reference trend (:data:`moorelab.law.reference.REFERENCE_TRENDS`) that a
+    gain factor is worth.
+
+    Args:
+        gain: a factor > 0, != 1 (e.g. 2.4 = 2.4x less cost for the same quality).
+
+    Returns:
+        ``{trend name: {"value": months, "unit": "months", "ci": (lo, hi), "factor_per_year",
+        "source", "command"}}``; months are negative for a loss (gain < 1); ``command`` is the
+        ``moorelab trend months`` call that reproduces the figure.
+
+    Raises:
+        MoorelabError: gain ≤ 0 or == 1.
+    """
+    out = {}
+    for name, t in REFERENCE_TRENDS.items():
+        m = signed_months_of_factor(gain, t["factor_per_year"], t["ci90"])
+        out[name] = {**m, "factor_per_year": t["factor_per_year"], "source": t["source"],
+                     "command": f"moorelab trend months {gain:.6g} --trend {name}"}
+    return out
+
+
 def _check_gain(gain: float) -> None:
     if not (gain > 0) or gain == 1 or not math.isfinite(gain):
         raise MoorelabError(f"months: gain must be a finite factor > 0 and != 1, not {gain}")
@@ -110,7 +150,11 @@ def trend_fit(trend: str, data_dir=None, *, ci: float = 0.90, n_boot: int = 2000
                            metric="training compute", unit="FLOP",
                            credit="Facts: papers/model cards cited per row; some compute "
                                   "figures are Epoch AI estimates (CC-BY 4.0)")
-    raise MoorelabError(f"unknown trend {trend!r}: compute, hardware, facts or custom")
+    raise MoorelabError(f"unknown trend {trend!r}: {', '.join(TREND_NAMES)}")
+
+
+#: every name ``run_months`` accepts as ``trend``
+TREND_NAMES = ("compute", "hardware", "facts", *REFERENCE_TRENDS, "custom")
 
 
 def run_months(gain: float, *, trend: str = "compute", data_dir: str | os.PathLike | None = None,
@@ -121,8 +165,10 @@ def run_months(gain: float, *, trend: str = "compute", data_dir: str | os.PathLi
 
     Args:
         gain: factor (> 0, != 1), e.g. 2.4 for "2.4x cheaper".
-        trend: "compute" | "hardware" | "facts" | "custom" (custom: ``factor_per_year`` and
-            optionally ``ci_lo``/``ci_hi`` in x/year).
+        trend: "compute" | "hardware" | "facts" | "algorithmic_efficiency" |
+            "llm_price_at_fixed_capability" | "custom" (custom: ``factor_per_year`` and
+            optionally ``ci_lo``/``ci_hi`` in x/year). The two reference trends
+            (:mod:`moorelab.law.reference`) give signed months (negative for gain < 1).
 
     Raises:
         MoorelabError: bad gain, unknown trend, custom trend without a factor.
@@ -142,6 +188,22 @@ def run_months(gain: float, *, trend: str = "compute", data_dir: str | os.PathLi
         res.figures["months"] = {"value": m["value"], "unit": "months", "ci": m["ci"]}
         res.figures["trend factor per year"] = {"value": factor_per_year, "unit": "x/year",
                                                 "ci": fci}
+        res.plotter = _plot_custom
+        return res
+    if trend in REFERENCE_TRENDS:
+        t = REFERENCE_TRENDS[trend]
+        m = signed_months_of_factor(gain, t["factor_per_year"], t["ci90"])
+        res = TrendResult(
+            name="months", title=f"{gain:g}x in months of the reference trend '{trend}' "
+                                 f"({t['factor_per_year']:g}x/yr)",
+            credit=t["source"], selection={"gain": gain, "trend": trend,
+                                           "factor_per_year": t["factor_per_year"],
+                                           "factor_ci": list(t["ci90"])})
+        res.figures["months"] = {"value": m["value"], "unit": "months", "ci": m["ci"]}
+        res.figures["trend factor per year"] = {"value": t["factor_per_year"], "unit": "x/year",
+                                                "ci": list(t["ci90"])}
+        res.notes.append(f"{t['description']}; months = 12 * ln({gain:g}) / ln({t['factor_per_year']:g}), "
+                         "negative for a loss; interval from the trend's 90% interval.")
         res.plotter = _plot_custom
         return res
     base = trend_fit(trend, data_dir, ci=ci, n_boot=n_boot, seed=seed)

@@ -2,12 +2,16 @@
 
 A *row* is one model variant measured on the same task (baseline or a technique)::
 
-    {"name": "float32", "technique": "none", "kernel": "torch fp32 matmul",
+    {"name": "int8", "technique": "int8", "kernel": "moorelab-avx2-gemv int8; fused decode",
      "metrics": {"bits_per_byte": {"value": 0.93, "unit": "bits/byte"}, ...},
-     "vs_baseline": {"decode_tokens_per_s": 1.8, ...}}
+     "speed_protocol": {...}, "speed_ratios": {...},
+     "vs_baseline": {"decode_tokens_per_s": {"value": 1.8, "ci": [1.7, 1.9], "verdict": "higher", ...}, ...}}
 
-:func:`~moorelab.measure.task.measure_model` builds rows with :func:`make_row`; the report adds
-``vs_baseline`` and the gains (:mod:`moorelab.report.results`).
+Every figure appears once, under ``metrics`` (the terminal table and the HTML report read it
+there). :func:`~moorelab.measure.task.measure_model` builds rows with :func:`make_row`;
+:func:`~moorelab.measure.task.measure_speed_rows` adds the speed figures, the protocol record
+and the paired speed ratios; the report adds ``vs_baseline`` and the gains
+(:mod:`moorelab.report.results`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "parameters": ("parameters", False),
     "weight_bytes": ("bytes", False),
     "usd_per_million_tokens_decode": ("$/1M tokens", False),
-    "decode_cpu_share": ("CPU s / (wall s x threads)", True),
+    "cpu_share": ("1 (share of CPU time; method in speed_protocol.cpu_share_method)", True),
 }
 
 

@@ -1,7 +1,9 @@
 """The task every model variant is measured on, the same way: quality, speed, resources, cost.
 
-A row is produced by :func:`measure_model`; the format is described in
-:mod:`moorelab.measure.row`.
+A row is produced by :func:`measure_model` (quality and resources, one variant at a time) and
+completed by :func:`measure_speed_rows` (speed and cost, every variant resident, timed in
+interleaved rounds by :func:`moorelab.measure.speed.measure_interleaved`); the format is
+described in :mod:`moorelab.measure.row`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import torch
 
 from moorelab.measure import resources
 from moorelab.measure.quality import score_text
-from moorelab.measure.row import make_row
-from moorelab.measure.speed import measure_speed
+from moorelab.measure.row import METRICS, make_row, metric
+from moorelab.measure.speed import DECODE_PROMPT_TOKENS, InterleavedResult, SpeedVariant, invert_ratio, measure_interleaved
 from moorelab.measure.text import Text
 
 
 @dataclass
 class Budget:
-    """How much work a run does (characters of text, window sizes, speed-test lengths)."""
+    """How much work a run does (characters of text, window sizes, speed-test lengths).
+
+    ``speed_rounds`` and ``speed_max_tries`` are the rounds and tries per round of the speed
+    protocol (:func:`moorelab.measure.speed.measure_interleaved`).
+    """
 
     max_chars: int
     window: int
@@ -29,12 +35,29 @@ class Budget:
     decode_tokens: int
     batch_size: int
     calibration_tokens: int
+    speed_rounds: int = 5
+    speed_max_tries: int = 3
 
 
 FULL = Budget(max_chars=20_000, window=512, stride=256, prefill_tokens=512, decode_tokens=64, batch_size=4,
               calibration_tokens=4096)
 QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, decode_tokens=16, batch_size=4,
                calibration_tokens=1024)
+
+
+#: the float32 linear layers' kernels (:class:`moorelab.model.transformer.FastLinear`): a compiled
+#: GEMV for decode-sized calls, torch's matmul for prefill
+FP32_KERNEL = "moorelab fp32 GEMV; torch matmul (prefill)"
+
+
+def kernel_label(model: torch.nn.Module) -> str:
+    """The matmul kernels of a model's linear layers, for its row: each quantized module's
+    ``kernel`` name, and :data:`FP32_KERNEL` when float32 linear layers remain (the same label
+    for a float32 baseline in `moorelab run` and in `moorelab improve`)."""
+    names = sorted({m.kernel for m in model.modules() if getattr(m, "kernel", None)})
+    if any(isinstance(m, torch.nn.Linear) and not getattr(m, "kernel", None) for m in model.modules()):
+        names.append(FP32_KERNEL)
+    return ", ".join(names) or FP32_KERNEL
 
 
 def check_task_fits(loaded, token_ids: list[int], budget: "Budget", text: Text) -> None:
@@ -76,28 +99,32 @@ def measure_model(
     text: Text,
     budget: Budget,
     bos_token_id: int | None,
-    usd_per_hour: float,
     progress,
     notes: str = "",
+    held_bytes: int = 0,
 ) -> tuple[dict, dict]:
-    """Measure one model variant on the task: quality, speed, resources, cost.
+    """Measure one model variant's quality and resources on the task (speed: :func:`measure_speed_rows`).
+
+    Peak RSS is taken over one untimed prefill and short decode of this variant (its weights and
+    its working memory); ``held_bytes`` of other models the process holds at that moment (the
+    variants kept resident for the interleaved speed protocol) are subtracted.
 
     Args:
         name: row name.
         technique: "none" for the baseline, else the technique applied.
         kernel: the matmul kernel the row ran ("; fused decode" or "; Python decode" is appended:
-            the decode path the speed test took).
+            the decode path this variant takes).
         model: a moorelab Transformer (eval mode).
         token_ids: tokenized ``text``.
         text: the scored text (its UTF-8 byte count is the bits-per-byte denominator).
         budget: window/stride and speed-test lengths.
         bos_token_id: document-start token for the "first" BOS policy.
-        usd_per_hour: machine price for $/1M tokens.
         progress: rich progress display.
         notes: free text for the row.
+        held_bytes: bytes of weights of other models resident during the measurement.
 
     Returns:
-        (results row, details dict with the quality protocol and speed protocol).
+        (results row, details dict with the quality result).
     """
     from moorelab.model import decode
     from moorelab.model.transformer import KVCache
@@ -116,21 +143,18 @@ def measure_model(
         # a window longer than the model's positions is capped (and the row says so)
         context=getattr(getattr(model, "config", None), "max_position_embeddings", None),
     )
-    # peak RSS is taken over the speed test only (model + prefill/decode working memory); the
-    # scoring above holds batch x window x vocab logits, which would dominate every row
+    # peak RSS over one prefill + decode of this variant only; the scoring above holds
+    # batch x window x vocab logits, which would dominate every row
     gc.collect()
     rss_reset = resources.reset_peak_rss()
-    stask = progress.add_task(f"{name}: prefill/decode speed", total=1)
-    prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, 64)]], dtype=torch.long)
-    speed = measure_speed(
-        lambda ids: model(ids),
-        lambda ids, cache: decode.forward(model, ids, cache=cache),
-        lambda: KVCache(),
-        prompt,
-        prefill_tokens=budget.prefill_tokens,
-        decode_tokens=budget.decode_tokens,
-    )
-    progress.advance(stask, 1)
+    prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, DECODE_PROMPT_TOKENS)]], dtype=torch.long)
+    with torch.inference_mode():
+        model(prompt[:, : budget.prefill_tokens])
+        cache = KVCache()
+        logits = decode.forward(model, prompt[:, :DECODE_PROMPT_TOKENS], cache=cache)
+        for _ in range(min(4, budget.decode_tokens)):
+            logits = decode.forward(model, logits[:, -1:].argmax(-1), cache=cache)
+    peak = resources.peak_rss_bytes() - held_bytes
     path = getattr(model, "last_decode_path", None)
     if path == "fused":
         kernel += "; fused decode"
@@ -139,21 +163,95 @@ def measure_model(
     values = {
         "bits_per_byte": quality.bits_per_byte,
         "perplexity": quality.perplexity,
-        "prefill_tokens_per_s": speed.prefill_tokens_per_s,
-        "decode_tokens_per_s": speed.decode_tokens_per_s,
-        "decode_latency_p50_ms": speed.decode_latency_p50_ms,
-        "decode_latency_p90_ms": speed.decode_latency_p90_ms,
-        "decode_latency_p99_ms": speed.decode_latency_p99_ms,
-        "peak_rss_bytes": resources.peak_rss_bytes(),
+        "peak_rss_bytes": peak,
         "parameters": resources.count_parameters(model),
         "weight_bytes": resources.weight_bytes(model),
-        "usd_per_million_tokens_decode": resources.usd_per_million_tokens(speed.decode_tokens_per_s, usd_per_hour),
-        "decode_cpu_share": speed.decode_cpu_share,
     }
     row = make_row(name, technique, kernel, values, notes)
     row["quality_protocol"] = {k: v for k, v in quality.to_dict().items() if k not in ("perplexity", "bits_per_byte")}
-    row["speed_protocol"] = speed.to_dict()
-    row["peak_rss_scope"] = "process peak RSS during this row's prefill/decode speed test (scoring excluded)" if rss_reset else "process lifetime (reset unsupported)"
-    return row, {"quality": quality, "speed": speed}
+    scope = ("process peak RSS during one untimed prefill and 4-token decode of this variant (scoring excluded)"
+             if rss_reset else "process peak RSS since start (reset unsupported)")
+    if held_bytes:
+        scope += f", minus {held_bytes:,} bytes of weights of the other variants held for the speed protocol"
+    row["peak_rss_scope"] = scope
+    return row, {"quality": quality}
 
 
+def measure_speed_rows(
+    rows: list[dict],
+    models: list[torch.nn.Module],
+    token_ids: list[int],
+    budget: Budget,
+    usd_per_hour: float,
+    progress=None,
+) -> InterleavedResult:
+    """Time every row's model with the interleaved protocol and write its speed and cost into the row.
+
+    Every model is resident; ``rows[0]`` is the baseline of the ratios. Each model runs its
+    prefill as ``model(ids)`` and decodes through :func:`moorelab.model.decode.forward` (the
+    fused float32 path when eligible, as every row of every job). Per row this sets the metrics
+    ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``decode_latency_p50/p90/p99_ms``,
+    ``usd_per_million_tokens_decode`` (from the decode figure) and ``cpu_share``, each from
+    undisturbed rounds only (one figure, one place); ``speed_protocol`` (settings, rounds kept,
+    re-measurements, every try with its CPU shares); ``speed_disturbed``; and, for every row
+    after the first, the speed entries of ``vs_baseline`` (paired ratios with intervals,
+    :func:`moorelab.measure.speed.paired_ratio`; the cost ratio is the decode ratio inverted;
+    :func:`moorelab.report.results.add_ratios` adds the other metrics' ratios beside them).
+
+    Args:
+        rows: rows from :func:`measure_model`, in the order of ``models``.
+        models: the variants (moorelab Transformers, eval mode).
+        token_ids: the task's tokens (the prompts are their start).
+        budget: prefill/decode lengths, rounds and tries.
+        usd_per_hour: machine price for $/1M tokens.
+        progress: rich progress display (optional).
+
+    Returns:
+        The :class:`~moorelab.measure.speed.InterleavedResult`.
+    """
+    from moorelab.model import decode
+    from moorelab.model.transformer import KVCache
+
+    if len(rows) != len(models):
+        raise ValueError(f"measure_speed_rows: {len(rows)} rows but {len(models)} models")
+    prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, DECODE_PROMPT_TOKENS)]], dtype=torch.long)
+    variants = [SpeedVariant(r["name"], lambda ids, m=m: m(ids), lambda ids, cache, m=m: decode.forward(m, ids, cache=cache), KVCache)
+                for r, m in zip(rows, models)]
+    task = None
+    if progress is not None:
+        task = progress.add_task("speed: prefill + decode, variants interleaved", total=budget.speed_rounds * len(rows))
+
+    def tick(_name, rec):
+        if progress is not None:
+            if rec["kept"] or rec["try"] == budget.speed_max_tries:
+                progress.advance(task, 1)
+
+    res = measure_interleaved(variants, prompt, prefill_tokens=budget.prefill_tokens, decode_tokens=budget.decode_tokens,
+                              rounds=budget.speed_rounds, max_tries=budget.speed_max_tries, on_measurement=tick)
+    if progress is not None:
+        progress.update(task, completed=budget.speed_rounds * len(rows))
+    for r, vs in zip(rows, res.variants):
+        values = {**{k: v["value"] for k, v in r["metrics"].items()},
+                  "prefill_tokens_per_s": vs.prefill_tokens_per_s,
+                  "decode_tokens_per_s": vs.decode_tokens_per_s,
+                  "decode_latency_p50_ms": vs.decode_latency_p50_ms,
+                  "decode_latency_p90_ms": vs.decode_latency_p90_ms,
+                  "decode_latency_p99_ms": vs.decode_latency_p99_ms,
+                  "usd_per_million_tokens_decode": resources.usd_per_million_tokens(vs.decode_tokens_per_s, usd_per_hour),
+                  "cpu_share": vs.cpu_share}
+        r["metrics"] = {k: metric(k, values[k]) for k in METRICS if k in values}
+        r["speed_protocol"] = {
+            **res.settings,
+            "figures_are": (f"medians of {vs.rounds_kept} undisturbed rounds (latency: percentiles of their pooled steps)"
+                            if vs.figures_from == "undisturbed rounds" else "medians of every try: every measurement was disturbed"),
+            "rounds_kept": vs.rounds_kept, "measurements": vs.measurements, "remeasured": vs.remeasured,
+            "disturbed_measurements": vs.disturbed_measurements, "disturbed": vs.disturbed,
+            "tries": vs.tries,
+        }
+        r["speed_disturbed"] = vs.disturbed
+        if r is not rows[0]:
+            ratios = dict(res.ratios[vs.name])
+            ratios["usd_per_million_tokens_decode"] = invert_ratio(ratios["decode_tokens_per_s"])
+            r["vs_baseline"] = {k: {**q, "unit": "x baseline", "method": "median of per-round paired ratios, order-statistic interval"}
+                                for k, q in ratios.items()}
+    return res

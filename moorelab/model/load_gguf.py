@@ -284,3 +284,22 @@ def load_gguf(path: str | Path) -> Transformer:
     """
     config, state = read_gguf(path)
     return build_model(config, state, source=str(path))
+
+
+def gguf_storage_types(path: str | Path) -> dict[str, list[str]]:
+    """How a GGUF file stores its tensors: storage type name (``"Q4_1"``, ``"Q8_0"``, ``"F32"``,
+    ...) -> the tensor names stored that way, in file order. Reads the header only.
+
+    Raises:
+        ModelLoadError: not a readable GGUF file.
+    """
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - gguf raises ValueError/struct errors on junk
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({e})") from None
+    out: dict[str, list[str]] = {}
+    for t in reader.tensors:
+        out.setdefault(t.tensor_type.name, []).append(t.name)
+    return out

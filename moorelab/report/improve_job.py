@@ -1,13 +1,17 @@
 """The `moorelab improve` job: `moorelab improve MODEL --with SPEC [--with SPEC ...] --out DIR [--json]`.
 
 Applies techniques in order (:mod:`moorelab.improve.api`), measures the baseline and the model
-after each step on the same task (the same text, windows and speed protocol as `moorelab run`),
-saves the improved model (:mod:`moorelab.improve.save`) and writes results.json and report.html
-with a Pareto plot. :mod:`moorelab.cli` registers :func:`improve_command` as the command.
+after each step on the same task (the same text, windows, float32 decode path, speed protocol and
+quality rule for gains as `moorelab run`: every stage is kept, a deep copy each, and all are timed
+together in interleaved rounds by :func:`moorelab.measure.task.measure_speed_rows`), saves the
+improved model (:mod:`moorelab.improve.save`) and writes results.json and report.html with a
+Pareto plot. :mod:`moorelab.cli` registers :func:`improve_command` as the command.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
 import sys
 import time
@@ -29,9 +33,16 @@ def improve_command(
     calibration_tokens: int = typer.Option(8192, help="Calibration/training tokens taken from that play."),
     quick: bool = typer.Option(False, "--quick", help="A smaller slice of text, for tests."),
     usd_per_hour: float = typer.Option(0.10, help="Assumed machine price for $/1M tokens ($/hour)."),
+    max_delta_bits_per_byte: float = typer.Option(
+        0.01, help="Quality rule: a gain (tokens per $, months) is credited only if bits per byte rose by at most this."
+    ),
 ) -> None:
     """Apply improvements in order and measure each on the same task against the baseline."""
+    from moorelab.errors import MoorelabError
     from moorelab.report.inputs import check_improve_inputs
+
+    if not max_delta_bits_per_byte >= 0:
+        raise MoorelabError(f"--max-delta-bits-per-byte {max_delta_bits_per_byte}: must be ≥ 0 (bits/byte)")
 
     # every input first, before torch is even imported: bad input fails in seconds, writes nothing
     full = check_improve_inputs(model=model, text=text, out=out, usd_per_hour=usd_per_hour,
@@ -39,14 +50,17 @@ def improve_command(
     from moorelab.improve.api import ApplyContext, apply, needs_calibration, parse_spec, precheck_chain
     from moorelab.improve.distill import DistillConfig
     from moorelab.improve.save import save_improved
-    from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
+    from moorelab.measure.resources import weight_bytes
+    from moorelab.measure.task import (FULL, QUICK, check_task_fits, document_start_token, kernel_label, measure_model,
+                                       measure_speed_rows)
     from moorelab.measure.text import calibration_windows, take_prefix
     from moorelab.model.tokenize import encode_text
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
     from moorelab.report import plots
-    from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
-    from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
+    from moorelab.report.baseline import describe_baseline, int4_reproduction
+    from moorelab.report.console import make_progress, print_gains, print_kernels, print_speed_protocol, summary_table
+    from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
 
     console = Console(stderr=json_out)
     t0 = time.perf_counter()
@@ -69,35 +83,50 @@ def improve_command(
             ctx.calibration = calibration_windows(loaded.tokenizer, calibration_play, calibration_tokens)
         if any(isinstance(c, DistillConfig) for c in configs):
             ctx.teacher = load_pretrained(model).model
-        measure = dict(token_ids=ids, text=task_text, budget=budget, bos_token_id=bos,
-                       usd_per_hour=usd_per_hour, progress=progress)
-        base, _ = measure_model(name="baseline", technique="none", kernel="torch fp32 matmul", model=net, **measure)
+        measure = dict(token_ids=ids, text=task_text, budget=budget, bos_token_id=bos, progress=progress)
+        baseline = describe_baseline(loaded)
+        base, _ = measure_model(name=baseline["name"], technique="none", kernel=kernel_label(net), model=net,
+                                notes=baseline["weights"], **measure)
         rows, reports, applied = [base], [], []
+        stages, held = [], 0  # each stage before the next technique, kept for the interleaved speed rounds
         for spec, cfg in zip(with_, configs):
+            stages.append(copy.deepcopy(net))
+            held += weight_bytes(stages[-1])
             atask = progress.add_task(f"applying {spec}", total=None)
             report = apply(net, cfg, ctx)
+            gc.collect()
             progress.update(atask, total=1, completed=1)
             applied.append(spec)
             reports.append({"spec": spec, "config": type(cfg).__name__,
                             "report": report.to_dict() if hasattr(report, "to_dict") else str(report)})
-            kernels = sorted({m.kernel for m in net.modules() if getattr(m, "kernel", None)}) or ["torch fp32 matmul"]
-            row, _ = measure_model(name=" + ".join(applied), technique=spec, kernel=", ".join(kernels), model=net, **measure)
+            row, _ = measure_model(name=" + ".join(applied), technique=spec, kernel=kernel_label(net), model=net,
+                                   held_bytes=held, **measure)
             rows.append(row)
+        measure_speed_rows(rows, stages + [net], ids, budget, usd_per_hour, progress)
+        del stages
+        gc.collect()
         add_ratios(rows, base)
-        add_cost_gain(rows, base)
-        flag_disturbed(rows)
+        add_cost_gain(rows, base, max_delta_bits_per_byte)
+        if not baseline["truly_float"] and len(reports) == 1 and reports[0]["spec"].startswith("int4"):
+            found = int4_reproduction(reports[0]["report"])
+            if found:
+                baseline["int4_measured"] = found
+                base["notes"] += f"; measured: {found}"
         tok = Path(loaded.hf_dir) / "tokenizer.json"
         saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
         saved["path"] = str(Path(out) / "model")
         results = {
             "schema": "moorelab.improve/1",
-            "model": {"name": loaded.name, "source": str(loaded.source)},
+            "model": {"name": loaded.name, "source": str(loaded.source), "baseline": baseline},
             "task": {"text": task_text.description, "bytes": task_text.n_bytes, "tokens": len(ids),
                      "window_tokens": budget.window, "stride_tokens": budget.stride,
                      "bos_policy": f"document-start token id {bos} prepended once",
                      "calibration": (f"{calibration_play}: {ctx.calibration.numel()} tokens in windows of {ctx.calibration.shape[1]}"
                                      if ctx.calibration is not None else None),
                      "usd_per_hour_assumed": {"value": usd_per_hour, "unit": "$/hour"}},
+            "gain_rule": {"max_delta_bits_per_byte": {"value": max_delta_bits_per_byte, "unit": "bits/byte"},
+                          "rule": "tokens per $ and months of a trend are credited as a gain only when bits per byte rose by "
+                                  "at most this much over the baseline and the paired speed interval excludes 1"},
             "techniques": reports,
             "rows": rows,
             "saved_model": saved,
@@ -109,7 +138,11 @@ def improve_command(
         fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows)
         html_report.write_report(
             stage / "report.html", f"moorelab improve — {loaded.name}",
-            [("Variants measured on the same text", html_report.rows_table(rows)),
+            [("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
+                                               + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
+             ("Variants measured on the same text", html_report.rows_table(rows)),
+             ("Gains at equal quality", html_report.gains_table(rows)),
+             ("Speed protocol", html_report.speed_protocol_table(rows)),
              ("Saved model", html_report.kv_table([(k, str(v)) for k, v in saved.items()]))],
             [(fig, "Bits per byte against $ per 1M decoded tokens; red: Pareto front"),
              (fig2, "Bits per byte against decode tokens/s")],
@@ -117,8 +150,11 @@ def improve_command(
     if json_out:
         sys.stdout.write(json.dumps(json.loads((Path(out) / "results.json").read_text())) + "\n")
     else:
+        console.print(f"baseline '{baseline['name']}': {baseline['weights']}"
+                      + (f"; measured: {baseline['int4_measured']}" if "int4_measured" in baseline else ""))
         console.print(summary_table(rows))
         print_kernels(console, rows)
+        print_speed_protocol(console, rows)
         print_gains(console, rows)
         console.print(f"saved the improved model ({saved['format']}) to {saved['path']}")
         console.print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'report.html'}; elapsed {time.perf_counter() - t0:.1f} s")

