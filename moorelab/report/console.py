@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from moorelab.report.results import NO_RATIO_METRICS
+
 
 def make_progress(console: Console) -> Progress:
     """The rich progress display used by long commands."""
@@ -135,7 +137,7 @@ _LABELS = {
     "prefill_tokens_per_s": "prefill tokens/s", "decode_tokens_per_s": "decode tokens/s",
     "decode_latency_p50_ms": "decode p50 ms/token", "decode_latency_p99_ms": "decode p99 ms/token",
     "peak_rss_bytes": "peak RSS (MB)", "weight_bytes": "weights (MB)", "parameters": "parameters (M)",
-    "usd_per_million_tokens_decode": "$ per 1M decode tokens", "decode_cpu_share": "decode CPU share",
+    "usd_per_million_tokens_decode": "$ per 1M decode tokens", "cpu_share": "CPU share (median kept)",
 }
 
 
@@ -156,7 +158,7 @@ def summary_table(rows: list[dict]) -> Table:
         for r in rows:
             m = r["metrics"].get(key)
             cell = "–" if m is None or m["value"] is None else format(m["value"] * scale, fmt)
-            if r["technique"] != "none":
+            if r["technique"] != "none" and key not in NO_RATIO_METRICS:
                 q = r.get("vs_baseline", {}).get(key)
                 cell += " ×–" if q is None else " " + ratio_text(q)
             cells.append(cell)

@@ -76,7 +76,7 @@ def test_rows_have_one_decode_figure_and_the_table_shows_it(tmp_path):
             0.25 / (3600 * r["metrics"]["decode_tokens_per_s"]["value"]) * 1e6)
     console = Console(record=True, width=400)
     console.print(summary_table(written))
-    line = next(ln for ln in console.export_text().splitlines() if ln.lstrip("│┃ ").startswith("decode_tokens_per_s"))
+    line = next(ln for ln in console.export_text().splitlines() if ln.lstrip("│┃ ").startswith("decode tokens/s"))
     for r in written:
         assert format(r["metrics"]["decode_tokens_per_s"]["value"], ".1f") in line
     v = written[1]["vs_baseline"]["decode_tokens_per_s"]
