@@ -57,7 +57,7 @@ def improve_command(
     from moorelab.model.tokenize import encode_text
     from moorelab.model.zoo import load_pretrained
     from moorelab.report import html as html_report
-    from moorelab.report import plots
+    from moorelab.report import plots, summary
     from moorelab.report.baseline import describe_baseline, int4_reproduction
     from moorelab.report.console import make_progress, print_gains, print_kernels, print_speed_protocol, summary_table
     from moorelab.report.results import add_cost_gain, add_ratios, environment, staged_output, write_json
@@ -134,18 +134,28 @@ def improve_command(
             "elapsed_seconds": {"value": time.perf_counter() - t0, "unit": "s"},
         }
         write_json(stage / "results.json", results)
-        fig = plots.plot_pareto(stage / "pareto.png", rows)
-        fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows)
+        measured = summary.measured_credit(results)
+        fig = plots.plot_pareto(stage / "pareto.png", rows, credit=measured)
+        fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows, credit=measured)
+        fig3 = plots.plot_months_on_trend(stage / "months_on_trend.png", rows, credit=summary.TRENDS_CREDIT)
         html_report.write_report(
             stage / "report.html", f"moorelab improve — {loaded.name}",
-            [("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
-                                               + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
-             ("Variants measured on the same text", html_report.rows_table(rows)),
+            [("Variants measured on the same text", html_report.rows_table(rows)),
              ("Gains at equal quality", html_report.gains_table(rows)),
+             ("Your variants on the field's trends", html_report.figure_row([
+                 (fig3, "Each variant as months of the reference trends (hollow: not credited at equal quality)")])
+              + summary.months_note(rows)),
+             ("Quality, speed and cost", html_report.figure_row([
+                 (fig, "Bits per byte against $ per 1M decoded tokens; red: Pareto front"),
+                 (fig2, "Bits per byte against decode tokens/s")])),
              ("Speed protocol", html_report.speed_protocol_table(rows)),
-             ("Saved model", html_report.kv_table([(k, str(v)) for k, v in saved.items()]))],
-            [(fig, "Bits per byte against $ per 1M decoded tokens; red: Pareto front"),
-             (fig2, "Bits per byte against decode tokens/s")],
+             ("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
+                                               + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
+             ("Saved model", html_report.kv_table([(k, str(v)) for k, v in saved.items()])),
+             ("Environment", html_report.kv_table([(k, str(v)) for k, v in results["environment"].items()])),
+             ("Data and credits", summary.credits_html(results))],
+            [],
+            summary=summary.reader_summary(results),
         )
     if json_out:
         sys.stdout.write(json.dumps(json.loads((Path(out) / "results.json").read_text())) + "\n")

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 
 def plot_trend(
@@ -38,10 +39,10 @@ def plot_trend(
         ``path``.
     """
     x = np.asarray(x_years, float)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    ax.scatter(x, y, s=22, color="#1f77b4", zorder=3, label="models")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=150)
+    ax.scatter(x, y, s=18, color="#1f77b4", zorder=3, label="models")
     for xi, yi, lab in zip(x, y, labels):
-        ax.annotate(lab, (xi, yi), fontsize=6.5, xytext=(3, 2), textcoords="offset points")
+        ax.annotate(lab, (xi, yi), fontsize=5.5, xytext=(3, 2), textcoords="offset points")
     grid = np.linspace(x.min() - 0.3, x.max() + 0.3, 100)
     yhat, lo, hi = fit.prediction_interval_log10(grid)
     ax.plot(grid, 10**yhat, color="#d62728", lw=1.6,
@@ -49,30 +50,32 @@ def plot_trend(
     ax.fill_between(grid, 10**lo, 10**hi, color="#d62728", alpha=0.12,
                     label=f"{fit.ci_level:.0%} prediction interval")
     ax.set_yscale("log")
-    ax.set_xlabel("publication date (year)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_xlabel("publication date (year)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=7)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.text(0.01, 0.005, credit, fontsize=7, color="#555")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    ax.legend(fontsize=6.5, loc="upper left")
+    fig.text(0.01, 0.005, credit, fontsize=6, color="#555", wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_quality_vs_speed(path: Path, rows: list[dict]) -> Path:
+def plot_quality_vs_speed(path: Path, rows: list[dict], *, credit: str | None = None) -> Path:
     """Bits per byte (lower is better) against decode tokens/s (higher is better), one point per row.
 
     Args:
         path: PNG to write.
         rows: results rows (see :mod:`moorelab.measure.row`) with ``bits_per_byte`` and
             ``decode_tokens_per_s`` metrics.
+        credit: data credit printed under the plot (default: "measured by moorelab in this run").
 
     Returns:
         ``path``.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=150)
     for row in rows:
         m = row["metrics"]
         xs, ys = m["decode_tokens_per_s"]["value"], m["bits_per_byte"]["value"]
@@ -80,12 +83,14 @@ def plot_quality_vs_speed(path: Path, rows: list[dict]) -> Path:
         ax.scatter([xs], [ys], s=size, alpha=0.8, zorder=3)
         ax.annotate(f"{row['name']}\n{m['weight_bytes']['value'] / 1e6:.0f} MB", (xs, ys), fontsize=8,
                     xytext=(6, 4), textcoords="offset points")
-    ax.set_xlabel("decode speed (tokens/s, batch 1) → better")
-    ax.set_ylabel("bits per byte ← better")
-    ax.set_title("Quality against decode speed (marker area ∝ weight bytes)")
+    ax.set_xlabel("decode speed, tokens/s (batch 1); right is better", fontsize=8)
+    ax.set_ylabel("bits per byte (bits/byte); lower is better", fontsize=8)
+    ax.set_title("Quality against decode speed (marker area ∝ weight bytes, MB)", fontsize=10)
+    ax.tick_params(labelsize=7)
     ax.grid(True, alpha=0.3)
     ax.margins(0.25)
-    fig.tight_layout()
+    fig.text(0.01, 0.005, credit or "Data: measured by moorelab in this run.", fontsize=6, color="#555", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -107,33 +112,142 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(idx, key=lambda i: points[i][0])
 
 
-def plot_pareto(path: Path, rows: list[dict]) -> Path:
+def plot_pareto(path: Path, rows: list[dict], *, credit: str | None = None) -> Path:
     """Quality (bits per byte) against cost ($ per 1M decoded tokens) over all rows, with the
     Pareto front (lower-left is better on both axes).
 
     Args:
         path: PNG to write.
         rows: results rows with ``bits_per_byte`` and ``usd_per_million_tokens_decode``.
+        credit: data credit printed under the plot (default: "measured by moorelab in this run").
 
     Returns:
         ``path``.
     """
     pts = [(r["metrics"]["usd_per_million_tokens_decode"]["value"], r["metrics"]["bits_per_byte"]["value"]) for r in rows]
     front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=150)
     for i, (r, (x, y)) in enumerate(zip(rows, pts)):
-        ax.scatter([x], [y], s=50, zorder=3, color="#d62728" if i in front else "#1f77b4")
-        ax.annotate(r["name"], (x, y), fontsize=7.5, xytext=(5, 3), textcoords="offset points")
+        ax.scatter([x], [y], s=40, zorder=3, color="#d62728" if i in front else "#1f77b4")
+        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(5, 3), textcoords="offset points")
     fx = [pts[i][0] for i in front]
     fy = [pts[i][1] for i in front]
     ax.step(fx, fy, where="post", color="#d62728", lw=1.2, alpha=0.7, label="Pareto front")
-    ax.set_xlabel("cost: $ per 1M decoded tokens (batch 1, this machine) ← better")
-    ax.set_ylabel("bits per byte ← better")
-    ax.set_title("Quality against cost, every variant")
+    ax.set_xlabel("cost, $ per 1M decoded tokens (batch 1, this machine); left is better", fontsize=8)
+    ax.set_ylabel("bits per byte (bits/byte); lower is better", fontsize=8)
+    ax.set_title("Quality against cost, every variant", fontsize=10)
+    ax.tick_params(labelsize=7)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.margins(0.2)
-    fig.tight_layout()
+    fig.text(0.01, 0.005, credit or "Data: measured by moorelab in this run.", fontsize=6, color="#555", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+#: reference trends' names in words on the plot
+_TREND_LABELS = {"algorithmic_efficiency": "algorithmic progress", "llm_price_at_fixed_capability": "LLM price at fixed capability"}
+
+
+def months_points(rows: list[dict]) -> list[dict]:
+    """Where each variant sits on the reference trends: per non-baseline row with a tokens-per-$
+    factor, ``{"name", "gain", "gain_ci", "credited", "why", "months": {trend: {"value", "ci"}}}``.
+
+    A credited row's months are the ones the run computed (``performance_per_cost.months_of_trend``);
+    a row not credited (quality rule broken, no measurable difference) gets the months its speed
+    alone would be worth (:func:`moorelab.law.months.months_of_reference`), flagged
+    ``credited: False`` with the verdict as ``why``. A row without a factor (disturbed timing)
+    or with a factor of exactly 1 is left out.
+    """
+    from moorelab.law.months import months_of_reference
+
+    out = []
+    for r in rows[1:]:
+        pc = r.get("performance_per_cost")
+        if not pc:
+            continue
+        g = pc["gain_vs_baseline"]
+        if g.get("value") is None or g["value"] == 1:
+            continue
+        months = pc["months_of_trend"] if pc["credited"] else months_of_reference(g["value"])
+        out.append({"name": r["name"], "gain": g["value"], "gain_ci": g.get("ci"), "credited": pc["credited"],
+                    "why": pc["verdict"], "months": {k: {"value": m["value"], "ci": m.get("ci")} for k, m in months.items()}})
+    return out
+
+
+def plot_months_on_trend(path: Path, rows: list[dict], *, credit: str) -> Path:
+    """The variants placed on the field's reference trends: for each trend
+    (:data:`moorelab.law.reference.REFERENCE_TRENDS`) the factor it reaches after a number of
+    months (a line, with its 90% band), and each variant's tokens per $ against the baseline
+    drawn at the months of that trend it is worth (interval bars: the gain's and the trend's).
+    Filled markers: gains credited at equal quality; hollow grey: not credited (where the speed
+    alone would sit).
+
+    Args:
+        path: PNG to write.
+        rows: results rows (the first is the baseline) with ``performance_per_cost``.
+        credit: data credit printed under the plot (the trends' source and licence, the run).
+
+    Returns:
+        ``path``.
+    """
+    from moorelab.law.reference import REFERENCE_TRENDS
+
+    pts = months_points(rows)
+    finite = [v for p in pts for m in p["months"].values()
+              for v in [m["value"], *(m["ci"] or [])] if v is not None and np.isfinite(v)]
+    lo_x = min([-2.0, *finite]) - 1.0
+    hi_x = max([12.0, *[v for v in finite if v < 120]]) * 1.08
+    gains = [v for p in pts for v in [p["gain"], *(p["gain_ci"] or [])]]
+    lo_y, hi_y = min([1.0, *gains]) / 1.4, max([1.0, *gains]) * 1.4
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=150)
+    grid = np.linspace(lo_x, hi_x, 200)
+    colors = {}
+    for (name, t), color in zip(REFERENCE_TRENDS.items(), ("#1f77b4", "#ff7f0e", "#2ca02c")):
+        colors[name] = color
+        f, (c_lo, c_hi) = t["factor_per_year"], t["ci90"]
+        ax.plot(grid, f ** (grid / 12), color=color, lw=1.5,
+                label=f"{_TREND_LABELS.get(name, name)}: ×{f:g}/year")
+        a, b = c_lo ** (grid / 12), c_hi ** (grid / 12)
+        ax.fill_between(grid, np.minimum(a, b), np.maximum(a, b), color=color, alpha=0.10, lw=0)
+    ax.axhline(1.0, color="#888", lw=0.8)
+    ax.axvline(0.0, color="#888", lw=0.8)
+    ax.annotate("baseline", (0, 1), xytext=(4, -10), textcoords="offset points", fontsize=7, color="#555")
+    for p in pts:
+        xs = [m["value"] for m in p["months"].values()]
+        ax.plot([0, max(xs, key=abs)], [p["gain"], p["gain"]], ls=":", lw=0.8, color="#555" if p["credited"] else "#aaa")
+        for name, m in p["months"].items():
+            ci = m["ci"]
+            xerr = None
+            if ci and all(np.isfinite(c) for c in ci):
+                xerr = [[m["value"] - ci[0]], [ci[1] - m["value"]]]
+            yerr = [[p["gain"] - p["gain_ci"][0]], [p["gain_ci"][1] - p["gain"]]] if p["gain_ci"] else None
+            color = colors.get(name, "#333") if p["credited"] else "#999"
+            ax.errorbar([m["value"]], [p["gain"]], xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2, lw=0.9,
+                        color=color, mfc=color if p["credited"] else "white", mec=color, zorder=3)
+        label = p["name"] + ("" if p["credited"] else " (not credited)")
+        ax.annotate(label, (0, p["gain"]), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
+                    ha="left", color="#222" if p["credited"] else "#777")
+    ax.plot([], [], "o", color="#333", label="variant, credited at equal quality")
+    ax.plot([], [], "o", color="#999", mfc="white", label="variant not credited: where its speed alone would sit")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"×{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo_x, hi_x)
+    ax.set_ylim(lo_y, hi_y)
+    ax.set_xlabel("months of the reference trend (time the field took to gain that factor)", fontsize=8)
+    ax.set_ylabel("tokens per $ against the baseline (×, log scale)", fontsize=8)
+    ax.set_title("Your variants placed on the field's trends", fontsize=10)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=6, loc="best")
+    if not pts:
+        ax.text(0.5, 0.55, "no variant has a tokens-per-$ figure to place", transform=ax.transAxes, ha="center", fontsize=8)
+    fig.text(0.01, 0.005, credit, fontsize=6, color="#555", wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -36,7 +36,7 @@ from moorelab.measure.resources import weight_bytes
 from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, kernel_label, measure_model, measure_speed_rows
 from moorelab.measure.text import calibration_windows, take_prefix
 from moorelab.report import html as html_report
-from moorelab.report import plots
+from moorelab.report import plots, summary
 from moorelab.report.baseline import describe_baseline, int4_reproduction
 from moorelab.report.console import (make_progress, print_float_weights, print_gains, print_kernels, print_speed_protocol,
                                      summary_table)
@@ -294,8 +294,10 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             ylabel="training compute (FLOP)", title="Training compute of notable language models",
             credit="Data: papers and model cards cited in results.json; Epoch AI estimates (CC-BY 4.0) where noted.",
         )
-        fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows)
-        fig3 = plots.plot_pareto(stage / "pareto.png", rows)
+        measured = summary.measured_credit(results)
+        fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows, credit=measured)
+        fig3 = plots.plot_pareto(stage / "pareto.png", rows, credit=measured)
+        fig4 = plots.plot_months_on_trend(stage / "months_on_trend.png", rows, credit=summary.TRENDS_CREDIT)
         write_json(stage / "results.json", results)
         f = fit
         trend_pairs = [
@@ -309,19 +311,27 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             stage / "report.html",
             f"moorelab run — {loaded.name}",
             [
-                ("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
-                                                  + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
+                ("Your variants on the field's trend", html_report.figure_row([
+                    (fig1, "The field: training compute of notable language models, log-linear fit "
+                           f"(×{f.factor_per_year:.2f}/year, doubling every {f.doubling_time_months:.1f} months)"),
+                    (fig4, "This run's variants as months of the reference trends (the months figures of the "
+                           "gains table; hollow: not credited at equal quality)")]) + summary.months_note(rows)),
                 ("Model variants measured on the same text", html_report.rows_table(rows)),
                 ("Gains at equal quality", html_report.gains_table(rows)),
+                ("Quality, speed and cost", html_report.figure_row([
+                    (fig2, "Bits per byte against decode tokens/s for each model variant"),
+                    (fig3, "Bits per byte against $ per 1M decoded tokens; red: Pareto front")])),
                 ("Speed protocol", html_report.speed_protocol_table(rows)),
                 ("Quantization on true float32 weights (all-MiniLM-L6-v2)", html_report.float_weights_table(float_section)),
+                ("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
+                                                  + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
                 ("Task and protocol", html_report.kv_table(task_pairs)),
                 ("Trend: training compute of notable language models", html_report.kv_table(trend_pairs)),
                 ("Environment", html_report.kv_table([(k, str(v)) for k, v in results["environment"].items()])),
+                ("Data and credits", summary.credits_html(results)),
             ],
-            [(fig1, "Training compute of notable language models with the log-linear fit"),
-             (fig2, "Bits per byte against decode tokens/s for each model variant"),
-             (fig3, "Bits per byte against $ per 1M decoded tokens; red: Pareto front")],
+            [],
+            summary=summary.reader_summary(results),
         )
 
     console.print(f"baseline '{baseline['name']}': {baseline['weights']}"
