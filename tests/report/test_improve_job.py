@@ -32,7 +32,7 @@ def test_double_quantization_exits_before_loading(tmp_path):
 
 
 @pytest.mark.slow
-def test_improve_int8_end_to_end(tmp_path):
+def test_improve_int8_end_to_end(tmp_path, browser_check):
     out = tmp_path / "o"
     p = moorelab("improve", "smollm2-135m", "--with", "int8", "--out", str(out), "--quick", "--json")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -55,3 +55,8 @@ def test_improve_int8_end_to_end(tmp_path):
     with torch.no_grad():
         logits = m(torch.tensor([[504, 3458, 282]]))
     assert torch.isfinite(logits).all()
+    # its report.html: the reader's summary first, then clean in headless Chromium at 1280 px
+    page = (out / "report.html").read_text()
+    assert page.index("What was measured.") < page.index("Variants measured on the same text")
+    assert "int8</b> <span class=" in page and (out / "months_on_trend.png").is_file()
+    assert browser_check(out / "report.html").images == 3

@@ -118,6 +118,41 @@ def test_quick_run_writes_every_field(quick_run):
     assert value(r["elapsed_seconds"]) > 0
 
 
+def test_report_reads_for_a_reader_and_renders_in_chromium(quick_run, browser_check):
+    """report.html of `moorelab run --quick`: the summary first, with the figures of results.json;
+    human labels; the variants placed on the trends; then the page in headless Chromium at 1280 px
+    (no console error, no broken image, nothing wider than the window, no network fetch)."""
+    import html as html_mod
+    import re
+
+    from moorelab.report import summary
+
+    out, _ = quick_run
+    r = json.loads((out / "results.json").read_text())
+    page = (out / "report.html").read_text()
+    text = html_mod.unescape(re.sub(r"<[^>]+>", "", page.split("<body>")[1]))
+    text = re.sub(r"\s+", " ", text)
+    # the summary comes first and says what results.json says, figure for figure
+    top = text[:text.index("Model variants measured on the same text")]
+    assert top.index("What was measured.") < top.index("Each variant against the baseline")
+    assert f"Machine: {r['environment']['cpu_model']}, {r['environment']['cpu_count']} CPUs" in top
+    assert summary.best_improvement(r["rows"]) in top
+    for row in r["rows"][1:]:
+        assert f"{row['name']} [{'credited' if row['performance_per_cost']['credited'] else 'not credited'}]: " \
+               f"{summary.variant_verdict(row)}" in top
+        if row["speed_disturbed"]:
+            assert "Disturbed measurement" in top and row["name"] in top
+    int4 = next(row for row in r["rows"] if row["technique"].startswith("int4"))
+    assert "not credited as a gain at equal quality" in summary.variant_verdict(int4)  # +0.036 bits/byte > 0.01
+    # human labels with units, not identifiers; every plot inline and credited
+    assert "decode, tokens/s" in text and "cost, $ per 1M decoded tokens" in text
+    assert "decode_tokens_per_s" not in text and "usd_per_million_tokens_decode" not in text
+    assert page.count("src=\"data:image/png;base64,") == 4
+    assert (out / "months_on_trend.png").stat().st_size > 5000
+    check = browser_check(out / "report.html")
+    assert check.images == 4 and check.page_width <= 1280
+
+
 def test_run_says_whether_the_converted_cache_was_reused(quick_run):
     # (reuse itself is tested at the loader: tests/model/test_smollm2.py)
     out, proc = quick_run
