@@ -101,6 +101,9 @@ trend_app.command("local")(local_command)
 from moorelab.report.generate_cli import generate_command  # noqa: E402  (`moorelab generate`)
 
 app.command("generate")(generate_command)
+from moorelab.report.chinese_job import chinese_app  # noqa: E402  (`moorelab chinese fetch|table`)
+
+app.add_typer(chinese_app, name="chinese")
 
 
 #: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command
