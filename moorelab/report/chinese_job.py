@@ -83,6 +83,7 @@ def chinese_table(models: list[str], corpora: list[str], max_chars: int, window:
             bos, policy = tok.bos_token_id, "every"  # Gemma needs <bos> at the start of every input
             engine = "transformers (Gemma-3 is not a family moorelab's Transformer implements)"
             context = None
+            batch = 1  # 262,144-entry vocabulary: one window's logits are 512 x 262144 x 4 bytes = 0.5 GB
         else:
             import moorelab.improve.save  # noqa: F401  (a saved `moorelab improve` folder loads too)
             from moorelab.model.zoo import load_pretrained
@@ -103,13 +104,14 @@ def chinese_table(models: list[str], corpora: list[str], max_chars: int, window:
             bos, policy = (loaded.bos_token_id, "every") if adds_bos else (document_start_token(loaded), "first")
             engine = "moorelab Transformer"
             context = loaded.config.max_position_embeddings
+            batch = 2
         say(f"{name}: loaded in {time.perf_counter() - t0:.1f} s")
         for corpus in corpora:
             task = progress.add_task(f"{name} on {corpus}", total=None) if progress is not None else None
             with torch.inference_mode():
                 score = chinese.score_chinese(
                     name, corpus, texts[corpus], encode, logits_fn, max_chars=max_chars, window=window, stride=stride,
-                    bos_policy=policy, bos_token_id=bos, engine=engine, context=context,
+                    bos_policy=policy, bos_token_id=bos, engine=engine, context=context, batch_size=batch,
                     progress=(lambda n, task=task: progress.advance(task, n)) if progress is not None else None)
             if progress is not None:
                 progress.update(task, total=score.tokens, completed=score.tokens)
