@@ -170,7 +170,8 @@ def table_command(
     con.print(t)
     for name in dict.fromkeys(r["model"] for r in result["rows"]):
         r = next(r for r in result["rows"] if r["model"] == name)
-        con.print(f"{name}: logits from {r['engine']}; {r['bos_policy']} BOS policy (document-start id {r['bos_token_id']})",
+        con.print(f"{name}: logits from {r['engine']}; document-start token id {r['bos_token_id']}, "
+                  f"bos_policy={r['bos_policy']!r} (moorelab.measure.quality)",
                   markup=False)
     con.print(f"units: {result['units']}", markup=False)
     for s in result["skipped"]:
