@@ -123,8 +123,15 @@ def test_fetch_from_local_files_records_sha256_and_reuses_the_cache(tmp_path, mo
     # these stand-ins are not the reference files: said so
     assert manifest["source_files"][deb.name]["matches_reference"] is False
     assert manifest["source_files"][sdist.name]["sha256"] == chinese.sha256_file(sdist)
-    # second fetch: verified cache, nothing fetched; a changed file is noticed
+    # second fetch: verified cache, nothing fetched (the command says so); a changed file is noticed
     assert chinese.fetch_chinese_text()[2] is False
+    from typer.testing import CliRunner
+
+    from moorelab.cli import app
+
+    res = CliRunner().invoke(app, ["chinese", "fetch"])
+    assert res.exit_code == 0 and "chinese-text: cached (files match their recorded sha256" in res.output
+    assert "tang300.txt: 18 characters, 50 bytes" in res.output and "DIFFERS from the reference" in res.output
     (folder / "tang300.txt").write_text("changed")
     assert chinese.verified_cache() is None
     from moorelab.errors import DataError, MoorelabError
