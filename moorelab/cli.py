@@ -31,7 +31,7 @@ app = typer.Typer(
 
 
 #: sub-commands that load a model by name or path (and so may be given a saved `moorelab improve` folder)
-_LOADS_MODELS = ("run", "improve", "explain")
+_LOADS_MODELS = ("run", "improve", "explain", "generate")
 
 
 @app.callback()
@@ -98,6 +98,12 @@ app.add_typer(history_app, name="history")
 from moorelab.report.local_trend import local_command  # noqa: E402
 
 trend_app.command("local")(local_command)
+from moorelab.report.generate_cli import generate_command  # noqa: E402  (`moorelab generate`)
+
+app.command("generate")(generate_command)
+from moorelab.report.chinese_job import chinese_app  # noqa: E402  (`moorelab chinese fetch|table`)
+
+app.add_typer(chinese_app, name="chinese")
 
 
 #: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command

@@ -52,6 +52,8 @@ from moorelab.improve import prune as prune_mod
 from moorelab.improve.quantize import Int4WeightOnlyLinear, Int8DynamicLinear, Int8WeightOnlyLinear, QuantizedLinear
 
 FORMAT = "moorelab-improved/1"
+#: files beside ``tokenizer.json`` that are copied with it: the chat template and the special tokens
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 _SCHEMES = {cls.scheme: cls for cls in (Int8WeightOnlyLinear, Int4WeightOnlyLinear, Int8DynamicLinear)}
 
 
@@ -76,7 +78,8 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         model: a moorelab Transformer, possibly pruned (masks are baked in, not kept) and/or
             quantized.
         folder: output folder (created).
-        tokenizer_file: ``tokenizer.json`` to copy beside the weights.
+        tokenizer_file: ``tokenizer.json`` to copy beside the weights (with the
+            :data:`TOKENIZER_SIDE_FILES` found next to it).
         techniques: spec strings applied, recorded in the metadata.
 
     Returns:
@@ -90,6 +93,10 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
     history = list(getattr(model, "applied_techniques", None) or []) + list(techniques or [])
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         shutil.copy(tokenizer_file, folder / "tokenizer.json")
+        for name in TOKENIZER_SIDE_FILES:  # the chat template and special tokens (`moorelab generate --chat`)
+            side = Path(tokenizer_file).parent / name
+            if side.is_file():
+                shutil.copy(side, folder / name)
     if not quantized and _uniform(layout) and model.config.family == "llama":
         from dataclasses import replace
 

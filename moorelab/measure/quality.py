@@ -25,6 +25,10 @@ rolling log-likelihood for the document start):
 * ``bits_per_byte = Σ NLL / ln 2 / n_bytes`` with ``n_bytes`` the UTF-8 bytes of exactly the
   scored span of the original text: the whole text, less (under ``"none"``) the bytes of the
   unscored first token.
+* ``bits_per_character = Σ NLL / ln 2 / n_chars`` with ``n_chars`` the characters (Unicode code
+  points, ``len(str)`` in Python) of the same span, when the caller gives them. The two differ by
+  the text's bytes per character: 1 for ASCII English, about 3 for Chinese (each Han character
+  is 3 UTF-8 bytes), so a Chinese text's bits per character is about 3 x its bits per byte.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class QualityResult:
         n_windows: forward passes made.
         text_bytes: UTF-8 bytes of the whole text (``n_bytes`` plus any unscored first token's).
         window_requested: the window asked for when it was capped to the model's context, else None.
+        n_chars: characters (Unicode code points) of the scored span of the original text (the
+            bits-per-character denominator), or None when not given.
     """
 
     nll_nats: float
@@ -70,6 +76,7 @@ class QualityResult:
     n_windows: int
     text_bytes: int = 0
     window_requested: int | None = None
+    n_chars: int | None = None
 
     @property
     def nll_per_token(self) -> float:
@@ -86,11 +93,19 @@ class QualityResult:
         """Bits per UTF-8 byte of the scored span of the text: ``Σ NLL / ln 2 / n_bytes``."""
         return self.nll_nats / math.log(2) / self.n_bytes
 
+    @property
+    def bits_per_character(self) -> float | None:
+        """Bits per character (Unicode code point) of the scored span: ``Σ NLL / ln 2 / n_chars``;
+        None when ``n_chars`` was not given."""
+        return None if not self.n_chars else self.nll_nats / math.log(2) / self.n_chars
+
     def to_dict(self) -> dict:
         """All fields plus derived figures, each number with its unit where it has one."""
         d = asdict(self)
         d["perplexity"] = self.perplexity
         d["bits_per_byte"] = self.bits_per_byte
+        if self.n_chars:
+            d["bits_per_character"] = self.bits_per_character
         d["nll_per_token"] = self.nll_per_token
         return d
 
@@ -147,6 +162,8 @@ def score_text(
     progress: Callable[[int], None] | None = None,
     unscored_bytes: int | None = None,
     context: int | None = None,
+    n_chars: int | None = None,
+    unscored_chars: int | None = None,
 ) -> QualityResult:
     """Score a tokenized text with sliding windows: total NLL, perplexity, bits per byte.
 
@@ -167,6 +184,10 @@ def score_text(
         context: the model's context length in tokens (e.g. learned positions, GPT-2's
             ``n_positions``); a longer ``window`` is capped to it (and ``stride`` to the window),
             the result keeps ``window_requested``. None: no cap.
+        n_chars: characters (Unicode code points) of the original text, > 0, for bits per
+            character; None: not computed.
+        unscored_chars: with ``n_chars`` under ``"none"`` (required there), the characters the
+            unscored first token covers.
 
     Returns:
         :class:`QualityResult`.
@@ -181,6 +202,8 @@ def score_text(
         raise ValueError(f"bos_policy={bos_policy!r} needs a bos_token_id")
     if n_bytes <= 0:
         raise ValueError(f"n_bytes must be > 0, got {n_bytes}")
+    if n_chars is not None and n_chars <= 0:
+        raise ValueError(f"n_chars must be > 0, got {n_chars}")
     stride = window if stride is None else stride
     window_requested = None
     if context is not None and window > context:
@@ -196,6 +219,11 @@ def score_text(
         seq = ids
         unscored = 1
         scored_bytes = n_bytes - unscored_bytes
+        if n_chars is not None:
+            if unscored_chars is None or not 0 <= unscored_chars < n_chars:
+                raise ValueError(f"bos_policy='none' with n_chars: pass unscored_chars, the characters of the first "
+                                 f"token (0 <= unscored_chars < n_chars={n_chars}), got {unscored_chars}")
+            n_chars -= unscored_chars
     else:
         # "first" and "every": the BOS in front of the text predicts its first token
         seq = [bos_token_id] + ids
@@ -246,4 +274,5 @@ def score_text(
         n_windows=len(plans),
         text_bytes=n_bytes,
         window_requested=window_requested,
+        n_chars=n_chars,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 # metric name -> (unit, higher_is_better)
 METRICS: dict[str, tuple[str, bool]] = {
     "bits_per_byte": ("bits/byte", False),
+    "bits_per_character": ("bits/character (Unicode code point)", False),
     "perplexity": ("1 (per token)", False),
     "prefill_tokens_per_s": ("tokens/s", True),
     "decode_tokens_per_s": ("tokens/s", True),

@@ -142,6 +142,7 @@ def measure_model(
         progress=lambda n: progress.advance(task, n),
         # a window longer than the model's positions is capped (and the row says so)
         context=getattr(getattr(model, "config", None), "max_position_embeddings", None),
+        n_chars=len(text.text),
     )
     # peak RSS over one prefill + decode of this variant only; the scoring above holds
     # batch x window x vocab logits, which would dominate every row
@@ -162,13 +163,15 @@ def measure_model(
         kernel += "; Python decode"
     values = {
         "bits_per_byte": quality.bits_per_byte,
+        "bits_per_character": quality.bits_per_character,
         "perplexity": quality.perplexity,
         "peak_rss_bytes": peak,
         "parameters": resources.count_parameters(model),
         "weight_bytes": resources.weight_bytes(model),
     }
     row = make_row(name, technique, kernel, values, notes)
-    row["quality_protocol"] = {k: v for k, v in quality.to_dict().items() if k not in ("perplexity", "bits_per_byte")}
+    row["quality_protocol"] = {k: v for k, v in quality.to_dict().items()
+                              if k not in ("perplexity", "bits_per_byte", "bits_per_character")}
     scope = ("process peak RSS during one untimed prefill and 4-token decode of this variant (scoring excluded)"
              if rss_reset else "process peak RSS since start (reset unsupported)")
     if held_bytes:

@@ -29,6 +29,7 @@ def make_progress(console: Console) -> Progress:
 
 SUMMARY_METRICS = [
     ("bits_per_byte", "bits/byte", ".4f", 1.0),
+    ("bits_per_character", "bits/character", ".4f", 1.0),
     ("perplexity", "per token", ".2f", 1.0),
     ("prefill_tokens_per_s", "tokens/s", ".1f", 1.0),
     ("decode_tokens_per_s", "tokens/s", ".1f", 1.0),
@@ -133,7 +134,7 @@ def print_kernels(console: Console, rows: list[dict]) -> None:
 
 #: the summary table's metric labels (unit included; short, to fit 80 columns)
 _LABELS = {
-    "bits_per_byte": "bits per byte", "perplexity": "perplexity (per token)",
+    "bits_per_byte": "bits per byte", "bits_per_character": "bits per character", "perplexity": "perplexity (per token)",
     "prefill_tokens_per_s": "prefill tokens/s", "decode_tokens_per_s": "decode tokens/s",
     "decode_latency_p50_ms": "decode p50 ms/token", "decode_latency_p99_ms": "decode p99 ms/token",
     "peak_rss_bytes": "peak RSS (MB)", "weight_bytes": "weights (MB)", "parameters": "parameters (M)",

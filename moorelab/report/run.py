@@ -46,6 +46,10 @@ from moorelab.report.results import DEFAULT_MAX_DELTA_BITS_PER_BYTE, add_cost_ga
 
 # Assumed price of the machine for $/1M tokens: a 2-vCPU on-demand cloud instance.
 DEFAULT_USD_PER_HOUR = 0.10
+#: what the two quality figures divide by (printed and in results.json)
+QUALITY_UNITS = ("bits per byte = total bits (negative log2-likelihood of every text token) / UTF-8 bytes of the original "
+                 "text; bits per character = the same bits / its characters (Unicode code points); "
+                 "a Han character is 3 UTF-8 bytes, so on Chinese text bits per character is about 3 x bits per byte")
 PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 
 
@@ -268,6 +272,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             "skipped_variants": skipped,
             "task": {"text": text.description, "text_source": text.source, "characters": len(text.text),
                      "bytes": text.n_bytes, "tokens": len(token_ids),
+                     "characters_per_token": len(text.text) / len(token_ids), "quality_units": QUALITY_UNITS,
                      "window_tokens": budget.window, "stride_tokens": budget.stride,
                      "bos_policy": f"document-start token id {bos} prepended once to the text; every text token scored exactly once",
                      "prefill_tokens": budget.prefill_tokens, "decode_new_tokens": budget.decode_tokens,
@@ -349,7 +354,10 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"
         + (f"; {len(inputs.facts_left_out)} facts row(s) left out, listed at the start" if inputs.facts_left_out else "")
     )
-    console.print(f"text: {text.description}: {len(token_ids):,} tokens, {text.n_bytes:,} bytes; window {budget.window}, stride {budget.stride}, document-start token {bos} prepended once")
+    console.print(f"text: {text.description}: {len(token_ids):,} tokens, {len(text.text):,} characters, {text.n_bytes:,} bytes "
+                  f"({len(text.text) / len(token_ids):.2f} characters/token); window {budget.window}, stride {budget.stride}, "
+                  f"document-start token {bos} prepended once")
+    console.print(f"units: {QUALITY_UNITS}")
     console.print(f"wrote {Path(opts.out) / 'results.json'} and {Path(opts.out) / 'report.html'}")
     console.print(f"elapsed: {time.perf_counter() - t_start:.1f} s")
     from moorelab.measure.history import record_job  # the run history (`moorelab history`, `trend local`)

@@ -113,3 +113,39 @@ def test_fully_masked_rows_give_no_nan():
     q = torch.randn(1, 2, 3, 4)
     out = attention_eager(q, q, q, mask=torch.zeros(1, 1, 3, 3, dtype=torch.bool))
     assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_top_p_samples_the_renormalised_nucleus():
+    """softmax([1, 3, 2, 0]) = [0.0871, 0.6439, 0.2369, 0.0321]; top_p=0.8 keeps tokens 1 and 2
+    (0.6439 < 0.8 <= 0.6439 + 0.2369) and samples them as 0.6439/0.8808 = 0.731 and 0.269."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    g = torch.Generator().manual_seed(1)
+    picks = torch.stack([sample_next(logits, 1.0, top_p=0.8, generator=g) for _ in range(4000)]).flatten()
+    share1 = float((picks == 1).float().mean())
+    assert set(picks.tolist()) == {1, 2}
+    assert abs(share1 - 0.731) < 0.025  # 3.5 standard errors (sqrt(.731 * .269 / 4000) = 0.007)
+    # temperature 2 flattens: softmax([.5, 1.5, 1, 0]) = [.140, .381, .231, .085] ... top_p=0.5 keeps {1, 2}
+    picks = {int(sample_next(logits, 2.0, top_p=0.5, generator=g)) for _ in range(300)}
+    assert picks == {1, 2}
+
+
+def test_timings_are_one_pair_per_step():
+    m = tiny("llama")
+    timings = []
+    out = generate(m, _prompt(1, 5), max_new_tokens=6, timings=timings)
+    assert out.shape == (1, 11) and len(timings) == 6
+    assert all(b >= a for a, b in timings) and all(timings[i][1] <= timings[i + 1][0] for i in range(5))
+
+
+@pytest.mark.slow
+def test_generate_text_on_smollm2_continues_with_rome(smollm2):
+    from moorelab.model.generate import generate_text, prompt_ids
+
+    res = generate_text(smollm2, "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is",
+                        max_new_tokens=4)
+    assert res.text.startswith(" Rome."), res.text
+    assert res.stop == "max_new_tokens" and len(res.new_ids) == 4 and res.prefill_tokens_per_s > 0
+    ids, text = prompt_ids(smollm2, "Hi", chat=True)  # SmolLM2's own template (converted from its GGUF)
+    assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert ids[0] == 1 and ids.count(2) == 2  # <|im_start|> and <|im_end|> as single special tokens

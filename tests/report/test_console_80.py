@@ -12,7 +12,7 @@ from moorelab.measure.row import make_row
 from moorelab.report.console import SUMMARY_METRICS, print_gains, print_kernels, summary_table
 from moorelab.report.results import add_cost_gain, add_ratios
 
-BASE = dict(bits_per_byte=1.7277, perplexity=53.23, prefill_tokens_per_s=116.2, decode_tokens_per_s=11.3,
+BASE = dict(bits_per_byte=1.7277, bits_per_character=1.7351, perplexity=53.23, prefill_tokens_per_s=116.2, decode_tokens_per_s=11.3,
             decode_latency_p50_ms=73.4, decode_latency_p99_ms=155.8, peak_rss_bytes=1_124e6, weight_bytes=538.1e6,
             parameters=134_515_008, usd_per_million_tokens_decode=2.458, cpu_share=0.97)
 RUN_ROWS = ["float32", "int8 weight-only", "int4 weight-only g32 a8", "FFN channels pruned 25%"]
