@@ -21,6 +21,20 @@ def start(*args, **kw) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
+def wait_until_catching(proc: subprocess.Popen, sig: int, timeout: float = 300.0) -> None:
+    """Wait until the process has installed its handler for ``sig`` (bit ``sig - 1`` of SigCgt in
+    /proc/PID/status): on a loaded machine the imports before ``main()`` can take longer than any
+    fixed sleep, and a signal sent before the handler exists kills the process by default."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/status") as f:
+            caught = int(next(ln for ln in f if ln.startswith("SigCgt:")).split()[1], 16)
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the process never installed its handler for signal {sig}")
+
+
 def test_ctrl_c_during_measurement_exits_130_and_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     proc = start("run", "--quick", "--out", out)
@@ -60,7 +74,8 @@ def test_sigterm_exits_143_with_one_line_and_no_plot(tmp_path):
     plot = tmp_path / "c.png"
     proc = start("trend", "chinchilla", "--data", shared, "--plot", plot)  # full grid: many seconds
     try:
-        time.sleep(6.0)
+        wait_until_catching(proc, signal.SIGTERM)
+        time.sleep(2.0)  # into the grid fit
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         proc.send_signal(signal.SIGTERM)
         rest, err = proc.communicate(timeout=120)
