@@ -75,3 +75,29 @@ def test_muon_trains_and_refuses_checkpoints(tmp_path):
     assert rep.losses[0] == pytest.approx(math.log(40), abs=0.1)
     with pytest.raises(MoorelabError, match="muon"):
         train(tiny(), next_token_loss, windows, TrainConfig(steps=2, optimizer="muon", checkpoint_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("shape", [(24, 8), (8, 24)])
+def test_float32_muon_is_torch_muon_with_float32_newton_schulz(shape):
+    from moorelab.train.loop import Float32Muon
+
+    torch.manual_seed(0)
+    w0 = torch.randn(shape)
+    grads = [torch.randn(shape) for _ in range(3)]
+
+    def run(cls, dtype=None):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        if dtype is not None:
+            opt.ns_dtype = dtype
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        return w.detach()
+
+    ref = run(torch.optim.Muon)
+    torch.testing.assert_close(run(Float32Muon, torch.bfloat16), ref, atol=1e-6, rtol=0)  # torch's numbers
+    ours = run(Float32Muon)
+    # float32 Newton-Schulz differs from bfloat16 by bfloat16 rounding only (3 steps of lr·r ~ 0.02)
+    assert (ours - ref).abs().max() < 2e-3
+    assert (ours - w0).abs().max() > 0.02
