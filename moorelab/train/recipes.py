@@ -72,15 +72,6 @@ class Recipe:
         if self.lr_rule not in ("noam", "small"):
             raise MoorelabError(f"recipe {self.name}: lr_rule {self.lr_rule!r} is not 'noam' or 'small'")
 
-    def decimal_year(self) -> float:
-        """``date`` as a decimal year: ``year + (day of year - 1) / days in that year``."""
-        import datetime as dt
-
-        d = dt.date.fromisoformat(self.date)
-        start = dt.date(d.year, 1, 1)
-        days = (dt.date(d.year + 1, 1, 1) - start).days
-        return d.year + (d - start).days / days
-
     def peak_lr(self, d_model: int) -> float:
         """Peak learning rate for a model of width ``d_model`` (see ``lr_rule``)."""
         if self.lr_rule == "noam":
