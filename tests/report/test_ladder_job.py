@@ -60,13 +60,16 @@ def quick_ladder(tmp_path_factory):
     from moorelab.report.ladder_job import run_ladder_job
 
     out = tmp_path_factory.mktemp("ladder") / "out"
-    old = torch.get_num_threads()
-    os.environ["MOORELAB_NO_HISTORY"] = "1"
+    old = torch.get_num_threads(), os.environ.get("MOORELAB_HISTORY")
+    os.environ["MOORELAB_HISTORY"] = str(out.parent / "history.sqlite")  # never the user's history
     try:
         run_ladder_job(LadderOptions(quick=True, out=out, threads=1, n_boot=300))
     finally:
-        torch.set_num_threads(old)
-        os.environ.pop("MOORELAB_NO_HISTORY", None)
+        torch.set_num_threads(old[0])
+        if old[1] is None:
+            os.environ.pop("MOORELAB_HISTORY", None)
+        else:
+            os.environ["MOORELAB_HISTORY"] = old[1]
     return out
 
 
@@ -120,3 +123,12 @@ def test_quick_ladder_writes_report_and_plots(quick_ladder):
                     "Ho et al. 2024", "arXiv 1706.03762"):
         assert heading in html
     assert html.count("data:image/png;base64,") == 3
+
+
+def test_quick_ladder_runs_are_in_the_history(quick_ladder):
+    from moorelab.measure.history import list_records
+
+    res = json.loads((quick_ladder / "results.json").read_text())
+    recs = list_records(quick_ladder.parent / "history.sqlite")
+    assert len(recs) == len(res["runs"]) and {r["command"] for r in recs} == {"ladder"}
+    assert sorted(r["bits_per_byte"] for r in recs) == pytest.approx(sorted(r["loss"] for r in res["runs"]))
