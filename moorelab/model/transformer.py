@@ -1,6 +1,6 @@
 """The Transformer, written from its formulas and readable in one file.
 
-    x      = Embed(tokens) (+ PosEmbed(positions))                       token + position
+    x      = Embed(tokens) (·√d_model, 2017) (+ PosEmbed(positions))     token + position
              PosEmbed: learned table, or fixed sinusoids (Vaswani et al. 2017, §3.5):
              PE[p, 2i] = sin(p / 10000^(2i/d)),  PE[p, 2i+1] = cos(p / 10000^(2i/d))
     for each block (pre-norm, GPT-2 / LLaMA):
@@ -530,6 +530,8 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(past, past + T, device=device).expand(B, T)
 
         x = self.embed(input_ids)
+        if c.scale_embeddings:
+            x = x * math.sqrt(c.d_model)
         if self.pos_embed is not None:
             check_positions(position_ids, self.pos_embed.num_embeddings)
             x = x + self.pos_embed(position_ids)

@@ -46,20 +46,20 @@ def test_sinusoidal_table_golden_values():
 
 def test_post_norm_relu_sinusoidal_decoder_equals_hand_built_block():
     torch.manual_seed(0)
-    c = _cfg(norm_position="post", activation="relu", position="sinusoidal")
+    c = _cfg(norm_position="post", activation="relu", position="sinusoidal", scale_embeddings=True)
     m = Transformer(c).eval()
     assert m.pos_embed is None and m.final_norm is None
     ids = torch.tensor([[3, 7, 1, 9, 4]])
     blk = m.blocks[0]
     a = blk.attn
-    x = m.embed.weight[ids[0]] + sinusoidal_positions(torch.arange(5), 16)
+    x = m.embed.weight[ids[0]] * 4.0 + sinusoidal_positions(torch.arange(5), 16)  # sqrt(16) = 4
     q, k, v = (_heads(F.linear(x, p.weight, p.bias), 2) for p in (a.q_proj, a.k_proj, a.v_proj))
     att = _causal_attention(q, k, v).transpose(0, 1).reshape(5, 16)
     x = F.layer_norm(x + F.linear(att, a.o_proj.weight, a.o_proj.bias), (16,), blk.attn_norm.weight, blk.attn_norm.bias, 1e-5)
     f = blk.ffn
     h = torch.relu(F.linear(x, f.up_proj.weight, f.up_proj.bias))
     x = F.layer_norm(x + F.linear(h, f.down_proj.weight, f.down_proj.bias), (16,), blk.ffn_norm.weight, blk.ffn_norm.bias, 1e-5)
-    logits = x @ m.embed.weight.T
+    logits = x @ m.embed.weight.T  # the tied output layer: the unscaled table
     with torch.no_grad():
         torch.testing.assert_close(m(ids)[0], logits, atol=1e-5, rtol=1e-5)
 
