@@ -209,8 +209,15 @@ def run_ladder_job(opts: LadderOptions, console=None) -> dict:
             f"{val['bits_per_byte']:.4f} bits/byte  ({rep.seconds:.1f} s, {run['tokens_per_s']:,.0f} tokens/s)")
 
     years = {r.name: decimal_year(dt.date.fromisoformat(r.date)) for r in recipes}
-    res = ladder_ceg(runs, years, recipes[0].name, n_boot=o.n_boot)
     published = published_algorithmic_progress()
+    try:
+        res = ladder_ceg(runs, years, recipes[0].name, n_boot=o.n_boot)
+    except MoorelabError as exc:
+        # keep what was measured: the runs go to results.json, then the one-line error
+        with staged_output(Path(o.out)) as stage:
+            write_json(stage / "results.json", {"command": "ladder", "quick": o.quick, "runs": runs, "ceg": None,
+                                                "ceg_error": str(exc), "environment": environment()})
+        raise MoorelabError(f"{exc} (the {len(runs)} runs are kept in {Path(o.out) / 'results.json'})") from None
     results = {
         "command": "ladder",
         "quick": o.quick,
