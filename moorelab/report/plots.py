@@ -205,7 +205,9 @@ def plot_ceg_bars(path: Path, ceg) -> Path:
             lo, hi = p["ci"]
             ax.bar(x, p["ceg"], width=width * 0.9, color=_RUNG_COLORS[j % len(_RUNG_COLORS)], alpha=0.35 + 0.6 * i / max(1, len(mine) - 1),
                    hatch="//" if p["extrapolated"] else None, edgecolor="#333", lw=0.5)
-            ax.errorbar(x, p["ceg"], yerr=[[p["ceg"] - lo], [hi - p["ceg"]]], color="#222", capsize=2, lw=0.8)
+            # a percentile interval need not contain the point (rounding, skew): never a negative bar
+            ax.errorbar(x, p["ceg"], yerr=[[max(0.0, p["ceg"] - lo)], [max(0.0, hi - p["ceg"])]], color="#222",
+                        capsize=2, lw=0.8)
     ax.axhline(1.0, color="#555", lw=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(names)), names, fontsize=8)
@@ -236,7 +238,7 @@ def plot_ladder_trend(path: Path, ceg, published: list[dict]) -> Path:
     y = np.array([r["ceg"] for r in ceg.recipes])
     lo = np.array([r["ci"][0] for r in ceg.recipes])
     hi = np.array([r["ci"][1] for r in ceg.recipes])
-    ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o", color="#1f77b4", capsize=3, zorder=4, label="rungs (CEG, geometric mean over budgets)")
+    ax.errorbar(x, y, yerr=[np.maximum(0.0, y - lo), np.maximum(0.0, hi - y)], fmt="o", color="#1f77b4", capsize=3, zorder=4, label="rungs (CEG, geometric mean over budgets)")
     for r in ceg.recipes:
         ax.annotate(r["recipe"], (r["year"], r["ceg"]), fontsize=7.5, xytext=(4, 4), textcoords="offset points")
     x0 = x.min()
