@@ -10,10 +10,9 @@ per token (:func:`moorelab.train.flops.training_flop_per_token`).
 
 What is left out of each paper and why: dropout and label smoothing (the runs see each token
 about once: nothing to regularise), each paper's own initialisation (GPT-2's N(0, 0.02) for
-every rung; the 2017 rung keeps its ``√d_model`` embedding scale, without which its unit-size
-sinusoids drown the 0.02-size token embeddings: measured 3.64 bits per byte at 80 and 160
-steps, a plateau), batch-size and learning-rate tuning per rung (one rule per rung, stated in
-its ``lr_rule``, never tuned on the validation set).
+every rung; the 2017 rung keeps its ``√d_model`` embedding scale, so its unit-size sinusoids
+do not drown the 0.02-size token embeddings), batch-size and learning-rate tuning per rung (one
+rule per rung, stated in its ``lr_rule``, never tuned on the validation set).
 """
 
 from __future__ import annotations
