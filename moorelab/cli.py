@@ -88,6 +88,9 @@ app.command("improve")(improve_command)
 from moorelab.report.train_job import train_command  # noqa: E402  (the `moorelab train` job)
 
 app.command("train")(train_command)
+from moorelab.report.ladder_job import ladder_command  # noqa: E402  (the `moorelab ladder` job)
+
+app.command("ladder")(ladder_command)
 
 from moorelab.measure.datasets import _typer_command as _finetune_data  # noqa: E402  (labelled data fetch)
 

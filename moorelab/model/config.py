@@ -11,6 +11,14 @@ llama     rope        rmsnorm    pre       swiglu      causal, GQA
 bert      learned     layernorm  post      gelu        bidirectional
 ========  ==========  =========  ========  ==========  ===========
 
+Two switches exist for the training-recipe ladder (``moorelab ladder``) and no loaded family
+uses them: ``position="sinusoidal"`` (the fixed sin/cos table of Vaswani et al. 2017, §3.5) and
+``qk_norm=True`` (RMSNorm of each query and key head before RoPE and the dot product; Dehghani
+et al. 2023, ViT-22B; OLMo 2, Qwen3, Gemma 3), ``scale_embeddings=True`` (token embeddings times
+√d_model before the positions are added, Vaswani et al. 2017, §3.4; a tied output layer uses the
+unscaled table). A decoder with ``norm_position="post"`` is the
+2017 Transformer's block.
+
 ``TransformerConfig.from_hf_dict`` reads a Hugging Face ``config.json``; ``to_hf_dict`` writes
 one that ``transformers`` loads (used for the converted GGUF cache).
 """
@@ -25,7 +33,7 @@ from moorelab.errors import ModelLoadError
 FAMILIES = ("gpt2", "llama", "bert")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
-POSITIONS = ("learned", "rope")
+POSITIONS = ("learned", "rope", "sinusoidal")
 # RoPE frequency scalings we implement, with the keys each needs besides ``rope_type``
 # (Hugging Face ``rope_parameters`` names; transformers ``modeling_rope_utils``).
 ROPE_SCALINGS = {
@@ -80,6 +88,8 @@ class TransformerConfig:
     eos_token_ids: list[int] | None = None
     pad_token_id: int | None = None
     type_vocab_size: int = 0  # BERT token-type (segment) embeddings; 0 = none
+    qk_norm: bool = False  # RMSNorm over head_dim of every query and key head (before RoPE)
+    scale_embeddings: bool = False  # token embeddings times sqrt(d_model) (Vaswani et al. 2017, §3.4)
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -265,6 +275,11 @@ class TransformerConfig:
             return self._to_hf_gpt2()
         if self.family != "llama":
             raise ModelLoadError(f"to_hf_dict: family {self.family!r} is not supported (llama, gpt2)")
+        expect = dict(norm="rmsnorm", norm_position="pre", activation="swiglu", position="rope", qk_norm=False,
+                      scale_embeddings=False)
+        for key, value in expect.items():
+            if getattr(self, key) != value:
+                raise ModelLoadError(f"to_hf_dict: llama needs {key}={value!r}, got {getattr(self, key)!r}")
         return {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -294,7 +309,8 @@ class TransformerConfig:
     def _to_hf_gpt2(self) -> dict[str, Any]:
         expect = dict(norm="layernorm", norm_position="pre", activation="gelu_tanh", position="learned",
                       attn_bias=True, mlp_bias=True, tie_word_embeddings=True, n_kv_heads=self.n_heads,
-                      head_dim=self.d_model // self.n_heads, type_vocab_size=0)
+                      head_dim=self.d_model // self.n_heads, type_vocab_size=0, qk_norm=False,
+                      scale_embeddings=False)
         for key, value in expect.items():
             if getattr(self, key) != value:
                 raise ModelLoadError(f"to_hf_dict: gpt2 needs {key}={value!r}, got {getattr(self, key)!r}")

@@ -142,8 +142,8 @@ def _build(model) -> _Plan:
         return _Plan(model, f"compiled kernels unavailable: {kernels.status()}")
     c = model.config
     if not (c.is_decoder and c.position == "rope" and c.norm == "rmsnorm" and c.activation == "swiglu"
-            and c.norm_position == "pre"):
-        return _Plan(model, "not a LLaMA-family decoder (RoPE, RMSNorm, SwiGLU, pre-norm)")
+            and c.norm_position == "pre" and not c.qk_norm and not c.scale_embeddings):
+        return _Plan(model, "not a LLaMA-family decoder (RoPE, RMSNorm, SwiGLU, pre-norm, no QK-norm)")
     if model.pos_embed is not None or model.type_embed is not None or model.embed_norm is not None:
         return _Plan(model, "learned position / segment embeddings")
     if model.lm_head is None or type(model.final_norm) is not RMSNorm:

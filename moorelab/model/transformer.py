@@ -1,6 +1,8 @@
 """The Transformer, written from its formulas and readable in one file.
 
-    x      = Embed(tokens) (+ PosEmbed(positions))                       token + position
+    x      = Embed(tokens) (·√d_model, 2017) (+ PosEmbed(positions))     token + position
+             PosEmbed: learned table, or fixed sinusoids (Vaswani et al. 2017, §3.5):
+             PE[p, 2i] = sin(p / 10000^(2i/d)),  PE[p, 2i+1] = cos(p / 10000^(2i/d))
     for each block (pre-norm, GPT-2 / LLaMA):
         x  = x + Attention(Norm(x))                                      Vaswani et al. 2017
         x  = x + FFN(Norm(x))
@@ -8,6 +10,7 @@
     logits = Norm(x) · Wᵀ_out                                            tied: W_out = W_embed
 
     Attention(Q, K, V) = softmax(Q·Kᵀ / √d_k + mask) · V                 per head, heads concatenated
+    QK-norm (optional): Q, K ← RMSNorm_q(Q), RMSNorm_k(K) per head, before RoPE   Dehghani et al. 2023
     FFN(x) = W_down · act(W_up · x + b_up) + b_down                      ReLU / GELU / tanh-GELU
     FFN(x) = W_down · (SiLU(W_gate · x) ⊙ W_up · x)                      SwiGLU (Shazeer 2020)
     RoPE (Su et al. 2021), half-split layout as in Hugging Face llama:
@@ -178,6 +181,25 @@ def scale_rope_freqs(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     raise ValueError(f"rope_scaling type {kind!r} is not implemented")
 
 
+def sinusoidal_positions(position_ids: torch.Tensor, d_model: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed sinusoidal position embeddings (Vaswani et al. 2017, "Attention Is All You Need", §3.5).
+
+    ``PE[p, 2i] = sin(p / base^(2i/d_model))`` and ``PE[p, 2i+1] = cos(p / base^(2i/d_model))``
+    (interleaved, as in the paper; an odd ``d_model`` drops the last cosine).
+
+    Args:
+        position_ids: integer positions, any shape ``[...]``.
+        d_model: embedding width.
+
+    Returns:
+        float32 ``[..., d_model]``.
+    """
+    i2 = torch.arange(0, d_model, 2, dtype=torch.float32, device=position_ids.device)
+    angles = position_ids.to(torch.float32).unsqueeze(-1) / base ** (i2 / d_model)
+    pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
+    return pe[..., :d_model]
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """``[a, b] -> [-b, a]`` on the last dimension (halves, not interleaved pairs)."""
     a, b = x.chunk(2, dim=-1)
@@ -239,10 +261,14 @@ class Attention(nn.Module):
     Set ``record`` to a dict to capture the attention weights of the next forward (eager path).
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool, rope: bool) -> None:
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool, rope: bool,
+                 qk_norm_eps: float | None = None) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.rope = rope
+        # QK-norm: one RMSNorm over head_dim shared by all query heads, one by all key heads
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.q_proj = FastLinear(d_model, n_heads * head_dim, bias=bias)
         self.k_proj = FastLinear(d_model, n_kv_heads * head_dim, bias=bias)
         self.v_proj = FastLinear(d_model, n_kv_heads * head_dim, bias=bias)
@@ -265,6 +291,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, H, d_k).transpose(1, 2)
         k = self.k_proj(x).view(B, T, H_kv, d_k).transpose(1, 2)
         v = self.v_proj(x).view(B, T, H_kv, d_k).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope and rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -323,7 +351,8 @@ class Block(nn.Module):
         c = config
         self.norm_position = c.norm_position
         self.attn_norm = make_norm(c)
-        self.attn = Attention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.attn_bias, c.position == "rope")
+        self.attn = Attention(c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.attn_bias, c.position == "rope",
+                              qk_norm_eps=c.norm_eps if c.qk_norm else None)
         self.ffn_norm = make_norm(c)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.activation, c.mlp_bias)
 
@@ -501,9 +530,13 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(past, past + T, device=device).expand(B, T)
 
         x = self.embed(input_ids)
+        if c.scale_embeddings:
+            x = x * math.sqrt(c.d_model)
         if self.pos_embed is not None:
             check_positions(position_ids, self.pos_embed.num_embeddings)
             x = x + self.pos_embed(position_ids)
+        elif c.position == "sinusoidal":
+            x = x + sinusoidal_positions(position_ids, c.d_model).to(x.dtype)
         if self.type_embed is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)

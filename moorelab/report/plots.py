@@ -251,3 +251,132 @@ def plot_months_on_trend(path: Path, rows: list[dict], *, credit: str) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+_RUNG_COLORS = ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e")
+
+
+def plot_ladder_curves(path: Path, runs: list[dict], ceg) -> Path:
+    """Validation bits per byte against training compute, one colour per rung (log-log): every
+    run a dot, the seed means joined, the baseline's fitted power law dashed.
+
+    Args:
+        path: PNG to write.
+        runs: ladder runs (``recipe``, ``compute`` FLOP, ``loss`` bits/byte).
+        ceg: the :class:`moorelab.law.ceg.LadderCEG` of those runs.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    names = list(dict.fromkeys(r["recipe"] for r in runs))
+    for k, name in enumerate(names):
+        color = _RUNG_COLORS[k % len(_RUNG_COLORS)]
+        mine = [r for r in runs if r["recipe"] == name]
+        ax.scatter([r["compute"] for r in mine], [r["loss"] for r in mine], s=18, color=color, alpha=0.7, zorder=3)
+        pts = sorted((p["compute"]["value"], p["loss"]["value"]) for p in ceg.points if p["recipe"] == name)
+        ax.plot([c for c, _ in pts], [v for _, v in pts], color=color, lw=1.5, marker="o", ms=4, label=name)
+    lo, hi = ceg.curve.c_range
+    grid = np.geomspace(lo / 2, hi * 2, 50)
+    ax.plot(grid, ceg.curve.loss_at(grid), "--", color=_RUNG_COLORS[0], lw=1,
+            label=f"{ceg.baseline} fit: L ∝ C^{ceg.curve.slope:.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    for which in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        which(ScalarFormatter())
+    ax.set_xlabel("training compute (FLOP, 6N + attention per token)")
+    ax.set_ylabel("validation bits per byte ← better")
+    ax.set_title("Loss against compute, per recipe")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_ceg_bars(path: Path, ceg) -> Path:
+    """Compute-equivalent gain of every rung at every budget (log scale), with its interval;
+    hatched bars needed extrapolation past the baseline's budgets.
+
+    Args:
+        path: PNG to write.
+        ceg: a :class:`moorelab.law.ceg.LadderCEG`.
+
+    Returns:
+        ``path``.
+    """
+    names = [r["recipe"] for r in ceg.recipes]
+    budgets = sorted({p["compute"]["value"] for p in ceg.points if p["recipe"] == ceg.baseline})
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    width = 0.8 / len(budgets)
+    for j, name in enumerate(names):
+        mine = sorted((p for p in ceg.points if p["recipe"] == name), key=lambda p: p["compute"]["value"])
+        for i, p in enumerate(mine):
+            x = j + (i - (len(mine) - 1) / 2) * width
+            lo, hi = p["ci"]
+            ax.bar(x, p["ceg"], width=width * 0.9, color=_RUNG_COLORS[j % len(_RUNG_COLORS)], alpha=0.35 + 0.6 * i / max(1, len(mine) - 1),
+                   hatch="//" if p["extrapolated"] else None, edgecolor="#333", lw=0.5)
+            # a percentile interval need not contain the point (rounding, skew): never a negative bar
+            ax.errorbar(x, p["ceg"], yerr=[[max(0.0, p["ceg"] - lo)], [max(0.0, hi - p["ceg"])]], color="#222",
+                        capsize=2, lw=0.8)
+    ax.axhline(1.0, color="#555", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_ylabel(f"compute-equivalent gain over {ceg.baseline}")
+    ax.set_title(f"CEG per budget (bars left to right: {len(budgets)} budgets, small to large; {ceg.ci_level:.0%} intervals)")
+    ax.grid(True, axis="y", which="both", alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_ladder_trend(path: Path, ceg, published: list[dict]) -> Path:
+    """CEG (log) against the recipe's date with intervals, the fitted trend, and each published
+    rate drawn as a line from the baseline (its date, CEG 1) — shaded where it has an interval,
+    dotted where it is a bound.
+
+    Args:
+        path: PNG to write.
+        ceg: a :class:`moorelab.law.ceg.LadderCEG`.
+        published: :func:`moorelab.law.ceg.published_algorithmic_progress` output.
+
+    Returns:
+        ``path``.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    x = np.array([r["year"] for r in ceg.recipes])
+    y = np.array([r["ceg"] for r in ceg.recipes])
+    lo = np.array([r["ci"][0] for r in ceg.recipes])
+    hi = np.array([r["ci"][1] for r in ceg.recipes])
+    ax.errorbar(x, y, yerr=[np.maximum(0.0, y - lo), np.maximum(0.0, hi - y)], fmt="o", color="#1f77b4", capsize=3, zorder=4, label="rungs (CEG, geometric mean over budgets)")
+    for r in ceg.recipes:
+        ax.annotate(r["recipe"], (r["year"], r["ceg"]), fontsize=7.5, xytext=(4, 4), textcoords="offset points")
+    x0 = x.min()
+    grid = np.linspace(x0, x.max() + 0.5, 50)
+    if ceg.fit is not None:
+        f = ceg.fit
+        ax.plot(grid, 10 ** f.predict_log10(grid), color="#1f77b4", lw=1.5,
+                label=f"this ladder: {f.time_kind} {f.doubling_time_months:.3g} months")
+    styles = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    for k, p in enumerate(published):
+        color = styles[k % len(styles)]
+        rate = lambda months: 2.0 ** ((grid - x0) * 12.0 / months)  # noqa: E731
+        ls = ":" if p["bound"] else "--"
+        label = f"{p['name']}: doubling {p['doubling_months']:.3g} months" + (" (lower bound)" if p["bound"] == "lower" else "")
+        ax.plot(grid, rate(p["doubling_months"]), ls, color=color, lw=1.2, label=label)
+        if p["ci"]:
+            ax.fill_between(grid, rate(p["ci"][1]), rate(p["ci"][0]), color=color, alpha=0.08)
+    ax.set_yscale("log")
+    ax.set_xlabel("date of the recipe's paper (year)")
+    ax.set_ylabel("compute-equivalent gain over the 2017 recipe")
+    ax.set_title("Algorithmic efficiency: measured here vs published rates (scale-dependent!)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7.5, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -7,8 +7,17 @@ Conventions (stated once, used everywhere):
   (``nn.Embedding``; a tied ``lm_head`` *is* the embedding table, so it gets no decay either; an
   untied ``lm_head`` is an ``nn.Linear`` and does). Tied tensors appear once.
 * **Schedule** in *optimizer steps* (not micro-batches): step ``s`` (0-based) uses
-  ``lr·(s+1)/warmup`` while ``s < warmup``, then cosine decay from ``lr`` to ``lr·min_lr_ratio``:
+  ``lr·(s+1)/warmup`` while ``s < warmup``, then (``schedule="cosine"``, the default) cosine
+  decay from ``lr`` to ``lr·min_lr_ratio``:
   ``lr_min + ½(lr − lr_min)(1 + cos(π·(s − warmup)/(steps − warmup)))``.
+  ``"inverse_sqrt"`` (Vaswani et al. 2017, §5.3): ``lr·√(warmup/(s+1))`` after the warmup;
+  ``"wsd"`` warmup-stable-decay (Hu et al. 2024, MiniCPM, arXiv 2404.06395): ``lr`` until the
+  last ``decay_fraction`` of the steps, then linear to ``lr·min_lr_ratio`` at the last step.
+* **Optimizer** ``"muon"`` (Jordan et al. 2024; Liu et al. 2025, "Muon is Scalable for LLM
+  Training", arXiv 2502.16982): :class:`Float32Muon` (``torch.optim.Muon``'s update with
+  ``adjust_lr_fn="match_rms_adamw"``: same ``lr`` and ``weight_decay`` as AdamW) on the 2-D
+  weight matrices of the hidden layers; AdamW as above on the rest (embeddings, output layer,
+  norms, biases). No checkpoints with it.
 * **Accumulation** normalised by tokens: one optimizer step sums the per-token losses of its
   ``grad_accum`` micro-batches and divides by the total number of loss tokens in the step, so
   micro-batches with more tokens weigh more and the gradient equals that of one big batch.
@@ -36,6 +45,9 @@ from torch.nn.utils import parametrize
 
 from moorelab.errors import MoorelabError
 
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "inverse_sqrt", "wsd")
+
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> Σ per-token loss`` (a scalar tensor, summed, not averaged)."""
 
@@ -54,6 +66,9 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step.
         grad_clip: max global L2 norm of the gradient (None: no clipping).
         seed: seed for Python/NumPy/torch at the start of a fresh run.
+        optimizer: "adamw" or "muon" (see the module docstring).
+        schedule: "cosine", "inverse_sqrt" or "wsd".
+        decay_fraction: the final fraction of the steps that ``"wsd"`` decays over.
         log_dir: TensorBoard directory (None: no logs).
         checkpoint_dir: where :func:`save_checkpoint` writes (None: no checkpoints).
         checkpoint_every: save every this many optimizer steps (0: only at the end).
@@ -69,6 +84,9 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float | None = 1.0
     seed: int = 0
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
     log_dir: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
@@ -84,6 +102,9 @@ class TrainConfig:
             ("grad_accum", self.grad_accum >= 1),
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0),
             ("checkpoint_every", self.checkpoint_every >= 0),
+            ("optimizer", self.optimizer in OPTIMIZERS),
+            ("schedule", self.schedule in SCHEDULES),
+            ("decay_fraction", 0.0 < self.decay_fraction <= 1.0),
         ]
         for name, ok in checks:
             if not ok:
@@ -132,11 +153,12 @@ def set_seed(seed: int) -> None:
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup then cosine decay.
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup then ``config.schedule``
+    (cosine, inverse square root or warmup-stable-decay; formulas in the module docstring).
 
     Args:
         step: optimizer steps already taken.
-        config: ``lr``, ``warmup_steps``, ``steps``, ``min_lr_ratio``.
+        config: ``lr``, ``warmup_steps``, ``steps``, ``min_lr_ratio``, ``schedule``, ``decay_fraction``.
 
     Returns:
         The learning rate (same unit as ``config.lr``).
@@ -145,6 +167,14 @@ def lr_at(step: int, config: TrainConfig) -> float:
     if step < warm:
         return lr * (step + 1) / warm
     lr_min = lr * config.min_lr_ratio
+    if config.schedule == "inverse_sqrt":
+        return lr * math.sqrt(max(1, warm) / (step + 1))
+    if config.schedule == "wsd":
+        n_decay = max(1, round(config.decay_fraction * total))
+        start = total - n_decay  # first decaying step; the last step (total - 1) reaches lr_min
+        if step < start:
+            return lr
+        return lr - (lr - lr_min) * min(1.0, (step - start + 1) / n_decay)
     span = max(1, total - warm)
     progress = min(1.0, (step - warm) / span)
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
@@ -190,17 +220,115 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [decay, no_decay]
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (names kept in each group for checkpoints).
+class Float32Muon(torch.optim.Muon):
+    """``torch.optim.Muon`` with its Newton–Schulz iteration in float32 instead of bfloat16.
+
+    Same constructor, state (``momentum_buffer``) and update, per 2-D parameter ``W [A, B]``:
+    ``buf ← lerp(buf, g, 1−μ)``; ``u = lerp(g, buf, μ)`` (Nesterov) or ``buf``;
+    ``O = NS₅(u / ‖u‖_F)`` (quintic iteration, coefficients ``ns_coefficients``, on the wide
+    orientation); ``W ← W·(1 − lr·λ) − lr·r·O`` with ``r = 0.2·√max(A, B)``
+    (``match_rms_adamw``), ``√max(1, A/B)`` (``original``/None). torch runs NS₅ in bfloat16, which
+    on CPUs without bfloat16 matrix units costs ~15x float32 (measured 116 ms vs 8 ms for a
+    352x128 matrix, one thread): more than the model's forward and backward at this scale.
+    ``ns_dtype = torch.bfloat16`` gives torch's numbers back (tested).
+    """
+
+    ns_dtype = torch.float32
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient (``closure`` re-evaluates the loss)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mu = float(group["lr"]), group["weight_decay"], group["momentum"]
+            a, b, c = group["ns_coefficients"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.ndim != 2:
+                    raise ValueError("Muon: parameter gradient must be a 2-D matrix")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - mu)
+                u = g.lerp(buf, mu) if group["nesterov"] else buf
+                x = u.to(self.ns_dtype)
+                if u.shape[0] > u.shape[1]:
+                    x = x.T
+                x = x / x.norm().clamp(min=group["eps"])
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.T
+                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                if u.shape[0] > u.shape[1]:
+                    x = x.T
+                A, B = p.shape[:2]
+                fn = group["adjust_lr_fn"]
+                ratio = (0.2 * math.sqrt(max(A, B)) if fn == "match_rms_adamw"
+                         else math.sqrt(max(1, A / B)) if fn in (None, "original") else 1.0)
+                p.mul_(1 - lr * wd)
+                p.add_(x.to(p.dtype), alpha=-lr * ratio)
+        return loss
+
+
+class MuonAdamW:
+    """Muon on the hidden 2-D weight matrices, AdamW on every other parameter, stepped together.
+
+    ``param_groups`` lists the groups of both (the loop sets each group's ``lr``); ``muon`` and
+    ``adamw`` are the two torch optimizers.
+    """
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+
+def _adamw(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW:
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, foreach=False)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig):
+    """AdamW over :func:`param_groups` (names kept in each group for checkpoints), or with
+    ``config.optimizer == "muon"`` a :class:`MuonAdamW`: the decay group's matrices that are not
+    embeddings or the output layer (the hidden layers' weights) go to ``torch.optim.Muon``
+    (:class:`Float32Muon`, ``adjust_lr_fn="match_rms_adamw"``, momentum 0.95, Nesterov, 5
+    Newton–Schulz steps), the rest to AdamW.
 
     Uses torch's fused AdamW kernel when the build supports it for these tensors (same update
     rule, one pass over memory), else the per-tensor loop.
     """
     groups = param_groups(model, config.weight_decay)
-    try:
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, foreach=False)
+    if config.optimizer == "muon":
+        head = getattr(model, "lm_head", None)
+        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+        hidden = {"params": [], "names": [], "weight_decay": config.weight_decay}
+        rest = {"params": [], "names": [], "weight_decay": config.weight_decay}
+        for p, name in zip(groups[0]["params"], groups[0]["names"]):
+            g = hidden if p.ndim == 2 and id(p) not in head_ids else rest
+            g["params"].append(p)
+            g["names"].append(name)
+        muon = Float32Muon([hidden], lr=config.lr, weight_decay=config.weight_decay,
+                           adjust_lr_fn="match_rms_adamw")
+        return MuonAdamW(muon, _adamw([g for g in (rest, groups[1]) if g["params"]], config))
+    return _adamw(groups, config)
 
 
 def default_token_count(batch: Any) -> int:
@@ -284,6 +412,8 @@ def train(
     world = dist.get_world_size() if distributed else 1
     main = not distributed or dist.get_rank() == 0
 
+    if config.optimizer == "muon" and (resume_from is not None or config.checkpoint_dir):
+        raise MoorelabError("optimizer 'muon' does not write or read checkpoints; train without them")
     optimizer = make_optimizer(model, config)
     start = 0
     if resume_from is not None:
