@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6}
@@ -34,7 +34,7 @@ class MlLayer(ctypes.Structure):
     _fields_ = [(n, MlLin) for n in ("q", "k", "v", "o", "gate", "up", "down")] + [
         ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p), ("kc", ctypes.c_void_p),
         ("vc", ctypes.c_void_p), ("cap", ctypes.c_int64), ("H", ctypes.c_int32), ("Hkv", ctypes.c_int32),
-        ("hd", ctypes.c_int32), ("rope", ctypes.c_int32), ("eps", ctypes.c_float), ("pad_", ctypes.c_int32)]
+        ("hd", ctypes.c_int32), ("rope", ctypes.c_int32), ("eps", ctypes.c_float), ("kv_f16", ctypes.c_int32)]
 
 
 class KernelLibrary:

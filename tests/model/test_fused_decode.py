@@ -35,10 +35,11 @@ PROMPT = torch.randint(0, 61, (1, 5), generator=torch.Generator().manual_seed(3)
 STEPS = torch.randint(0, 61, (14,), generator=torch.Generator().manual_seed(4)).tolist()
 
 
-def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 8) -> tuple[torch.Tensor, list[str]]:
+def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 8,
+              kv_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, list[str]]:
     """Prefill ``prompt`` (Python path), then decode ``STEPS`` one token at a time; logits [steps, V]."""
     m.fused_decode = fused
-    cache = KVCache(max_len=max_len)  # 8 < 5 + 14: the buffers must grow during decoding
+    cache = KVCache(max_len=max_len, dtype=kv_dtype)  # 8 < 5 + 14: the buffers must grow during decoding
     outs, paths = [], []
     with torch.inference_mode():
         if prompt is not None:
@@ -47,6 +48,7 @@ def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 
             outs.append(decode.forward(m, torch.tensor([[t]]), cache=cache)[0, -1])
             paths.append(m.last_decode_path)
     assert cache.length == (0 if prompt is None else prompt.shape[1]) + len(STEPS)
+    assert cache.k[0].dtype is (kv_dtype or torch.float32)
     return torch.stack(outs), paths
 
 
@@ -69,10 +71,29 @@ def test_fused_equals_python_path(spec):
     assert_same(m)
 
 
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32"])
+def test_fused_equals_python_path_with_a_float16_cache(spec):
+    # both paths round keys and values to float16 when they are written: equal within float32 rounding
+    m = tiny()
+    if spec:
+        apply(m, parse_spec(spec))
+    assert_same(m, kv_dtype=torch.float16)
+
+
+def test_float16_cache_costs_little_and_is_not_the_float32_cache():
+    m = tiny()
+    f32, _ = run_steps(copy.deepcopy(m), True)
+    f16, paths = run_steps(m, True, kv_dtype=torch.float16)
+    assert set(paths) == {"fused"}
+    diff = (f16 - f32).abs().max().item() / f32.abs().max().item()
+    assert 0 < diff < 1e-2, diff  # rounded (so not the float32 cache), but only at float16 precision
+
+
 @pytest.mark.parametrize("head_dim", [12, 80])
-def test_fused_head_dims_off_the_vector_width(head_dim):
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_fused_head_dims_off_the_vector_width(head_dim, kv_dtype):
     # 12 = one 8-wide vector + 4 scalar tail; 80 = one 64-float register pass + one 8-wide pass + tail 8
-    assert_same(tiny(head_dim=head_dim))
+    assert_same(tiny(head_dim=head_dim), kv_dtype=kv_dtype)
 
 
 def test_fused_from_an_empty_cache_and_without_max_len():
@@ -209,13 +230,16 @@ def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
     assert torch.equal(y, ref)
 
 
-def test_threaded_attention_over_a_long_context():
-    # T * n_heads >= 2048 switches the C attention to one OpenMP thread per group of heads
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_threaded_attention_over_a_long_context(threads, kv_dtype):
+    # T * n_heads >= 2048 splits the C attention's positions over the threads (partial softmaxes
+    # merged); 600 + 14 positions are not a multiple of 2 or 3 threads, nor of the 64-key steps
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         prompt = torch.randint(0, 61, (1, 600), generator=torch.Generator().manual_seed(6))
-        assert_same(tiny(max_position_embeddings=1024), prompt=prompt, max_len=None)
+        assert_same(tiny(max_position_embeddings=1024), prompt=prompt, max_len=None, kv_dtype=kv_dtype)
     finally:
         torch.set_num_threads(before)
 
