@@ -57,6 +57,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Continue ``input_ids [B, T]`` (left-padded if ``attention_mask`` has zeros) by up to ``max_new_tokens``.
 
@@ -69,6 +70,8 @@ def generate(
         generator: ``torch.Generator`` for reproducible sampling.
         use_cache: False recomputes the whole sequence each step (reference for tests).
         on_token: called with the new tokens ``LongTensor[B]`` after each step.
+        kv_dtype: storage type of the KV cache (``KVCache(dtype=...)``); ``torch.float16`` halves
+            what each step reads at depth (cost in bits per byte: ``benchmarks/bench_decode_depth.py``).
 
     Returns:
         ``LongTensor[B, T + n]`` with ``n <= max_new_tokens`` new tokens (fewer if every row
@@ -100,7 +103,7 @@ def generate(
     if attention_mask is not None:
         mask = attention_mask.new_ones(B, T + max_new_tokens)
         mask[:, :T] = attention_mask
-    cache = KVCache(max_len=T + max_new_tokens) if use_cache else None
+    cache = KVCache(max_len=T + max_new_tokens, dtype=kv_dtype) if use_cache else None
     done = torch.zeros(B, dtype=torch.bool)
     n = 0
     step_ids = input_ids

@@ -80,6 +80,25 @@ def test_fused_equals_python_path_with_a_float16_cache(spec):
     assert_same(m, kv_dtype=torch.float16)
 
 
+def test_float16_cache_on_the_python_path_and_in_generation():
+    m = tiny()
+    with pytest.raises(ValueError, match="not a float type"):
+        KVCache(dtype=torch.int8)
+    cache = KVCache(dtype=torch.float16)
+    x = torch.randn(1, 2, 3, 16)
+    k, v = cache.update(0, x, -x)
+    assert cache.k[0].dtype is torch.float16 and k.dtype is torch.float32
+    assert torch.equal(k, x.half().float()) and torch.equal(v, -x.half().float()) and not torch.equal(k, x)
+    from moorelab.model.generate import generate
+
+    with torch.inference_mode():
+        a = generate(m, PROMPT, max_new_tokens=6, kv_dtype=torch.float16)
+        assert m.last_decode_path == "fused"
+        m.fused_decode = False
+        b = generate(m, PROMPT, max_new_tokens=6, kv_dtype=torch.float16)
+    assert torch.equal(a, b)
+
+
 def test_float16_cache_costs_little_and_is_not_the_float32_cache():
     m = tiny()
     f32, _ = run_steps(copy.deepcopy(m), True)
