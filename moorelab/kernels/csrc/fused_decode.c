@@ -34,9 +34,71 @@ static int ml_lin_apply(const ml_lin *l, const float *x, float *y) {
     }
 }
 
-/* one linear layer through the fused-decode dispatcher (tests check each kind against the
-   module's own kernel call): y[N] = layer(x[K]); returns ml_lin_apply's code */
-int ml_lin_forward(const ml_lin *l, const float *x, float *y) { return ml_lin_apply(l, x, y); }
+/* rows n0..n1-1 of a layer: its kernel, one thread, on that slice of the weights (every kernel
+   computes each output row from its own weight row, in 4-row tiles from the slice start; slices
+   start at multiples of 4 rows, so the tiles, and the numbers, are those of the whole call) */
+static int ml_lin_rows(const ml_lin *l, const float *x, float *y, int64_t n0, int64_t n1) {
+    ml_lin s = *l;
+    const int64_t K = l->K;
+    s.N = n1 - n0;
+    s.nthreads = 1;
+    s.bias = l->bias ? l->bias + n0 : NULL;
+    switch (l->kind) {
+    case 1: s.w = (const float *)l->w + n0 * K; break;
+    case 2: case 6: s.w = (const int8_t *)l->w + n0 * K; s.s = (const float *)l->s + n0; break;
+    case 3: case 4: case 5:
+        s.w = (const uint8_t *)l->w + n0 * (K / 2);
+        s.s = (const uint16_t *)l->s + n0 * (K / l->G);
+        s.mn = (const uint16_t *)l->mn + n0 * (K / l->G);
+        break;
+    default: return -2;
+    }
+    return ml_lin_apply(&s, x, y + n0);
+}
+
+/* Several independent layers (e.g. q, k, v on the same input) in ONE parallel region: their
+   4-row tiles are concatenated and split in contiguous ranges over the threads (the most any
+   of them asks for), each range run by ml_lin_rows. One fork/join instead of one per layer:
+   at decode a step spends much of its time in those thread wake-ups, and on a shared machine
+   each one may wait for a descheduled thread. Returns 0 or the first kernel error. */
+static int ml_lins_apply(const ml_lin *const *ls, const float *const *xs, float *const *ys, int n) {
+    int64_t off[9];
+    int nthreads = 1;
+    off[0] = 0;
+    for (int i = 0; i < n; i++) {
+        off[i + 1] = off[i] + (ls[i]->N + 3) / 4;
+        if (ls[i]->nthreads > nthreads) nthreads = ls[i]->nthreads;
+    }
+    const int64_t total = off[n];
+    int rc = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t a = total * tid / nt, b = total * (tid + 1) / nt;
+        int my = 0;
+        for (int i = 0; i < n && my == 0; i++) {
+            const int64_t lo = a > off[i] ? a : off[i], hi = b < off[i + 1] ? b : off[i + 1];
+            if (lo >= hi) continue;
+            const int64_t n0 = 4 * (lo - off[i]), n1 = 4 * (hi - off[i]) < ls[i]->N ? 4 * (hi - off[i]) : ls[i]->N;
+            my = ml_lin_rows(ls[i], xs[i], ys[i], n0, n1);
+        }
+        if (my != 0) {
+            #pragma omp critical(ml_lins_rc)
+            if (rc == 0) rc = my;
+        }
+    }
+    return rc;
+}
+
+/* one linear layer through the fused-decode dispatcher, as the decode runs it (tests check
+   each kind against the module's own kernel call, bit for bit): y[N] = layer(x[K]); returns
+   0, -1 (allocation failed) or -2 (unknown kind) */
+int ml_lin_forward(const ml_lin *l, const float *x, float *y) {
+    const ml_lin *ls[1] = {l};
+    const float *xs[1] = {x};
+    float *ys[1] = {y};
+    return ml_lins_apply(ls, xs, ys, 1);
+}
 
 /* e^x for 8 floats: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial),
    relative error ~1e-7 over [-87.3, 88.7]; inputs are clamped to that range. */
@@ -249,8 +311,12 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
         const int f16 = ly->kv_f16 != 0;
         const size_t esz = f16 ? sizeof(uint16_t) : sizeof(float);
         ml_rmsnorm(x, ly->attn_norm, ly->eps, h, D);
-        if ((rc = ml_lin_apply(&ly->q, h, q)) || (rc = ml_lin_apply(&ly->k, h, k)) || (rc = ml_lin_apply(&ly->v, h, v)))
-            break;
+        {
+            const ml_lin *ls[3] = {&ly->q, &ly->k, &ly->v};
+            const float *xs[3] = {h, h, h};
+            float *ys[3] = {q, k, v};
+            if ((rc = ml_lins_apply(ls, xs, ys, 3))) break;
+        }
         if (ly->rope) {
             for (int64_t j = 0; j < H; j++) ml_rope(q + j * hd, cos, sin, hd);
             for (int64_t j = 0; j < Hkv; j++) ml_rope(k + j * hd, cos, sin, hd);
@@ -301,10 +367,15 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
                 for (int64_t i = 0; i < hd; i++) out[i] *= inv;
             }
         }
-        if ((rc = ml_lin_apply(&ly->o, att, o))) break;
+        if ((rc = ml_lin_forward(&ly->o, att, o))) break;
         for (int64_t i = 0; i < D; i++) x[i] += o[i];
         ml_rmsnorm(x, ly->ffn_norm, ly->eps, h, D);
-        if ((rc = ml_lin_apply(&ly->gate, h, g)) || (rc = ml_lin_apply(&ly->up, h, u))) break;
+        {
+            const ml_lin *ls[2] = {&ly->gate, &ly->up};
+            const float *xs[2] = {h, h};
+            float *ys[2] = {g, u};
+            if ((rc = ml_lins_apply(ls, xs, ys, 2))) break;
+        }
         const int64_t F = ly->gate.N;
         int64_t i = 0;
         for (; i + 8 <= F; i += 8) {
@@ -313,7 +384,7 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
             _mm256_storeu_ps(g + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
         }
         for (; i < F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        if ((rc = ml_lin_apply(&ly->down, g, o))) break;
+        if ((rc = ml_lin_forward(&ly->down, g, o))) break;
         for (int64_t i2 = 0; i2 < D; i2++) x[i2] += o[i2];
     }
     free(buf);
