@@ -19,7 +19,9 @@ float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 an
 * CPU figures (process CPU time of all threads): on a shared machine the wall figures carry the
   other processes' load, CPU time far less of it;
 * bits per byte of the float16 cache against the float32 one: the default text scored in
-  512-token windows, each run through a fresh cache of that type (``--chars`` characters).
+  512-token windows, each run through a fresh cache of that type (``--chars`` characters); and
+  of int8 with its integer prefill GEMM (x rows rounded to int16) against the previous
+  dequantize + float32 matmul.
 
 Usage: python benchmarks/bench_decode_depth.py [--threads 2] [--depth 4096] [--steps 32] [--rounds 3]
        [--prefill 512] [--chars 20000] [--json out.json]
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     tok = loaded.tokenizer
     text = take_prefix(default_text(), max(args.chars, 40000))
     ids_all = tok.encode(text.text, add_special_tokens=False).ids
-    need = args.depth + args.steps + 2
+    need = max(args.depth + args.steps + 2, args.prefill)
     ids = torch.tensor([(ids_all * (need // len(ids_all) + 1))[:need]])
     models = {}
     for label in args.precisions.split(","):
@@ -211,6 +213,14 @@ def main(argv=None) -> int:
             d = res["float16"] - res["float32"]
             print(f"{label:8s} kv float32 {res['float32']:.5f}  kv float16 {res['float16']:.5f}  delta {d:+.5f}")
             out["quality"].append({"precision": label, **res, "delta_bits_per_byte": d})
+        if "int8 (dequant+fp32 prefill)" in pre:  # what the int16 rows of the int8 GEMM cost
+            with torch.inference_mode():
+                q = score_text(lambda x: pre["int8 (dequant+fp32 prefill)"](x), qids, qtext.n_bytes, window=512,
+                               bos_policy="first", bos_token_id=bos, batch_size=1)
+            new = next(r["float32"] for r in out["quality"] if r["precision"] == "int8")
+            print(f"int8 prefill GEMM (x rows in int16) {new:.5f} vs dequantize + float32 matmul {q.bits_per_byte:.5f}: "
+                  f"delta {new - q.bits_per_byte:+.5f}")
+            out["int8_gemm_delta_bits_per_byte"] = new - q.bits_per_byte
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
