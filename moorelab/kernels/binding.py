@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 8
+ABI_VERSION = 10
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6}
@@ -34,7 +34,7 @@ class MlLayer(ctypes.Structure):
     _fields_ = [(n, MlLin) for n in ("q", "k", "v", "o", "gate", "up", "down")] + [
         ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p), ("kc", ctypes.c_void_p),
         ("vc", ctypes.c_void_p), ("cap", ctypes.c_int64), ("H", ctypes.c_int32), ("Hkv", ctypes.c_int32),
-        ("hd", ctypes.c_int32), ("rope", ctypes.c_int32), ("eps", ctypes.c_float), ("pad_", ctypes.c_int32)]
+        ("hd", ctypes.c_int32), ("rope", ctypes.c_int32), ("eps", ctypes.c_float), ("kv_f16", ctypes.c_int32)]
 
 
 class KernelLibrary:
@@ -67,6 +67,8 @@ class KernelLibrary:
         lib.ml_w4_dequant.argtypes = [vp, vp, vp, i64, vp, i64, i64, cint]
         lib.ml_a8w8_linear.restype = cint
         lib.ml_a8w8_linear.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, vp]
+        lib.ml_w8_gemm.restype = cint
+        lib.ml_w8_gemm.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, cint]
         lib.ml_f32_linear.restype = None
         lib.ml_f32_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, cint]
         lib.ml_fused_abi.restype = cint
@@ -89,3 +91,4 @@ class KernelLibrary:
         self.w4a16_linear = lib.ml_w4a16_linear
         self.w4a8_linear = lib.ml_w4a8_linear
         self.a8w8_linear = lib.ml_a8w8_linear
+        self.w8_gemm = lib.ml_w8_gemm

@@ -19,7 +19,9 @@ these hold (otherwise that call runs ``model(...)``, the Python path, and :func:
 says why):
 
 * decoder with RoPE, RMSNorm, SwiGLU, pre-norm, no learned/segment embeddings (LLaMA family);
-* one sequence, one new token, a :class:`KVCache` without padding mask, default positions,
+* one sequence, one new token, a :class:`KVCache` without padding mask storing float32 or
+  float16 (``KVCache(dtype=torch.float16)``: the C side rounds new keys and values to float16
+  as the Python path does and reads them back converted), default positions,
   ``attention_impl == "sdpa"``, no attention recording, no forward hooks;
 * every linear layer is a plain float32 ``nn.Linear``/``FastLinear`` with contiguous weights or
   a quantized module whose compiled kernel is loaded (``decode_descriptor()`` not None), and
@@ -49,6 +51,9 @@ from moorelab import kernels
 from moorelab.model.transformer import FastLinear, RMSNorm
 
 __all__ = ["decode_step", "why_not_fused"]
+
+#: KV-cache storage types the C attention reads (``ml_layer.kv_f16``)
+_KV_DTYPES = (torch.float32, torch.float16)
 
 _generation = [0]
 
@@ -219,16 +224,18 @@ def _bind_cache(plan: _Plan, model, cache, pos: int, device) -> bool:
         for i, blk in enumerate(model.blocks):
             if i < len(cache.k) and (cache.k[i].shape[1], cache.k[i].shape[3]) != (blk.attn.n_kv_heads, blk.attn.head_dim):
                 return False
+            # (a cache created with a dtype stores that type: KVCache.reserve)
             cache.reserve(i, 1, blk.attn.n_kv_heads, blk.attn.head_dim, want, torch.float32, device)
     kv = []
     for i, blk in enumerate(model.blocks):
         kb, vb = cache.k[i], cache.v[i]
         want_shape = (1, blk.attn.n_kv_heads, kb.shape[2], blk.attn.head_dim)
-        if (tuple(kb.shape) != want_shape or tuple(vb.shape) != want_shape or kb.dtype is not torch.float32
-                or vb.dtype is not torch.float32 or not kb.is_contiguous() or not vb.is_contiguous()
+        if (tuple(kb.shape) != want_shape or tuple(vb.shape) != want_shape or kb.dtype not in _KV_DTYPES
+                or vb.dtype is not kb.dtype or not kb.is_contiguous() or not vb.is_contiguous()
                 or kb.device.type != "cpu"):
             return False
         layers[i].kc, layers[i].vc, layers[i].cap = kb.data_ptr(), vb.data_ptr(), kb.shape[2]
+        layers[i].kv_f16 = int(kb.dtype is torch.float16)
         kv += [kb, vb]
     plan.kv = kv
     plan.min_cap = min(t.shape[2] for t in kv)

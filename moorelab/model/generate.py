@@ -65,6 +65,7 @@ def generate(
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
     timings: list[tuple[float, float]] | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Continue ``input_ids [B, T]`` (left-padded if ``attention_mask`` has zeros) by up to ``max_new_tokens``.
 
@@ -80,6 +81,8 @@ def generate(
         timings: if given, one ``(start, end)`` pair of ``time.perf_counter()`` seconds is
             appended per step: the model call and the choice of the token, not ``on_token``. The
             first step is the prefill (the whole prompt), the others decode one token each.
+        kv_dtype: storage type of the KV cache (``KVCache(dtype=...)``); ``torch.float16`` halves
+            what each step reads at depth (cost in bits per byte: ``benchmarks/bench_decode_depth.py``).
 
     Returns:
         ``LongTensor[B, T + n]`` with ``n <= max_new_tokens`` new tokens (fewer if every row
@@ -111,7 +114,7 @@ def generate(
     if attention_mask is not None:
         mask = attention_mask.new_ones(B, T + max_new_tokens)
         mask[:, :T] = attention_mask
-    cache = KVCache(max_len=T + max_new_tokens) if use_cache else None
+    cache = KVCache(max_len=T + max_new_tokens, dtype=kv_dtype) if use_cache else None
     done = torch.zeros(B, dtype=torch.bool)
     n = 0
     step_ids = input_ids

@@ -372,10 +372,21 @@ class KVCache:
     Layer ``i`` holds ``k, v [B, n_kv_heads_i, capacity, head_dim]``; ``length`` positions are
     filled. ``mask [B, length]`` (1 = real token) is kept once a padded batch has been seen.
     Capacity doubles if exceeded (``max_len`` avoids that).
+
+    ``dtype`` is the storage type of keys and values: ``None`` keeps the type they arrive in
+    (float32 for a float32 model); ``torch.float16`` rounds them to nearest-even float16 as they
+    are written (half the memory, and half the bytes a decode step at depth reads: llama.cpp's
+    default cache type) and :meth:`update` hands attention float copies in the type of the
+    incoming keys, so the Python path and the fused decode (which reads float16 directly) see
+    the same rounded values. Its quality cost is measured by scoring through such a cache
+    (``benchmarks/bench_decode_depth.py``).
     """
 
-    def __init__(self, max_len: int | None = None) -> None:
+    def __init__(self, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise ValueError(f"KVCache: dtype {dtype} is not a float type")
         self.max_len = max_len
+        self.dtype = dtype
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.length = 0
@@ -393,6 +404,7 @@ class KVCache:
         """
         if layer_idx > len(self.k):
             raise ValueError(f"KVCache.reserve: layer {layer_idx} requested but only {len(self.k)} layers exist")
+        dtype = self.__dict__.get("dtype") or dtype
         if layer_idx == len(self.k):
             cap = max(self.max_len or 0, end, 64)
             self.k.append(torch.empty(batch, n_kv_heads, cap, head_dim, dtype=dtype, device=device))
@@ -418,7 +430,10 @@ class KVCache:
         self.reserve(layer_idx, B, H, d, end, k.dtype, k.device)
         self.k[layer_idx][:, :, start:end] = k
         self.v[layer_idx][:, :, start:end] = v
-        return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+        kc, vc = self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
+        if kc.dtype != k.dtype:  # a float16 cache: attention computes in the model's type
+            return kc.to(k.dtype), vc.to(v.dtype)
+        return kc, vc
 
 
 # ----------------------------------------------------------------------------- the model

@@ -38,7 +38,7 @@ def test_sources_compile_without_a_warning(tmp_path):
 def test_every_c_file_is_compiled_and_every_source_is_package_data():
     files = build.source_files()
     assert {p.name for p in files} >= {"common.h", "fused_decode.h", "f32_gemv.c", "int8.c", "int4.c",
-                                       "int8_dynamic.c", "fused_decode.c", "abi.c"}
+                                       "int8_dynamic.c", "int8_gemm.c", "fused_decode.c", "abi.c"}
     cmd = build.compile_command("gcc", Path("out.so"))
     assert [a for a in cmd if a.endswith(".c")] == [str(p) for p in files if p.suffix == ".c"]
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()

@@ -35,10 +35,11 @@ PROMPT = torch.randint(0, 61, (1, 5), generator=torch.Generator().manual_seed(3)
 STEPS = torch.randint(0, 61, (14,), generator=torch.Generator().manual_seed(4)).tolist()
 
 
-def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 8) -> tuple[torch.Tensor, list[str]]:
+def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 8,
+              kv_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, list[str]]:
     """Prefill ``prompt`` (Python path), then decode ``STEPS`` one token at a time; logits [steps, V]."""
     m.fused_decode = fused
-    cache = KVCache(max_len=max_len)  # 8 < 5 + 14: the buffers must grow during decoding
+    cache = KVCache(max_len=max_len, dtype=kv_dtype)  # 8 < 5 + 14: the buffers must grow during decoding
     outs, paths = [], []
     with torch.inference_mode():
         if prompt is not None:
@@ -47,6 +48,7 @@ def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 
             outs.append(decode.forward(m, torch.tensor([[t]]), cache=cache)[0, -1])
             paths.append(m.last_decode_path)
     assert cache.length == (0 if prompt is None else prompt.shape[1]) + len(STEPS)
+    assert cache.k[0].dtype is (kv_dtype or torch.float32)
     return torch.stack(outs), paths
 
 
@@ -69,10 +71,48 @@ def test_fused_equals_python_path(spec):
     assert_same(m)
 
 
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32"])
+def test_fused_equals_python_path_with_a_float16_cache(spec):
+    # both paths round keys and values to float16 when they are written: equal within float32 rounding
+    m = tiny()
+    if spec:
+        apply(m, parse_spec(spec))
+    assert_same(m, kv_dtype=torch.float16)
+
+
+def test_float16_cache_on_the_python_path_and_in_generation():
+    m = tiny()
+    with pytest.raises(ValueError, match="not a float type"):
+        KVCache(dtype=torch.int8)
+    cache = KVCache(dtype=torch.float16)
+    x = torch.randn(1, 2, 3, 16)
+    k, v = cache.update(0, x, -x)
+    assert cache.k[0].dtype is torch.float16 and k.dtype is torch.float32
+    assert torch.equal(k, x.half().float()) and torch.equal(v, -x.half().float()) and not torch.equal(k, x)
+    from moorelab.model.generate import generate
+
+    with torch.inference_mode():
+        a = generate(m, PROMPT, max_new_tokens=6, kv_dtype=torch.float16)
+        assert m.last_decode_path == "fused"
+        m.fused_decode = False
+        b = generate(m, PROMPT, max_new_tokens=6, kv_dtype=torch.float16)
+    assert torch.equal(a, b)
+
+
+def test_float16_cache_costs_little_and_is_not_the_float32_cache():
+    m = tiny()
+    f32, _ = run_steps(copy.deepcopy(m), True)
+    f16, paths = run_steps(m, True, kv_dtype=torch.float16)
+    assert set(paths) == {"fused"}
+    diff = (f16 - f32).abs().max().item() / f32.abs().max().item()
+    assert 0 < diff < 1e-2, diff  # rounded (so not the float32 cache), but only at float16 precision
+
+
 @pytest.mark.parametrize("head_dim", [12, 80])
-def test_fused_head_dims_off_the_vector_width(head_dim):
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_fused_head_dims_off_the_vector_width(head_dim, kv_dtype):
     # 12 = one 8-wide vector + 4 scalar tail; 80 = one 64-float register pass + one 8-wide pass + tail 8
-    assert_same(tiny(head_dim=head_dim))
+    assert_same(tiny(head_dim=head_dim), kv_dtype=kv_dtype)
 
 
 def test_fused_from_an_empty_cache_and_without_max_len():
@@ -194,28 +234,36 @@ def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
     from moorelab.model.transformer import FastLinear
 
     torch.manual_seed(0)
-    holder = torch.nn.Sequential(FastLinear(128, 72))
+    holder = torch.nn.Sequential(FastLinear(128, 75))  # 75 rows: 18 full 4-row tiles and one of 3
     if spec:
         apply(holder, parse_spec(spec))
     layer = holder[0]
     d = _linear_descriptor(layer)
     assert not isinstance(d, str), d
     x = torch.randn(1, 128)
-    y = torch.empty(1, 72)
     with torch.inference_mode():
         ref = layer(x)
-        rc = kernels.get_library().lin_forward(ctypes.byref(_lin_struct(kernels, d)), x.data_ptr(), y.data_ptr())
-    assert rc == 0
-    assert torch.equal(y, ref)
+    # the fused decode splits a layer's tiles over the threads (and q/k/v, gate/up share one
+    # split): 1, 2 and 3 threads give the module's numbers bit for bit
+    for threads in (1, 2, 3):
+        y = torch.full((1, 75), float("nan"))
+        lin = _lin_struct(kernels, d)
+        lin.nthreads = threads
+        rc = kernels.get_library().lin_forward(ctypes.byref(lin), x.data_ptr(), y.data_ptr())
+        assert rc == 0
+        assert torch.equal(y, ref), threads
 
 
-def test_threaded_attention_over_a_long_context():
-    # T * n_heads >= 2048 switches the C attention to one OpenMP thread per group of heads
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_threaded_attention_over_a_long_context(threads, kv_dtype):
+    # T * n_heads >= 2048 splits the C attention's positions over the threads (partial softmaxes
+    # merged); 600 + 14 positions are not a multiple of 2 or 3 threads, nor of the 64-key steps
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         prompt = torch.randint(0, 61, (1, 600), generator=torch.Generator().manual_seed(6))
-        assert_same(tiny(max_position_embeddings=1024), prompt=prompt, max_len=None)
+        assert_same(tiny(max_position_embeddings=1024), prompt=prompt, max_len=None, kv_dtype=kv_dtype)
     finally:
         torch.set_num_threads(before)
 

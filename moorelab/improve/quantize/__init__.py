@@ -48,7 +48,12 @@ from moorelab.improve.quantize.int4 import (
     round_activations_blocks,
     unpack_int4,
 )
-from moorelab.improve.quantize.int8 import Int8WeightOnlyConfig, Int8WeightOnlyLinear, quantize_int8_per_channel
+from moorelab.improve.quantize.int8 import (
+    Int8WeightOnlyConfig,
+    Int8WeightOnlyLinear,
+    quantize_int8_per_channel,
+    round_activations_rows,
+)
 from moorelab.improve.quantize.int8_dynamic import Int8DynamicConfig, Int8DynamicLinear, quantize_activations_per_token
 from moorelab.improve.quantize.report import LayerQuantReport, QuantizeReport, sqnr_db, weight_bytes
 
@@ -72,4 +77,5 @@ __all__ = [
     "dequantize_int4",
     "quantize_activations_per_token",
     "round_activations_blocks",
+    "round_activations_rows",
 ]

@@ -1,8 +1,9 @@
 """What every quantized ``nn.Linear`` replacement shares.
 
 :class:`QuantizedLinear` (the base of :mod:`.int8`, :mod:`.int4` and :mod:`.int8_dynamic`
-modules): decode calls (``M <= m_threshold`` rows) run the compiled GEMV kernel, prefill calls a
-dequantize + float32 matmul, autograd or a missing compiler the pure-torch path; raw buffer
+modules): decode calls (``M <= m_threshold`` rows) run the compiled GEMV kernel, prefill calls the
+int8 modules' integer GEMM (``ml_w8_gemm``) or, for int4, a dequantize + float32 matmul, autograd
+or a missing compiler the pure-torch path; raw buffer
 pointers are cached; copies and pickles look the kernel library up again. Also here: the kernel
 library lookup (the one import of :mod:`moorelab.kernels` in this package), the thread
 heuristics, and the checks shared by every config and quantizer.

@@ -30,11 +30,12 @@ class Int8WeightOnlyConfig:
     Args:
         kernel: "auto" (compiled AVX2 kernel if it builds, else torch), "moorelab" (require the
             compiled kernel; MoorelabError if unavailable) or "torch" (pure torch).
-        m_threshold: calls with at most this many rows (tokens) use the GEMV kernel (which
-            re-converts the weights for every row); more rows dequantize to float32 (C loop) and
-            use torch's matmul. Default 8: by cost counts on this machine the GEMV of a 576x1536
-            layer takes ~30 µs per row single-threaded (weights in cache) while dequantize +
-            matmul takes ~0.25 ms, so they cross near M = 8.
+        m_threshold: calls with at most this many rows (tokens) use the GEMV kernel (float32
+            activations); more rows (prefill) use the integer GEMM ``ml_w8_gemm``
+            (``moorelab/kernels/csrc/int8_gemm.c``), which rounds each row of x to int16 (one
+            scale per row, relative step 1/32767 of the row's maximum) and sums the int8 x int16
+            products exactly (AVX2 ``vpmaddwd``): 1.1-1.3x torch's float32 matmul per CPU-second
+            on SmolLM2's layer shapes here, with no float32 copy of the weights. Default 8.
     """
 
     kernel: str = "auto"
@@ -69,6 +70,24 @@ def quantize_int8_per_channel(weight: torch.Tensor, name: str = "weight") -> tup
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q.contiguous(), scale.contiguous()
+
+
+def round_activations_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """What the int8 prefill GEMM (``ml_w8_gemm``) multiplies the int8 weights by.
+
+    Args:
+        x: float32 ``[M, K]``.
+        bits: 16 (int8 weight-only prefill) or 8 (dynamic int8); each row is rounded (half to
+            even) to steps of ``max|x_row| / (2^(bits-1) - 1)`` (step 1 for an all-zero row).
+
+    Returns:
+        float32 ``[M, K]``: the rounded values times their row step. With 16 bits the relative
+        step is 1/32767 of the row's largest value (below float16's 1/2048).
+    """
+    qmax = float((1 << (bits - 1)) - 1)
+    s = x.abs().amax(dim=1, keepdim=True) / qmax
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.round(x / s).clamp_(-qmax, qmax) * s
 
 
 class PerChannelInt8Linear(QuantizedLinear):
@@ -111,6 +130,23 @@ class PerChannelInt8Linear(QuantizedLinear):
     def _kernel_ptrs(self) -> tuple:
         return (self.qweight.data_ptr(), self.scale.data_ptr(), self._ptr(self.bias))
 
+    #: activation bits of the prefill GEMM (``ml_w8_gemm``): each row of x rounded to this many bits
+    _gemm_act_bits = 16
+
+    def _gemm_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        """Prefill (``M > m_threshold`` rows) through the compiled integer GEMM ``ml_w8_gemm``:
+        each row of ``x2`` [M, in] rounded to ``_gemm_act_bits`` bits (one scale per row, see
+        :func:`round_activations_rows`), int8 x int16 products summed exactly in integers
+        (AVX2 ``vpmaddwd``), scales applied per row and per output channel; returns [M, out]."""
+        m = x2.shape[0]
+        y = torch.empty(m, self.out_features, dtype=torch.float32)
+        qw, sc, b = self._ptrs or self._refresh_ptrs()
+        rc = self._lib.w8_gemm(x2.data_ptr(), m, self.in_features, qw, sc, b, y.data_ptr(), self.out_features,
+                               self._threads(m), self._gemm_act_bits)
+        if rc != 0:
+            raise MemoryError(f"int8 GEMM kernel: returned {rc} (workspace allocation failed)")
+        return y
+
     def _dequant_rows(self, n0: int, n1: int, buf: torch.Tensor) -> None:
         """Compiled dequantization of output rows ``n0:n1`` into ``buf`` (float32 ``[n1-n0, in]``)."""
         k = self.in_features
@@ -128,7 +164,7 @@ class Int8WeightOnlyLinear(PerChannelInt8Linear):
     config_type = Int8WeightOnlyConfig
     _fn_name = "w8_linear"
     _decode_kind = "int8"
-    _kernel_names = ("moorelab-avx2-gemv int8", "moorelab-avx2 dequant int8 + fp32 matmul")
+    _kernel_names = ("moorelab-avx2-gemv int8", "moorelab-avx2 int8 GEMM x int16-act rows")
 
     def dequantize(self) -> torch.Tensor:
         if self._lib is None:
@@ -144,4 +180,4 @@ class Int8WeightOnlyLinear(PerChannelInt8Linear):
         self._fn(x2.data_ptr(), m, self.in_features, qw, sc, b, y.data_ptr(), self.out_features, self._threads(m))
 
     def _prefill_forward(self, x2):
-        return self._dequant_chunks(x2, self._dequant_rows)
+        return self._gemm_forward(x2)

@@ -23,8 +23,8 @@ class Int8DynamicConfig:
 
     Args:
         kernel, m_threshold: as in :class:`Int8WeightOnlyConfig`; above ``m_threshold`` rows the
-            same per-token quantization is applied and the int8 values are multiplied with a
-            float32 matmul (exact for integer products, float32 accumulation).
+            integer GEMM ``ml_w8_gemm`` runs with the same per-token int8 rounding (results equal
+            to the decode kernel's bit for bit).
     """
 
     kernel: str = "auto"
@@ -61,7 +61,8 @@ class Int8DynamicLinear(PerChannelInt8Linear):
     config_type = Int8DynamicConfig
     _fn_name = "a8w8_linear"
     _decode_kind = "int8-dynamic"
-    _kernel_names = ("moorelab-avx2 int8xint8 dynamic", "per-token int8 + moorelab-avx2 dequant + fp32 matmul")
+    _kernel_names = ("moorelab-avx2 int8xint8 dynamic", "moorelab-avx2 int8 GEMM x int8-act rows")
+    _gemm_act_bits = 8
 
     @property
     def _fallback_name(self) -> str:
@@ -88,11 +89,5 @@ class Int8DynamicLinear(PerChannelInt8Linear):
             raise MemoryError("int8 dynamic kernel: workspace allocation failed")
 
     def _prefill_forward(self, x2):
-        xq, sx = quantize_activations_per_token(x2)
-        bias, self.bias = self.bias, None
-        try:
-            y = self._dequant_chunks(xq.float(), self._dequant_rows)
-        finally:
-            self.bias = bias
-        y *= sx[:, None]
-        return y + self.bias if self.bias is not None else y
+        # the same per-token rounding and exact integer sums as the decode kernel: equal bit for bit
+        return self._gemm_forward(x2)

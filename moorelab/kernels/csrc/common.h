@@ -9,6 +9,7 @@
        int4.c          int4 weight-only, float / int16 ("a16") / int8 ("a8") activations
                        (ml_w4_linear, ml_w4a16_linear, ml_w4a8_linear, ml_w4_dequant)
        int8_dynamic.c  dynamic int8 x int8 (ml_a8w8_linear)
+       int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm)
        fused_decode.c  every LLaMA-family decoder layer for one token in one call
                        (ml_decode_layers, ml_lin_forward; structures in fused_decode.h)
        abi.c           ml_abi_version, ml_fused_abi: checked by the binding when it loads
@@ -29,7 +30,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 8
+#define ML_ABI_VERSION 10
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
@@ -87,6 +88,8 @@ void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mi
                    float *out, int64_t N, int64_t K, int nthreads);
 int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
                    const float *bias, float *y, int64_t N, int nthreads, float *sx_out);
+int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale, const float *bias,
+               float *y, int64_t N, int nthreads, int act_bits);
 int ml_abi_version(void);
 
 #endif /* ML_COMMON_H */

@@ -18,11 +18,11 @@ typedef struct {
 typedef struct {
     ml_lin q, k, v, o, gate, up, down;
     const float *attn_norm, *ffn_norm;
-    float *kc, *vc;    /* [Hkv, cap, hd] each */
+    void *kc, *vc;     /* [Hkv, cap, hd] each, float32, or float16 (uint16 bits) if kv_f16 */
     int64_t cap;
     int32_t H, Hkv, hd, rope;
     float eps;
-    int32_t pad_;
+    int32_t kv_f16;    /* 0: float32 cache, 1: float16 cache */
 } ml_layer;
 
 int ml_fused_abi(void);

@@ -11,9 +11,11 @@ from moorelab.improve.quantize import (
     Int8DynamicConfig,
     Int8DynamicLinear,
     Int8WeightOnlyConfig,
+    Int8WeightOnlyLinear,
     QuantizedLinear,
     quantize_activations_per_token,
     round_activations_blocks,
+    round_activations_rows,
 )
 
 CONFIGS = {
@@ -33,7 +35,8 @@ def _holder(in_f: int, out_f: int, bias: bool = True, seed: int = 0) -> nn.Seque
 
 
 def _reference(mod: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
-    """Float64 reference of what the module must compute (dequantized weight; per-token int8 x)."""
+    """Float64 reference of what the module's latest call computed (dequantized weight; per-token
+    int8 x; for int8 weight-only prefill through the compiled GEMM, x rounded per row to int16)."""
     if isinstance(mod, Int8DynamicLinear):
         xq, sx = quantize_activations_per_token(x)
         xd = xq.double() * sx.double()[:, None]
@@ -43,6 +46,8 @@ def _reference(mod: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
         xr = round_activations_blocks(x, mod.activation_bits).double()
         y = xr @ (mod.dequantize().double() - mins).t() + x.double() @ mins.t()
         return y + mod.bias.double() if mod.bias is not None else y
+    elif isinstance(mod, Int8WeightOnlyLinear) and mod._lib is not None and mod.last_kernel == mod.prefill_kernel:
+        xd = round_activations_rows(x, 16).double()
     else:
         xd = x.double()
     y = xd @ mod.dequantize().double().t()

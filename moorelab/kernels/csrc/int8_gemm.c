@@ -1,0 +1,158 @@
+/* int8-weight GEMM for prefill (AVX2): integer products, int32 accumulation, no dequantization.
+
+   w: int8 [N, K] in -127..127, scale: float32 [N] (the int8 weight-only / dynamic layout of
+   int8.c). Each row of x [M, K] is rounded symmetrically to `act_bits` bits, one scale per row:
+       sx[m] = max|x[m]| / qmax  (qmax = 32767 for act_bits 16, 127 for 8; 1 if that is 0),
+       xq = round_half_even(x / sx)  clamped to +-qmax, stored as int16,
+   then y[m, n] = (float)(sum_k xq[m,k] w[n,k]) * (sx[m] * scale[n]) + bias[n], the sum exact in
+   integers (vpmaddwd: int16 x int16 -> int32 pair sums; each int32 lane takes at most K/8
+   products <= 32767*127 per chunk of ML_G8_KC = 2048 inputs, < 2^31; chunks add in int64).
+   With act_bits = 8 the result equals ml_a8w8_linear's bit for bit (same rounding, same exact
+   sum, same final float expression); with 16 it is the int8 weight-only product up to the int16
+   rounding of x (relative step 1/32767 of the row's maximum).
+
+   The technique is llama.cpp's / llamafile's "tinyBLAS" for quantized types on AVX2 (quantize the
+   activations once per row, then a register-blocked integer dot-product GEMM; ggml-quants.c
+   mul_sum_i8_pairs / llamafile sgemm.cpp tinyBLAS_Q0_AVX): here a 2x4 tile of (x row, w row)
+   pairs keeps 8 int32 accumulators in registers and reads each x and w vector once per 16
+   inputs. Blocking: ML_G8_MB rows of xq (int16, L2-resident) against 4-row panels of w (L1);
+   threads split the N tiles. */
+
+#include "common.h"
+
+#define ML_G8_KC 2048 /* inputs per int32 chunk (overflow bound above) */
+#define ML_G8_MB 48   /* x rows per block (a multiple of ML_G8_MR) */
+#define ML_G8_MR 2    /* tile: x rows ... */
+#define ML_G8_NR 4    /* ... by w rows (8 int32 accumulators, no register spills) */
+
+/* round rows m0..m1 of x to int16 (see the file comment); xq rows have stride ldq */
+static void g8_quant_rows(const float *x, int64_t m0, int64_t m1, int64_t K, int64_t ldq, float qmax,
+                          int16_t *xq, float *sx) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t m = m0; m < m1; m++) {
+        const float *xr = x + m * K;
+        int16_t *q = xq + m * ldq;
+        __m256 mx = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(xr + k), absmask));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float amax = _mm_cvtss_f32(h);
+        for (; k < K; k++) { float a = fabsf(xr[k]); if (a > amax) amax = a; }
+        float s = amax / qmax;
+        if (!(s > 0.0f)) s = 1.0f; /* zero row, or amax / qmax underflows to 0 */
+        sx[m] = s;
+        const __m256 sv = _mm256_set1_ps(s), hi = _mm256_set1_ps(qmax), lo = _mm256_set1_ps(-qmax);
+        for (k = 0; k + 16 <= K; k += 16) {
+            __m256 a = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xr + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 b = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xr + k + 8), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            a = _mm256_min_ps(_mm256_max_ps(a, lo), hi);
+            b = _mm256_min_ps(_mm256_max_ps(b, lo), hi);
+            __m256i p = _mm256_packs_epi32(_mm256_cvtps_epi32(a), _mm256_cvtps_epi32(b));
+            _mm256_storeu_si256((__m256i *)(q + k), _mm256_permute4x64_epi64(p, 0xD8));
+        }
+        for (; k < K; k++) {
+            float v = nearbyintf(xr[k] / s);
+            v = v > qmax ? qmax : (v < -qmax ? -qmax : v);
+            q[k] = (int16_t)v;
+        }
+        for (; k < ldq; k++) q[k] = 0;
+    }
+}
+
+static inline int64_t hsum_i32_to_i64(__m256i v) {
+    __m256i a = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                 _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    __m128i b = _mm_add_epi64(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    return _mm_cvtsi128_si64(b) + _mm_extract_epi64(b, 1);
+}
+
+/* out[i][j] = sum_k xq[i, k] * w[j, k] over k < K16 (a multiple of 16), for an MR x NR tile
+   (MR <= ML_G8_MR, NR <= ML_G8_NR, compile-time constants after inlining); xq rows of stride
+   ldq, w rows of ldw */
+static inline __attribute__((always_inline)) void g8_tile(const int16_t *xq, int64_t ldq, const int8_t *w,
+                                                          int64_t ldw, int64_t K16, const int MR, const int NR,
+                                                          int64_t out[ML_G8_MR][ML_G8_NR]) {
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i][j] = 0;
+    for (int64_t k0 = 0; k0 < K16; k0 += ML_G8_KC) {
+        const int64_t k1 = k0 + ML_G8_KC < K16 ? k0 + ML_G8_KC : K16;
+        __m256i acc[ML_G8_MR][ML_G8_NR];
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_si256();
+        for (int64_t k = k0; k < k1; k += 16) {
+            __m256i wv[ML_G8_NR];
+            for (int j = 0; j < NR; j++) wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j * ldw + k)));
+            for (int i = 0; i < MR; i++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * ldq + k));
+                for (int j = 0; j < NR; j++) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
+            }
+        }
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) out[i][j] += hsum_i32_to_i64(acc[i][j]);
+    }
+}
+
+/* y rows m0..m0+mr-1, columns n0..n0+nr-1 (mr <= ML_G8_MR, nr <= ML_G8_NR); a partial tile
+   runs pair by pair */
+static void g8_block(const int16_t *xq, int64_t ldq, const float *sx, int64_t m0, int mr, const int8_t *w,
+                     const float *scale, const float *bias, int64_t n0, int nr, int64_t K, float *y, int64_t N) {
+    const int64_t K16 = K & ~(int64_t)15;
+    const int16_t *xb = xq + m0 * ldq;
+    const int8_t *wb = w + n0 * K;
+    int64_t o[ML_G8_MR][ML_G8_NR];
+    if (mr == ML_G8_MR && nr == ML_G8_NR) {
+        g8_tile(xb, ldq, wb, K, K16, ML_G8_MR, ML_G8_NR, o);
+    } else {
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++) {
+                int64_t t[ML_G8_MR][ML_G8_NR];
+                g8_tile(xb + i * ldq, ldq, wb + j * K, K, K16, 1, 1, t);
+                o[i][j] = t[0][0];
+            }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *ym = y + (m0 + i) * N;
+        for (int j = 0; j < nr; j++) {
+            int64_t s = o[i][j];
+            for (int64_t k = K16; k < K; k++) s += (int64_t)xb[i * ldq + k] * (int64_t)wb[j * K + k];
+            ym[n0 + j] = (float)s * (sx[m0 + i] * scale[n0 + j]) + (bias ? bias[n0 + j] : 0.0f);
+        }
+    }
+}
+
+/* y[M, N] = x[M, K] (rounded per row to act_bits = 8 or 16) @ (scale * w)[N, K]^T + bias.
+   Returns 0, -1 (allocation failed) or -2 (act_bits not 8 or 16). M = 0 writes nothing. */
+int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale, const float *bias,
+               float *y, int64_t N, int nthreads, int act_bits) {
+    if (act_bits != 8 && act_bits != 16) return -2;
+    if (M <= 0 || N <= 0) return 0;
+    const float qmax = act_bits == 16 ? 32767.0f : 127.0f;
+    const int64_t ldq = (K + 15) & ~(int64_t)15;
+    int16_t *xq = (int16_t *)malloc(sizeof(int16_t) * (size_t)(M * ldq) + sizeof(float) * (size_t)M + 64);
+    if (!xq) return -1;
+    float *sx = (float *)(xq + ((M * ldq + 31) & ~(int64_t)31));
+    const int64_t ntiles = (N + ML_G8_NR - 1) / ML_G8_NR;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        /* quantize this thread's share of the rows, then wait for the others' */
+        g8_quant_rows(x, M * tid / nt, M * (tid + 1) / nt, K, ldq, qmax, xq, sx);
+        #pragma omp barrier
+        const int64_t t0 = ntiles * tid / nt, t1 = ntiles * (tid + 1) / nt;
+        for (int64_t mb = 0; mb < M; mb += ML_G8_MB) {
+            const int64_t me = mb + ML_G8_MB < M ? mb + ML_G8_MB : M;
+            for (int64_t t = t0; t < t1; t++) {
+                const int64_t n0 = ML_G8_NR * t;
+                const int nr = N - n0 < ML_G8_NR ? (int)(N - n0) : ML_G8_NR;
+                for (int64_t m = mb; m < me; m += ML_G8_MR) {
+                    const int mr = me - m < ML_G8_MR ? (int)(me - m) : ML_G8_MR;
+                    g8_block(xq, ldq, sx, m, mr, w, scale, bias, n0, nr, K, y, N);
+                }
+            }
+        }
+    }
+    free(xq);
+    return 0;
+}
