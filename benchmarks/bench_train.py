@@ -175,6 +175,7 @@ def main() -> None:
         res["ratio_ours_over_plain"] = paired
         res["ratio_all_rounds_median"] = statistics.median(every)
         out["sizes"][name] = res
+        o = res["ours"]
         print(f"{name} (d_model {size['d_model']}, {size['n_layers']} layers, batch {a.batch} x {a.context}, "
               f"{fpt / 1e6:.2f} MFLOP/token):")
         for k in ("ours", "plain"):
