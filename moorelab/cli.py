@@ -31,7 +31,7 @@ app = typer.Typer(
 
 
 #: sub-commands that load a model by name or path (and so may be given a saved `moorelab improve` folder)
-_LOADS_MODELS = ("run", "improve", "explain")
+_LOADS_MODELS = ("run", "improve", "explain", "eval")
 
 
 @app.callback()
@@ -98,6 +98,10 @@ app.add_typer(history_app, name="history")
 from moorelab.report.local_trend import local_command  # noqa: E402
 
 trend_app.command("local")(local_command)
+from moorelab.report.eval_job import eval_command, eval_tasks_command  # noqa: E402  (`moorelab eval`, zero-shot accuracy)
+
+app.command("eval")(eval_command)
+app.command("eval-tasks")(eval_tasks_command)
 
 
 #: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command
