@@ -98,10 +98,11 @@ app.add_typer(history_app, name="history")
 from moorelab.report.local_trend import local_command  # noqa: E402
 
 trend_app.command("local")(local_command)
-from moorelab.report.eval_job import eval_command, eval_tasks_command  # noqa: E402  (`moorelab eval`, zero-shot accuracy)
+from moorelab.report.eval_job import LM_EVAL_CONTEXT, eval_command, eval_tasks_command, lm_eval_command  # noqa: E402
 
-app.command("eval")(eval_command)
+app.command("eval")(eval_command)  # zero-shot accuracy; `eval-tasks` builds the named tasks, `lm-eval` runs lm-eval
 app.command("eval-tasks")(eval_tasks_command)
+app.command("lm-eval", context_settings=LM_EVAL_CONTEXT, add_help_option=False)(lm_eval_command)
 
 
 #: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command

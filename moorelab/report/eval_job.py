@@ -187,3 +187,64 @@ def eval_tasks_command(
                f"--tasks {','.join(NAMED_TASKS[n]['lm_eval_name'] for n in res if isinstance(res[n], Path))}")
     if not any(isinstance(r, Path) for r in res.values()):
         raise typer.Exit(1)
+
+
+#: typer settings of `moorelab lm-eval`: every argument goes to lm-eval's own command line
+LM_EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def lm_eval_command(ctx: typer.Context) -> None:
+    """lm-evaluation-harness on moorelab's model: lm-eval's own options (--tasks, --limit, --model_args
+    pretrained=NAME,improve=SPEC, ...); see moorelab/report/lm_eval_adapter.py."""
+    from moorelab.errors import MoorelabError
+
+    try:
+        from moorelab.report.lm_eval_adapter import run_lm_eval_cli
+    except ImportError as exc:
+        raise MoorelabError(f"lm-eval is not installed ({exc}): pip install 'lm-eval>=0.4.13'") from None
+    run_lm_eval_cli(list(ctx.args))
+
+
+#: `moorelab run`: the task and how many of its first items each row is scored on (full, --quick)
+RUN_TASK = "hamlet-cloze"
+RUN_ITEMS = {"full": 40, "quick": 16}
+
+
+def row_accuracy(model, loaded, quick: bool, progress=None, label: str = "") -> dict:
+    """Zero-shot accuracy of one `moorelab run` row on the first :data:`RUN_ITEMS` items of
+    :data:`RUN_TASK` (results.json ``rows[i]["accuracy"]``): acc, acc_norm with stderr and 95%
+    Wilson intervals, the subset named, seconds taken. A task that cannot be built (its data
+    missing) gives ``{"skipped": reason}``."""
+    from moorelab.errors import MoorelabError
+    from moorelab.measure.tasks import load_task
+
+    n = RUN_ITEMS["quick" if quick else "full"]
+    try:
+        task = load_task(RUN_TASK)
+    except MoorelabError as exc:
+        return {"skipped": str(exc)}
+    items = task.items[:n]
+    acc, seconds = score_model(model, loaded, items, progress, f"accuracy {label}: {RUN_TASK}, {len(items)} items")
+    d = acc.to_dict()
+    d.pop("definitions")
+    return {"task": RUN_TASK, "subset": f"the first {len(items)} of {len(task.items)} items of {RUN_TASK}",
+            "chance": 0.25, "acc": d["acc"], "acc_norm": d["acc_norm"], "seconds": {"value": seconds, "unit": "s"}}
+
+
+def print_row_accuracy(console, rows: list[dict]) -> None:
+    """One line per row: acc and acc_norm with their 95% intervals, then the subset scored."""
+    scored = [r for r in rows if r.get("accuracy", {}).get("acc")]
+    for r in rows:
+        a = r.get("accuracy")
+        if not a:
+            continue
+        if "skipped" in a:
+            console.print(f"accuracy {r['name']}: skipped ({a['skipped']})")
+            continue
+        console.print(f"accuracy {r['name']}: acc {a['acc']['value']:.3f} [{a['acc']['ci95'][0]:.3f}, {a['acc']['ci95'][1]:.3f}], "
+                      f"acc_norm {a['acc_norm']['value']:.3f} [{a['acc_norm']['ci95'][0]:.3f}, {a['acc_norm']['ci95'][1]:.3f}]")
+    if scored:
+        a = scored[0]["accuracy"]
+        total = sum(r["accuracy"]["seconds"]["value"] for r in scored)
+        console.print(f"accuracy: zero-shot, {a['subset']} (chance 0.25; lm-eval acc / acc_norm, 95% Wilson intervals; "
+                      f"`moorelab eval MODEL --task {RUN_TASK}` scores all), {total:.0f} s for {len(scored)} rows")
