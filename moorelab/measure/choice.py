@@ -223,14 +223,18 @@ def score_item(model: torch.nn.Module, encode: Callable[[str], list[int]], item:
         c, k = encode_pair(encode, item.context, item.target_delimiter + choice, prefix_token_id)
         ctxs.append(c)
         conts.append(k)
+    # choices sharing context ids (all of them, but for an empty context whose continuation starts
+    # with the prefix token) are scored together
+    groups: dict[tuple, list[int]] = {}
+    for j, c in enumerate(ctxs):
+        groups.setdefault(tuple(c), []).append(j)
+    lls, greedy, trunc = [0.0] * len(conts), [False] * len(conts), 0
     try:
-        if any(c != ctxs[0] for c in ctxs):  # cannot happen with encode_pair, kept as a guard
-            results = [score_continuations(model, c, [k], max_length) for c, k in zip(ctxs, conts)]
-            lls = [r[0][0] for r in results]
-            greedy = [r[1][0] for r in results]
-            trunc = max(r[2] for r in results)
-        else:
-            lls, greedy, trunc = score_continuations(model, ctxs[0], conts, max_length)
+        for c, idx in groups.items():
+            g_ll, g_greedy, g_trunc = score_continuations(model, list(c), [conts[j] for j in idx], max_length)
+            for j, ll, g in zip(idx, g_ll, g_greedy):
+                lls[j], greedy[j] = ll, g
+            trunc = max(trunc, g_trunc)
     except MoorelabError as exc:
         raise MoorelabError(f"{item.where}: {exc}") from None
     return make_score(lls, greedy, [len(k) for k in conts], item.choices, item.gold, trunc)
