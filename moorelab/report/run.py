@@ -38,6 +38,7 @@ from moorelab.measure.text import calibration_windows, take_prefix
 from moorelab.report import html as html_report
 from moorelab.report import plots, summary
 from moorelab.report.baseline import describe_baseline, int4_reproduction
+from moorelab.report.eval_job import print_row_accuracy, row_accuracy
 from moorelab.report.console import (make_progress, print_float_weights, print_gains, print_kernels, print_speed_protocol,
                                      summary_table)
 from moorelab.report.float_weights import quantization_on_float_weights
@@ -204,6 +205,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             baseline.update(name=f"saved {saved}", weights=f"saved by moorelab improve: {saved}", truly_float=False)
         base_row, _ = measure_model(baseline["name"], "none", kernel_label(model), model, token_ids, text, budget, bos,
                                     progress, notes=baseline["weights"])
+        base_row["accuracy"] = row_accuracy(model, loaded, opts.quick, progress, "baseline")  # zero-shot, a stated subset
         # 3. improvements, each on a fresh load; those the loaded model cannot take (a saved quantized
         # variant) are skipped, named. Every variant stays resident for the interleaved speed rounds
         # (their weight bytes are taken out of the later rows' peak RSS)
@@ -234,6 +236,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             progress.advance(atask, 1)
             row, _ = measure_model(label, spec, kernel_label(variant), variant, token_ids, text, budget, bos,
                                    progress, notes=notes, held_bytes=held)
+            row["accuracy"] = row_accuracy(variant, loaded, opts.quick, progress, label)
             rows.append(row)
             models.append(variant)
             held += weight_bytes(variant)
@@ -342,6 +345,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
     console.print(f"baseline '{baseline['name']}': {baseline['weights']}"
                   + (f"; measured: {baseline['int4_measured']}" if "int4_measured" in baseline else ""))
     console.print(summary_table(rows))
+    print_row_accuracy(console, rows)
     print_kernels(console, rows)
     print_speed_protocol(console, rows)
     console.print(f"cost: ${opts.usd_per_hour:.2f}/hour assumed machine price (--usd-per-hour), decode tokens only")

@@ -244,3 +244,20 @@ def test_text_too_short_and_encoder_model(tmp_path):
 def test_usage_errors_are_one_line(tmp_path):
     p = moorelab("run", "--no-such-option")
     assert p.returncode == 2 and "Traceback" not in p.stderr and "No such option" in p.stderr
+
+
+def test_every_row_has_zero_shot_accuracy_on_a_stated_subset(quick_run):
+    from moorelab.report.eval_job import RUN_ITEMS, RUN_TASK
+
+    out, proc = quick_run
+    r = json.loads((out / "results.json").read_text())
+    for row in r["rows"]:
+        a = row["accuracy"]
+        assert a["task"] == RUN_TASK and a["subset"].startswith(f"the first {RUN_ITEMS['quick']} of ")
+        for k in ("acc", "acc_norm"):
+            assert a[k]["n"] == RUN_ITEMS["quick"]
+            assert 0 <= a[k]["ci95"][0] <= a[k]["value"] <= a[k]["ci95"][1] <= 1
+        assert f"accuracy {row['name']}: acc " in proc.stdout.replace("\n", " ")
+    # the float32 model reads Hamlet better than chance (0.25) on these items
+    assert r["rows"][0]["accuracy"]["acc"]["value"] > 0.25
+    assert f"the first {RUN_ITEMS['quick']} of 500 items of {RUN_TASK}" in proc.stdout.replace("\n", " ")
