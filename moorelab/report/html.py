@@ -235,6 +235,29 @@ def float_weights_table(section: dict) -> str:
     return intro + "".join(body)
 
 
+def accuracy_table(rows: list[dict]) -> str:
+    """Zero-shot accuracy of each row (``rows[i]["accuracy"]`` from
+    :func:`moorelab.report.eval_job.row_accuracy`): acc and acc_norm with their 95% Wilson
+    intervals, and the subset scored; "" when no row was scored."""
+    scored = [r for r in rows if r.get("accuracy")]
+    if not scored:
+        return ""
+    body = []
+    subset = ""
+    for r in scored:
+        a = r["accuracy"]
+        if "skipped" in a:
+            body.append(f"<tr><th scope='row'>{html.escape(r['name'])}</th><td colspan='2'>skipped: {html.escape(a['skipped'])}</td></tr>")
+            continue
+        subset = f"{a['subset']}; chance {a['chance']:g}"
+        cells = "".join(f"<td class='n'>{a[k]['value']:.3f} ({a[k]['ci95'][0]:.3f}–{a[k]['ci95'][1]:.3f})</td>"
+                        for k in ("acc", "acc_norm"))
+        body.append(f"<tr><th scope='row'>{html.escape(r['name'])}</th>{cells}</tr>")
+    return ("<table class='kv'><tr><th scope='col'>variant</th><th scope='col'>acc (95% Wilson interval)</th>"
+            "<th scope='col'>acc_norm (95% Wilson interval)</th></tr>" + "".join(body) + "</table>"
+            + (f"<p>Zero-shot multiple choice as lm-evaluation-harness defines it, on {html.escape(subset)}.</p>" if subset else ""))
+
+
 def kv_table(pairs: list[tuple[str, str]]) -> str:
     """Two-column HTML table of (label, value) strings; an identifier used as a label is shown
     in words ("window_tokens" → "window tokens")."""
@@ -290,7 +313,8 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]], figure
     if summary:
         parts.append(summary)
     for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+        if body:  # a section with nothing to show (e.g. no row scored for accuracy) is left out
+            parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     if figures:
         parts.append("<h2>Plots</h2>")
         parts.extend(_img(p, c) for p, c in figures)

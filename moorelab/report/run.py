@@ -326,6 +326,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                            "gains table; hollow: not credited at equal quality)")]) + summary.months_note(rows)),
                 ("Model variants measured on the same text", html_report.rows_table(rows)),
                 ("Gains at equal quality", html_report.gains_table(rows)),
+                ("Zero-shot accuracy", html_report.accuracy_table(rows)),
                 ("Quality, speed and cost", html_report.figure_row([
                     (fig2, "Bits per byte against decode tokens/s for each model variant"),
                     (fig3, "Bits per byte against $ per 1M decoded tokens; red: Pareto front")])),
