@@ -38,8 +38,12 @@ def require(name: str) -> None:
 
 def rds_bytes(obj, tmp_path, name="x.rds") -> bytes:
     """R serialization (XDR, uncompressed) of a Python object, written by PyPI rdata."""
+    import pandas as pd
     import rdata
 
+    if isinstance(obj, pd.DataFrame):  # pandas 3 with pyarrow stores text as Arrow strings, which rdata cannot write
+        obj = obj.astype({c: object for c in obj.columns if pd.api.types.is_string_dtype(obj[c])
+                          and not isinstance(obj[c].dtype, pd.CategoricalDtype)})
     path = tmp_path / name
     rdata.write_rds(path, obj, compression=None)
     return path.read_bytes()
