@@ -8,6 +8,9 @@ round every variant is measured once, the variants interleaved and their order r
 from round to round. One measurement is
 
 * prefill: one forward pass without cache over the first ``prefill_tokens`` prompt tokens, timed;
+  the caller's prefill computes logits of the last position only, as generation needs them (and
+  as llama.cpp's ``llama-bench`` and ``transformers``' ``generate`` compute them), not the
+  ``[T, vocab]`` logits a scorer needs (for SmolLM2 at 512 tokens those would add ~29 GFLOP);
 * decode: the first ``decode_prompt_tokens`` prompt tokens are put into a fresh KV cache
   (untimed), then ``decode_tokens`` greedy steps are timed one by one.
 

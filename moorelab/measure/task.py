@@ -218,7 +218,8 @@ def measure_speed_rows(
     if len(rows) != len(models):
         raise ValueError(f"measure_speed_rows: {len(rows)} rows but {len(models)} models")
     prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, DECODE_PROMPT_TOKENS)]], dtype=torch.long)
-    variants = [SpeedVariant(r["name"], lambda ids, m=m: m(ids), lambda ids, cache, m=m: decode.forward(m, ids, cache=cache), KVCache)
+    # prefill as generation runs it: the last position's logits only (see moorelab.measure.speed)
+    variants = [SpeedVariant(r["name"], lambda ids, m=m: m(ids, last_only=True), lambda ids, cache, m=m: decode.forward(m, ids, cache=cache), KVCache)
                 for r, m in zip(rows, models)]
     task = None
     if progress is not None:
@@ -245,6 +246,7 @@ def measure_speed_rows(
         r["metrics"] = {k: metric(k, values[k]) for k in METRICS if k in values}
         r["speed_protocol"] = {
             **res.settings,
+            "prefill_logits": "last position only, as generation needs them (llama-bench and transformers' generate do the same)",
             "figures_are": (f"medians of {vs.rounds_kept} undisturbed rounds (latency: percentiles of their pooled steps)"
                             if vs.figures_from == "undisturbed rounds" else "medians of every try: every measurement was disturbed"),
             "rounds_kept": vs.rounds_kept, "measurements": vs.measurements, "remeasured": vs.remeasured,
