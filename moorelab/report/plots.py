@@ -137,3 +137,33 @@ def plot_pareto(path: Path, rows: list[dict]) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_batched_decode(path: Path, points: list[dict]) -> Path:
+    """Decode tokens/s (all sequences) and $ per 1M tokens against the batch size.
+
+    Args:
+        path: PNG to write.
+        points: :func:`moorelab.measure.batched.measure_batched_decode` rows (``batch``,
+            ``decode_tokens_per_s``, ``usd_per_million_tokens``, each ``{"value", "unit"}``).
+
+    Returns:
+        ``path``.
+    """
+    b = [p["batch"] for p in points]
+    tps = [p["decode_tokens_per_s"]["value"] for p in points]
+    usd = [p["usd_per_million_tokens"]["value"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(b, tps, "o-", color="tab:blue")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(b, [str(x) for x in b])
+    ax.set_xlabel("sequences decoded together (batch)")
+    ax.set_ylabel("decode tokens/s (all sequences)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(b, usd, "s--", color="tab:red")
+    ax2.set_ylabel("$ per 1M decoded tokens", color="tab:red")
+    ax.set_title("Batched decode (ragged lengths)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
