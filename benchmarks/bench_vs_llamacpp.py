@@ -11,8 +11,8 @@ was ≥ 0.9 (all rounds, marked "disturbed", when none was):
   llama.cpp runs ``llama-bench -t T -p P -n N -d depths -r 1 -o json``; its CPU share comes from
   its threads' schedstat (:func:`moorelab.measure.llamacpp.run_measured`), ours from
   :class:`moorelab.measure.speed.CpuShareClock` — the same measure.
-* **the read-bandwidth limit**: ``torch.sum`` over 512 MB (median of 5, measured at the start
-  and at the end of the run); a decoded token reads every weight once (the embedding table
+* **the read-bandwidth limit**: ``torch.sum`` over 512 MB (the best of 5 passes, measured at the
+  start and at the end of the run: a ceiling, since other processes only slow a pass down); a decoded token reads every weight once (the embedding table
   only when it is also the output layer) plus the KV cache at that depth (ours float32,
   llama.cpp float16), so ``bandwidth / bytes per token`` is the decode ceiling and each row
   prints the fraction of it it reaches.
@@ -65,7 +65,8 @@ OUR_SPEC = {"float32": None, "8-bit": "int8", "4-bit": "int4:group_size=32,activ
 
 
 def bandwidth(n_bytes: int = 512 << 20, reps: int = 5) -> dict:
-    """Read bandwidth (GB/s): median of ``reps`` ``torch.sum`` passes over ``n_bytes``, with CPU share."""
+    """Read bandwidth (GB/s) of ``reps`` ``torch.sum`` passes over ``n_bytes``: the best pass (a
+    ceiling: other processes only slow a pass down) and the median, with the median CPU share."""
     buf = torch.ones(n_bytes // 4)
     buf.sum()
     clock, times, shares = CpuShareClock(), [], []
@@ -75,7 +76,8 @@ def bandwidth(n_bytes: int = 512 << 20, reps: int = 5) -> dict:
         buf.sum()
         times.append(time.perf_counter() - t)
         shares.append(clock.stop())
-    return {"gb_per_s": n_bytes / statistics.median(times) / 1e9, "cpu_share": statistics.median(shares)}
+    return {"gb_per_s": n_bytes / min(times) / 1e9, "gb_per_s_median": n_bytes / statistics.median(times) / 1e9,
+            "cpu_share": statistics.median(shares)}
 
 
 def our_bytes_per_token(model) -> int:
@@ -249,7 +251,7 @@ def main() -> None:
                     print(f"round {rnd + 1}/{rounds} llama.cpp {LLAMA_TYPE[prec]}: cpu share {run.cpu_share:.2f}, "
                           f"{run.wall_s:.0f} s", flush=True)
     bw.append(bandwidth())
-    gbps = statistics.median(b["gb_per_s"] for b in bw)
+    gbps = max(b["gb_per_s"] for b in bw)
 
     # ---- quality beside every row
     quality = {}
@@ -290,7 +292,7 @@ def main() -> None:
     # ---- tables
     print(f"\nSmolLM2-135M, {a.threads} threads, prefill {P} tokens, decode {N} tokens, {rounds} rounds "
           f"(medians of rounds with CPU share ≥ {CPU_SHARE_MIN}; load average {load0:.1f} at start); "
-          f"read bandwidth {gbps:.1f} GB/s (torch.sum over 512 MB, CPU share "
+          f"read bandwidth {gbps:.1f} GB/s (best torch.sum pass over 512 MB, start and end of the run; CPU share "
           f"{statistics.median(b['cpu_share'] for b in bw):.2f})")
     hdr = (f"{'precision':9} {'engine':10} {'ctx':>5} {'prefill/s':>9} {'decode/s':>9} {'ours/theirs':>11} "
            f"{'limit/s':>8} {'of limit':>8} {'share':>5} {'bits/byte':>9}")

@@ -131,7 +131,11 @@ def improve_command(
                                name=f"{loaded.name} + {' + '.join(applied)}")
             saved["path"] = str(Path(out) / "model.gguf")
         else:
-            saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
+            from moorelab.improve.gguf_out import tokenizer_source
+
+            src = tokenizer_source(loaded.source, loaded.hf_dir)
+            saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied,
+                                  tokenizer_gguf=str(src) if src else None)
             saved["path"] = str(Path(out) / "model")
         results = {
             "schema": "moorelab.improve/1",

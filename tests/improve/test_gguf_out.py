@@ -177,3 +177,11 @@ def test_tokenizer_source_follows_the_converted_cache(tmp_path):
     (cache / "moorelab.json").write_text('{"source": "%s"}' % src)
     assert tokenizer_source(tmp_path / "model-dir", cache) == src
     assert tokenizer_source(None, tmp_path) is None
+
+
+def test_a_saved_improved_folder_remembers_its_tokenizer_gguf(tmp_path):
+    from moorelab.improve.save import save_improved
+
+    src = tok_source(tmp_path / "src.gguf")
+    save_improved(variant("int4:group_size=32"), tmp_path / "saved", tokenizer_gguf=str(src))
+    assert tokenizer_source(tmp_path / "saved") == src
