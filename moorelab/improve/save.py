@@ -71,7 +71,7 @@ def _uniform(layout: dict) -> bool:
 
 
 def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = None,
-                  techniques: list[str] | None = None) -> dict:
+                  techniques: list[str] | None = None, tokenizer_gguf: str | None = None) -> dict:
     """Write an improved model to ``folder`` in the format it needs (see module docstring).
 
     Args:
@@ -81,6 +81,8 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         tokenizer_file: ``tokenizer.json`` to copy beside the weights (with the
             :data:`TOKENIZER_SIDE_FILES` found next to it).
         techniques: spec strings applied, recorded in the metadata.
+        tokenizer_gguf: the GGUF the model came from, recorded as ``"tokenizer_gguf"`` so a later
+            ``--format gguf`` can copy its tokenizer metadata (:mod:`moorelab.improve.gguf_out`).
 
     Returns:
         ``{"format": "huggingface" | FORMAT, "path": str, "bytes": file size of the weights}``.
@@ -111,6 +113,8 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         finally:
             model.config = original
         meta = {"format": FORMAT, "weights": "huggingface", "config": hf_config, "layout": layout, "techniques": history}
+        if tokenizer_gguf:
+            meta["tokenizer_gguf"] = str(tokenizer_gguf)
         (folder / "moorelab.json").write_text(json.dumps(meta, indent=1))
         return {"format": "huggingface", "path": str(folder), "bytes": (folder / "model.safetensors").stat().st_size}
 
@@ -137,6 +141,8 @@ def save_improved(model: nn.Module, folder: Path, tokenizer_file: Path | None = 
         "aliases": aliases,
         "techniques": history,
     }
+    if tokenizer_gguf:
+        meta["tokenizer_gguf"] = str(tokenizer_gguf)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt", "moorelab": FORMAT})
     (folder / "moorelab.json").write_text(json.dumps(meta, indent=1))
     return {"format": FORMAT, "path": str(folder), "bytes": (folder / "model.safetensors").stat().st_size}

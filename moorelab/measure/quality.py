@@ -276,3 +276,79 @@ def score_text(
         window_requested=window_requested,
         n_chars=n_chars,
     )
+
+
+@dataclass
+class ChunkPerplexity:
+    """Perplexity under llama.cpp's ``llama-perplexity`` rule (:func:`perplexity_llamacpp_rule`).
+
+    Fields: ``perplexity`` (per token), ``nll_nats`` (sum), ``tokens_scored``, ``chunks``,
+    ``n_ctx`` (tokens per chunk), ``scored_bytes`` (UTF-8 bytes of the scored tokens, when a
+    ``decode`` was given, else 0) and ``bits_per_byte`` (``nll / ln 2 / scored_bytes``, or None).
+    """
+
+    perplexity: float
+    nll_nats: float
+    tokens_scored: int
+    chunks: int
+    n_ctx: int
+    scored_bytes: int = 0
+    bits_per_byte: float | None = None
+
+
+@torch.inference_mode()
+def perplexity_llamacpp_rule(
+    logits_fn: LogitsFn,
+    token_ids: Sequence[int],
+    n_ctx: int,
+    *,
+    bos_token_id: int | None = None,
+    decode: Callable[[list[int]], str] | None = None,
+) -> ChunkPerplexity:
+    """Score tokens as llama.cpp's ``llama-perplexity`` does (``tools/perplexity/perplexity.cpp``,
+    ``perplexity()``, build 11434), so the two perplexities can be compared.
+
+    The rule: the token list (a BOS first only if the vocabulary adds one: SmolLM2's GGUF says
+    ``add_bos_token = false``) is cut into ``len // n_ctx`` non-overlapping chunks of ``n_ctx``
+    tokens (the tail is dropped); with a BOS id, each chunk's first token is replaced by it; in
+    each chunk only the second half is scored: the logits at positions ``n_ctx/2 .. n_ctx-2``
+    predict tokens ``n_ctx/2 + 1 .. n_ctx - 1`` (``n_ctx/2 - 1`` tokens per chunk, each with at
+    least ``n_ctx/2`` tokens of context). ``perplexity = exp(Σ NLL / n)``. This differs from
+    :func:`score_text` (every token scored once, overlapping windows), so the two are not the
+    same number.
+
+    Args:
+        logits_fn: ``LongTensor[1, n_ctx] -> FloatTensor[1, n_ctx, V]``.
+        token_ids: the text's tokens, as llama.cpp tokenizes it.
+        n_ctx: tokens per chunk (llama-perplexity's ``-c``), even, ≥ 4.
+        bos_token_id: replaces each chunk's first token when given (the vocabulary's add_bos).
+        decode: token ids -> text, to count the UTF-8 bytes of the scored tokens (bits per byte).
+
+    Returns:
+        :class:`ChunkPerplexity`.
+
+    Raises:
+        ValueError: ``n_ctx`` odd or < 4, or fewer than ``2 * n_ctx`` tokens (llama-perplexity's
+            own minimum).
+    """
+    if n_ctx < 4 or n_ctx % 2:
+        raise ValueError(f"n_ctx={n_ctx}: must be an even number ≥ 4")
+    ids = list(token_ids)
+    if len(ids) < 2 * n_ctx:
+        raise ValueError(f"{len(ids)} tokens: llama-perplexity needs at least 2*n_ctx = {2 * n_ctx}")
+    first = n_ctx // 2
+    chunks = len(ids) // n_ctx
+    nll, count, scored_bytes = 0.0, 0, 0
+    for i in range(chunks):
+        chunk = ids[i * n_ctx:(i + 1) * n_ctx]
+        if bos_token_id is not None:
+            chunk[0] = bos_token_id
+        x = torch.tensor([chunk])
+        logits = logits_fn(x)[0, first:n_ctx - 1].float()
+        target = x[0, first + 1:n_ctx]
+        nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+        count += n_ctx - 1 - first
+        if decode is not None:
+            scored_bytes += len(decode(chunk[first + 1:]).encode("utf-8"))
+    bpb = nll / math.log(2) / scored_bytes if scored_bytes else None
+    return ChunkPerplexity(math.exp(nll / count), nll, count, chunks, n_ctx, scored_bytes, bpb)

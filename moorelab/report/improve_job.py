@@ -36,11 +36,16 @@ def improve_command(
     max_delta_bits_per_byte: float = typer.Option(
         0.01, help="Quality rule: a gain (tokens per $, months) is credited only if bits per byte rose by at most this."
     ),
+    format_: str = typer.Option("moorelab", "--format", help="How the improved model is saved: 'moorelab' (a folder, "
+                                "model/) or 'gguf' (model.gguf for llama.cpp: F32 and int4 as Q4_1; int8 refused, "
+                                "with the reason)."),
 ) -> None:
     """Apply improvements in order and measure each on the same task against the baseline."""
     from moorelab.errors import MoorelabError
     from moorelab.report.inputs import check_improve_inputs
 
+    if format_ not in ("moorelab", "gguf"):
+        raise MoorelabError(f"--format {format_!r}: expected 'moorelab' or 'gguf'")
     if not max_delta_bits_per_byte >= 0:
         raise MoorelabError(f"--max-delta-bits-per-byte {max_delta_bits_per_byte}: must be ≥ 0 (bits/byte)")
 
@@ -102,6 +107,12 @@ def improve_command(
             row, _ = measure_model(name=" + ".join(applied), technique=spec, kernel=kernel_label(net), model=net,
                                    held_bytes=held, **measure)
             rows.append(row)
+        if format_ == "gguf":  # refuse before the long timing rounds, with the reason
+            from moorelab.improve.gguf_out import why_not_gguf
+
+            reason = why_not_gguf(net)
+            if reason:
+                raise MoorelabError(f"--format gguf: {reason}")
         measure_speed_rows(rows, stages + [net], ids, budget, usd_per_hour, progress)
         del stages
         gc.collect()
@@ -113,8 +124,19 @@ def improve_command(
                 baseline["int4_measured"] = found
                 base["notes"] += f"; measured: {found}"
         tok = Path(loaded.hf_dir) / "tokenizer.json"
-        saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied)
-        saved["path"] = str(Path(out) / "model")
+        if format_ == "gguf":
+            from moorelab.improve.gguf_out import tokenizer_source, write_gguf
+
+            saved = write_gguf(net, stage / "model.gguf", tokenizer_source(loaded.source, loaded.hf_dir),
+                               name=f"{loaded.name} + {' + '.join(applied)}")
+            saved["path"] = str(Path(out) / "model.gguf")
+        else:
+            from moorelab.improve.gguf_out import tokenizer_source
+
+            src = tokenizer_source(loaded.source, loaded.hf_dir)
+            saved = save_improved(net, stage / "model", tokenizer_file=tok, techniques=applied,
+                                  tokenizer_gguf=str(src) if src else None)
+            saved["path"] = str(Path(out) / "model")
         results = {
             "schema": "moorelab.improve/1",
             "model": {"name": loaded.name, "source": str(loaded.source), "baseline": baseline},

@@ -380,3 +380,35 @@ def plot_ladder_trend(path: Path, ceg, published: list[dict]) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_batched_decode(path: Path, points: list[dict], *, credit: str | None = None) -> Path:
+    """Decode tokens/s (all sequences) and $ per 1M tokens against the batch size.
+
+    Args:
+        path: PNG to write.
+        points: :func:`moorelab.measure.batched.measure_batched_decode` rows (``batch``,
+            ``decode_tokens_per_s``, ``usd_per_million_tokens``, each ``{"value", "unit"}``).
+        credit: data credit printed under the plot (default: "measured by moorelab in this run").
+
+    Returns:
+        ``path``.
+    """
+    b = [p["batch"] for p in points]
+    tps = [p["decode_tokens_per_s"]["value"] for p in points]
+    usd = [p["usd_per_million_tokens"]["value"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(b, tps, "o-", color="tab:blue")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(b, [str(x) for x in b])
+    ax.set_xlabel("sequences decoded together (batch)")
+    ax.set_ylabel("decode tokens/s (all sequences)", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(b, usd, "s--", color="tab:red")
+    ax2.set_ylabel("$ per 1M decoded tokens", color="tab:red")
+    ax.set_title("Batched decode (ragged lengths)")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.text(0.01, 0.005, credit or "Data: measured by moorelab in this run.", fontsize=6, color="#555", wrap=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

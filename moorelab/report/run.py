@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 
 from moorelab.errors import MoorelabError
+from moorelab.measure.batched import measure_batched_decode
 from moorelab.measure.resources import weight_bytes
 from moorelab.measure.task import FULL, QUICK, check_task_fits, document_start_token, kernel_label, measure_model, measure_speed_rows
 from moorelab.measure.text import calibration_windows, take_prefix
@@ -63,6 +64,8 @@ DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
     ("FFN channels pruned 25%", "ffn:fraction=0.25", "structured: 25% of each layer's SwiGLU channels removed by calibrated activation importance"),
 ]
 CALIBRATION_PLAY = "histories/henry-v.md"
+#: batch sizes of the batched-decode curve (the baseline only, 2 rounds: a few seconds)
+BATCH_SIZES = (1, 4, 16)
 
 
 def best_quantized(rows: list[dict]) -> str | None:
@@ -243,6 +246,13 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         variant = model = None  # (variant is unset when every default variant was skipped)
         # speed: every variant resident, interleaved rounds, disturbed measurements re-measured
         measure_speed_rows(rows, models, token_ids, budget, opts.usd_per_hour, progress)
+        # batched decode of the baseline: a small curve of tokens/s and $ per 1M against the batch size
+        btask = progress.add_task("batched decode (batch 1, 4, 16)", total=1)
+        batched = {"model_row": base_row["name"], "prompt_tokens": "32-48 (ragged, cut from the text)",
+                   "rounds": 2, "points": measure_batched_decode(models[0], token_ids, BATCH_SIZES,
+                                                                  new_tokens=budget.decode_tokens, rounds=2,
+                                                                  usd_per_hour=opts.usd_per_hour)}
+        progress.advance(btask, 1)
         del models
         gc.collect()
         add_ratios(rows, base_row)
@@ -289,6 +299,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                                          "(token perplexity x1.016 at most): int8 (~+0.003) passes, int4 g32 a8 (~+0.036, "
                                          "perplexity x1.09) does not"},
             "best_quantized_row": best_q,
+            "batched_decode": batched,
             "quantization_on_float_weights": float_section,
             "technique_reports": reports,
             "trend": trend,
@@ -306,6 +317,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         fig2 = plots.plot_quality_vs_speed(stage / "quality_vs_speed.png", rows, credit=measured)
         fig3 = plots.plot_pareto(stage / "pareto.png", rows, credit=measured)
         fig4 = plots.plot_months_on_trend(stage / "months_on_trend.png", rows, credit=summary.TRENDS_CREDIT)
+        fig5 = plots.plot_batched_decode(stage / "batched_decode.png", batched["points"], credit=measured)
         write_json(stage / "results.json", results)
         f = fit
         trend_pairs = [
@@ -331,6 +343,11 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                     (fig2, "Bits per byte against decode tokens/s for each model variant"),
                     (fig3, "Bits per byte against $ per 1M decoded tokens; red: Pareto front")])),
                 ("Speed protocol", html_report.speed_protocol_table(rows)),
+                ("Batched decode (baseline)", html_report.kv_table(
+                    [(f"batch {p['batch']}", f"{p['decode_tokens_per_s']['value']:.1f} tokens/s, "
+                      f"${p['usd_per_million_tokens']['value']:.3f} per 1M, CPU share {p['cpu_share']:.2f}, {p['path']} path")
+                     for p in batched["points"]]) + html_report.figure_row([
+                    (fig5, "Batched decode of the baseline: tokens/s and $ per 1M tokens against the batch size")])),
                 ("Quantization on true float32 weights (all-MiniLM-L6-v2)", html_report.float_weights_table(float_section)),
                 ("Baseline", html_report.kv_table([("row", baseline["name"]), ("weights", baseline["weights"])]
                                                   + ([("measured", baseline["int4_measured"])] if "int4_measured" in baseline else []))),
@@ -354,6 +371,9 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
     console.print(f"best quantized row (fastest decode credited with a gain at equal quality, "
                   f"Δ bits/byte ≤ +{opts.max_delta_bits_per_byte:g}): {best_q or 'none'}")
     print_float_weights(console, float_section)
+    console.print("batched decode (baseline, ragged prompts): " + "; ".join(
+        f"batch {p['batch']} {p['decode_tokens_per_s']['value']:.0f} tok/s ${p['usd_per_million_tokens']['value']:.3f}/1M"
+        for p in batched["points"]))
     console.print(
         f"trend: training compute of {fit.n} notable language models grows ×{fit.factor_per_year:.2f}/year "
         f"(90% CI {fit.factor_ci_ols[0]:.2f}–{fit.factor_ci_ols[1]:.2f}), doubling every {fit.doubling_time_months:.1f} months"

