@@ -68,6 +68,13 @@ def why_not_gguf(model: nn.Module) -> str | None:
     c = getattr(model, "config", None)
     if c is None or getattr(c, "family", None) != "llama":
         return f"only LLaMA-family moorelab Transformers are written as GGUF (got family {getattr(c, 'family', None)!r})"
+    # switches the GGUF llama architecture has no field for (the ladder's recipes set some): a file
+    # written without them would be another model in llama.cpp, so refuse (as to_hf_dict does)
+    expect = dict(norm="rmsnorm", norm_position="pre", activation="swiglu", position="rope", qk_norm=False,
+                  scale_embeddings=False)
+    for key, value in expect.items():
+        if getattr(c, key, value) != value:
+            return f"the GGUF llama architecture needs {key}={value!r}; this model has {getattr(c, key)!r}"
     shapes = {(b.attn.n_heads, b.attn.n_kv_heads, b.ffn.up_proj.out_features) for b in model.blocks}
     if len(shapes) != 1:
         return ("layers have different shapes (heads or FFN channels pruned per layer); the GGUF llama "
@@ -181,10 +188,10 @@ def write_gguf(model: nn.Module, path: str | Path, tokenizer_gguf: str | Path | 
 
     from moorelab.improve import prune as prune_mod
 
-    prune_mod.remove_masks_(model)
-    reason = why_not_gguf(model)
+    reason = why_not_gguf(model)  # before anything changes the caller's model
     if reason:
         raise MoorelabError(f"--format gguf: {reason}")
+    prune_mod.remove_masks_(model)
     c = model.config
     b0 = model.blocks[0]
     n_heads, n_kv, d_ff = b0.attn.n_heads, b0.attn.n_kv_heads, b0.ffn.up_proj.out_features

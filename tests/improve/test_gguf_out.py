@@ -185,3 +185,38 @@ def test_a_saved_improved_folder_remembers_its_tokenizer_gguf(tmp_path):
     src = tok_source(tmp_path / "src.gguf")
     save_improved(variant("int4:group_size=32"), tmp_path / "saved", tokenizer_gguf=str(src))
     assert tokenizer_source(tmp_path / "saved") == src
+
+
+@pytest.mark.parametrize("switch", [dict(qk_norm=True), dict(scale_embeddings=True), dict(norm_position="post")])
+def test_config_switches_the_llama_gguf_cannot_hold_are_refused_before_the_model_changes(tmp_path, switch):
+    """The ladder's recipes build llama-family models with QK-norm or scaled embeddings; writing
+    them without those would be another model in llama.cpp."""
+    import dataclasses
+
+    m = tiny()
+    bad = Transformer(dataclasses.replace(m.config, **switch)).eval()
+    key = next(iter(switch))
+    assert f"needs {key}=" in why_not_gguf(bad)
+    with pytest.raises(MoorelabError, match=f"--format gguf: .*{key}"):
+        write_gguf(bad, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_refused_write_leaves_a_masked_model_as_it_was(tmp_path):
+    """The check runs before the masks are baked in: a refused write changes nothing."""
+    from torch.nn.utils import parametrize
+
+    masked = variant("magnitude:sparsity=0.5")
+
+    before = sum(parametrize.is_parametrized(x, "weight") for x in masked.modules())
+    assert before > 0
+    masked.config = dataclasses_replace(masked.config, qk_norm=True)
+    with pytest.raises(MoorelabError):
+        write_gguf(masked, tmp_path / "x.gguf")
+    assert sum(parametrize.is_parametrized(x, "weight") for x in masked.modules()) == before
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
