@@ -123,7 +123,8 @@ def make_item(doc: object, where: str, text_key: str = "query", choice_key: str 
             ``doc_to_target`` (field names or Jinja2 templates).
         delimiter: target delimiter put between prompt and choice.
         item_delimiter: an item's own ``target_delimiter`` field wins (native JSONL files only).
-        description: text put before the prompt.
+        description: text put before the prompt; a Jinja2 template is rendered with the document,
+            as lm-eval's ``fewshot_context`` does (``"... about {{subject}}.\n\n"``).
 
     Raises:
         DataError: naming ``where``: not an object, missing field, fewer than 2 choices, a choice
@@ -157,6 +158,9 @@ def make_item(doc: object, where: str, text_key: str = "query", choice_key: str 
     delim = doc.get("target_delimiter", delimiter) if item_delimiter else delimiter
     if not isinstance(delim, str):
         raise DataError(f"{where}: target_delimiter must be text")
+    if description and (description in doc or "{{" in description or "{%" in description):
+        # lm-eval resolves the description against the doc too (a field name or a template)
+        description = _render(description, doc, where, "description")
     return ChoiceItem(description + context, tuple(choices), gold, delim, where)
 
 
@@ -293,7 +297,7 @@ CLOZE_SEED = 13
 CHINESE_ITEMS = 1000
 #: construction version written in task.json; a cached task of another version is rebuilt
 #: (2: chinese-sentiment in seeded random order instead of positives first)
-TASKS_VERSION = 2
+TASKS_VERSION = 3
 
 NAMED_TASKS: dict[str, dict] = {
     "amazon-sentiment": {
@@ -382,7 +386,8 @@ def cloze_docs(play: str = CLOZE_PLAY, n_items: int = CLOZE_ITEMS, seed: int = C
     ``numpy.random.default_rng(seed)``; the context is the preceding lines (speaker names and
     directions included) joined by newlines, ending with one; the 3 distractors are drawn from the
     same pool, at least 10 lines away from the answer and of different text; the 4 lines are
-    shuffled by the same generator.
+    shuffled by the same generator. Items come in the drawn order (a random order of the play's
+    lines), so any first N of them are a random sample.
 
     Returns:
         (docs ``{"query", "choices", "gold", "line"}``, info).
@@ -408,7 +413,9 @@ def cloze_docs(play: str = CLOZE_PLAY, n_items: int = CLOZE_ITEMS, seed: int = C
         lines.append(plain)
     pool = np.array([i for i in spoken if i >= CLOZE_PASSAGE_LINES])
     rng = np.random.default_rng(seed)
-    answers = np.sort(rng.choice(pool, size=min(n_items, len(pool)), replace=False))
+    # in the drawn (random) order, not play order: the first N items (--limit, `moorelab run`) are a
+    # random sample of the task, not the opening scenes
+    answers = rng.choice(pool, size=min(n_items, len(pool)), replace=False)
     docs = []
     for a in answers:
         distractors: list[int] = []

@@ -92,6 +92,10 @@ def test_yaml_task_errors_name_file_and_line(tmp_path):
     y.write_text(y.read_text().replace('"{{question}}"', '"Q: {{query}}"'))
     (item,) = load_task(str(y)).items
     assert item.context == "Q: Q?" and item.choices == ("a", "b") and item.gold == 1 and item.target_delimiter == " "
+    # the description is a template rendered with the document, as lm-eval's fewshot_context does
+    y.write_text(y.read_text() + 'description: "About {{choices[1]}}:\\n"\n')
+    (item,) = load_task(str(y)).items
+    assert item.context == "About b:\nQ: Q?"
 
 
 def test_jsonl_item_delimiter_and_answer_as_text(tmp_path):
@@ -123,6 +127,9 @@ def test_hamlet_cloze_construction():
     golds = [d["gold"] for d in docs]
     assert len(set(golds)) == 4  # the right line is not always in the same place
     assert info["chance"] == 0.25
+    # the first items are a random sample of the play, not its opening scenes (--limit, `moorelab run`)
+    lines = [d["line"] for d in docs[:16]]
+    assert lines != sorted(lines) and max(lines) > 2 * min(lines)
 
 
 def test_eval_cli_on_tiny_model_truncates_long_prompt_and_writes_results(tmp_path, monkeypatch, capsys):
