@@ -99,8 +99,8 @@ def check_options(o: LadderOptions) -> None:
                             f"(largest / smallest = {steps[-1] / steps[0]:.2g})")
     if o.seeds < 2:
         raise MoorelabError(f"--seeds {o.seeds}: at least 2 seeds at one budget, so the noise is measured")
-    if not 0 <= o.seed_budget < len(steps):
-        raise MoorelabError(f"--seed-budget {o.seed_budget}: an index into the {len(steps)} budgets (0 = smallest)")
+    if not 0 <= o.seed_budget < len(set(steps)):  # an index into the distinct budgets the ladder trains
+        raise MoorelabError(f"--seed-budget {o.seed_budget}: an index into the {len(set(steps))} different budgets (0 = smallest)")
     if o.d_model % o.n_heads:
         raise MoorelabError(f"--d-model {o.d_model} is not a multiple of --n-heads {o.n_heads}")
     if (o.d_model // o.n_heads) % 2:

@@ -194,7 +194,7 @@ def reader_summary(results: dict) -> str:
         lines.append(f"<li><b>{html.escape(r['name'])}</b> <span class='{cls}'>[{mark}]</span>: "
                      f"{html.escape(variant_verdict(r))}</li>")
     if lines:
-        rule = rows[1]["performance_per_cost"]["quality_rule"]["max_delta_bits_per_byte"]
+        rule = next(r["performance_per_cost"] for r in rows[1:] if r.get("performance_per_cost"))["quality_rule"]["max_delta_bits_per_byte"]
         parts.append(f"<p>Each variant against the baseline (a gain is credited only at equal quality: bits per byte "
                      f"up by at most +{rule:g}, and only when the speed interval excludes 1):</p>"
                      f"<ul class='verdicts'>{''.join(lines)}</ul>")

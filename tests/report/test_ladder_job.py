@@ -30,6 +30,7 @@ def _cli_error(monkeypatch, capsys, args):
     (["--budget-steps", "10,x,80"], "whole numbers"),
     (["--seeds", "1"], "at least 2 seeds"),
     (["--seed-budget", "3"], "--seed-budget 3"),
+    (["--budget-steps", "10,10,40,80", "--seed-budget", "3"], "the 3 different budgets"),  # duplicates count once
     (["--rungs", "llama-2023", "--rungs", "gpt2-2019"], "baseline transformer-2017 must be among"),
     (["--rungs", "transformer-2017", "--rungs", "bert-2018"], "unknown recipe 'bert-2018'"),
     (["--d-model", "60", "--n-heads", "4"], "must be even for RoPE"),

@@ -110,6 +110,15 @@ def test_summary_page_top_states_machine_and_puts_warnings_first(rows):
     assert top.count("[not credited]") == 3 and top.count("[credited]") == 1
 
 
+def test_summary_when_the_first_variant_has_no_cost_figures(rows):
+    """The rule is read from a row that has one: a first variant without cost figures does not crash the page."""
+    res = _results(rows)
+    first = res["rows"][1]
+    first.pop("performance_per_cost")
+    top = summary.reader_summary(res)
+    assert "bits per byte up by at most +0.01" in top and first["name"] not in top.split("class='verdicts'")[1]
+
+
 def test_variants_table_has_human_labels_and_ratios_beside_values(rows):
     rows[1]["metrics"]["accuracy"] = {"value": 0.81, "unit": "fraction"}  # a metric the table does not know
     t = html_report.rows_table(rows)
