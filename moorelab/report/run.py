@@ -57,7 +57,8 @@ PARITY_PROMPT = "The capital of France is Paris. The capital of Germany is Berli
 
 #: (row name, technique spec, note): the improvements the default run measures, in order.
 DEFAULT_VARIANTS: list[tuple[str, str, str]] = [
-    ("int8 weight-only", "int8", "per-output-channel symmetric int8 of every linear layer (tied lm_head as its own int8 copy)"),
+    ("int8 weight-only", "int8", "per-output-channel symmetric int8 of every linear layer (tied lm_head as its own int8 copy); "
+     "decode with float32 activations, prefill and scoring through the integer GEMM (activations rounded to int16 per row)"),
     ("int4 weight-only g32 a8", "int4:group_size=32,activation_bits=8",
      "group-wise asymmetric int4, 32 inputs per group, two values per byte; the matmul rounds activations to int8 "
      "per 32-block (llama.cpp's Q8 blocks), which bits per byte includes"),

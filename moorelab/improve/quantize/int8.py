@@ -25,7 +25,10 @@ from moorelab.improve.quantize.base import (
 
 @dataclass(frozen=True)
 class Int8WeightOnlyConfig:
-    """int8 weights, one float32 scale per output channel; activations stay float32.
+    """int8 weights, one float32 scale per output channel; activations float32 in decode, rounded
+    to int16 per row in prefill (see ``m_threshold``; on SmolLM2 the bits per byte of the default
+    text equal the float32-activation figure to 5 decimals, 1.66180 against 1.66179,
+    ``benchmarks/bench_decode_depth.py``).
 
     Args:
         kernel: "auto" (compiled AVX2 kernel if it builds, else torch), "moorelab" (require the
