@@ -156,10 +156,11 @@ def test_report_reads_for_a_reader_and_renders_in_chromium(quick_run, browser_ch
     # human labels with units, not identifiers; every plot inline and credited
     assert "decode, tokens/s" in text and "cost, $ per 1M decoded tokens" in text
     assert "decode_tokens_per_s" not in text and "usd_per_million_tokens_decode" not in text
-    assert page.count("src=\"data:image/png;base64,") == 4
-    assert (out / "months_on_trend.png").stat().st_size > 5000
+    # trend, months on the trend, quality vs speed, Pareto, batched decode
+    assert page.count("src=\"data:image/png;base64,") == 5
+    assert (out / "months_on_trend.png").stat().st_size > 5000 and (out / "batched_decode.png").stat().st_size > 5000
     check = browser_check(out / "report.html")
-    assert check.images == 4 and check.page_width <= 1280
+    assert check.images == 5 and check.page_width <= 1280
 
 
 def test_run_says_whether_the_converted_cache_was_reused(quick_run):
