@@ -193,16 +193,36 @@ def eval_tasks_command(
 LM_EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
+#: `moorelab lm-eval --register` / `--unregister`: the start-up hook (moorelab/report/lm_eval_plugin.py)
+LM_EVAL_REGISTRATION = ("--register", "--unregister")
+
+
 def lm_eval_command(ctx: typer.Context) -> None:
     """lm-evaluation-harness on moorelab's model: lm-eval's own options (--tasks, --limit, --model_args
-    pretrained=NAME,improve=SPEC, ...); see moorelab/report/lm_eval_adapter.py."""
+    pretrained=NAME,improve=SPEC, ...); see moorelab/report/lm_eval_adapter.py. `--register` writes
+    moorelab-lm-eval.pth into site-packages so that lm-eval's own `lm_eval --model moorelab` finds the
+    model in every later process (make setup runs it); `--unregister` removes it."""
     from moorelab.errors import MoorelabError
 
+    args = list(ctx.args)
+    if args and args[0] in LM_EVAL_REGISTRATION:
+        from moorelab.report import lm_eval_plugin
+
+        if len(args) > 1:
+            raise MoorelabError(f"moorelab lm-eval {args[0]}: takes no other argument (got {' '.join(args[1:])})")
+        if args[0] == "--register":
+            path, changed = lm_eval_plugin.register()
+            typer.echo(f"{'registered' if changed else 'already registered'}: {path} "
+                       f"(lm_eval --model {lm_eval_plugin.MODEL_NAME} now works in new processes)")
+        else:
+            path, changed = lm_eval_plugin.unregister()
+            typer.echo(f"{'removed' if changed else 'not registered'}: {path}")
+        return
     try:
         from moorelab.report.lm_eval_adapter import run_lm_eval_cli
     except ImportError as exc:
         raise MoorelabError(f"lm-eval is not installed ({exc}): pip install 'lm-eval>=0.4.13'") from None
-    run_lm_eval_cli(list(ctx.args))
+    run_lm_eval_cli(args)
 
 
 #: `moorelab run`: the task and how many of its first items each row is scored on (full, --quick)

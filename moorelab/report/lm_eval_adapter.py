@@ -44,6 +44,8 @@ from lm_eval.api.registry import register_model
 
 import lm_eval.models  # noqa: F401  (lm-eval's own table, before ours: get_model imports it only into an empty registry)
 
+from moorelab.report.lm_eval_plugin import MODEL_NAME
+
 DEFAULT_MAX_GEN_TOKS = 256
 
 
@@ -54,7 +56,6 @@ def parse_improve(improve: str | None) -> list[str]:
     return [s.strip().replace(";", ",") for s in str(improve).split("+") if s.strip()]
 
 
-@register_model("moorelab")
 class MoorelabLM(TemplateLM):
     """lm-eval ``LM`` backed by moorelab's Transformer (see the module docstring).
 
@@ -203,6 +204,13 @@ class MoorelabLM(TemplateLM):
         return out
 
 
+if __name__ != "__main__":
+    # lm-eval's registry upgrades the start-up hook's placeholder (moorelab.report.lm_eval_plugin.TARGET,
+    # "this module:MoorelabLM") to the class, or registers the class when no hook ran. Under
+    # `python -m` this file also runs as __main__, whose copy of the class must not claim the name.
+    register_model(MODEL_NAME)(MoorelabLM)
+
+
 def run_lm_eval_cli(args: list[str]) -> None:
     """Register the adapter, then run lm-eval's own command line on ``args`` (adding
     ``--model moorelab`` and ``--include_path <cache>/tasks`` when absent)."""
@@ -233,4 +241,6 @@ def main(argv: List[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from moorelab.report.lm_eval_adapter import main as _main  # the importable module: it registers the model
+
+    _main()
