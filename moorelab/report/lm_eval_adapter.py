@@ -1,18 +1,24 @@
 """lm-evaluation-harness model adapter: run any lm-eval task on moorelab's Transformer and on its
 quantized or pruned variants.
 
+    lm_eval run --model moorelab --model_args pretrained=smollm2-135m,improve=int4 --tasks moorelab_hamlet_cloze \
+        --include_path ~/.cache/moorelab/tasks --limit 50
     moorelab lm-eval --model_args pretrained=smollm2-135m,improve=int4 --tasks moorelab_hamlet_cloze --limit 50
-    python -m moorelab.report.lm_eval_adapter --model moorelab --model_args pretrained=smollm2-135m --tasks ...
 
-Registration: importing this module registers :class:`MoorelabLM` as ``moorelab`` with
-``lm_eval.api.registry.register_model``. lm-eval 0.4.13's own ``lm_eval`` command does not look
-for models in other packages (its registry holds a fixed table, ``lm_eval/models/__init__.py``,
-and reads no entry points), so ``lm_eval --model moorelab`` cannot find it; the two commands above
-register the adapter, then hand every argument to lm-eval's own command line
-(``lm_eval.__main__.cli_evaluate``). They add ``--model moorelab`` when no ``--model`` is given and
-``--include_path <cache>/tasks`` (the named tasks written by ``moorelab eval-tasks``) when no
-``--include_path`` is, and set ``HF_DATASETS_OFFLINE=1``: tasks must read local files. In Python,
-``import moorelab.report.lm_eval_adapter`` before ``lm_eval.simple_evaluate(model="moorelab", ...)``.
+Registration: lm-eval 0.4.13 reads no plugin entry points (its registry holds a fixed table,
+``lm_eval/models/__init__.py``). ``moorelab lm-eval --register`` (run by ``make setup``) writes a
+``.pth`` start-up hook into site-packages (:mod:`moorelab.report.lm_eval_plugin`): in every process,
+right after ``lm_eval.models`` has filled lm-eval's registry, it adds the lazy placeholder
+``moorelab -> moorelab.report.lm_eval_adapter:MoorelabLM``, so lm-eval's own ``lm_eval`` command (and
+``lm_eval.simple_evaluate(model="moorelab", ...)``) finds the model, and this module is imported only
+when lm-eval asks for it. Importing this module registers :class:`MoorelabLM` itself too (lm-eval's
+registry upgrades the placeholder to the class), which is all ``moorelab lm-eval ARGS`` (or
+``python -m moorelab.report.lm_eval_adapter ARGS``) needs: it works without the hook. It runs
+lm-eval's own command line (``lm_eval.__main__.cli_evaluate``), adding ``--model moorelab`` when no
+``--model`` is given and ``--include_path <cache>/tasks`` (the named tasks written by ``moorelab
+eval-tasks``) when no ``--include_path`` is, and sets ``HF_DATASETS_OFFLINE=1``: tasks must read
+local files (with the plain ``lm_eval`` command set ``HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1``
+yourself where hubs are unreachable).
 
 ``--model_args``: ``pretrained`` (a model name, HF folder, ``.gguf`` or saved ``moorelab improve``
 folder; default smollm2-135m), ``improve`` (technique specs as ``moorelab improve --with``, several
