@@ -24,8 +24,8 @@ so the line can never break Python start-up nor lm-eval's import. Wheels built f
 ``pyproject.toml`` alone cannot ship a top-level ``.pth`` for both normal and editable installs,
 hence the explicit, idempotent registration step (``--unregister`` removes the file).
 
-This file imports only the standard library (``sys`` at import time), and never a higher part of
-moorelab: it runs at every Python start-up in the environment.
+This file imports only ``sys`` at import time (it is imported in the middle of lm-eval's own import
+of ``lm_eval.models``), ``moorelab.errors`` in :func:`register` / :func:`unregister`, nothing else.
 """
 
 from __future__ import annotations
