@@ -163,6 +163,13 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
     if not opts.max_delta_bits_per_byte >= 0:
         raise MoorelabError(f"--max-delta-bits-per-byte {opts.max_delta_bits_per_byte}: must be ≥ 0 (bits/byte)")
     t_start = time.perf_counter()
+    phases: dict[str, float] = {}  # seconds per part of the job (results.json "phase_seconds")
+
+    def phase(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - t0
+        return now
+
     if inputs is None:
         inputs = check_run_inputs(model=opts.model, text=opts.text, facts=opts.facts, out=opts.out,
                                   usd_per_hour=opts.usd_per_hour, console=console)
@@ -173,6 +180,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
 
     with staged_output(opts.out) as stage, make_progress(console) as progress:
         # 1. model
+        t = time.perf_counter()
         ltask = progress.add_task(f"loading {opts.model}", total=None)
         loaded = load_pretrained(opts.model, progress=lambda msg: progress.update(ltask, description=msg))
         progress.update(ltask, total=1, completed=1, description=f"loaded {loaded.name} in {loaded.load_seconds:.1f} s")
@@ -194,6 +202,7 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             parity_note = "not checked: the folder is in moorelab's own format (quantized layers or per-layer shapes), which transformers cannot load"
             console.print(f"parity: {parity_note}")
         progress.advance(ptask, 1)
+        t = phase("load and parity check", t)
 
         # 2. text
         token_ids = encode_text(loaded.tokenizer, text.text)
@@ -209,7 +218,9 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             baseline.update(name=f"saved {saved}", weights=f"saved by moorelab improve: {saved}", truly_float=False)
         base_row, _ = measure_model(baseline["name"], "none", kernel_label(model), model, token_ids, text, budget, bos,
                                     progress, notes=baseline["weights"])
+        t = phase("quality and resources", t)
         base_row["accuracy"] = row_accuracy(model, loaded, opts.quick, progress, "baseline")  # zero-shot, a stated subset
+        t = phase("zero-shot accuracy", t)
         # 3. improvements, each on a fresh load; those the loaded model cannot take (a saved quantized
         # variant) are skipped, named. Every variant stays resident for the interleaved speed rounds
         # (their weight bytes are taken out of the later rows' peak RSS)
@@ -238,22 +249,27 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             reports[label] = {"spec": spec, "report": report.to_dict() if hasattr(report, "to_dict") else str(report)}
             gc.collect()
             progress.advance(atask, 1)
+            t = phase("loading and applying the variants", t)
             row, _ = measure_model(label, spec, kernel_label(variant), variant, token_ids, text, budget, bos,
                                    progress, notes=notes, held_bytes=held)
+            t = phase("quality and resources", t)
             row["accuracy"] = row_accuracy(variant, loaded, opts.quick, progress, label)
+            t = phase("zero-shot accuracy", t)
             rows.append(row)
             models.append(variant)
             held += weight_bytes(variant)
         variant = model = None  # (variant is unset when every default variant was skipped)
         # speed: every variant resident, interleaved rounds, disturbed measurements re-measured
         measure_speed_rows(rows, models, token_ids, budget, opts.usd_per_hour, progress)
+        t = phase("speed (interleaved rounds)", t)
         # batched decode of the baseline: a small curve of tokens/s and $ per 1M against the batch size
         btask = progress.add_task("batched decode (batch 1, 4, 16)", total=1)
         batched = {"model_row": base_row["name"], "prompt_tokens": "32-48 (ragged, cut from the text)",
                    "rounds": 2, "points": measure_batched_decode(models[0], token_ids, BATCH_SIZES,
-                                                                  new_tokens=budget.decode_tokens, rounds=2,
+                                                                  new_tokens=budget.batched_decode_tokens, rounds=2,
                                                                   usd_per_hour=opts.usd_per_hour)}
         progress.advance(btask, 1)
+        t = phase("batched decode", t)
         del models
         gc.collect()
         add_ratios(rows, base_row)
@@ -270,8 +286,10 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
         float_section = quantization_on_float_weights(
             inputs.text.text, inputs.text.description, [(label, spec) for label, spec, _ in DEFAULT_VARIANTS if spec.startswith("int")])
         progress.advance(ftask, 1)
+        t = phase("quantization on true float32 weights", t)
         # 4. trend
         trend, facts_df, fit = fit_trend(opts.facts)
+        t = phase("trend fit", t)
 
         # 5. files
         elapsed = time.perf_counter() - t_start
@@ -306,6 +324,9 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
             "trend": trend,
             "environment": environment(),
             "elapsed_seconds": {"value": elapsed, "unit": "s"},
+            "phase_seconds": {"value": phases, "unit": "s",
+                              "note": "wall seconds per part of the job up to the trend fit (plots and files after it: in elapsed_seconds "
+                                      "only); summed over the rows where a part runs once per row"},
             "credits": "Trend facts cite each model's paper or model card; Epoch AI (CC-BY 4.0) estimates where noted.",
         }
         fig1 = plots.plot_trend(
@@ -385,7 +406,8 @@ def run_main_job(opts: RunOptions, console: Console | None = None, inputs: RunIn
                   f"document-start token {bos} prepended once")
     console.print(f"units: {QUALITY_UNITS}")
     console.print(f"wrote {Path(opts.out) / 'results.json'} and {Path(opts.out) / 'report.html'}")
-    console.print(f"elapsed: {time.perf_counter() - t_start:.1f} s")
+    console.print(f"elapsed: {time.perf_counter() - t_start:.1f} s ("
+                  + ", ".join(f"{name} {sec:.0f} s" for name, sec in phases.items()) + ")")
     from moorelab.measure.history import record_job  # the run history (`moorelab history`, `trend local`)
     record_job(results, command="run", results_path=Path(opts.out).resolve() / "results.json")
     return results

