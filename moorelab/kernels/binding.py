@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6}
@@ -77,7 +77,8 @@ class KernelLibrary:
         if lib.ml_fused_abi() != want:
             raise OSError(f"{path}: fused-decode structure sizes {lib.ml_fused_abi()} != {want}")
         lib.ml_decode_layers.restype = cint
-        lib.ml_decode_layers.argtypes = [vp, ctypes.c_int32, i64, vp, i64, vp, vp, ctypes.c_int32]
+        lib.ml_decode_layers.argtypes = [vp, ctypes.c_int32, i64, vp, i64, vp, vp, ctypes.c_int32, vp,
+                                         ctypes.c_float, vp, vp]
         self.lib = lib
         self.decode_layers = lib.ml_decode_layers
         lib.ml_lin_forward.restype = cint

@@ -7,7 +7,11 @@ its matmuls: with every linear replaced by a no-op, a SmolLM2-135M decode step s
 float32 step is 69.75 tok/s vs 53.76 on the Python path (``benchmarks/bench_quant_kernels.py``,
 rows ``fp32`` and ``fp32-py``). This module runs the same
 math (see the C comment of ``ml_decode_layers`` in ``moorelab/kernels/csrc/fused_decode.c``)
-for every layer in one ``ctypes`` call: each linear layer is handed to the C side as a
+for every layer, and then the final RMSNorm and the output layer (``lm_head``, float32 or
+quantized, tied or not), in one ``ctypes`` call and one OpenMP parallel region (the threads
+meet at five barriers per layer instead of forking and joining for every group of linears);
+an ``lm_head`` without a compiled kernel (e.g. a parametrized weight) runs in torch after the
+call. Each linear layer is handed to the C side as a
 descriptor of the GEMV kernel that already runs it on the Python path (float32
 :class:`~moorelab.model.transformer.FastLinear`, or a quantized module's own kernel), so the
 numbers are the Python path's up to float32 rounding (tested); every eligible row of a
@@ -112,6 +116,9 @@ class _Plan:
         self.norms: list[tuple[nn.Module, float]] = []
         self.params: list[torch.Tensor] = []
         self.kv: list[torch.Tensor] = []  # the cache tensors the layers point at (k0, v0, k1, v1, ...)
+        self.head = None  # the output layer as an ml_lin (None: lm_head runs in torch after the call)
+        self.final_norm_ptr = 0
+        self.final_eps = 0.0
         self.min_cap = 0
 
     def still_valid(self, model) -> bool:
@@ -200,6 +207,19 @@ def _build(model) -> _Plan:
         ly.H, ly.Hkv, ly.hd, ly.rope, ly.eps = H, Hkv, hd, 1, float(blk.attn_norm.eps)
         plan.modules += [blk, attn, ffn, blk.attn_norm, blk.ffn_norm] + [m for _, m in linears]
         plan.attns.append(attn)
+    # the final RMSNorm and the output layer in the same call, when the head has a kernel
+    head = model.lm_head
+    fn = model.final_norm
+    if ("forward" not in head.__dict__ and "forward" not in fn.__dict__ and fn.weight.dtype is torch.float32
+            and fn.weight.is_contiguous()):
+        d = _linear_descriptor(head)
+        if not isinstance(d, str) and d[3] == c.d_model:
+            plan.head = _lin_struct(kernels, d)
+            plan.tensors.extend((t, t.data_ptr()) for t in d[-1])
+            plan.tensors.append((fn.weight, fn.weight.data_ptr()))
+            plan.norms.append((fn, fn.eps))
+            plan.modules += [head, fn]
+            plan.final_norm_ptr, plan.final_eps = fn.weight.data_ptr(), float(fn.eps)
     plan.params = [p for p in model.parameters()]
     return plan
 
@@ -281,13 +301,19 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     x = x.contiguous()
     cos, sin = model.rope_tables(pos + 1, input_ids.device)
     off = pos * cos.stride(0) * cos.element_size()
+    head = plan.head
+    logits = torch.empty(1, 1, head.N) if head is not None else None
     rc = kernels.get_library().decode_layers(
         ctypes.addressof(layers), len(layers), model.config.d_model, x.data_ptr(), pos,
-        cos.data_ptr() + off, sin.data_ptr() + off, torch.get_num_threads())
+        cos.data_ptr() + off, sin.data_ptr() + off, torch.get_num_threads(),
+        plan.final_norm_ptr or None, plan.final_eps, None if head is None else ctypes.addressof(head),
+        None if logits is None else logits.data_ptr())
     if rc == -1:
         raise MemoryError("fused decode: work buffer allocation failed")
     if rc != 0:
         reason = {-2: "unknown linear kind", -3: f"position {pos} beyond a layer's KV-cache capacity"}.get(rc, "?")
         raise RuntimeError(f"fused decode: C side returned {rc} ({reason})")
     cache.length += 1
+    if head is not None:
+        return logits
     return model.lm_head(model.final_norm(x))

@@ -362,3 +362,83 @@ def test_cache_can_be_copied_after_fused_steps():
     assert m.last_decode_path == "fused"
     assert torch.equal(a, b) and torch.equal(a, d)
     assert c2.k[0].data_ptr() != c.k[0].data_ptr()
+
+
+# ------------------------------------------------------------------ one parallel region per token: rows, head
+
+
+@pytest.mark.parametrize("spec,k", [(None, 37), ("int8", 37), ("int8-dynamic", 37), ("int4:group_size=32", 96),
+                                    ("int4:group_size=32,activation_bits=16", 96),
+                                    ("int4:group_size=32,activation_bits=8", 96)])
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_row_split_linear_matches_a_float64_reference(spec, k, n, threads):
+    # ml_lin_forward runs a layer as the fused decode does: its 4-row tiles split over the
+    # threads, each range through the kernel's one-thread row function (x prepared once per
+    # thread). Edge shapes: K off the 16/32-wide vector block (float / int8 kinds; int4 needs K a
+    # multiple of its group), one output row, a partial tile, more threads than tiles.
+    import ctypes
+
+    from moorelab.model.fused_decode import _lin_struct, _linear_descriptor
+    from moorelab.model.transformer import FastLinear
+
+    torch.manual_seed(1)
+    holder = torch.nn.Sequential(FastLinear(k, n))
+    if spec:
+        apply(holder, parse_spec(spec))
+    layer = holder[0]
+    w = layer.dequantize() if spec else layer.weight.detach()  # the weights the layer multiplies by
+    x = torch.randn(1, k)
+    ref = x.double() @ w.double().t() + layer.bias.detach().double()
+    lin = _lin_struct(kernels, _linear_descriptor(layer))
+    lin.nthreads = threads
+    y = torch.full((1, n), float("nan"))
+    assert kernels.get_library().lin_forward(ctypes.byref(lin), x.data_ptr(), y.data_ptr()) == 0
+    # float kinds: float32 rounding; rounded activations: the rounding of x (8 bits: ~1/254 of a
+    # block's largest |x| per element, summed over K with the weights)
+    if spec in (None, "int8"):
+        tol = 1e-5
+    else:
+        tol = 1e-2 if spec.endswith("bits=8") or spec == "int8-dynamic" else 1e-4
+    scale = (x.double().abs() @ w.double().abs().t()).max().item()
+    err = (y.double() - ref).abs().max().item()
+    assert err <= tol * scale, (err, scale)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32"])
+def test_output_layer_runs_inside_the_fused_call(threads, spec):
+    # the final norm and lm_head (vocab 61: 15 full tiles and a partial one) run in the same
+    # compiled call as the layers, on 1 and 3 threads, and give the Python path's logits
+    # (rounded-activation kinds: test_fused_rounded_activation_kernels_agree_within_their_rounding)
+    from moorelab.model.fused_decode import _build
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m = tiny()
+        if spec:
+            apply(m, parse_spec(spec))
+        assert _build(m).head is not None
+        assert_same(m)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_output_layer_without_a_kernel_runs_in_torch_after_the_fused_layers():
+    # an lm_head the C side cannot run (a parametrized weight, computed at every access) leaves
+    # the layers fused and the head to torch, with the same logits
+    from torch.nn.utils import parametrize
+
+    from moorelab.model.fused_decode import _build
+
+    class Same(torch.nn.Module):
+        def forward(self, w):
+            return w
+
+    m = tiny()
+    m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())  # untie before parametrizing
+    parametrize.register_parametrization(m.lm_head, "weight", Same())
+    plan = _build(m)
+    assert plan.reason is None and plan.head is None
+    assert_same(m)

@@ -10,14 +10,17 @@
                        (ml_w4_linear, ml_w4a16_linear, ml_w4a8_linear, ml_w4_dequant)
        int8_dynamic.c  dynamic int8 x int8 (ml_a8w8_linear)
        int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm)
-       fused_decode.c  every LLaMA-family decoder layer for one token in one call
-                       (ml_decode_layers, ml_lin_forward; structures in fused_decode.h)
+       fused_decode.c  every LLaMA-family decoder layer and the output layer for one token in
+                       one call and one parallel region (ml_decode_layers, ml_lin_forward;
+                       structures in fused_decode.h), through the kernels' ml_*_rows
        abi.c           ml_abi_version, ml_fused_abi: checked by the binding when it loads
 
    Layouts (all row-major, C-contiguous), common to every kernel; each file states its weights':
    x: float32 [M, K]; y: float32 [M, N]; bias: float32 [N] or NULL.
 
-   Work is split over output rows (tiles of 4 rows) with OpenMP, nthreads threads. */
+   Work is split over output rows (tiles of 4 rows) with OpenMP, nthreads threads; the ml_*_rows
+   functions compute a range of rows on the calling thread (no OpenMP), for a caller that already
+   runs a parallel region (the fused decode). */
 
 #ifndef ML_COMMON_H
 #define ML_COMMON_H
@@ -30,7 +33,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 10
+#define ML_ABI_VERSION 11
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
@@ -90,6 +93,21 @@ int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const 
                    const float *bias, float *y, int64_t N, int nthreads, float *sx_out);
 int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale, const float *bias,
                float *y, int64_t N, int nthreads, int act_bits);
+/* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:
+   y[n] for n in [n0, n1), n0 a multiple of 4, bit for bit the whole-layer kernel's rows */
+void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1);
+void ml_w8_rows(const float *x, int64_t K, const int8_t *w, const float *scale, const float *bias, float *y,
+                int64_t n0, int64_t n1);
+void ml_w4_prep(const float *x, int64_t K, int64_t G, float *xs, float *xsum);
+void ml_w4_rows(const float *xs, const float *xsum, int64_t K, int64_t G, const uint8_t *wp, const uint16_t *scales,
+                const uint16_t *mins, const float *bias, float *y, int64_t n0, int64_t n1);
+void ml_w4q_prep(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum);
+void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, int64_t K, int64_t G,
+                 const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, const float *bias, float *y,
+                 int64_t n0, int64_t n1);
+float ml_a8_prep(const float *x, int64_t K, int8_t *xq);
+void ml_a8w8_rows(const int8_t *xq, float sx, int64_t K, const int8_t *w, const float *scale, const float *bias,
+                  float *y, int64_t n0, int64_t n1);
 int ml_abi_version(void);
 
 #endif /* ML_COMMON_H */

@@ -1,10 +1,12 @@
 /* Fused decode (LLaMA family), AVX2 + FMA.
 
-   One call runs every decoder layer for ONE token of ONE sequence (batch 1, decode), the same
-   math as moorelab.model.transformer's Python path, on the same KV cache buffers:
+   One call runs every decoder layer for ONE token of ONE sequence (batch 1, decode), and then
+   the final RMSNorm and the output layer (the logits), the same math as
+   moorelab.model.transformer's Python path, on the same KV cache buffers:
        h = RMSNorm(x); q,k,v = Wq h, Wk h, Wv h; RoPE(q, k) (half-split); cache[pos] = k, v
        a = softmax(q·Kᵀ/√d)·V per head (query head j uses kv head j / (H/Hkv)); x += Wo a
        h = RMSNorm(x); x += Wdown (silu(Wgate h) ⊙ Wup h)
+       logits = Whead RMSNorm(x)
    The KV cache holds float32, or float16 when a layer's kv_f16 is set (keys and values rounded
    to nearest even as they are written, as torch's .to(float16)); attention reads each cached
    K and V row once for all query heads that share it (grouped-query attention), converting
@@ -12,92 +14,136 @@
    split over the threads (flash-decoding; llama.cpp keeps its cache in float16 by default).
    Each linear is described by an ml_lin (fused_decode.h; kind = which GEMV kernel of common.h
    runs it), so float32, int8, int4 (float / int16 / int8 activations) and dynamic int8 layers
-   mix freely. */
+   mix freely.
+
+   Threads: ONE OpenMP parallel region for the whole token (as llama.cpp keeps one thread pool
+   through its graph), the stages separated by barriers: per layer q/k/v, attention, o (+ the
+   residual), gate/up, down (+ the residual): five barriers, against one fork/join per GEMV
+   group before (~120 per token, each a wake-up of the sleeping or spinning workers). Each
+   linear's 4-row tiles are split over the threads in contiguous ranges and run by the kernel's
+   one-thread row function (ml_*_rows, common.h: the numbers of the whole-layer kernel); the
+   small per-token ops (RMSNorm, SwiGLU, merging the attention partials, RoPE of a query group)
+   are recomputed by every thread into its own buffer, which costs less than a barrier. */
 
 #include "common.h"
 #include "fused_decode.h"
 
-/* y[N] = layer(x[K]) through the kernel of its kind; 0, -1 (allocation failed) or -2 (unknown kind) */
-static int ml_lin_apply(const ml_lin *l, const float *x, float *y) {
-    switch (l->kind) {
-    case 1: ml_f32_linear(x, 1, l->K, (const float *)l->w, l->bias, y, l->N, l->nthreads); return 0;
-    case 2: ml_w8_linear(x, 1, l->K, (const int8_t *)l->w, (const float *)l->s, l->bias, y, l->N, l->nthreads); return 0;
-    case 3: return ml_w4_linear(x, 1, l->K, (const uint8_t *)l->w, (const uint16_t *)l->s, (const uint16_t *)l->mn,
-                                l->G, l->bias, y, l->N, l->nthreads);
-    case 4: return ml_w4a16_linear(x, 1, l->K, (const uint8_t *)l->w, (const uint16_t *)l->s, (const uint16_t *)l->mn,
-                                   l->G, l->bias, y, l->N, l->nthreads);
-    case 5: return ml_w4a8_linear(x, 1, l->K, (const uint8_t *)l->w, (const uint16_t *)l->s, (const uint16_t *)l->mn,
-                                  l->G, l->bias, y, l->N, l->nthreads);
-    case 6: return ml_a8w8_linear(x, 1, l->K, (const int8_t *)l->w, (const float *)l->s, l->bias, y, l->N,
-                                  l->nthreads, NULL);
-    default: return -2;
-    }
+/* A thread's activations as its linears' kernels want them, prepared once per input and stage
+   (serial counts the stages; the tags say which input, stage and group size a buffer holds). */
+typedef struct {
+    int64_t serial;
+    const float *x3; int64_t s3, g3; float *xs3, *xsum3;                     /* kind 3: float, even/odd split */
+    const float *x45; int64_t s45, g45; int b45; void *xq45; float *bs45, *xsum45; /* kinds 4, 5: rounded per block */
+    const float *x6; int64_t s6; int8_t *xq6; float sx6;                      /* kind 6: rounded per row */
+} ml_tprep;
+
+/* floats of a thread's ml_tprep buffers for inputs of up to kmax floats */
+static int64_t ml_tprep_floats(int64_t kmax) {
+    const int64_t k = (kmax + 31) / 32 * 32;
+    return k + k / 32 + k / 2 + 2 * (k / 32) + k / 4 + 5 * 16;
 }
 
-/* rows n0..n1-1 of a layer: its kernel, one thread, on that slice of the weights (every kernel
-   computes each output row from its own weight row, in 4-row tiles from the slice start; slices
-   start at multiples of 4 rows, so the tiles, and the numbers, are those of the whole call) */
-static int ml_lin_rows(const ml_lin *l, const float *x, float *y, int64_t n0, int64_t n1) {
-    ml_lin s = *l;
-    const int64_t K = l->K;
-    s.N = n1 - n0;
-    s.nthreads = 1;
-    s.bias = l->bias ? l->bias + n0 : NULL;
+static void ml_tprep_init(ml_tprep *tp, float *buf, int64_t kmax) {
+    const int64_t k = (kmax + 31) / 32 * 32;
+    memset(tp, 0, sizeof(*tp));
+    tp->xs3 = buf; buf += k + 16;
+    tp->xsum3 = buf; buf += k / 32 + 16;
+    tp->xq45 = buf; buf += k / 2 + 16;
+    tp->bs45 = buf; buf += k / 32 + 16;
+    tp->xsum45 = buf; buf += k / 32 + 16;
+    tp->xq6 = (int8_t *)buf;
+}
+
+static int ml_kind_ok(const ml_lin *l) {
+    return l->kind >= 1 && l->kind <= 6;
+}
+
+/* rows [n0, n1) of layer l (n0 a multiple of 4) on input x[K] into y (indexed by row) */
+static void ml_lin_rows(const ml_lin *l, const float *x, float *y, int64_t n0, int64_t n1, ml_tprep *tp) {
+    const int64_t K = l->K, G = l->G;
     switch (l->kind) {
-    case 1: s.w = (const float *)l->w + n0 * K; break;
-    case 2: case 6: s.w = (const int8_t *)l->w + n0 * K; s.s = (const float *)l->s + n0; break;
-    case 3: case 4: case 5:
-        s.w = (const uint8_t *)l->w + n0 * (K / 2);
-        s.s = (const uint16_t *)l->s + n0 * (K / l->G);
-        s.mn = (const uint16_t *)l->mn + n0 * (K / l->G);
+    case 1: ml_f32_rows(x, K, (const float *)l->w, l->bias, y, n0, n1); break;
+    case 2: ml_w8_rows(x, K, (const int8_t *)l->w, (const float *)l->s, l->bias, y, n0, n1); break;
+    case 3:
+        if (tp->x3 != x || tp->s3 != tp->serial || tp->g3 != G) {
+            ml_w4_prep(x, K, G, tp->xs3, tp->xsum3);
+            tp->x3 = x; tp->s3 = tp->serial; tp->g3 = G;
+        }
+        ml_w4_rows(tp->xs3, tp->xsum3, K, G, (const uint8_t *)l->w, (const uint16_t *)l->s, (const uint16_t *)l->mn,
+                   l->bias, y, n0, n1);
         break;
-    default: return -2;
+    case 4: case 5: {
+        const int bits = l->kind == 4 ? 16 : 8;
+        if (tp->x45 != x || tp->s45 != tp->serial || tp->g45 != G || tp->b45 != bits) {
+            ml_w4q_prep(bits, x, K, G, tp->xq45, tp->bs45, tp->xsum45);
+            tp->x45 = x; tp->s45 = tp->serial; tp->g45 = G; tp->b45 = bits;
+        }
+        ml_w4q_rows(bits, tp->xq45, tp->bs45, tp->xsum45, K, G, (const uint8_t *)l->w, (const uint16_t *)l->s,
+                    (const uint16_t *)l->mn, l->bias, y, n0, n1);
+        break;
     }
-    return ml_lin_apply(&s, x, y + n0);
+    case 6:
+        if (tp->x6 != x || tp->s6 != tp->serial) {
+            tp->sx6 = ml_a8_prep(x, K, tp->xq6);
+            tp->x6 = x; tp->s6 = tp->serial;
+        }
+        ml_a8w8_rows(tp->xq6, tp->sx6, K, (const int8_t *)l->w, (const float *)l->s, l->bias, y, n0, n1);
+        break;
+    default: break; /* kinds are checked before any thread starts */
+    }
 }
 
-/* Several independent layers (e.g. q, k, v on the same input) in ONE parallel region: their
-   4-row tiles are concatenated and split in contiguous ranges over the threads (the most any
-   of them asks for), each range run by ml_lin_rows. One fork/join instead of one per layer:
-   at decode a step spends much of its time in those thread wake-ups, and on a shared machine
-   each one may wait for a descheduled thread. Returns 0 or the first kernel error. */
-static int ml_lins_apply(const ml_lin *const *ls, const float *const *xs, float *const *ys, int n) {
+/* Thread tid's share of a group of n independent layers (e.g. q, k, v on the same input):
+   their 4-row tiles concatenated and split in contiguous ranges over the first
+   min(nt, most threads any of them asks for) threads. adds[i] non-NULL: the rows this thread
+   computed of ys[i] are also added into adds[i] (a residual: x += W a, row by row). Called by
+   every thread of the region (each with its own tp), between barriers. */
+static void ml_group(const ml_lin *const *ls, const float *const *xs, float *const *ys, float *const *adds, int n,
+                     int tid, int nt, ml_tprep *tp) {
     int64_t off[9];
-    int nthreads = 1;
+    int gnt = 1;
     off[0] = 0;
     for (int i = 0; i < n; i++) {
         off[i + 1] = off[i] + (ls[i]->N + 3) / 4;
-        if (ls[i]->nthreads > nthreads) nthreads = ls[i]->nthreads;
+        if (ls[i]->nthreads > gnt) gnt = ls[i]->nthreads;
     }
-    const int64_t total = off[n];
-    int rc = 0;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-        const int64_t a = total * tid / nt, b = total * (tid + 1) / nt;
-        int my = 0;
-        for (int i = 0; i < n && my == 0; i++) {
-            const int64_t lo = a > off[i] ? a : off[i], hi = b < off[i + 1] ? b : off[i + 1];
-            if (lo >= hi) continue;
-            const int64_t n0 = 4 * (lo - off[i]), n1 = 4 * (hi - off[i]) < ls[i]->N ? 4 * (hi - off[i]) : ls[i]->N;
-            my = ml_lin_rows(ls[i], xs[i], ys[i], n0, n1);
-        }
-        if (my != 0) {
-            #pragma omp critical(ml_lins_rc)
-            if (rc == 0) rc = my;
-        }
+    tp->serial++;
+    if (gnt > nt) gnt = nt;
+    if (tid >= gnt) return;
+    const int64_t total = off[n], a = total * tid / gnt, b = total * (tid + 1) / gnt;
+    for (int i = 0; i < n; i++) {
+        const int64_t lo = a > off[i] ? a : off[i], hi = b < off[i + 1] ? b : off[i + 1];
+        if (lo >= hi) continue;
+        const int64_t n0 = 4 * (lo - off[i]), n1 = 4 * (hi - off[i]) < ls[i]->N ? 4 * (hi - off[i]) : ls[i]->N;
+        ml_lin_rows(ls[i], xs[i], ys[i], n0, n1, tp);
+        if (adds[i])
+            for (int64_t r = n0; r < n1; r++) adds[i][r] += ys[i][r];
     }
-    return rc;
 }
 
 /* one linear layer through the fused-decode dispatcher, as the decode runs it (tests check
-   each kind against the module's own kernel call, bit for bit): y[N] = layer(x[K]); returns
-   0, -1 (allocation failed) or -2 (unknown kind) */
+   each kind against the module's own kernel call, bit for bit): y[N] = layer(x[K]) on
+   l->nthreads threads; returns 0, -1 (allocation failed) or -2 (unknown kind) */
 int ml_lin_forward(const ml_lin *l, const float *x, float *y) {
-    const ml_lin *ls[1] = {l};
-    const float *xs[1] = {x};
-    float *ys[1] = {y};
-    return ml_lins_apply(ls, xs, ys, 1);
+    if (!ml_kind_ok(l)) return -2;
+    const int nt = l->nthreads > 1 ? l->nthreads : 1;
+    const int64_t per = ml_tprep_floats(l->K);
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(per * nt + 16));
+    ml_tprep *tps = (ml_tprep *)malloc(sizeof(ml_tprep) * (size_t)nt);
+    if (!buf || !tps) { free(buf); free(tps); return -1; }
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num(), tn = omp_get_num_threads();
+        const ml_lin *ls[1] = {l};
+        const float *xs[1] = {x};
+        float *ys[1] = {y};
+        float *adds[1] = {NULL};
+        ml_tprep_init(&tps[tid], buf + per * tid, l->K);
+        ml_group(ls, xs, ys, adds, 1, tid, tn, &tps[tid]);
+    }
+    free(tps);
+    free(buf);
+    return 0;
 }
 
 /* e^x for 8 floats: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial),
@@ -273,120 +319,169 @@ static void ml_attend_part(const float *q, int64_t rep, const void *kc, const vo
     }
 }
 
-/* x[D] (in/out): the hidden state of the token at position pos; cos/sin: [hd] tables of pos.
-   Returns 0, -1 (allocation failed), -2 (unknown linear kind), -3 (pos >= cache capacity). */
+/* a thread's slice of n items split in nt contiguous ranges: [n * tid / nt, n * (tid + 1) / nt) */
+#define ML_LO(n, tid, nt) ((int64_t)(n) * (tid) / (nt))
+
+/* Every layer for the token at position pos, then (head non-NULL) the final RMSNorm and the
+   output layer. x[D] (in/out): the token's embedding in, its last hidden state (before the
+   final norm) out; cos/sin: [hd] RoPE tables of pos; nthreads: threads of the parallel region;
+   final_norm [D], final_eps, head (N = vocab, K = D), logits [N] out: may be NULL (then only
+   the layers run). Returns 0, -1 (allocation failed), -2 (unknown linear kind, or a head whose
+   K is not D), -3 (pos >= cache capacity). */
 int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
-                     const float *cos, const float *sin, int32_t attn_threads) {
-    int64_t mq = 0, mkv = 0, mf = 0;
+                     const float *cos, const float *sin, int32_t nthreads,
+                     const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
+    int64_t mq = 0, mkv = 0, mf = 0, mrep = 1, mhd = 1, mh = 1;
     for (int32_t i = 0; i < n_layers; i++) {
-        if (pos >= L[i].cap) return -3;
-        int64_t hq = (int64_t)L[i].H * L[i].hd, hk = (int64_t)L[i].Hkv * L[i].hd;
+        const ml_layer *ly = &L[i];
+        if (pos >= ly->cap) return -3;
+        const ml_lin *ls[7] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->gate, &ly->up, &ly->down};
+        for (int j = 0; j < 7; j++) if (!ml_kind_ok(ls[j])) return -2;
+        const int64_t hq = (int64_t)ly->H * ly->hd, hk = (int64_t)ly->Hkv * ly->hd;
         if (hq > mq) mq = hq;
         if (hk > mkv) mkv = hk;
-        if (L[i].gate.N > mf) mf = L[i].gate.N;
+        if (ly->gate.N > mf) mf = ly->gate.N;
+        if (ly->H / ly->Hkv > mrep) mrep = ly->H / ly->Hkv;
+        if (ly->hd > mhd) mhd = ly->hd;
+        if (ly->H > mh) mh = ly->H;
     }
-    int64_t T = pos + 1;
-    int64_t mrep = 1, mhd = 1, mh = 1;
-    for (int32_t i = 0; i < n_layers; i++) {
-        if (L[i].H / L[i].Hkv > mrep) mrep = L[i].H / L[i].Hkv;
-        if (L[i].hd > mhd) mhd = L[i].hd;
-        if (L[i].H > mh) mh = L[i].H;
-    }
-    /* attention: units of (kv head, one of P slices of the positions) over the threads (from
-       T * heads >= 2048 on: below, a fork/join costs about what it saves); each unit's partial
-       softmax (mx, l, o per query head) is merged after */
-    const int nt = (attn_threads > 1 && T * mh >= 2048) ? attn_threads : 1;
-    const int64_t P = nt > 1 ? nt : 1;
+    if (head && (!ml_kind_ok(head) || head->K != D || !final_norm || !logits)) return -2;
+    const int nt = nthreads > 1 ? nthreads : 1;
+    const int64_t T = pos + 1;
+    /* attention: units of (kv head, one of P slices of the positions) over the threads; the
+       positions are sliced (P = nt) from T * heads >= 2048 on, below which a slice's partial
+       softmax and its merge cost about what the split saves; each unit's partial softmax
+       (mx, l, o per query head) is merged after */
+    const int64_t P = (nt > 1 && T * mh >= 2048) ? nt : 1;
+    const int64_t kmax = D > mq ? (D > mf ? D : mf) : (mq > mf ? mq : mf);
     const int64_t nscr = 2 * ML_ATT_CH * mhd + mrep * ML_ATT_CH + 16;
-    const int64_t npart = P * mh * (mhd + 2);
-    size_t nfl = (size_t)(2 * D + 2 * mq + 2 * mkv + 2 * mf + nscr * nt + npart + 64);
-    float *buf = (float *)malloc(sizeof(float) * nfl);
-    if (!buf) return -1;
-    float *h = buf, *o = h + D, *q = o + D, *att = q + mq, *k = att + mq, *v = k + mkv, *g = v + mkv, *u = g + mf;
-    float *scratch = u + mf, *parts = scratch + nscr * nt;
-    int rc = 0;
-    for (int32_t li = 0; li < n_layers && rc == 0; li++) {
-        const ml_layer *ly = &L[li];
-        const int64_t H = ly->H, Hkv = ly->Hkv, hd = ly->hd, rep = H / Hkv;
-        const int f16 = ly->kv_f16 != 0;
-        const size_t esz = f16 ? sizeof(uint16_t) : sizeof(float);
-        ml_rmsnorm(x, ly->attn_norm, ly->eps, h, D);
-        {
-            const ml_lin *ls[3] = {&ly->q, &ly->k, &ly->v};
-            const float *xs[3] = {h, h, h};
-            float *ys[3] = {q, k, v};
-            if ((rc = ml_lins_apply(ls, xs, ys, 3))) break;
-        }
-        if (ly->rope) {
-            for (int64_t j = 0; j < H; j++) ml_rope(q + j * hd, cos, sin, hd);
-            for (int64_t j = 0; j < Hkv; j++) ml_rope(k + j * hd, cos, sin, hd);
-        }
-        for (int64_t j = 0; j < Hkv; j++) {
-            char *kd = (char *)ly->kc + esz * (size_t)((j * ly->cap + pos) * hd);
-            char *vd = (char *)ly->vc + esz * (size_t)((j * ly->cap + pos) * hd);
-            if (f16) {
-                ml_to_f16(k + j * hd, hd, (uint16_t *)kd);
-                ml_to_f16(v + j * hd, hd, (uint16_t *)vd);
-            } else {
-                memcpy(kd, k + j * hd, sizeof(float) * (size_t)hd);
-                memcpy(vd, v + j * hd, sizeof(float) * (size_t)hd);
+    /* per thread: h [D], act [mf], att [mq], qrot [mrep * mhd], attention scratch, kernel inputs */
+    const int64_t r16 = 16;
+    const int64_t per = (D + r16) + (mf + r16) + (mq + r16) + (mrep * mhd + r16) + nscr + ml_tprep_floats(kmax) + r16;
+    /* shared: q, k, v, g, u, o, the attention partials (Hkv * P units of rep * (hd + 2) floats) */
+    const int64_t shared = (mq + r16) + 2 * (mkv + r16) + 2 * (mf + r16) + (D + r16) + P * mh * (mhd + 2) + r16;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(shared + per * nt + 64));
+    ml_tprep *tps = (ml_tprep *)malloc(sizeof(ml_tprep) * (size_t)nt);
+    if (!buf || !tps) { free(buf); free(tps); return -1; }
+    float *q = buf, *k = q + mq + r16, *v = k + mkv + r16, *g = v + mkv + r16, *u = g + mf + r16, *o = u + mf + r16;
+    float *parts = o + D + r16, *priv = buf + shared;
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num(), tn = omp_get_num_threads();
+        float *h = priv + per * tid, *act = h + D + r16, *att = act + mf + r16, *qrot = att + mq + r16;
+        float *scratch = qrot + mrep * mhd + r16, *pbuf = scratch + nscr;
+        ml_tprep *tp = &tps[tid];
+        ml_tprep_init(tp, pbuf, kmax);
+        for (int32_t li = 0; li < n_layers; li++) {
+            const ml_layer *ly = &L[li];
+            const int64_t H = ly->H, Hkv = ly->Hkv, hd = ly->hd, rep = H / Hkv, F = ly->gate.N;
+            const int f16 = ly->kv_f16 != 0;
+            const size_t esz = f16 ? sizeof(uint16_t) : sizeof(float);
+            const float scale = 1.0f / sqrtf((float)hd);
+            const int64_t pstride = rep * (hd + 2); /* part (g, p): per query head r of kv head g: mx, l, o[hd] */
+            ml_rmsnorm(x, ly->attn_norm, ly->eps, h, D);
+            {
+                const ml_lin *ls[3] = {&ly->q, &ly->k, &ly->v};
+                const float *xs[3] = {h, h, h};
+                float *ys[3] = {q, k, v};
+                float *adds[3] = {NULL, NULL, NULL};
+                ml_group(ls, xs, ys, adds, 3, tid, tn, tp);
             }
-        }
-        const float scale = 1.0f / sqrtf((float)hd);
-        /* part (g, p) stores, per query head r of kv head g: mx, l, o[hd] */
-        const int64_t pstride = rep * (hd + 2);
-        #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-        for (int64_t unit = 0; unit < Hkv * P; unit++) {
-            const int tid = nt > 1 ? omp_get_thread_num() : 0;
-            const int64_t gi = unit / P, pi = unit % P;
-            const int64_t t0 = T * pi / P, t1 = T * (pi + 1) / P;
-            float *pp = parts + unit * pstride;
-            const char *kb = (const char *)ly->kc + esz * (size_t)(gi * ly->cap * hd);
-            const char *vb = (const char *)ly->vc + esz * (size_t)(gi * ly->cap * hd);
-            ml_attend_part(q + gi * rep * hd, rep, kb, vb, f16, t0, t1, hd, scale, pp, pp + rep, pp + 2 * rep,
-                           scratch + tid * nscr);
-        }
-        for (int64_t gi = 0; gi < Hkv; gi++) {
-            for (int64_t r = 0; r < rep; r++) {
-                float M = -INFINITY, Lsum = 0.0f;
-                for (int64_t pi = 0; pi < P; pi++) {
-                    const float *pp = parts + (gi * P + pi) * pstride;
-                    if (pp[r] > M) M = pp[r];
+            #pragma omp barrier
+            /* attention units; the unit holding position pos (the last slice of its kv head) also
+               rotates that head's key and writes the key and value into the cache: no other unit
+               reads row pos or that key */
+            const int64_t units = Hkv * P;
+            for (int64_t unit = ML_LO(units, tid, tn); unit < ML_LO(units, tid + 1, tn); unit++) {
+                const int64_t gi = unit / P, pi = unit % P;
+                memcpy(qrot, q + gi * rep * hd, sizeof(float) * (size_t)(rep * hd));
+                if (ly->rope)
+                    for (int64_t r = 0; r < rep; r++) ml_rope(qrot + r * hd, cos, sin, hd);
+                if (pi == P - 1) {
+                    float *kg = k + gi * hd;
+                    if (ly->rope) ml_rope(kg, cos, sin, hd);
+                    char *kd = (char *)ly->kc + esz * (size_t)((gi * ly->cap + pos) * hd);
+                    char *vd = (char *)ly->vc + esz * (size_t)((gi * ly->cap + pos) * hd);
+                    if (f16) {
+                        ml_to_f16(kg, hd, (uint16_t *)kd);
+                        ml_to_f16(v + gi * hd, hd, (uint16_t *)vd);
+                    } else {
+                        memcpy(kd, kg, sizeof(float) * (size_t)hd);
+                        memcpy(vd, v + gi * hd, sizeof(float) * (size_t)hd);
+                    }
                 }
-                float *out = att + (gi * rep + r) * hd;
-                memset(out, 0, sizeof(float) * (size_t)hd);
-                for (int64_t pi = 0; pi < P; pi++) {
-                    const float *pp = parts + (gi * P + pi) * pstride;
-                    if (pp[rep + r] == 0.0f) continue; /* an empty slice (T < P) */
-                    const float wgt = expf(pp[r] - M);
-                    Lsum += wgt * pp[rep + r];
-                    const float *po = pp + 2 * rep + r * hd;
-                    for (int64_t i = 0; i < hd; i++) out[i] += wgt * po[i];
-                }
-                const float inv = 1.0f / Lsum;
-                for (int64_t i = 0; i < hd; i++) out[i] *= inv;
+                const int64_t t0 = T * pi / P, t1 = T * (pi + 1) / P;
+                float *pp = parts + unit * pstride;
+                const char *kb = (const char *)ly->kc + esz * (size_t)(gi * ly->cap * hd);
+                const char *vb = (const char *)ly->vc + esz * (size_t)(gi * ly->cap * hd);
+                ml_attend_part(qrot, rep, kb, vb, f16, t0, t1, hd, scale, pp, pp + rep, pp + 2 * rep, scratch);
             }
+            #pragma omp barrier
+            /* merge the partials (every thread, into its own att) */
+            for (int64_t gi = 0; gi < Hkv; gi++) {
+                for (int64_t r = 0; r < rep; r++) {
+                    float M = -INFINITY, Lsum = 0.0f;
+                    for (int64_t pi = 0; pi < P; pi++) {
+                        const float *pp = parts + (gi * P + pi) * pstride;
+                        if (pp[r] > M) M = pp[r];
+                    }
+                    float *out = att + (gi * rep + r) * hd;
+                    memset(out, 0, sizeof(float) * (size_t)hd);
+                    for (int64_t pi = 0; pi < P; pi++) {
+                        const float *pp = parts + (gi * P + pi) * pstride;
+                        if (pp[rep + r] == 0.0f) continue; /* an empty slice (T < P) */
+                        const float wgt = expf(pp[r] - M);
+                        Lsum += wgt * pp[rep + r];
+                        const float *po = pp + 2 * rep + r * hd;
+                        for (int64_t i = 0; i < hd; i++) out[i] += wgt * po[i];
+                    }
+                    const float inv = 1.0f / Lsum;
+                    for (int64_t i = 0; i < hd; i++) out[i] *= inv;
+                }
+            }
+            {
+                const ml_lin *ls[1] = {&ly->o};
+                const float *xs[1] = {att};
+                float *ys[1] = {o};
+                float *adds[1] = {x};
+                ml_group(ls, xs, ys, adds, 1, tid, tn, tp);
+            }
+            #pragma omp barrier
+            ml_rmsnorm(x, ly->ffn_norm, ly->eps, h, D);
+            {
+                const ml_lin *ls[2] = {&ly->gate, &ly->up};
+                const float *xs[2] = {h, h};
+                float *ys[2] = {g, u};
+                float *adds[2] = {NULL, NULL};
+                ml_group(ls, xs, ys, adds, 2, tid, tn, tp);
+            }
+            #pragma omp barrier
+            int64_t i = 0;
+            for (; i + 8 <= F; i += 8) {
+                __m256 gv = _mm256_loadu_ps(g + i);
+                __m256 sg = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), ml_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+                _mm256_storeu_ps(act + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
+            }
+            for (; i < F; i++) act[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            {
+                const ml_lin *ls[1] = {&ly->down};
+                const float *xs[1] = {act};
+                float *ys[1] = {o};
+                float *adds[1] = {x};
+                ml_group(ls, xs, ys, adds, 1, tid, tn, tp);
+            }
+            #pragma omp barrier
         }
-        if ((rc = ml_lin_forward(&ly->o, att, o))) break;
-        for (int64_t i = 0; i < D; i++) x[i] += o[i];
-        ml_rmsnorm(x, ly->ffn_norm, ly->eps, h, D);
-        {
-            const ml_lin *ls[2] = {&ly->gate, &ly->up};
-            const float *xs[2] = {h, h};
-            float *ys[2] = {g, u};
-            if ((rc = ml_lins_apply(ls, xs, ys, 2))) break;
+        if (head) {
+            ml_rmsnorm(x, final_norm, final_eps, h, D);
+            const ml_lin *ls[1] = {head};
+            const float *xs[1] = {h};
+            float *ys[1] = {logits};
+            float *adds[1] = {NULL};
+            ml_group(ls, xs, ys, adds, 1, tid, tn, tp);
         }
-        const int64_t F = ly->gate.N;
-        int64_t i = 0;
-        for (; i + 8 <= F; i += 8) {
-            __m256 gv = _mm256_loadu_ps(g + i);
-            __m256 sg = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), ml_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
-            _mm256_storeu_ps(g + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
-        }
-        for (; i < F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        if ((rc = ml_lin_forward(&ly->down, g, o))) break;
-        for (int64_t i2 = 0; i2 < D; i2++) x[i2] += o[i2];
     }
+    free(tps);
     free(buf);
-    return rc;
+    return 0;
 }

@@ -28,6 +28,7 @@ typedef struct {
 int ml_fused_abi(void);
 int ml_lin_forward(const ml_lin *l, const float *x, float *y);
 int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
-                     const float *cos, const float *sin, int32_t attn_threads);
+                     const float *cos, const float *sin, int32_t nthreads,
+                     const float *final_norm, float final_eps, const ml_lin *head, float *logits);
 
 #endif /* ML_FUSED_DECODE_H */

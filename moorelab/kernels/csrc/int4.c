@@ -316,6 +316,64 @@ int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, cons
     return w4_blockq_linear(8, x, M, K, wp, scales, mins, G, bias, y, N, nthreads);
 }
 
+/* ---- row ranges for the fused decode: one x row (M = 1), one thread, no OpenMP, rows
+   [n0, n1) with n0 a multiple of 4 (the tiles, and the numbers, of the whole-layer kernels);
+   x is prepared once per thread and input by the _prep functions (ml_w4_prep: float, as
+   ml_w4_linear; ml_w4q_prep: rounded to 16 or 8 bits per 32-block, as ml_w4a16 / ml_w4a8) */
+void ml_w4_prep(const float *x, int64_t K, int64_t G, float *xs, float *xsum) {
+    w4_prep_x(x, K, G, xs, xsum);
+}
+
+void ml_w4_rows(const float *xs, const float *xsum, int64_t K, int64_t G, const uint8_t *wp, const uint16_t *scales,
+                const uint16_t *mins, const float *bias, float *y, int64_t n0, int64_t n1) {
+    const int64_t ngr = K / G;
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int64_t nr = n1 - n < 4 ? n1 - n : 4;
+        if (n + 4 * ML_PF_TILES4 < n1) {
+            const int64_t pn = n + 4 * ML_PF_TILES4;
+            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+        }
+        float o[4];
+        if (nr == 4) {
+            w4_dot4(xs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr, o);
+        } else {
+            for (int64_t r = 0; r < nr; r++)
+                o[r] = w4_dot1(xs, xsum, K, G, wp + (n + r) * (K / 2), scales + (n + r) * ngr, mins + (n + r) * ngr, ngr);
+        }
+        for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] + (bias ? bias[n + r] : 0.0f);
+    }
+}
+
+/* xq: int16 [K] (bits 16) or int8 [K] (bits 8); bs [K / 32]; xsum [K / G] */
+void ml_w4q_prep(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
+    w4_blockq_prep_x(bits, x, K, G, xq, bs, xsum);
+}
+
+void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, int64_t K, int64_t G,
+                 const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, const float *bias, float *y,
+                 int64_t n0, int64_t n1) {
+    const int64_t ngr = K / G;
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int64_t nr = n1 - n < 4 ? n1 - n : 4;
+        if (n + 4 * ML_PF_TILES4 < n1) {
+            const int64_t pn = n + 4 * ML_PF_TILES4;
+            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+        }
+        float o[4];
+        if (bits == 16)
+            w4a16_dotn((const int16_t *)xq, bs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr,
+                       nr, o);
+        else
+            w4a8_dotn((const int8_t *)xq, bs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr,
+                      nr, o);
+        for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] + (bias ? bias[n + r] : 0.0f);
+    }
+}
+
 void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t G,
                    float *out, int64_t N, int64_t K, int nthreads) {
     int64_t ngr = K / G;

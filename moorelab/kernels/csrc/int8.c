@@ -71,6 +71,23 @@ void ml_w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const f
     }
 }
 
+/* y[n] for n in [n0, n1) of one x row (M = 1), n0 a multiple of 4: ml_w8_linear's tiles and
+   numbers, one thread, no OpenMP (called from inside the fused decode's parallel region) */
+void ml_w8_rows(const float *x, int64_t K, const int8_t *w, const float *scale, const float *bias, float *y,
+                int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int64_t nr = n1 - n < 4 ? n1 - n : 4;
+        if (n + 4 * ML_PF_TILES < n1) ml_prefetch(w + (n + 4 * ML_PF_TILES) * K, 4 * K);
+        float o[4];
+        if (nr == 4) {
+            w8_dot4(x, K, w + n * K, K, o);
+        } else {
+            for (int64_t r = 0; r < nr; r++) o[r] = w8_dot1(x, K, w + (n + r) * K);
+        }
+        for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] * scale[n + r] + (bias ? bias[n + r] : 0.0f);
+    }
+}
+
 void ml_w8_dequant(const int8_t *w, const float *scale, float *out, int64_t N, int64_t K, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
     for (int64_t n = 0; n < N; n++) {

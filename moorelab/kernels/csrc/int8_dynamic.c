@@ -89,3 +89,22 @@ int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const 
     free(xq);
     return 0;
 }
+
+/* the rounded row of ml_a8w8_linear: xq[K] int8, returns its scale sx */
+float ml_a8_prep(const float *x, int64_t K, int8_t *xq) {
+    return a8_quant_row(x, K, xq);
+}
+
+/* y[n] for n in [n0, n1) of one row rounded by ml_a8_prep (xq, sx), n0 a multiple of 4:
+   ml_a8w8_linear's tiles and numbers, one thread, no OpenMP */
+void ml_a8w8_rows(const int8_t *xq, float sx, int64_t K, const int8_t *w, const float *scale, const float *bias,
+                  float *y, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int64_t nr = n1 - n < 4 ? n1 - n : 4;
+        if (n + 4 * ML_PF_TILES < n1) ml_prefetch(w + (n + 4 * ML_PF_TILES) * K, 4 * K);
+        int32_t o[4];
+        if (nr == 4) a8_dot4(xq, w + n * K, K, K, o);
+        else for (int64_t r = 0; r < nr; r++) o[r] = a8_dot1(xq, w + (n + r) * K, K);
+        for (int64_t r = 0; r < nr; r++) y[n + r] = (float)o[r] * (sx * scale[n + r]) + (bias ? bias[n + r] : 0.0f);
+    }
+}
