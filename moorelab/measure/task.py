@@ -28,8 +28,8 @@ class Budget:
     protocol (:func:`moorelab.measure.speed.measure_interleaved`); ``batched_decode_tokens`` the
     new tokens per sequence of the batched-decode curve.
 
-    :data:`FULL` keeps `moorelab run` on the embedded default under 5 minutes on 2 cores: 12,000
-    characters (~3,600 SmolLM2 tokens, each scored once in 512-token windows, stride 256), 512-token
+    :data:`FULL` keeps `moorelab run` on the embedded default under 5 minutes on 2 cores: 10,000
+    characters (~3,000 SmolLM2 tokens, each scored once in 512-token windows, stride 256), 512-token
     prefill, 32 decode steps per round.
     """
 
@@ -45,7 +45,7 @@ class Budget:
     batched_decode_tokens: int = 16
 
 
-FULL = Budget(max_chars=12_000, window=512, stride=256, prefill_tokens=512, decode_tokens=32, batch_size=4,
+FULL = Budget(max_chars=10_000, window=512, stride=256, prefill_tokens=512, decode_tokens=32, batch_size=4,
               calibration_tokens=4096)
 QUICK = Budget(max_chars=3_000, window=256, stride=128, prefill_tokens=128, decode_tokens=16, batch_size=4,
                calibration_tokens=1024, batched_decode_tokens=8)
