@@ -68,14 +68,22 @@ def main(argv=None) -> int:
     ap.add_argument("--depths", default="1,4096")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--weights", choices=["f32", "int8"], default="int8")
+    ap.add_argument("--old-signature", choices=["layers", "head"], default="layers",
+                    help="the old build's ml_decode_layers: 'layers' (8 arguments, builds before ef651d9) or "
+                         "'head' (with the final norm and lm_head arguments)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     new = kernels.get_library().lib
     old = ctypes.CDLL(str(args.old))
     vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    for lib in (old, new):
+    f32p = ctypes.c_float
+    # since ef651d9 ml_decode_layers also takes the final norm, its eps, the lm_head and the logits
+    # (NULL: layers only, as here); builds before it take the first 8 arguments
+    sig8 = [vp, i32, i64, vp, i64, vp, vp, i32]
+    for lib, with_head in ((old, args.old_signature == "head"), (new, True)):
         lib.ml_decode_layers.restype = ctypes.c_int
-        lib.ml_decode_layers.argtypes = [vp, i32, i64, vp, i64, vp, vp, i32]
+        lib.ml_decode_layers.argtypes = sig8 + ([vp, f32p, vp, vp] if with_head else [])
+    extra = {id(old): (None, 0.0, None, None) if args.old_signature == "head" else (), id(new): (None, 0.0, None, None)}
     old.ml_fused_abi.restype = ctypes.c_int
     assert old.ml_fused_abi() == new.ml_fused_abi(), "the old library's ml_layer differs in size"
     cos, sin = torch.ones(HD), torch.zeros(HD)
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
                 x = x0.clone()
                 t, c = time.perf_counter(), time.process_time()
                 rc = lib.ml_decode_layers(ctypes.addressof(layers), NL, D, x.data_ptr(), depth - 1, cos.data_ptr(),
-                                          sin.data_ptr(), args.threads)
+                                          sin.data_ptr(), args.threads, *extra[id(lib)])
                 dt, dc = time.perf_counter() - t, time.process_time() - c
                 assert rc == 0, rc
                 if step:  # the first call of each warms up
