@@ -302,7 +302,7 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     cos, sin = model.rope_tables(pos + 1, input_ids.device)
     off = pos * cos.stride(0) * cos.element_size()
     head = plan.head
-    logits = torch.empty(1, 1, head.N) if head is not None else None
+    logits = torch.empty(1, 1, head.N, dtype=torch.float32) if head is not None else None
     rc = kernels.get_library().decode_layers(
         ctypes.addressof(layers), len(layers), model.config.d_model, x.data_ptr(), pos,
         cos.data_ptr() + off, sin.data_ptr() + off, torch.get_num_threads(),

@@ -67,10 +67,13 @@ def _after_lm_eval_models() -> None:
     try:
         register_placeholder()
     except Exception as exc:  # noqa: BLE001 - lm-eval must keep working without us
-        import warnings
+        try:  # a warning, never an error: under -W error it would raise out of lm-eval's import
+            import warnings
 
-        warnings.warn(f"moorelab: could not register the lm-eval model {MODEL_NAME!r} ({exc}); "
-                      "`moorelab lm-eval ARGS` registers it itself", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"moorelab: could not register the lm-eval model {MODEL_NAME!r} ({exc}); "
+                          "`moorelab lm-eval ARGS` registers it itself", RuntimeWarning, stacklevel=2)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 class _RegisteringLoader:

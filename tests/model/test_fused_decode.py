@@ -442,3 +442,32 @@ def test_output_layer_without_a_kernel_runs_in_torch_after_the_fused_layers():
     plan = _build(m)
     assert plan.reason is None and plan.head is None
     assert_same(m)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic"])
+def test_every_linear_split_over_threads_inside_the_fused_call(threads, spec, monkeypatch):
+    # the tiny model's layers are below the sizes where a second thread pays (FastLinear.SMALL,
+    # _FUSED_SINGLE_THREAD_WEIGHTS), so elsewhere thread 0 runs every GEMV; with both at 0 each
+    # linear's rows and the head's are split over 2 or 3 threads inside the one parallel region
+    # (residual adds into x from several threads, per-thread activation caches), and the logits
+    # still equal the Python path's
+    from moorelab.improve.quantize import base
+    from moorelab.model.fused_decode import _build
+    from moorelab.model.transformer import FastLinear
+
+    monkeypatch.setattr(FastLinear, "SMALL", 0)
+    monkeypatch.setattr(base, "_FUSED_SINGLE_THREAD_WEIGHTS", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m = tiny()
+        if spec:
+            apply(m, parse_spec(spec))
+        plan = _build(m)
+        lins = [getattr(plan.layers[i], f) for i in range(LLAMA["n_layers"])
+                for f in ("q", "k", "v", "o", "gate", "up", "down")] + [plan.head]
+        assert [lin.nthreads for lin in lins] == [threads] * len(lins)
+        assert_same(m)
+    finally:
+        torch.set_num_threads(before)
