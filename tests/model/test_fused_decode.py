@@ -4,6 +4,7 @@ Steps go through the dispatcher (:func:`moorelab.model.decode.forward`), as in g
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -50,6 +51,17 @@ def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 
     assert cache.length == (0 if prompt is None else prompt.shape[1]) + len(STEPS)
     assert cache.k[0].dtype is (kv_dtype or torch.float32)
     return torch.stack(outs), paths
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's (and the fused call's) thread count set to ``n`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def assert_same(m: Transformer, tol: float = 2e-4, **kw) -> None:
@@ -259,13 +271,9 @@ def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
 def test_threaded_attention_over_a_long_context(threads, kv_dtype):
     # T * n_heads >= 2048 splits the C attention's positions over the threads (partial softmaxes
     # merged); 600 + 14 positions are not a multiple of 2 or 3 threads, nor of the 64-key steps
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         prompt = torch.randint(0, 61, (1, 600), generator=torch.Generator().manual_seed(6))
         assert_same(tiny(max_position_embeddings=1024), prompt=prompt, max_len=None, kv_dtype=kv_dtype)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _step(m, cache, t):
@@ -413,16 +421,12 @@ def test_output_layer_runs_inside_the_fused_call(threads, spec):
     # (rounded-activation kinds: test_fused_rounded_activation_kernels_agree_within_their_rounding)
     from moorelab.model.fused_decode import _build
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         m = tiny()
         if spec:
             apply(m, parse_spec(spec))
         assert _build(m).head is not None
         assert_same(m)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_output_layer_without_a_kernel_runs_in_torch_after_the_fused_layers():
@@ -458,9 +462,7 @@ def test_every_linear_split_over_threads_inside_the_fused_call(threads, spec, mo
 
     monkeypatch.setattr(FastLinear, "SMALL", 0)
     monkeypatch.setattr(base, "_FUSED_SINGLE_THREAD_WEIGHTS", 0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         m = tiny()
         if spec:
             apply(m, parse_spec(spec))
@@ -469,5 +471,3 @@ def test_every_linear_split_over_threads_inside_the_fused_call(threads, spec, mo
                 for f in ("q", "k", "v", "o", "gate", "up", "down")] + [plan.head]
         assert [lin.nthreads for lin in lins] == [threads] * len(lins)
         assert_same(m)
-    finally:
-        torch.set_num_threads(before)

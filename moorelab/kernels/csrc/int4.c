@@ -320,6 +320,14 @@ int ml_w4a8_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, cons
    [n0, n1) with n0 a multiple of 4 (the tiles, and the numbers, of the whole-layer kernels);
    x is prepared once per thread and input by the _prep functions (ml_w4_prep: float, as
    ml_w4_linear; ml_w4q_prep: rounded to 16 or 8 bits per 32-block, as ml_w4a16 / ml_w4a8) */
+/* prefetch the packed weights, scales and mins of the 4-row tile starting at row pn */
+static inline void w4_prefetch_tile(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t K,
+                                    int64_t ngr, int64_t pn) {
+    ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
+    ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
+    ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
+}
+
 void ml_w4_prep(const float *x, int64_t K, int64_t G, float *xs, float *xsum) {
     w4_prep_x(x, K, G, xs, xsum);
 }
@@ -329,12 +337,7 @@ void ml_w4_rows(const float *xs, const float *xsum, int64_t K, int64_t G, const 
     const int64_t ngr = K / G;
     for (int64_t n = n0; n < n1; n += 4) {
         const int64_t nr = n1 - n < 4 ? n1 - n : 4;
-        if (n + 4 * ML_PF_TILES4 < n1) {
-            const int64_t pn = n + 4 * ML_PF_TILES4;
-            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
-            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
-            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
-        }
+        if (n + 4 * ML_PF_TILES4 < n1) w4_prefetch_tile(wp, scales, mins, K, ngr, n + 4 * ML_PF_TILES4);
         float o[4];
         if (nr == 4) {
             w4_dot4(xs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr, o);
@@ -357,12 +360,7 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
     const int64_t ngr = K / G;
     for (int64_t n = n0; n < n1; n += 4) {
         const int64_t nr = n1 - n < 4 ? n1 - n : 4;
-        if (n + 4 * ML_PF_TILES4 < n1) {
-            const int64_t pn = n + 4 * ML_PF_TILES4;
-            ml_prefetch(wp + pn * (K / 2), 4 * (K / 2));
-            ml_prefetch(scales + pn * ngr, 4 * ngr * 2);
-            ml_prefetch(mins + pn * ngr, 4 * ngr * 2);
-        }
+        if (n + 4 * ML_PF_TILES4 < n1) w4_prefetch_tile(wp, scales, mins, K, ngr, n + 4 * ML_PF_TILES4);
         float o[4];
         if (bits == 16)
             w4a16_dotn((const int16_t *)xq, bs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr,
