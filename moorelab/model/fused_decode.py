@@ -45,6 +45,8 @@ reads or writes memory it does not hold.
 from __future__ import annotations
 
 import ctypes
+import itertools
+import operator
 import weakref
 
 import torch
@@ -100,7 +102,10 @@ class _Plan:
     ``still_valid`` re-checks, every step, what can change without registering a module,
     parameter or buffer (which bumps the generation): hooks, attention recording, a forward
     replaced on an instance, norm eps, a tensor's storage (``.data =``, ``.half()``), the thread
-    count. 48 µs per step for SmolLM2's 30 layers (270 tensors, 360 modules; measured).
+    count. For SmolLM2's 30 layers quantized to int4 (694 tensors, 362 modules) that is ~230 µs
+    when the objects are in cache and ~1 ms per step in decode, where the weights streamed by
+    the previous step have evicted them (measured: ~8% of an int4 step; 686 µs of it the
+    tensors' ``data_ptr`` reads).
     """
 
     def __init__(self, model, reason: str | None, layers=None, transient: bool = False):
@@ -120,6 +125,7 @@ class _Plan:
         self.final_norm_ptr = 0
         self.final_eps = 0.0
         self.min_cap = 0
+        self._checks = None  # still_valid's flat lists, made on its first call (after _build filled the plan)
 
     def still_valid(self, model) -> bool:
         if self.model_ref() is not model or self.generation != _generation[0] or self.threads != torch.get_num_threads():
@@ -128,19 +134,28 @@ class _Plan:
             # a structural verdict (config, a layer without a kernel) stays until something is
             # registered; hooks, recording and patched forwards may go away at any step
             return not self.transient
-        for t, ptr in self.tensors:
-            if t.data_ptr() != ptr:
-                return False
-        for m in self.modules:
-            if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
-                return False
-        for a in self.attns:
-            if a.record is not None:
-                return False
-        for n, eps in self.norms:
-            if n.eps != eps:
-                return False
-        return True
+        if self._checks is None:
+            self._checks = (
+                [t for t, _ in self.tensors], [p for _, p in self.tensors], [m.__dict__ for m in self.modules],
+                [n for n, _ in self.norms], [e for _, e in self.norms],
+            )
+        tensors, ptrs, dicts, norm_mods, eps = self._checks
+        # map() over C-level getters: ~40 µs for SmolLM2's 30 layers against ~200 µs as Python loops
+        if list(map(_data_ptr, tensors)) != ptrs:
+            return False
+        if (any(map(_get_hooks, dicts)) or any(map(_get_pre_hooks, dicts))
+                or any(map(operator.contains, dicts, itertools.repeat("forward")))):
+            return False
+        if any(r is not None for r in map(_get_record, self.attns)):
+            return False
+        return list(map(_get_eps, norm_mods)) == eps
+
+
+_data_ptr = torch.Tensor.data_ptr
+_get_hooks = operator.itemgetter("_forward_hooks")  # nn.Module keeps both dicts in its __dict__
+_get_pre_hooks = operator.itemgetter("_forward_pre_hooks")
+_get_record = operator.attrgetter("record")
+_get_eps = operator.attrgetter("eps")
 
 
 def _lin_struct(kernels, d) -> "ctypes.Structure":
