@@ -3,8 +3,10 @@
 What it measures (2 threads by default), each figure the median of the rounds whose CPU share
 was ≥ 0.9 (all rounds, marked "disturbed", when none was):
 
-* **speed**, at each precision — float32 (ours) / F32 (llama.cpp), 8-bit (our int8, one scale per
-  output row) / Q8_0, 4-bit (our int4 groups of 32 with int8 activation blocks) / Q4_1 — prefill
+* **speed**, at each precision — float32 (ours) / F32 (llama.cpp), 8-bit (our int8 weights, one
+  scale per output row, times int8 activations rounded per 32-block: Q8_0's activation rounding,
+  ``int8-dynamic:activation_block=32``) / Q8_0, 4-bit (our int4 groups of 32 with int8 activation
+  blocks) / Q4_1 — prefill
   tokens/s over a 512-token prompt and decode tokens/s at context depths 0, 1,024 and 4,096
   (the KV cache filled with that many tokens of the text first, untimed). In every round each
   precision is measured by both engines back to back (order alternating), precisions rotated.
@@ -61,7 +63,7 @@ from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock  # noqa: E402
 
 PRECISIONS = ("float32", "8-bit", "4-bit")
 LLAMA_TYPE = {"float32": "F32", "8-bit": "Q8_0", "4-bit": "Q4_1"}
-OUR_SPEC = {"float32": None, "8-bit": "int8", "4-bit": "int4:group_size=32,activation_bits=8"}
+OUR_SPEC = {"float32": None, "8-bit": "int8-dynamic:activation_block=32", "4-bit": "int4:group_size=32,activation_bits=8"}
 
 
 def bandwidth(n_bytes: int = 512 << 20, reps: int = 5) -> dict:

@@ -49,12 +49,19 @@ from torch import nn
 
 from moorelab.errors import ModelLoadError
 from moorelab.improve import prune as prune_mod
-from moorelab.improve.quantize import Int4WeightOnlyLinear, Int8DynamicLinear, Int8WeightOnlyLinear, QuantizedLinear
+from moorelab.improve.quantize import (
+    Int4WeightOnlyLinear,
+    Int8DynamicBlockLinear,
+    Int8DynamicLinear,
+    Int8WeightOnlyLinear,
+    QuantizedLinear,
+)
 
 FORMAT = "moorelab-improved/1"
 #: files beside ``tokenizer.json`` that are copied with it: the chat template and the special tokens
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
-_SCHEMES = {cls.scheme: cls for cls in (Int8WeightOnlyLinear, Int4WeightOnlyLinear, Int8DynamicLinear)}
+_SCHEMES = {cls.scheme: cls for cls in (Int8WeightOnlyLinear, Int4WeightOnlyLinear, Int8DynamicLinear,
+                                        Int8DynamicBlockLinear)}
 
 
 def _quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:

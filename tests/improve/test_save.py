@@ -33,6 +33,7 @@ CAL = torch.randint(0, 50, (8, 16), generator=torch.Generator().manual_seed(2))
     (["int4:group_size=32"], "moorelab-improved/1"),
     (["int4:group_size=32,activation_bits=8"], "moorelab-improved/1"),
     (["int8-dynamic"], "moorelab-improved/1"),
+    (["int8-dynamic:activation_block=32"], "moorelab-improved/1"),
     (["magnitude:sparsity=0.5"], "huggingface"),
     (["heads:heads_per_layer=2,importance=weight"], "huggingface"),
     (["ffn:fraction=0.25,importance=weight", "int8"], "moorelab-improved/1"),

@@ -74,7 +74,7 @@ def assert_same(m: Transformer, tol: float = 2e-4, **kw) -> None:
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
 
 
-@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic"])
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic", "int8-dynamic:activation_block=32"])
 def test_fused_equals_python_path(spec):
     m = tiny()
     if spec:
@@ -236,7 +236,7 @@ def test_smollm2_fused_greedy_tokens_equal_python_path(smollm2, spec):
 
 @pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int4:group_size=64",
                                   "int4:group_size=32,activation_bits=16", "int4:group_size=32,activation_bits=8",
-                                  "int8-dynamic"])
+                                  "int8-dynamic", "int8-dynamic:activation_block=32"])
 def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
     # Same input, same kernel: the C dispatcher's output is bit-identical to the module's own
     # decode call, so a layer routed to the wrong kernel (e.g. a8 to the float-activation one) fails.
@@ -375,7 +375,8 @@ def test_cache_can_be_copied_after_fused_steps():
 # ------------------------------------------------------------------ one parallel region per token: rows, head
 
 
-@pytest.mark.parametrize("spec,k", [(None, 37), ("int8", 37), ("int8-dynamic", 37), ("int4:group_size=32", 96),
+@pytest.mark.parametrize("spec,k", [(None, 37), ("int8", 37), ("int8-dynamic", 37), ("int8-dynamic:activation_block=32", 37),
+                                    ("int8-dynamic:activation_block=32", 64), ("int4:group_size=32", 96),
                                     ("int4:group_size=32,activation_bits=16", 96),
                                     ("int4:group_size=32,activation_bits=8", 96)])
 @pytest.mark.parametrize("n", [1, 7])
@@ -407,7 +408,7 @@ def test_row_split_linear_matches_a_float64_reference(spec, k, n, threads):
     if spec in (None, "int8"):
         tol = 1e-5
     else:
-        tol = 1e-2 if spec.endswith("bits=8") or spec == "int8-dynamic" else 1e-4
+        tol = 1e-2 if spec.endswith("bits=8") or spec.startswith("int8-dynamic") else 1e-4
     scale = (x.double().abs() @ w.double().abs().t()).max().item()
     err = (y.double() - ref).abs().max().item()
     assert err <= tol * scale, (err, scale)
@@ -449,7 +450,7 @@ def test_output_layer_without_a_kernel_runs_in_torch_after_the_fused_layers():
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic"])
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic", "int8-dynamic:activation_block=32"])
 def test_every_linear_split_over_threads_inside_the_fused_call(threads, spec, monkeypatch):
     # the tiny model's layers are below the sizes where a second thread pays (FastLinear.SMALL,
     # _FUSED_SINGLE_THREAD_WEIGHTS), so elsewhere thread 0 runs every GEMV; with both at 0 each

@@ -16,6 +16,8 @@ Three schemes, one module each, each replacing ``nn.Linear`` modules in place:
   as above, and the activations quantized at run time, symmetric int8 with one scale per token
   (row of ``x``): ``sx = max|x| / 127`` (LLM.int8()/SmoothQuant-style "per-token" dynamic
   quantization, without outlier decomposition); int8 x int8 products summed exactly in int32.
+  ``Int8DynamicConfig(activation_block=32)`` -> :class:`Int8DynamicBlockLinear`: one activation
+  scale per 32 consecutive values of a token instead (GGML ``Q8_0``'s activation blocks).
 
 :func:`quantize_` (:mod:`.driver`) applies a config to a model and returns a
 :class:`QuantizeReport` (:mod:`.report`); :class:`QuantizedLinear` (:mod:`.base`) is what the
@@ -54,7 +56,13 @@ from moorelab.improve.quantize.int8 import (
     quantize_int8_per_channel,
     round_activations_rows,
 )
-from moorelab.improve.quantize.int8_dynamic import Int8DynamicConfig, Int8DynamicLinear, quantize_activations_per_token
+from moorelab.improve.quantize.int8_dynamic import (
+    Int8DynamicBlockLinear,
+    Int8DynamicConfig,
+    Int8DynamicLinear,
+    quantize_activations_per_block,
+    quantize_activations_per_token,
+)
 from moorelab.improve.quantize.report import LayerQuantReport, QuantizeReport, sqnr_db, weight_bytes
 
 __all__ = [
@@ -65,6 +73,8 @@ __all__ = [
     "Int8WeightOnlyLinear",
     "Int4WeightOnlyLinear",
     "Int8DynamicLinear",
+    "Int8DynamicBlockLinear",
+    "quantize_activations_per_block",
     "LayerQuantReport",
     "QuantizeReport",
     "quantize_",

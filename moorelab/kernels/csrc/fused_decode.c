@@ -35,12 +35,13 @@ typedef struct {
     const float *x3; int64_t s3, g3; float *xs3, *xsum3;                     /* kind 3: float, even/odd split */
     const float *x45; int64_t s45, g45; int b45; void *xq45; float *bs45, *xsum45; /* kinds 4, 5: rounded per block */
     const float *x6; int64_t s6; int8_t *xq6; float sx6;                      /* kind 6: rounded per row */
+    const float *x7; int64_t s7; int8_t *xq7; float *bs7;                     /* kind 7: rounded per 32-block */
 } ml_tprep;
 
 /* floats of a thread's ml_tprep buffers for inputs of up to kmax floats */
 static int64_t ml_tprep_floats(int64_t kmax) {
     const int64_t k = (kmax + 31) / 32 * 32;
-    return k + k / 32 + k / 2 + 2 * (k / 32) + k / 4 + 5 * 16;
+    return k + k / 2 + k / 4 + k / 4 + 4 * (k / 32) + 8 * 16;
 }
 
 static void ml_tprep_init(ml_tprep *tp, float *buf, int64_t kmax) {
@@ -51,11 +52,13 @@ static void ml_tprep_init(ml_tprep *tp, float *buf, int64_t kmax) {
     tp->xq45 = buf; buf += k / 2 + 16;
     tp->bs45 = buf; buf += k / 32 + 16;
     tp->xsum45 = buf; buf += k / 32 + 16;
-    tp->xq6 = (int8_t *)buf;
+    tp->xq6 = (int8_t *)buf; buf += k / 4 + 16;
+    tp->xq7 = (int8_t *)buf; buf += k / 4 + 16;
+    tp->bs7 = buf;
 }
 
 static int ml_kind_ok(const ml_lin *l) {
-    return l->kind >= 1 && l->kind <= 6;
+    return l->kind >= 1 && l->kind <= 7;
 }
 
 /* rows [n0, n1) of layer l (n0 a multiple of 4) on input x[K] into y (indexed by row) */
@@ -88,6 +91,13 @@ static void ml_lin_rows(const ml_lin *l, const float *x, float *y, int64_t n0, i
             tp->x6 = x; tp->s6 = tp->serial;
         }
         ml_a8w8_rows(tp->xq6, tp->sx6, K, (const int8_t *)l->w, (const float *)l->s, l->bias, y, n0, n1);
+        break;
+    case 7:
+        if (tp->x7 != x || tp->s7 != tp->serial) {
+            ml_a8b_prep(x, K, tp->xq7, tp->bs7);
+            tp->x7 = x; tp->s7 = tp->serial;
+        }
+        ml_a8bw8_rows(tp->xq7, tp->bs7, K, (const int8_t *)l->w, (const float *)l->s, l->bias, y, n0, n1);
         break;
     default: break; /* kinds are checked before any thread starts */
     }

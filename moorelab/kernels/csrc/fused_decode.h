@@ -8,7 +8,8 @@
 #include <stdint.h>
 
 typedef struct {
-    int32_t kind;      /* 1 f32, 2 int8 weight-only, 3 int4, 4 int4 x int16-act, 5 int4 x int8-act, 6 dynamic int8 */
+    int32_t kind;      /* 1 f32, 2 int8 weight-only, 3 int4, 4 int4 x int16-act, 5 int4 x int8-act, 6 dynamic int8,
+                          7 dynamic int8 with activations rounded per 32-block */
     int32_t nthreads;
     int64_t N, K, G;
     const void *w, *s, *mn;

@@ -108,3 +108,104 @@ void ml_a8w8_rows(const int8_t *xq, float sx, int64_t K, const int8_t *w, const 
         for (int64_t r = 0; r < nr; r++) y[n + r] = (float)o[r] * (sx * scale[n + r]) + (bias ? bias[n + r] : 0.0f);
     }
 }
+
+/* ---- int8 weights x int8 activations rounded per 32-block ("b32": GGML Q8_0's activation
+   granularity; the weights keep one float32 scale per output row) ----
+   For each block b of x (32 values; the last block of a row may be shorter):
+   bs[b] = max|x_b| / 127 (1 if that is 0, or underflows), xq = round_half_even(x / bs[b]);
+   y[n] = scale[n] * sum_b bs[b] * S_b[n] + bias[n], S_b[n] = sum_{k in b} xq[k] w[n,k] exact in
+   int32 (vpmaddubsw on |xq| and sign-transferred w, then vpmaddwd), the bs[b] scaling and the sum
+   over blocks in float (one FMA per block and row, 8 lanes). An outlier coarsens only its own
+   block of 32 activations, not the whole token (int8-dynamic's per-row scale). */
+
+static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
+    for (int64_t b0 = 0; b0 < K; b0 += 32) {
+        const int64_t e = b0 + 32 < K ? b0 + 32 : K;
+        float amax = 0.0f;
+        for (int64_t k = b0; k < e; k++) { float a = fabsf(x[k]); if (a > amax) amax = a; }
+        float s = amax / 127.0f;
+        if (!(s > 0.0f)) s = 1.0f;
+        bs[b0 / 32] = s;
+        for (int64_t k = b0; k < e; k++) {
+            float v = nearbyintf(x[k] / s);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            q[k] = (int8_t)v;
+        }
+    }
+}
+
+/* nr (1..4) rows of w (stride ldw) against one rounded x row */
+static inline void a8b_dotn(const int8_t *xq, const float *bs, const int8_t *w, int64_t ldw, int64_t K, int64_t nr,
+                            float *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
+    const int8_t *w0 = w, *w1 = w + (nr > 1 ? ldw : 0), *w2 = w + (nr > 2 ? 2 * ldw : 0), *w3 = w + (nr > 3 ? 3 * ldw : 0);
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k));
+        const __m256i ax = _mm256_abs_epi8(xv);
+        const __m256 bsv = _mm256_broadcast_ss(bs + k / 32);
+#define A8B_ROW(W, F)                                                                                     \
+        F = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(                       \
+                ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)((W) + k)), xv)), ones)), bsv, F)
+        A8B_ROW(w0, f0);
+        A8B_ROW(w1, f1);
+        A8B_ROW(w2, f2);
+        A8B_ROW(w3, f3);
+#undef A8B_ROW
+    }
+    float s[4] = {hsum256(f0), hsum256(f1), hsum256(f2), hsum256(f3)};
+    if (k < K) { /* the short last block */
+        const int8_t *wr[4] = {w0, w1, w2, w3};
+        for (int r = 0; r < 4; r++) {
+            int32_t t = 0;
+            for (int64_t j = k; j < K; j++) t += (int32_t)xq[j] * (int32_t)wr[r][j];
+            s[r] += bs[k / 32] * (float)t;
+        }
+    }
+    for (int64_t r = 0; r < nr; r++) out[r] = s[r];
+}
+
+/* the rounded row of ml_a8bw8_linear: xq[K] int8, bs[ceil(K / 32)] */
+void ml_a8b_prep(const float *x, int64_t K, int8_t *xq, float *bs) {
+    a8b_quant_row(x, K, xq, bs);
+}
+
+/* y[n] for n in [n0, n1) of one row rounded by ml_a8b_prep, n0 a multiple of 4: ml_a8bw8_linear's
+   tiles and numbers, one thread, no OpenMP */
+void ml_a8bw8_rows(const int8_t *xq, const float *bs, int64_t K, const int8_t *w, const float *scale,
+                   const float *bias, float *y, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n += 4) {
+        const int64_t nr = n1 - n < 4 ? n1 - n : 4;
+        if (n + 4 * ML_PF_TILES < n1) ml_prefetch(w + (n + 4 * ML_PF_TILES) * K, 4 * K);
+        float o[4];
+        a8b_dotn(xq, bs, w + n * K, K, K, nr, o);
+        for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] * scale[n + r] + (bias ? bias[n + r] : 0.0f);
+    }
+}
+
+/* x [M, K] float32, w int8 [N, K], scale float32 [N]; y [M, N]. Returns 0, or -1 when the work
+   buffer cannot be allocated. */
+int ml_a8bw8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+                    const float *bias, float *y, int64_t N, int nthreads) {
+    const int64_t nb = (K + 31) / 32;
+    const size_t qbytes = ((size_t)(M * K) + 63) / 64 * 64;
+    int8_t *xq = (int8_t *)malloc(qbytes + sizeof(float) * (size_t)(M * nb) + 64);
+    if (!xq) return -1;
+    float *bs = (float *)(xq + qbytes);
+    for (int64_t m = 0; m < M; m++) a8b_quant_row(x + m * K, K, xq + m * K, bs + m * nb);
+    const int64_t ntiles = (N + 3) / 4;
+    #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t n0 = t * 4, nr = N - n0 < 4 ? N - n0 : 4;
+        if (t + ML_PF_TILES < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES) * K, 4 * K);
+        for (int64_t m = 0; m < M; m++) {
+            float o[4];
+            a8b_dotn(xq + m * K, bs + m * nb, w + n0 * K, K, K, nr, o);
+            float *ym = y + m * N;
+            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] * scale[n0 + r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    free(xq);
+    return 0;
+}

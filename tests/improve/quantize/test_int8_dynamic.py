@@ -20,3 +20,71 @@ def test_dynamic_int8_hand_made():
         y = model(x)
     # 0.001 * (127*127 - 50*10 + 25*(-20)) = 15.129
     assert y.item() == pytest.approx(15.129, rel=1e-6)
+
+
+def test_dynamic_int8_per_block_hand_made():
+    # activation_block=32: one scale per 32 activations. Block 0 holds an outlier (127), block 1
+    # small values (at most 127/64): per token both share the step 1 and block 1 rounds to 2 and
+    # -1; per block its step is 1/64 and it keeps its digits. (Powers of two: exact in float32.)
+    from moorelab.improve.quantize import Int8DynamicBlockLinear, quantize_activations_per_block
+
+    lin = nn.Linear(64, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[0, 0] = 0.127  # row scale 0.001, q = 127
+        lin.weight[0, 32] = 0.1  # q = 100
+        lin.weight[0, 33] = -0.05  # q = -50
+    model = nn.Sequential(lin)
+    quantize_(model, Int8DynamicConfig(activation_block=32))
+    assert isinstance(model[0], Int8DynamicBlockLinear)
+    x = torch.zeros(1, 64)
+    x[0, 0], x[0, 32], x[0, 33] = 127.0, 127 / 64, -63.5 / 64  # bs = [1, 1/64]; xq[33] = -63.5 -> -64 (half to even)
+    xq, bs = quantize_activations_per_block(x)
+    assert bs[0].tolist() == [1.0, 1 / 64]
+    assert (xq[0, 0].item(), xq[0, 32].item(), xq[0, 33].item()) == (127, 127, -64)
+    with torch.inference_mode():
+        y = model(x)
+    # 0.001 * (1 * 127*127 + (1/64) * (127*100 + (-64)*(-50))) = 0.001 * (16129 + 248.4375) = 16.3774375
+    assert y.item() == pytest.approx(16.3774375, rel=1e-6)
+    # per token the same input loses block 1's digits: 0.001 * (127*127 + 2*100 + (-1)*(-50)) = 16.379
+    per_token = nn.Sequential(nn.Linear(64, 1, bias=False))
+    with torch.no_grad():
+        per_token[0].weight.copy_(lin.weight)
+    quantize_(per_token, Int8DynamicConfig())
+    with torch.inference_mode():
+        assert per_token(x).item() == pytest.approx(16.379, rel=1e-6)
+
+
+def test_dynamic_int8_block_size_other_than_32_is_refused():
+    from moorelab.errors import MoorelabError
+
+    with pytest.raises(MoorelabError, match="activation_block must be None .* or 32"):
+        Int8DynamicConfig(activation_block=16)
+
+
+@pytest.mark.parametrize("k", [64, 50])
+def test_dynamic_int8_per_block_kernel_torch_and_prefill_agree(k):
+    # the compiled decode kernel, the pure-torch path and the prefill GEMM (x rounded per block,
+    # then int16 rows) on the same weights: decode kernel = torch within float32 sums; prefill
+    # within the int16 step of the rounded row (1/32767 of its largest value) times sum|w|.
+    # K = 50: a short last block (18 values) with its own scale.
+    from moorelab import kernels
+    from moorelab.improve.quantize import Int8DynamicBlockLinear
+
+    if kernels.get_library() is None:
+        pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
+    torch.manual_seed(3)
+    lin = nn.Linear(k, 9)
+    fast = Int8DynamicBlockLinear.from_linear(lin, kernel="moorelab", m_threshold=4)
+    ref = Int8DynamicBlockLinear.from_linear(lin, kernel="torch")
+    x = torch.randn(12, k)
+    x[:, 40 % k] *= 30  # an outlier column
+    with torch.inference_mode():
+        want = ref(x)
+        dec = fast(x[:3])
+        assert fast.last_kernel == fast.kernel
+        pre = fast(x)
+        assert fast.last_kernel == fast.prefill_kernel
+    assert (dec - want[:3]).abs().max().item() <= 1e-5 * want.abs().max().item()
+    bound = (x.abs().amax(dim=1, keepdim=True) / 32767) * fast.dequantize().abs().sum(dim=1)[None, :]
+    assert ((pre - want).abs() <= bound + 1e-5).all()
