@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 12
+ABI_VERSION = 13
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6, "int8-dynamic-b32": 7}
@@ -69,6 +69,8 @@ class KernelLibrary:
         lib.ml_a8w8_linear.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, vp]
         lib.ml_a8bw8_linear.restype = cint
         lib.ml_a8bw8_linear.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint]
+        lib.ml_a8b_round.restype = None
+        lib.ml_a8b_round.argtypes = [vp, i64, i64, vp, cint]
         lib.ml_w8_gemm.restype = cint
         lib.ml_w8_gemm.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, cint]
         lib.ml_f32_linear.restype = None
@@ -95,4 +97,5 @@ class KernelLibrary:
         self.w4a8_linear = lib.ml_w4a8_linear
         self.a8w8_linear = lib.ml_a8w8_linear
         self.a8bw8_linear = lib.ml_a8bw8_linear
+        self.a8b_round = lib.ml_a8b_round
         self.w8_gemm = lib.ml_w8_gemm

@@ -177,4 +177,6 @@ class Int8DynamicBlockLinear(Int8DynamicLinear):
             raise MemoryError("int8 dynamic per-block kernel: workspace allocation failed")
 
     def _prefill_forward(self, x2):
-        return self._gemm_forward(self._rounded(x2).contiguous())
+        xr = torch.empty_like(x2)  # x2 rounded per 32-block by the C loop (the torch version cost ~30% of prefill)
+        self._lib.a8b_round(x2.data_ptr(), x2.shape[0], self.in_features, xr.data_ptr(), self._threads(x2.shape[0]))
+        return self._gemm_forward(xr)

@@ -34,7 +34,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 12
+#define ML_ABI_VERSION 13
 #ifndef ML_PF_TILES
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #endif
@@ -136,6 +136,7 @@ float ml_a8_prep(const float *x, int64_t K, int8_t *xq);
 void ml_a8w8_rows(const int8_t *xq, float sx, int64_t K, const int8_t *w, const float *scale, const float *bias,
                   float *y, int64_t n0, int64_t n1);
 void ml_a8b_prep(const float *x, int64_t K, int8_t *xq, float *bs);
+void ml_a8b_round(const float *x, int64_t M, int64_t K, float *out, int nthreads);
 void ml_a8bw8_rows(const int8_t *xq, const float *bs, int64_t K, const int8_t *w, const float *scale,
                    const float *bias, float *y, int64_t n0, int64_t n1);
 int ml_abi_version(void);

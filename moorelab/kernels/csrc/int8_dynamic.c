@@ -209,3 +209,24 @@ int ml_a8bw8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const
     free(xq);
     return 0;
 }
+
+/* x [M, K] -> out [M, K]: each row rounded as ml_a8b_prep rounds it, written back as float32
+   (xq * bs, exact), for the prefill of the per-block variant (the int8 GEMM then multiplies
+   these values). Rows split over nthreads. */
+void ml_a8b_round(const float *x, int64_t M, int64_t K, float *out, int nthreads) {
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && M > 1)
+    {
+        int8_t q[32];
+        float bs;
+        #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            const float *xr = x + m * K;
+            float *o = out + m * K;
+            for (int64_t b0 = 0; b0 < K; b0 += 32) {
+                const int64_t n = b0 + 32 < K ? 32 : K - b0;
+                a8b_quant_row(xr + b0, n, q, &bs);
+                for (int64_t j = 0; j < n; j++) o[b0 + j] = (float)q[j] * bs;
+            }
+        }
+    }
+}

@@ -88,3 +88,23 @@ def test_dynamic_int8_per_block_kernel_torch_and_prefill_agree(k):
     assert (dec - want[:3]).abs().max().item() <= 1e-5 * want.abs().max().item()
     bound = (x.abs().amax(dim=1, keepdim=True) / 32767) * fast.dequantize().abs().sum(dim=1)[None, :]
     assert ((pre - want).abs() <= bound + 1e-5).all()
+
+
+@pytest.mark.parametrize("m,k", [(5, 64), (3, 50), (1, 7)])
+def test_prefill_rounding_in_c_equals_the_torch_definition(m, k):
+    # ml_a8b_round (the prefill's rounding of x per 32-block) gives quantize_activations_per_block's
+    # values bit for bit, short last blocks and all-zero blocks included
+    from moorelab import kernels
+    from moorelab.improve.quantize import quantize_activations_per_block
+
+    lib = kernels.get_library()
+    if lib is None:
+        pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
+    torch.manual_seed(m * 100 + k)
+    x = torch.randn(m, k) * torch.logspace(-3, 3, k)
+    x[0, : min(k, 32)] = 0.0  # an all-zero block: scale 1, values 0
+    xq, bs = quantize_activations_per_block(x)
+    want = xq.float() * bs.repeat_interleave(32, dim=1)[:, :k]
+    got = torch.empty_like(x)
+    lib.a8b_round(x.data_ptr(), m, k, got.data_ptr(), 2)
+    assert torch.equal(got, want)
