@@ -378,7 +378,10 @@ def test_cache_can_be_copied_after_fused_steps():
 @pytest.mark.parametrize("spec,k", [(None, 37), ("int8", 37), ("int8-dynamic", 37), ("int8-dynamic:activation_block=32", 37),
                                     ("int8-dynamic:activation_block=32", 64), ("int4:group_size=32", 96),
                                     ("int4:group_size=32,activation_bits=16", 96),
-                                    ("int4:group_size=32,activation_bits=8", 96)])
+                                    ("int4:group_size=32,activation_bits=8", 96),
+                                    # 10 blocks: one group of 8 scaled in a vector, 2 in the scalar tail
+                                    ("int4:group_size=32,activation_bits=8", 320),
+                                    ("int4:group_size=64,activation_bits=8", 320)])
 @pytest.mark.parametrize("n", [1, 7])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_row_split_linear_matches_a_float64_reference(spec, k, n, threads):

@@ -125,3 +125,30 @@ def test_block_rounding_survives_a_subnormal_block_maximum(bits):
         prefill, decode = model(xs), model(x[:1])
     assert torch.isfinite(prefill).all() and torch.isfinite(decode).all()
     assert (prefill[0] - decode[0]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("k,n", [(320, 7), (512, 4), (96, 1)])
+def test_a8_g32_kernel_equals_its_integer_arithmetic_in_float64(k, n):
+    # the a8 kernel for groups of 32 (w4a8_dotn_g32: scales folded per block, 8 blocks per vector,
+    # the rest scalar) computes sum_k xr[k] * scale * q + sum_g min_g * sum_{k in g} x[k], where
+    # xr is x rounded per 32-block to int8 steps: checked in float64 to float32 rounding.
+    # K = 320: 10 blocks (8 + 2 in the tail); 512: two full vectors; 96: tail only; N = 7 and 1:
+    # partial 4-row tiles.
+    if kernels.get_library() is None:
+        pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
+    torch.manual_seed(k + n)
+    model = _holder(k, n)
+    quantize_(model, Int4WeightOnlyConfig(group_size=32, activation_bits=8, kernel="moorelab"))
+    layer = model[0]
+    x = torch.randn(1, k) * torch.linspace(0.1, 3.0, k)
+    with torch.inference_mode():
+        y = layer(x)
+    assert layer.last_kernel == layer.kernel and "int8-act" in layer.kernel
+    mins = layer.mins.double().repeat_interleave(32, dim=1)
+    w = layer.dequantize().double()
+    xr = round_activations_blocks(x, 8).double()
+    ref = xr @ (w - mins).t() + x.double() @ mins.t()
+    if layer.bias is not None:
+        ref = ref + layer.bias.double()
+    scale = (xr.abs() @ w.abs().t()).max().item()
+    assert (y.double() - ref).abs().max().item() <= 2e-6 * scale
