@@ -216,7 +216,12 @@ def load_improved(folder: Path) -> nn.Module:
                           bias, m_threshold=q.get("m_threshold", 16), name=fqn,
                           activation_bits=int(q.get("activation_bits", 32)))
             else:
-                mod = cls(stored[f"{fqn}.qweight"], stored[f"{fqn}.scale"], bias, m_threshold=q.get("m_threshold", 16), name=fqn)
+                qw = stored[f"{fqn}.qweight"]
+                if qw.dtype is not torch.int8 or (qw.numel() and int(qw.min()) < -127):
+                    # the kernels' sign trick (vpsignb) and the symmetric scheme assume -127..127
+                    raise ModelLoadError(f"{weights}: {fqn}.qweight must be int8 in -127..127 "
+                                         f"(got {qw.dtype}, min {int(qw.min()) if qw.numel() else 'n/a'})")
+                mod = cls(qw, stored[f"{fqn}.scale"], bias, m_threshold=q.get("m_threshold", 16), name=fqn)
         except KeyError as exc:
             raise ModelLoadError(f"{weights}: tensor {exc.args[0]!r} of quantized module {fqn} is missing") from None
         mod.tied_to = q.get("tied_to")

@@ -140,7 +140,7 @@ class _Plan:
                 [n for n, _ in self.norms], [e for _, e in self.norms],
             )
         tensors, ptrs, dicts, norm_mods, eps = self._checks
-        # map() over C-level getters: ~40 µs for SmolLM2's 30 layers against ~200 µs as Python loops
+        # map() over C-level getters: ~220 µs in cache for SmolLM2 int4's 30 layers against ~300 µs as Python loops
         if list(map(_data_ptr, tensors)) != ptrs:
             return False
         if (any(map(_get_hooks, dicts)) or any(map(_get_pre_hooks, dicts))

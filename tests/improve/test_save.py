@@ -84,6 +84,20 @@ def test_load_errors_name_the_tensor(tmp_path):
         load_improved(tmp_path / "q")
 
 
+def test_int8_weights_outside_minus_127_to_127_are_refused(tmp_path):
+    # -128 would break the kernels' sign trick (vpsignb) silently: refused at load, naming the tensor
+    from safetensors.torch import load_file, save_file
+
+    m = tiny()
+    apply(m, parse_spec("int8-dynamic:activation_block=32"))
+    save_improved(m, tmp_path / "q")
+    w = load_file(str(tmp_path / "q" / "model.safetensors"))
+    w["blocks.0.attn.q_proj.qweight"][0, 0] = -128
+    save_file(w, str(tmp_path / "q" / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"blocks.0.attn.q_proj.qweight must be int8 in -127..127 .*min -128"):
+        load_improved(tmp_path / "q")
+
+
 # --------------------------------------------------------------------------- loading by path, head maps
 def write_tokenizer(folder, vocab=50):
     """A word-level tokenizer over the tiny vocabulary ("w0" .. "w49"), so the folder is a full model."""

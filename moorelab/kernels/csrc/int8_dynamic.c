@@ -6,6 +6,7 @@
    int16 pair sums cannot saturate). */
 
 #include "common.h"
+#include <float.h>
 
 /* quantize one row symmetric per token; returns the scale */
 static float a8_quant_row(const float *x, int64_t K, int8_t *q) {
@@ -118,12 +119,24 @@ void ml_a8w8_rows(const int8_t *xq, float sx, int64_t K, const int8_t *w, const 
    over blocks in float (one FMA per block and row, 8 lanes). An outlier coarsens only its own
    block of 32 activations, not the whole token (int8-dynamic's per-row scale). */
 
+/* a block holding a NaN or an infinity gets bs = NaN and xq = 0, so every output it reaches is
+   NaN (as with float activations) instead of finite garbage */
 static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
     for (int64_t b0 = 0; b0 < K; b0 += 32) {
         const int64_t e = b0 + 32 < K ? b0 + 32 : K;
         float amax = 0.0f;
-        for (int64_t k = b0; k < e; k++) { float a = fabsf(x[k]); if (a > amax) amax = a; }
+        int bad = 0;
+        for (int64_t k = b0; k < e; k++) {
+            const float a = fabsf(x[k]);
+            bad |= !(a <= FLT_MAX); /* NaN or an infinity */
+            if (a > amax) amax = a;
+        }
         float s = amax / 127.0f;
+        if (bad) {
+            bs[b0 / 32] = NAN;
+            for (int64_t k = b0; k < e; k++) q[k] = 0;
+            continue;
+        }
         if (!(s > 0.0f)) s = 1.0f;
         bs[b0 / 32] = s;
         for (int64_t k = b0; k < e; k++) {

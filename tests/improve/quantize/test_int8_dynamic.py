@@ -108,3 +108,27 @@ def test_prefill_rounding_in_c_equals_the_torch_definition(m, k):
     got = torch.empty_like(x)
     lib.a8b_round(x.data_ptr(), m, k, got.data_ptr(), 2)
     assert torch.equal(got, want)
+
+
+def test_dynamic_int8_per_block_propagates_nan_and_inf():
+    # a NaN or an infinity in a block makes that row's outputs NaN (as float activations would),
+    # in the decode kernel, the prefill GEMM and the torch path alike; other rows stay finite
+    from moorelab import kernels
+    from moorelab.improve.quantize import Int8DynamicBlockLinear, quantize_activations_per_block
+
+    torch.manual_seed(4)
+    lin = nn.Linear(64, 5)
+    x = torch.randn(10, 64)
+    x[0, 5] = float("nan")
+    x[3, 40] = float("inf")
+    xq, bs = quantize_activations_per_block(x)
+    assert torch.isnan(bs[0, 0]) and torch.isnan(bs[3, 1]) and xq[0, :32].abs().sum() == 0
+    finite_rows = [1, 2, 4, 5, 6, 7, 8, 9]
+    kinds = ["torch"] + (["moorelab"] if kernels.get_library() is not None else [])
+    for kind in kinds:
+        layer = Int8DynamicBlockLinear.from_linear(lin, kernel=kind, m_threshold=4)
+        with torch.inference_mode():
+            for rows in (x[:4], x):  # 4 rows: decode kernel; 10 rows: prefill
+                y = layer(rows)
+                assert torch.isnan(y[0]).all() and torch.isnan(y[3]).all(), (kind, rows.shape)
+                assert torch.isfinite(y[[r for r in finite_rows if r < rows.shape[0]]]).all(), (kind, rows.shape)
