@@ -35,13 +35,9 @@
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
 #define ML_ABI_VERSION 13
-#ifndef ML_PF_TILES
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
-#endif
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
-#ifndef ML_PF_TILES_F32
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
-#endif
 
 /* prefetch [p, p + bytes) into L1 (weights stream from DRAM at decode; the hardware prefetcher
    alone leaves single-core bandwidth well below what a sequential read reaches) */

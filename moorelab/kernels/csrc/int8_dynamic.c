@@ -8,10 +8,20 @@
 #include "common.h"
 #include <float.h>
 
-/* quantize one row symmetric per token; returns the scale */
+/* quantize one row symmetric per token; returns the scale (NaN, with q = 0, for a row holding a
+   NaN or an infinity: its outputs become NaN, as with float activations) */
 static float a8_quant_row(const float *x, int64_t K, int8_t *q) {
     float amax = 0.0f;
-    for (int64_t k = 0; k < K; k++) { float a = fabsf(x[k]); if (a > amax) amax = a; }
+    int bad = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const float a = fabsf(x[k]);
+        bad |= !(a <= FLT_MAX);
+        if (a > amax) amax = a;
+    }
+    if (bad) {
+        memset(q, 0, (size_t)K);
+        return NAN;
+    }
     float s = amax / 127.0f;
     if (!(s > 0.0f)) s = 1.0f; /* zero, or amax / 127 underflows to 0 */
     for (int64_t k = 0; k < K; k++) {

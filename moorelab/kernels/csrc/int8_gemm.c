@@ -2,7 +2,8 @@
 
    w: int8 [N, K] in -127..127, scale: float32 [N] (the int8 weight-only / dynamic layout of
    int8.c). Each row of x [M, K] is rounded symmetrically to `act_bits` bits, one scale per row:
-       sx[m] = max|x[m]| / qmax  (qmax = 32767 for act_bits 16, 127 for 8; 1 if that is 0),
+       sx[m] = max|x[m]| / qmax  (qmax = 32767 for act_bits 16, 127 for 8; 1 if that is 0;
+               NaN, with xq = 0, for a row holding a NaN or an infinity: its outputs are NaN),
        xq = round_half_even(x / sx)  clamped to +-qmax, stored as int16,
    then y[m, n] = (float)(sum_k xq[m,k] w[n,k]) * (sx[m] * scale[n]) + bias[n], the sum exact in
    integers (vpmaddwd: int16 x int16 -> int32 pair sums; each int32 lane takes at most K/8
@@ -19,6 +20,7 @@
    threads split the N tiles. */
 
 #include "common.h"
+#include <float.h>
 
 #define ML_G8_KC 2048 /* inputs per int32 chunk (overflow bound above) */
 #define ML_G8_MB 48   /* x rows per block (a multiple of ML_G8_MR) */
@@ -32,14 +34,29 @@ static void g8_quant_rows(const float *x, int64_t m0, int64_t m1, int64_t K, int
     for (int64_t m = m0; m < m1; m++) {
         const float *xr = x + m * K;
         int16_t *q = xq + m * ldq;
-        __m256 mx = _mm256_setzero_ps();
+        __m256 mx = _mm256_setzero_ps(), badv = _mm256_setzero_ps();
+        const __m256 fmax = _mm256_set1_ps(FLT_MAX);
         int64_t k = 0;
-        for (; k + 8 <= K; k += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(xr + k), absmask));
+        for (; k + 8 <= K; k += 8) {
+            const __m256 a = _mm256_and_ps(_mm256_loadu_ps(xr + k), absmask);
+            mx = _mm256_max_ps(mx, a);
+            badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ)); /* NaN or an infinity */
+        }
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));
         float amax = _mm_cvtss_f32(h);
-        for (; k < K; k++) { float a = fabsf(xr[k]); if (a > amax) amax = a; }
+        int bad = _mm256_movemask_ps(badv) != 0;
+        for (; k < K; k++) {
+            const float a = fabsf(xr[k]);
+            bad |= !(a <= FLT_MAX);
+            if (a > amax) amax = a;
+        }
+        if (bad) { /* the row's outputs become NaN (sx NaN), as with float activations */
+            sx[m] = NAN;
+            memset(q, 0, sizeof(int16_t) * (size_t)ldq);
+            continue;
+        }
         float s = amax / qmax;
         if (!(s > 0.0f)) s = 1.0f; /* zero row, or amax / qmax underflows to 0 */
         sx[m] = s;

@@ -110,9 +110,9 @@ def test_prefill_rounding_in_c_equals_the_torch_definition(m, k):
     assert torch.equal(got, want)
 
 
-def test_dynamic_int8_per_block_propagates_nan_and_inf():
-    # a NaN or an infinity in a block makes that row's outputs NaN (as float activations would),
-    # in the decode kernel, the prefill GEMM and the torch path alike; other rows stay finite
+def test_int8_kernels_propagate_nan_and_inf():
+    # a NaN or an infinity in a row makes that row's outputs NaN (as float activations would),
+    # in the decode kernels, the prefill GEMM and the torch paths alike; other rows stay finite
     from moorelab import kernels
     from moorelab.improve.quantize import Int8DynamicBlockLinear, quantize_activations_per_block
 
@@ -125,10 +125,19 @@ def test_dynamic_int8_per_block_propagates_nan_and_inf():
     assert torch.isnan(bs[0, 0]) and torch.isnan(bs[3, 1]) and xq[0, :32].abs().sum() == 0
     finite_rows = [1, 2, 4, 5, 6, 7, 8, 9]
     kinds = ["torch"] + (["moorelab"] if kernels.get_library() is not None else [])
-    for kind in kinds:
-        layer = Int8DynamicBlockLinear.from_linear(lin, kernel=kind, m_threshold=4)
-        with torch.inference_mode():
-            for rows in (x[:4], x):  # 4 rows: decode kernel; 10 rows: prefill
-                y = layer(rows)
-                assert torch.isnan(y[0]).all() and torch.isnan(y[3]).all(), (kind, rows.shape)
-                assert torch.isfinite(y[[r for r in finite_rows if r < rows.shape[0]]]).all(), (kind, rows.shape)
+    # the per-token variant and int8 weight-only too: the int8 prefill GEMM's row rounding (shared
+    # by all three) and the per-token decode rounding make a non-finite row's outputs NaN
+    from moorelab.improve.quantize import Int8DynamicLinear, Int8WeightOnlyLinear
+
+    for cls in (Int8DynamicBlockLinear, Int8DynamicLinear, Int8WeightOnlyLinear):
+        for kind in kinds:
+            layer = cls.from_linear(lin, kernel=kind, m_threshold=4)
+            with torch.inference_mode():
+                for rows in (x[:4], x):  # 4 rows: decode kernel; 10 rows: prefill
+                    y = layer(rows)
+                    where = (cls.__name__, kind, rows.shape, layer.last_kernel)
+                    assert torch.isnan(y[0]).all(), where
+                    # weight-only with float activations (torch, decode GEMV): inf x w is +-inf, as in float32
+                    float_act = cls is Int8WeightOnlyLinear and "int16" not in layer.last_kernel
+                    assert (~torch.isfinite(y[3]) if float_act else torch.isnan(y[3])).all(), where
+                    assert torch.isfinite(y[[r for r in finite_rows if r < rows.shape[0]]]).all(), where
