@@ -2,7 +2,8 @@
 
 Part 1 (layers): the SmolLM2-135M layer shapes (576->576, 576->192, 576->1536, 1536->576,
 576->49152) at M=1 (decode) and M=512 (prefill): median time of float32 nn.Linear and of each
-quantized module (int8 weight-only, int4 g32/g64 weight-only, dynamic int8, and torch's
+quantized module (int8 weight-only, int4 g32/g64 weight-only, dynamic int8 per token and per
+32-block, and torch's
 deprecated fbgemm dynamic int8 for reference), the ratio fp32_time / kernel_time (> 1 = faster
 than fp32) and the kernel each call used. Weights of one layer stay in cache here, which flatters
 float32; part 2 is the real test.
@@ -89,6 +90,7 @@ def bench_layers(quick: bool) -> list[dict]:
         ("int4-g32", Int4WeightOnlyConfig(group_size=32)),
         ("int4-g64", Int4WeightOnlyConfig(group_size=64)),
         ("int8-dyn", Int8DynamicConfig()),
+        ("int8-b32", Int8DynamicConfig(activation_block=32)),
         ("int4-a16", Int4WeightOnlyConfig(group_size=32, activation_bits=16)),
         ("int4-a8", Int4WeightOnlyConfig(group_size=32, activation_bits=8)),
     ]
@@ -186,6 +188,7 @@ def bench_model(quick: bool, rounds: int, chars: int | None) -> dict | None:
         "int4-g32": Int4WeightOnlyConfig(group_size=32),
         "int4-g64": Int4WeightOnlyConfig(group_size=64),
         "int8-dyn": Int8DynamicConfig(),
+        "int8-b32": Int8DynamicConfig(activation_block=32),
         "int4-a16": Int4WeightOnlyConfig(group_size=32, activation_bits=16),
         "int4-a8": Int4WeightOnlyConfig(group_size=32, activation_bits=8),
         "i4g64-a8": Int4WeightOnlyConfig(group_size=64, activation_bits=8),
