@@ -497,6 +497,10 @@ def train(
             if config.checkpoint_dir and main and (
                 (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps
             ):
+                if writer is not None:
+                    # events up to this step reach disk before the checkpoint that a resume starts
+                    # from exists: a run killed after it (SIGKILL) loses none of them
+                    writer.flush()
                 report.checkpoint = str(save_checkpoint(config.checkpoint_dir, model, optimizer, done, config))
     finally:
         report.seconds = time.perf_counter() - t0
