@@ -7,7 +7,8 @@ was ≥ 0.9 (all rounds, marked "disturbed", when none was):
   scale per output row, times int8 activations rounded per 32-block: Q8_0's activation rounding,
   ``int8-dynamic:activation_block=32``) / Q8_0, 4-bit (our int4 groups of 32 with int8 activation
   blocks) / Q4_1 — prefill
-  tokens/s over a 512-token prompt and decode tokens/s at context depths 0, 1,024 and 4,096
+  tokens/s over a 512-token prompt (both engines compute the logits of the last position only,
+  as generation needs them and as ``llama-bench`` does) and decode tokens/s at context depths 0, 1,024 and 4,096
   (the KV cache filled with that many tokens of the text first, untimed). In every round each
   precision is measured by both engines back to back (order alternating), precisions rotated.
   llama.cpp runs ``llama-bench -t T -p P -n N -d depths -r 1 -o json``; its CPU share comes from
@@ -222,7 +223,9 @@ def main() -> None:
                     with torch.inference_mode():
                         clock.start()
                         t0 = time.perf_counter()
-                        m(prompt)
+                        # logits of the last position only, as llama-bench's prefill asks for
+                        # (common_batch_get_one marks only the last token as an output)
+                        m(prompt, last_only=True)
                         dt = time.perf_counter() - t0
                         ours[prec, "prefill"].append((P / dt, clock.stop()))
                         for dpt in depths:
