@@ -9,9 +9,11 @@ The padded columns are still read by attention (masked), so a very ragged batch 
 wasted attention work; the weights — what decode time is mostly spent reading — are read once
 per step for all rows, which is where batching gains.
 
-Paths: batch 1 goes through :func:`moorelab.model.decode.forward` (the fused one-token path when
-the model allows it, the same path as the speed protocol's decode); batches > 1 run the reference
-``Transformer.forward`` (batched matmuls). Each point names its path.
+Paths: the prompts are prefilled by ``Transformer.forward`` (batch > 1: left-padded, with the
+mask); every decode step goes through :func:`moorelab.model.decode.forward`, the fused path when
+the model allows it (``ml_decode_batch``: every layer of all rows in one compiled call, each
+weight read once for the batch, each row attending to its own tokens), else the per-op
+``Transformer.forward``. Each point names its path.
 """
 
 from __future__ import annotations

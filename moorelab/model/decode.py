@@ -1,8 +1,9 @@
 """Decode dispatch: a model call that takes the fused one-token path when it can, else the reference.
 
 :class:`~moorelab.model.transformer.Transformer` is the reference and does not know its fast
-path; decoding loops (generation, speed measurements) call :func:`forward` instead of
-``model(...)``. A one-token, one-sequence step with a :class:`~moorelab.model.transformer.KVCache`
+path; decoding loops (generation, batched decode, speed measurements) call :func:`forward`
+instead of ``model(...)``. A one-token step of one or several sequences with a
+:class:`~moorelab.model.transformer.KVCache` (left-padded, for a batch of different lengths)
 goes to :func:`moorelab.model.fused_decode.decode_step` (every layer in one compiled call), which
 declines when the model is not eligible (:func:`~moorelab.model.fused_decode.why_not_fused` says
 why); everything else is ``model(...)``, the per-op Python path.
@@ -36,8 +37,8 @@ def forward(
     Arguments and result are those of :meth:`Transformer.forward
     <moorelab.model.transformer.Transformer.forward>` (``input_ids: LongTensor[B, T]``; logits
     ``[B, T, vocab]``), and so are the numbers, up to float32 rounding (~1e-6 relative). The
-    fused path is tried for ``B == T == 1`` with a cache that has no padding mask, no mask,
-    positions or segments given, logits wanted, ``attention_impl == "sdpa"`` and
+    fused path is tried for ``T == 1`` (any ``B``) with a cache whose padding mask, if any, is
+    left padding, no mask, positions or segments given, logits wanted, ``attention_impl == "sdpa"`` and
     ``model.fused_decode`` true; it then also needs an eligible model (see
     :mod:`moorelab.model.fused_decode`). Sets ``model.last_decode_path`` to ``"fused"`` or
     ``"python"``.
@@ -46,16 +47,14 @@ def forward(
         Whatever ``model(...)`` raises on the Python path; MemoryError / RuntimeError from
         :func:`~moorelab.model.fused_decode.decode_step` on the fused one.
     """
-    B, T = input_ids.shape
+    T = input_ids.shape[1]
     if (
         cache is not None
         and T == 1
-        and B == 1
         and attention_mask is None
         and position_ids is None
         and token_type_ids is None
         and not return_hidden
-        and cache.mask is None
         and getattr(model, "fused_decode", True)
         and model.attention_impl == "sdpa"
     ):

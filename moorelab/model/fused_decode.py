@@ -1,4 +1,5 @@
-"""Fused one-token decode for LLaMA-family models: all decoder layers in one compiled call.
+"""Fused one-token decode for LLaMA-family models: all decoder layers in one compiled call, for one
+sequence or a batch of them.
 
 At batch 1, a decode step of a small model spends as much time in Python and in the ~50 tiny
 torch ops of each layer (norms, RoPE, cache writes, attention, SwiGLU, residual adds) as in
@@ -18,12 +19,22 @@ numbers are the Python path's up to float32 rounding (tested); every eligible ro
 comparison gets the same treatment (rows on the Python path, e.g. magnitude/Wanda-pruned models
 whose masks are parametrizations, say so in their kernel text).
 
+Batched decode (B > 1, ``ml_decode_batch``): each linear reads its weights once for all rows
+(float32: three rows per 4-row weight tile; quantized kinds: chunks of 64 weight rows kept in
+cache while each row runs through them), each row attends to its own tokens (from its first real
+position) and is rotated at its own position. SmolLM2-135M float32 on 2 threads, ms per step
+fused / per-op Python path: batch 2 35-40 / 53-60, batch 8 48-51 / 67-70, batch 16 61-66 / 86-108
+(3 interleaved rounds in one run, 16 steps of prompts of 32 tokens each, an idle machine; from a
+script outside the repository: ``benchmarks/bench_vs_llamacpp.py`` measures the fused rows
+against llama.cpp).
+
 Decoding loops reach it through :func:`moorelab.model.decode.forward`. It runs only when all of
 these hold (otherwise that call runs ``model(...)``, the Python path, and :func:`why_not_fused`
 says why):
 
 * decoder with RoPE, RMSNorm, SwiGLU, pre-norm, no learned/segment embeddings (LLaMA family);
-* one sequence, one new token, a :class:`KVCache` without padding mask storing float32 or
+* one new token of each of B sequences (B ≥ 1), a :class:`KVCache` with no padding mask or a
+  left-padding one (each row: padding, then its tokens; a batch of ragged prompts) storing float32 or
   float16 (``KVCache(dtype=torch.float16)``: the C side rounds new keys and values to float16
   as the Python path does and reads them back converted), default positions,
   ``attention_impl == "sdpa"``, no attention recording, no forward hooks;
@@ -248,7 +259,7 @@ def why_not_fused(model) -> str | None:
     return _build(model).reason
 
 
-def _bind_cache(plan: _Plan, model, cache, pos: int, device) -> bool:
+def _bind_cache(plan: _Plan, model, cache, pos: int, device, batch: int = 1) -> bool:
     """Point the plan's layers at the cache's K/V buffers (allocating or growing them through
     :meth:`KVCache.reserve`); False if a buffer does not fit the model (the Python path then
     raises its own shape error)."""
@@ -260,11 +271,11 @@ def _bind_cache(plan: _Plan, model, cache, pos: int, device) -> bool:
             if i < len(cache.k) and (cache.k[i].shape[1], cache.k[i].shape[3]) != (blk.attn.n_kv_heads, blk.attn.head_dim):
                 return False
             # (a cache created with a dtype stores that type: KVCache.reserve)
-            cache.reserve(i, 1, blk.attn.n_kv_heads, blk.attn.head_dim, want, torch.float32, device)
+            cache.reserve(i, batch, blk.attn.n_kv_heads, blk.attn.head_dim, want, torch.float32, device)
     kv = []
     for i, blk in enumerate(model.blocks):
         kb, vb = cache.k[i], cache.v[i]
-        want_shape = (1, blk.attn.n_kv_heads, kb.shape[2], blk.attn.head_dim)
+        want_shape = (batch, blk.attn.n_kv_heads, kb.shape[2], blk.attn.head_dim)
         if (tuple(kb.shape) != want_shape or tuple(vb.shape) != want_shape or kb.dtype not in _KV_DTYPES
                 or vb.dtype is not kb.dtype or not kb.is_contiguous() or not vb.is_contiguous()
                 or kb.device.type != "cpu"):
@@ -277,13 +288,31 @@ def _bind_cache(plan: _Plan, model, cache, pos: int, device) -> bool:
     return True
 
 
-def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
-    """One fused decode step: logits ``[1, 1, vocab]`` for ``input_ids [1, 1]``, or ``None``.
+def _left_padding_starts(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor | None:
+    """Per row, the first real position of a left-padding ``mask [B, length]`` (zeros, then ones),
+    as ``int64 [B]``; ``None`` if the mask is not of that form (holes, right padding, a row of
+    padding only) or not of that shape."""
+    if mask.shape != (batch, length):
+        return None
+    m = mask.to(torch.bool)
+    starts = length - m.sum(1)
+    if bool((starts >= length).any()) or not torch.equal(m, torch.arange(length) >= starts[:, None]):
+        return None
+    return starts.to(torch.int64).contiguous()
 
-    Appends the token's keys and values to ``cache`` (a :class:`KVCache`) at position
-    ``cache.length`` and advances it, exactly as the Python path does. Returns ``None`` (and
-    touches nothing but, possibly, the cache's buffer capacity) when the model or the call is
-    not eligible (see the module docstring); the caller then runs the Python path.
+
+def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
+    """One fused decode step: logits ``[B, 1, vocab]`` for ``input_ids [B, 1]``, or ``None``.
+
+    Appends the tokens' keys and values to ``cache`` (a :class:`KVCache`) at position
+    ``cache.length`` and advances it (and its padding mask, if it has one), exactly as the Python
+    path does. ``B > 1`` (batched decode) runs every row in the same call, each weight read once
+    for all rows (``ml_decode_batch``); a cache with a padding mask is taken when the mask is
+    left padding (each row: padding, then its real tokens), each row then attending to its own
+    tokens and rotated at its own position (its count of real tokens), as the Python path's
+    ``cumsum(mask) - 1``. Returns ``None`` (and touches nothing but, possibly, the cache's
+    buffer capacity) when the model or the call is not eligible (see the module docstring, and a
+    mask of another form); the caller then runs the Python path.
 
     Raises:
         MemoryError: the C side could not allocate its work buffer.
@@ -298,7 +327,13 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in plan.params):
         return None  # training: autograd needs the Python path
+    B = input_ids.shape[0]
     pos = cache.length
+    starts = None
+    if cache.mask is not None:
+        starts = _left_padding_starts(cache.mask, B, pos)
+        if starts is None:
+            return None
     layers = plan.layers
     ks, vs = cache.k, cache.v
     bound = (
@@ -307,28 +342,42 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         and all(a is b for a, b in zip(ks, plan.kv[0::2]))
         and all(a is b for a, b in zip(vs, plan.kv[1::2]))
         and plan.min_cap > pos
+        and plan.kv[0].shape[0] == B
     )
-    if not bound and not _bind_cache(plan, model, cache, pos, input_ids.device):
+    if not bound and not _bind_cache(plan, model, cache, pos, input_ids.device, B):
         return None
     x = model.embed(input_ids)
     if x.dtype is not torch.float32:
         return None
     x = x.contiguous()
-    cos, sin = model.rope_tables(pos + 1, input_ids.device)
-    off = pos * cos.stride(0) * cos.element_size()
     head = plan.head
-    logits = torch.empty(1, 1, head.N, dtype=torch.float32) if head is not None else None
-    rc = kernels.get_library().decode_layers(
-        ctypes.addressof(layers), len(layers), model.config.d_model, x.data_ptr(), pos,
-        cos.data_ptr() + off, sin.data_ptr() + off, torch.get_num_threads(),
-        plan.final_norm_ptr or None, plan.final_eps, None if head is None else ctypes.addressof(head),
-        None if logits is None else logits.data_ptr())
+    logits = torch.empty(B, 1, head.N, dtype=torch.float32) if head is not None else None
+    lib = kernels.get_library()
+    args = (torch.get_num_threads(), plan.final_norm_ptr or None, plan.final_eps,
+            None if head is None else ctypes.addressof(head), None if logits is None else logits.data_ptr())
+    if B == 1 and starts is None:
+        cos, sin = model.rope_tables(pos + 1, input_ids.device)
+        off = pos * cos.stride(0) * cos.element_size()
+        rc = lib.decode_layers(ctypes.addressof(layers), len(layers), model.config.d_model, x.data_ptr(), pos,
+                               cos.data_ptr() + off, sin.data_ptr() + off, *args)
+    else:
+        if starts is None:
+            starts = torch.zeros(B, dtype=torch.int64)
+        rows = (pos - starts).tolist()  # each row's position: its real tokens so far
+        cos, sin = model.rope_tables(max(rows) + 1, input_ids.device)
+        step = cos.stride(0) * cos.element_size()
+        cos_p = (ctypes.c_void_p * B)(*[cos.data_ptr() + r * step for r in rows])
+        sin_p = (ctypes.c_void_p * B)(*[sin.data_ptr() + r * step for r in rows])
+        rc = lib.decode_batch(ctypes.addressof(layers), len(layers), model.config.d_model, B, x.data_ptr(), pos,
+                              starts.data_ptr(), cos_p, sin_p, *args)
     if rc == -1:
         raise MemoryError("fused decode: work buffer allocation failed")
     if rc != 0:
         reason = {-2: "unknown linear kind", -3: f"position {pos} beyond a layer's KV-cache capacity"}.get(rc, "?")
         raise RuntimeError(f"fused decode: C side returned {rc} ({reason})")
     cache.length += 1
+    if cache.mask is not None:
+        cache.mask = torch.cat((cache.mask, cache.mask.new_ones(B, 1)), dim=1)
     if head is not None:
         return logits
     return model.lm_head(model.final_norm(x))

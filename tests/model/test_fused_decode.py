@@ -178,19 +178,108 @@ def test_not_eligible_runs_the_python_path_and_says_why():
     assert why_not_fused(m3) == "model.fused_decode is False"
 
 
-def test_padding_mask_or_batch_takes_the_python_path():
+def _left_padded(lengths, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    n = max(lengths)
+    ids = torch.randint(0, 61, (len(lengths), n), generator=g)
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for b, ln in enumerate(lengths):
+        mask[b, n - ln:] = 1
+    return ids, mask
+
+
+def run_batch(m, fused: bool, lengths, steps: int = 10, max_len: int | None = 9, kv_dtype=None, mask=True):
+    """Prefill a left-padded batch (Python path), then decode ``steps`` tokens per row through the
+    dispatcher; logits [B, steps, V] and the paths taken."""
+    ids, am = _left_padded(lengths)
+    m.fused_decode = fused
+    cache = KVCache(max_len=max_len, dtype=kv_dtype)  # 9 < 7 + 10: the buffers grow during decoding
+    toks = torch.randint(0, 61, (len(lengths), steps), generator=torch.Generator().manual_seed(8))
+    outs, paths = [], []
+    with torch.inference_mode():
+        m(ids, attention_mask=am if mask else None, cache=cache)
+        for j in range(steps):
+            outs.append(decode.forward(m, toks[:, j:j + 1], cache=cache)[:, -1])
+            paths.append(m.last_decode_path)
+    if mask:
+        assert cache.mask.shape == (len(lengths), max(lengths) + steps) and bool(cache.mask[:, -steps:].all())
+    return torch.stack(outs, 1), paths
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic", "int8-dynamic:activation_block=32"])
+def test_batched_fused_decode_equals_the_python_path(spec, threads):
+    # 5 rows of 1..7 prompt tokens, left-padded: each row attends to its own tokens only and is
+    # rotated at its own positions (cumsum(mask) - 1), every weight read once for the 5 rows
+    m = tiny()
+    if spec:
+        apply(m, parse_spec(spec))
+    lengths = [3, 7, 1, 5, 7]
+    with torch_threads(threads):
+        ref, ref_paths = run_batch(copy.deepcopy(m), False, lengths)
+        got, paths = run_batch(m, True, lengths)
+    assert set(ref_paths) == {"python"} and set(paths) == {"fused"}, why_not_fused(m)
+    scale = ref.abs().max().item()
+    assert scale > 1.0
+    if spec and spec.startswith("int8-dynamic"):
+        # activations rounded to int8: the Python path's several-row GEMM and the kernel's rows
+        # see inputs 1e-7 apart, which re-rolls a rounding now and then; so they may differ by
+        # the rounding noise itself, never more (noise: against float activations, int8 weights)
+        wo = tiny()
+        apply(wo, parse_spec("int8"))
+        with torch_threads(threads):
+            base, _ = run_batch(wo, False, lengths)
+        noise = (ref - base).abs().max().item()
+        assert noise > 0
+        assert (got - ref).abs().max().item() <= 4 * noise
+    else:
+        assert (got - ref).abs().max().item() <= 2e-4 * scale
+        assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_batched_fused_decode_rows_equal_each_row_decoded_alone():
+    # the batched call gives each row what one-sequence decoding gives it (no padding, no other rows)
+    m = tiny()
+    lengths = [2, 6, 4]
+    ids, am = _left_padded(lengths)
+    got, _ = run_batch(m, True, lengths, steps=6)
+    toks = torch.randint(0, 61, (3, 6), generator=torch.Generator().manual_seed(8))
+    for b, ln in enumerate(lengths):
+        cache = KVCache()
+        with torch.inference_mode():
+            m(ids[b:b + 1, -ln:], cache=cache)
+            alone = torch.stack([decode.forward(m, toks[b:b + 1, j:j + 1], cache=cache)[0, -1] for j in range(6)])
+        assert m.last_decode_path == "fused"
+        assert (got[b] - alone).abs().max().item() <= 2e-4 * alone.abs().max().item(), b
+
+
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_batched_fused_decode_without_padding_and_with_a_float16_cache(kv_dtype):
+    m = tiny()
+    ref, _ = run_batch(copy.deepcopy(m), False, [6, 6, 6, 6], kv_dtype=kv_dtype, mask=False)
+    got, paths = run_batch(m, True, [6, 6, 6, 6], kv_dtype=kv_dtype, mask=False)
+    assert set(paths) == {"fused"}
+    assert (got - ref).abs().max().item() <= 2e-4 * ref.abs().max().item()
+
+
+def test_masks_other_than_left_padding_take_the_python_path():
     m = tiny()
     with torch.inference_mode():
+        # a mask given with the step itself
         cache = KVCache()
         m(PROMPT, attention_mask=torch.ones_like(PROMPT), cache=cache)
         decode.forward(m, torch.tensor([[1]]), attention_mask=torch.ones(1, 6, dtype=torch.long), cache=cache)
         assert m.last_decode_path == "python"
-        decode.forward(m, torch.tensor([[1]]), cache=cache)  # cache.mask was kept from the masked call
-        assert m.last_decode_path == "python"
-        cache2 = KVCache()
-        m(PROMPT.repeat(2, 1), cache=cache2)
-        decode.forward(m, torch.tensor([[1], [2]]), cache=cache2)
-        assert m.last_decode_path == "python"
+        decode.forward(m, torch.tensor([[1]]), cache=cache)  # the kept all-ones mask is left padding of 0
+        assert m.last_decode_path == "fused"
+        # right padding, and a hole in the middle: not left padding
+        for row in ([1, 1, 1, 0, 0], [1, 0, 1, 1, 1]):
+            cache = KVCache()
+            am = torch.tensor([row, [1] * 5])
+            m(PROMPT.repeat(2, 1), attention_mask=am, cache=cache)
+            decode.forward(m, torch.tensor([[1], [2]]), cache=cache)
+            assert m.last_decode_path == "python", row
+            assert cache.mask.shape == (2, 6)
 
 
 def test_plan_is_rebuilt_when_a_layer_is_swapped_mid_generation():

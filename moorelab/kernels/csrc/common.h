@@ -34,7 +34,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 13
+#define ML_ABI_VERSION 14
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
@@ -119,6 +119,8 @@ int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const floa
 /* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:
    y[n] for n in [n0, n1), n0 a multiple of 4, bit for bit the whole-layer kernel's rows */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1);
+void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, const float *bias,
+                       float *y, int64_t ldy, int64_t n0, int64_t n1);
 void ml_w8_rows(const float *x, int64_t K, const int8_t *w, const float *scale, const float *bias, float *y,
                 int64_t n0, int64_t n1);
 void ml_w4_prep(const float *x, int64_t K, int64_t G, float *xs, float *xsum);

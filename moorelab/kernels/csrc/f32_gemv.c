@@ -83,10 +83,36 @@ static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const floa
     for (int i = 0; i < 12; i++) out[i] = s[i];
 }
 
+/* rows n0..n0+nr-1 (nr <= 4) of y[m, :] for M x rows (x row m at x + m * ldx, y row m at
+   y + m * ldy): full tiles take the x rows three at a time (f32_dot4x3, the tile stays in L1
+   between them), the last 1-2 rows and partial tiles one at a time (f32_dot4 / f32_dot1, so
+   M = 1 gives exactly the decode kernel's sums) */
+static inline void f32_tile_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, int64_t n0,
+                                 int64_t nr, const float *bias, float *y, int64_t ldy) {
+    int64_t m = 0;
+    if (nr == 4) {
+        for (; m + 3 <= M; m += 3) {
+            float o[12];
+            f32_dot4x3(x + m * ldx, ldx, K, w + n0 * K, K, o);
+            for (int i = 0; i < 3; i++)
+                for (int r = 0; r < 4; r++) y[(m + i) * ldy + n0 + r] = o[i * 4 + r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+    }
+    for (; m < M; m++) {
+        const float *xm = x + m * ldx;
+        float *ym = y + m * ldy;
+        float o[4];
+        if (nr == 4) {
+            f32_dot4(xm, K, w + n0 * K, K, o);
+        } else {
+            for (int64_t r = 0; r < nr; r++) o[r] = f32_dot1(xm, K, w + (n0 + r) * K);
+        }
+        for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
+    }
+}
+
 /* y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]; x [M, K], w [N, K], y [M, N], all row-major.
-   OpenMP over 4-row weight tiles; inside a tile the x rows go 3 at a time through f32_dot4x3
-   (the tile stays in L1 between them), the last 1-2 rows and partial tiles one at a time
-   through f32_dot4 / f32_dot1 (so M = 1 is exactly the decode kernel's sums). */
+   OpenMP over 4-row weight tiles (f32_tile_rows). */
 void ml_f32_linear(const float *x, int64_t M, int64_t K, const float *w, const float *bias,
                    float *y, int64_t N, int nthreads) {
     int64_t ntiles = (N + 3) / 4;
@@ -95,26 +121,18 @@ void ml_f32_linear(const float *x, int64_t M, int64_t K, const float *w, const f
         int64_t n0 = t * 4;
         int64_t nr = N - n0 < 4 ? N - n0 : 4;
         if (t + ML_PF_TILES_F32 < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES_F32) * K, 4 * K * 4);
-        int64_t m = 0;
-        if (nr == 4) {
-            for (; m + 3 <= M; m += 3) {
-                float o[12];
-                f32_dot4x3(x + m * K, K, K, w + n0 * K, K, o);
-                for (int i = 0; i < 3; i++)
-                    for (int r = 0; r < 4; r++) y[(m + i) * N + n0 + r] = o[i * 4 + r] + (bias ? bias[n0 + r] : 0.0f);
-            }
-        }
-        for (; m < M; m++) {
-            const float *xm = x + m * K;
-            float *ym = y + m * N;
-            float o[4];
-            if (nr == 4) {
-                f32_dot4(xm, K, w + n0 * K, K, o);
-            } else {
-                for (int64_t r = 0; r < nr; r++) o[r] = f32_dot1(xm, K, w + (n0 + r) * K);
-            }
-            for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
-        }
+        f32_tile_rows(x, K, M, K, w, n0, nr, bias, y, N);
+    }
+}
+
+/* rows [n0, n1) (n0 a multiple of 4) of y for M x rows (x row m at x + m * ldx, y row m at
+   y + m * ldy): batched decode's share of one thread, no OpenMP; each weight tile read once
+   for all M rows */
+void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, const float *bias,
+                       float *y, int64_t ldy, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n += 4) {
+        ml_prefetch_rows(w, 4 * K, n, n0, n1, ML_PF_TILES_F32);
+        f32_tile_rows(x, ldx, M, K, w, n, n1 - n < 4 ? n1 - n : 4, bias, y, ldy);
     }
 }
 

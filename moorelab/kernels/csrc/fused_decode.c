@@ -103,31 +103,66 @@ static void ml_lin_rows(const ml_lin *l, const float *x, float *y, int64_t n0, i
     }
 }
 
-/* Thread tid's share of a group of n independent layers (e.g. q, k, v on the same input):
-   their 4-row tiles concatenated and split in contiguous ranges over the first
-   min(nt, most threads any of them asks for) threads. adds[i] non-NULL: the rows this thread
-   computed of ys[i] are also added into adds[i] (a residual: x += W a, row by row). Called by
-   every thread of the region (each with its own tp), between barriers. */
-static void ml_group(const ml_lin *const *ls, const float *const *xs, float *const *ys, float *const *adds, int n,
-                     int tid, int nt, ml_tprep *tp) {
+/* weight rows per chunk when a quantized layer runs B > 1 input rows one at a time: the chunk's
+   weights (<= 64 rows x K) stay in L2 between the rows, so the layer is read from memory once */
+#define ML_BATCH_CH 64
+
+/* rows [n0, n1) of layer l for B input rows (x row b at x + b * ldx, y row b at y + b * ldy;
+   tp: B preparation buffers, one per row). B == 1 is ml_lin_rows itself. */
+static void ml_lin_rows_b(const ml_lin *l, const float *x, int64_t ldx, float *y, int64_t ldy, int B, int64_t n0,
+                          int64_t n1, ml_tprep *tp) {
+    if (B == 1) {
+        ml_lin_rows(l, x, y, n0, n1, tp);
+    } else if (l->kind == 1) {
+        ml_f32_rows_batch(x, ldx, B, l->K, (const float *)l->w, l->bias, y, ldy, n0, n1);
+    } else {
+        for (int64_t c = n0; c < n1; c += ML_BATCH_CH) {
+            const int64_t e = c + ML_BATCH_CH < n1 ? c + ML_BATCH_CH : n1;
+            for (int b = 0; b < B; b++) ml_lin_rows(l, x + b * ldx, y + b * ldy, c, e, &tp[b]);
+        }
+    }
+}
+
+/* One entry of a group: layer l on B input rows x (row stride ldx) into y (row stride ldy);
+   add non-NULL: the rows this thread computed are also added into add (same row stride as y:
+   a residual, x += W a, row by row). */
+typedef struct {
+    const ml_lin *l;
+    const float *x;
+    int64_t ldx;
+    float *y;
+    int64_t ldy;
+    float *add;
+} ml_gitem;
+
+/* Thread tid's share of a group of n independent layers (e.g. q, k, v on the same input), each
+   for B input rows: their 4-row tiles concatenated and split in contiguous ranges over the
+   first min(nt, most threads any of them asks for) threads. Called by every thread of the
+   region (each with its own B preparation buffers tp), between barriers. */
+static void ml_group(const ml_gitem *it, int n, int B, int tid, int nt, ml_tprep *tp) {
     int64_t off[9];
     int gnt = 1;
     off[0] = 0;
     for (int i = 0; i < n; i++) {
-        off[i + 1] = off[i] + (ls[i]->N + 3) / 4;
-        if (ls[i]->nthreads > gnt) gnt = ls[i]->nthreads;
+        off[i + 1] = off[i] + (it[i].l->N + 3) / 4;
+        if (it[i].l->nthreads > gnt) gnt = it[i].l->nthreads;
     }
-    tp->serial++;
+    for (int b = 0; b < B; b++) tp[b].serial++;
     if (gnt > nt) gnt = nt;
     if (tid >= gnt) return;
     const int64_t total = off[n], a = total * tid / gnt, b = total * (tid + 1) / gnt;
     for (int i = 0; i < n; i++) {
         const int64_t lo = a > off[i] ? a : off[i], hi = b < off[i + 1] ? b : off[i + 1];
         if (lo >= hi) continue;
-        const int64_t n0 = 4 * (lo - off[i]), n1 = 4 * (hi - off[i]) < ls[i]->N ? 4 * (hi - off[i]) : ls[i]->N;
-        ml_lin_rows(ls[i], xs[i], ys[i], n0, n1, tp);
-        if (adds[i])
-            for (int64_t r = n0; r < n1; r++) adds[i][r] += ys[i][r];
+        const ml_lin *l = it[i].l;
+        const int64_t n0 = 4 * (lo - off[i]), n1 = 4 * (hi - off[i]) < l->N ? 4 * (hi - off[i]) : l->N;
+        ml_lin_rows_b(l, it[i].x, it[i].ldx, it[i].y, it[i].ldy, B, n0, n1, tp);
+        if (it[i].add)
+            for (int r = 0; r < B; r++) {
+                float *dst = it[i].add + r * it[i].ldy;
+                const float *src = it[i].y + r * it[i].ldy;
+                for (int64_t j = n0; j < n1; j++) dst[j] += src[j];
+            }
     }
 }
 
@@ -144,12 +179,9 @@ int ml_lin_forward(const ml_lin *l, const float *x, float *y) {
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int tid = omp_get_thread_num(), tn = omp_get_num_threads();
-        const ml_lin *ls[1] = {l};
-        const float *xs[1] = {x};
-        float *ys[1] = {y};
-        float *adds[1] = {NULL};
+        const ml_gitem it[1] = {{l, x, l->K, y, l->N, NULL}};
         ml_tprep_init(&tps[tid], buf + per * tid, l->K);
-        ml_group(ls, xs, ys, adds, 1, tid, tn, &tps[tid]);
+        ml_group(it, 1, 1, tid, tn, &tps[tid]);
     }
     free(tps);
     free(buf);
@@ -332,19 +364,29 @@ static void ml_attend_part(const float *q, int64_t rep, const void *kc, const vo
 /* a thread's slice of n items split in nt contiguous ranges: [n * tid / nt, n * (tid + 1) / nt) */
 #define ML_LO(n, tid, nt) ((int64_t)(n) * (tid) / (nt))
 
-/* Every layer for the token at position pos, then (head non-NULL) the final RMSNorm and the
-   output layer. x[D] (in/out): the token's embedding in, its last hidden state (before the
-   final norm) out; cos/sin: [hd] RoPE tables of pos; nthreads: threads of the parallel region;
-   final_norm [D], final_eps, head (N = vocab, K = D), logits [N] out: may be NULL (then only
-   the layers run). Returns 0, -1 (allocation failed), -2 (unknown linear kind, or a head whose
-   K is not D), -3 (pos >= cache capacity). */
-int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
-                     const float *cos, const float *sin, int32_t nthreads,
-                     const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
+/* Every layer for one new token of each of B sequences, then (head non-NULL) the final RMSNorm
+   and the output layer. The B sequences share one KV cache of L->cap positions per row (row b's
+   kv head g at (b * Hkv + g) * cap * hd): the new tokens' keys and values go to cache position
+   cpos of every row, and row b attends to positions start[b] .. cpos (a left-padded batch: the
+   first start[b] positions of row b are padding); its RoPE tables cos[b], sin[b] ([hd] each)
+   are those of its own position (its count of real tokens before this one).
+   x[B, D] (in/out): the tokens' embeddings in, their last hidden states (before the final norm)
+   out; nthreads: threads of the parallel region; final_norm [D], final_eps, head (N = vocab,
+   K = D), logits [B, N] out: may be NULL (then only the layers run).
+   Each linear reads its weights once for all B rows (float32: three rows per weight tile,
+   ml_f32_rows_batch; other kinds: chunks of ML_BATCH_CH rows kept in cache while each input row
+   runs through them). B == 1 with start 0 is the one-sequence decode, the same numbers.
+   Returns 0, -1 (allocation failed), -2 (unknown linear kind, or a head whose K is not D),
+   -3 (cpos >= cache capacity, or a start[b] > cpos). */
+int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, float *x, int64_t cpos,
+                    const int64_t *start, const float *const *cos, const float *const *sin, int32_t nthreads,
+                    const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
     int64_t mq = 0, mkv = 0, mf = 0, mrep = 1, mhd = 1, mh = 1;
+    if (B < 1) return -2;
+    for (int32_t b = 0; b < B; b++) if (start[b] < 0 || start[b] > cpos) return -3;
     for (int32_t i = 0; i < n_layers; i++) {
         const ml_layer *ly = &L[i];
-        if (pos >= ly->cap) return -3;
+        if (cpos >= ly->cap) return -3;
         const ml_lin *ls[7] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->gate, &ly->up, &ly->down};
         for (int j = 0; j < 7; j++) if (!ml_kind_ok(ls[j])) return -2;
         const int64_t hq = (int64_t)ly->H * ly->hd, hk = (int64_t)ly->Hkv * ly->hd;
@@ -357,141 +399,150 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
     }
     if (head && (!ml_kind_ok(head) || head->K != D || !final_norm || !logits)) return -2;
     const int nt = nthreads > 1 ? nthreads : 1;
-    const int64_t T = pos + 1;
-    /* attention: units of (kv head, one of P slices of the positions) over the threads; the
-       positions are sliced (P = nt) from T * heads >= 2048 on, below which a slice's partial
-       softmax and its merge cost about what the split saves; each unit's partial softmax
-       (mx, l, o per query head) is merged after */
-    const int64_t P = (nt > 1 && T * mh >= 2048) ? nt : 1;
+    const int64_t T = cpos + 1;
+    /* attention: units of (row, kv head, one of P slices of the positions) over the threads; the
+       positions are sliced (P = nt) for one sequence from T * heads >= 2048 on, below which a
+       slice's partial softmax and its merge cost about what the split saves (B > 1: the rows
+       already give every thread units); each unit's partial softmax (mx, l, o per query head)
+       is merged after */
+    const int64_t P = (nt > 1 && B == 1 && T * mh >= 2048) ? nt : 1;
     const int64_t kmax = D > mq ? (D > mf ? D : mf) : (mq > mf ? mq : mf);
     const int64_t nscr = 2 * ML_ATT_CH * mhd + mrep * ML_ATT_CH + 16;
-    /* per thread: h [D], act [mf], att [mq], qrot [mrep * mhd], attention scratch, kernel inputs */
+    /* per thread: h [B, D], act [B, mf], att [B, mq], qrot [mrep * mhd], attention scratch,
+       B kernel-input preparations */
     const int64_t r16 = 16;
-    const int64_t per = (D + r16) + (mf + r16) + (mq + r16) + (mrep * mhd + r16) + nscr + ml_tprep_floats(kmax) + r16;
-    /* shared: q, k, v, g, u, o, the attention partials (Hkv * P units of rep * (hd + 2) floats) */
-    const int64_t shared = (mq + r16) + 2 * (mkv + r16) + 2 * (mf + r16) + (D + r16) + P * mh * (mhd + 2) + r16;
+    const int64_t per = B * (D + mf + mq) + 3 * r16 + (mrep * mhd + r16) + nscr + B * (ml_tprep_floats(kmax) + r16);
+    /* shared: q, k, v, g, u, o (B rows each), the attention partials (B * Hkv * P units of rep * (hd + 2) floats) */
+    const int64_t shared = B * (mq + 2 * mkv + 2 * mf + D) + 6 * r16 + B * P * mh * (mhd + 2) + r16;
     float *buf = (float *)malloc(sizeof(float) * (size_t)(shared + per * nt + 64));
-    ml_tprep *tps = (ml_tprep *)malloc(sizeof(ml_tprep) * (size_t)nt);
+    ml_tprep *tps = (ml_tprep *)malloc(sizeof(ml_tprep) * (size_t)(nt * B));
     if (!buf || !tps) { free(buf); free(tps); return -1; }
-    float *q = buf, *k = q + mq + r16, *v = k + mkv + r16, *g = v + mkv + r16, *u = g + mf + r16, *o = u + mf + r16;
-    float *parts = o + D + r16, *priv = buf + shared;
+    float *q = buf, *k = q + B * mq + r16, *v = k + B * mkv + r16, *g = v + B * mkv + r16, *u = g + B * mf + r16;
+    float *o = u + B * mf + r16, *parts = o + B * D + r16, *priv = buf + shared;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int tid = omp_get_thread_num(), tn = omp_get_num_threads();
-        float *h = priv + per * tid, *act = h + D + r16, *att = act + mf + r16, *qrot = att + mq + r16;
+        float *h = priv + per * tid, *act = h + B * D + r16, *att = act + B * mf + r16, *qrot = att + B * mq + r16;
         float *scratch = qrot + mrep * mhd + r16, *pbuf = scratch + nscr;
-        ml_tprep *tp = &tps[tid];
-        ml_tprep_init(tp, pbuf, kmax);
+        ml_tprep *tp = &tps[tid * B];
+        for (int32_t b = 0; b < B; b++) ml_tprep_init(&tp[b], pbuf + b * (ml_tprep_floats(kmax) + r16), kmax);
         for (int32_t li = 0; li < n_layers; li++) {
             const ml_layer *ly = &L[li];
             const int64_t H = ly->H, Hkv = ly->Hkv, hd = ly->hd, rep = H / Hkv, F = ly->gate.N;
+            const int64_t nq = H * hd, nkv = Hkv * hd;
             const int f16 = ly->kv_f16 != 0;
             const size_t esz = f16 ? sizeof(uint16_t) : sizeof(float);
             const float scale = 1.0f / sqrtf((float)hd);
-            const int64_t pstride = rep * (hd + 2); /* part (g, p): per query head r of kv head g: mx, l, o[hd] */
-            ml_rmsnorm(x, ly->attn_norm, ly->eps, h, D);
+            const int64_t pstride = rep * (hd + 2); /* part (b, g, p): per query head r of kv head g: mx, l, o[hd] */
+            for (int32_t b = 0; b < B; b++) ml_rmsnorm(x + b * D, ly->attn_norm, ly->eps, h + b * D, D);
             {
-                const ml_lin *ls[3] = {&ly->q, &ly->k, &ly->v};
-                const float *xs[3] = {h, h, h};
-                float *ys[3] = {q, k, v};
-                float *adds[3] = {NULL, NULL, NULL};
-                ml_group(ls, xs, ys, adds, 3, tid, tn, tp);
+                const ml_gitem it[3] = {{&ly->q, h, D, q, nq, NULL}, {&ly->k, h, D, k, nkv, NULL},
+                                        {&ly->v, h, D, v, nkv, NULL}};
+                ml_group(it, 3, B, tid, tn, tp);
             }
             #pragma omp barrier
-            /* attention units; the unit holding position pos (the last slice of its kv head) also
-               rotates that head's key and writes the key and value into the cache: no other unit
-               reads row pos or that key */
-            const int64_t units = Hkv * P;
+            /* attention units; the unit holding position cpos (the last slice of its row's kv
+               head) also rotates that head's key and writes the key and value into the cache: no
+               other unit reads row cpos or that key */
+            const int64_t units = B * Hkv * P;
             for (int64_t unit = ML_LO(units, tid, tn); unit < ML_LO(units, tid + 1, tn); unit++) {
-                const int64_t gi = unit / P, pi = unit % P;
-                memcpy(qrot, q + gi * rep * hd, sizeof(float) * (size_t)(rep * hd));
+                const int64_t bi = unit / (Hkv * P), gi = (unit / P) % Hkv, pi = unit % P;
+                const float *cb = cos[bi], *sb = sin[bi];
+                memcpy(qrot, q + bi * nq + gi * rep * hd, sizeof(float) * (size_t)(rep * hd));
                 if (ly->rope)
-                    for (int64_t r = 0; r < rep; r++) ml_rope(qrot + r * hd, cos, sin, hd);
+                    for (int64_t r = 0; r < rep; r++) ml_rope(qrot + r * hd, cb, sb, hd);
+                const size_t head0 = (size_t)((bi * Hkv + gi) * ly->cap * hd); /* row bi, kv head gi */
                 if (pi == P - 1) {
-                    float *kg = k + gi * hd;
-                    if (ly->rope) ml_rope(kg, cos, sin, hd);
-                    char *kd = (char *)ly->kc + esz * (size_t)((gi * ly->cap + pos) * hd);
-                    char *vd = (char *)ly->vc + esz * (size_t)((gi * ly->cap + pos) * hd);
+                    float *kg = k + bi * nkv + gi * hd;
+                    if (ly->rope) ml_rope(kg, cb, sb, hd);
+                    char *kd = (char *)ly->kc + esz * (head0 + (size_t)(cpos * hd));
+                    char *vd = (char *)ly->vc + esz * (head0 + (size_t)(cpos * hd));
                     if (f16) {
                         ml_to_f16(kg, hd, (uint16_t *)kd);
-                        ml_to_f16(v + gi * hd, hd, (uint16_t *)vd);
+                        ml_to_f16(v + bi * nkv + gi * hd, hd, (uint16_t *)vd);
                     } else {
                         memcpy(kd, kg, sizeof(float) * (size_t)hd);
-                        memcpy(vd, v + gi * hd, sizeof(float) * (size_t)hd);
+                        memcpy(vd, v + bi * nkv + gi * hd, sizeof(float) * (size_t)hd);
                     }
                 }
-                const int64_t t0 = T * pi / P, t1 = T * (pi + 1) / P;
+                const int64_t s0 = start[bi], n = T - s0;
+                const int64_t t0 = s0 + n * pi / P, t1 = s0 + n * (pi + 1) / P;
                 float *pp = parts + unit * pstride;
-                const char *kb = (const char *)ly->kc + esz * (size_t)(gi * ly->cap * hd);
-                const char *vb = (const char *)ly->vc + esz * (size_t)(gi * ly->cap * hd);
+                const char *kb = (const char *)ly->kc + esz * head0;
+                const char *vb = (const char *)ly->vc + esz * head0;
                 ml_attend_part(qrot, rep, kb, vb, f16, t0, t1, hd, scale, pp, pp + rep, pp + 2 * rep, scratch);
             }
             #pragma omp barrier
             /* merge the partials (every thread, into its own att) */
-            for (int64_t gi = 0; gi < Hkv; gi++) {
-                for (int64_t r = 0; r < rep; r++) {
-                    float M = -INFINITY, Lsum = 0.0f;
-                    for (int64_t pi = 0; pi < P; pi++) {
-                        const float *pp = parts + (gi * P + pi) * pstride;
-                        if (pp[r] > M) M = pp[r];
+            for (int32_t bi = 0; bi < B; bi++) {
+                for (int64_t gi = 0; gi < Hkv; gi++) {
+                    for (int64_t r = 0; r < rep; r++) {
+                        float M = -INFINITY, Lsum = 0.0f;
+                        const float *p0 = parts + ((bi * Hkv + gi) * P) * pstride;
+                        for (int64_t pi = 0; pi < P; pi++) {
+                            const float *pp = p0 + pi * pstride;
+                            if (pp[r] > M) M = pp[r];
+                        }
+                        float *out = att + bi * nq + (gi * rep + r) * hd;
+                        memset(out, 0, sizeof(float) * (size_t)hd);
+                        for (int64_t pi = 0; pi < P; pi++) {
+                            const float *pp = p0 + pi * pstride;
+                            if (pp[rep + r] == 0.0f) continue; /* an empty slice (T < P) */
+                            const float wgt = expf(pp[r] - M);
+                            Lsum += wgt * pp[rep + r];
+                            const float *po = pp + 2 * rep + r * hd;
+                            for (int64_t i = 0; i < hd; i++) out[i] += wgt * po[i];
+                        }
+                        const float inv = 1.0f / Lsum;
+                        for (int64_t i = 0; i < hd; i++) out[i] *= inv;
                     }
-                    float *out = att + (gi * rep + r) * hd;
-                    memset(out, 0, sizeof(float) * (size_t)hd);
-                    for (int64_t pi = 0; pi < P; pi++) {
-                        const float *pp = parts + (gi * P + pi) * pstride;
-                        if (pp[rep + r] == 0.0f) continue; /* an empty slice (T < P) */
-                        const float wgt = expf(pp[r] - M);
-                        Lsum += wgt * pp[rep + r];
-                        const float *po = pp + 2 * rep + r * hd;
-                        for (int64_t i = 0; i < hd; i++) out[i] += wgt * po[i];
-                    }
-                    const float inv = 1.0f / Lsum;
-                    for (int64_t i = 0; i < hd; i++) out[i] *= inv;
                 }
             }
             {
-                const ml_lin *ls[1] = {&ly->o};
-                const float *xs[1] = {att};
-                float *ys[1] = {o};
-                float *adds[1] = {x};
-                ml_group(ls, xs, ys, adds, 1, tid, tn, tp);
+                const ml_gitem it[1] = {{&ly->o, att, nq, o, D, x}};
+                ml_group(it, 1, B, tid, tn, tp);
             }
             #pragma omp barrier
-            ml_rmsnorm(x, ly->ffn_norm, ly->eps, h, D);
+            for (int32_t b = 0; b < B; b++) ml_rmsnorm(x + b * D, ly->ffn_norm, ly->eps, h + b * D, D);
             {
-                const ml_lin *ls[2] = {&ly->gate, &ly->up};
-                const float *xs[2] = {h, h};
-                float *ys[2] = {g, u};
-                float *adds[2] = {NULL, NULL};
-                ml_group(ls, xs, ys, adds, 2, tid, tn, tp);
+                const ml_gitem it[2] = {{&ly->gate, h, D, g, F, NULL}, {&ly->up, h, D, u, F, NULL}};
+                ml_group(it, 2, B, tid, tn, tp);
             }
             #pragma omp barrier
-            int64_t i = 0;
-            for (; i + 8 <= F; i += 8) {
-                __m256 gv = _mm256_loadu_ps(g + i);
-                __m256 sg = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), ml_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
-                _mm256_storeu_ps(act + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
+            for (int32_t b = 0; b < B; b++) {
+                const float *gb = g + b * F, *ub = u + b * F;
+                float *ab = act + b * F;
+                int64_t i = 0;
+                for (; i + 8 <= F; i += 8) {
+                    __m256 gv = _mm256_loadu_ps(gb + i);
+                    __m256 sg = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), ml_exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv))));
+                    _mm256_storeu_ps(ab + i, _mm256_mul_ps(sg, _mm256_loadu_ps(ub + i)));
+                }
+                for (; i < F; i++) ab[i] = gb[i] / (1.0f + expf(-gb[i])) * ub[i];
             }
-            for (; i < F; i++) act[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
             {
-                const ml_lin *ls[1] = {&ly->down};
-                const float *xs[1] = {act};
-                float *ys[1] = {o};
-                float *adds[1] = {x};
-                ml_group(ls, xs, ys, adds, 1, tid, tn, tp);
+                const ml_gitem it[1] = {{&ly->down, act, F, o, D, x}};
+                ml_group(it, 1, B, tid, tn, tp);
             }
             #pragma omp barrier
         }
         if (head) {
-            ml_rmsnorm(x, final_norm, final_eps, h, D);
-            const ml_lin *ls[1] = {head};
-            const float *xs[1] = {h};
-            float *ys[1] = {logits};
-            float *adds[1] = {NULL};
-            ml_group(ls, xs, ys, adds, 1, tid, tn, tp);
+            for (int32_t b = 0; b < B; b++) ml_rmsnorm(x + b * D, final_norm, final_eps, h + b * D, D);
+            const ml_gitem it[1] = {{head, h, D, logits, head->N, NULL}};
+            ml_group(it, 1, B, tid, tn, tp);
         }
     }
     free(tps);
     free(buf);
     return 0;
+}
+
+/* One token of one sequence at position pos (no padding): ml_decode_batch with B = 1, start 0;
+   cos/sin: [hd] RoPE tables of pos. Same returns. */
+int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
+                     const float *cos, const float *sin, int32_t nthreads,
+                     const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
+    const int64_t start[1] = {0};
+    const float *c[1] = {cos}, *sn[1] = {sin};
+    return ml_decode_batch(L, n_layers, D, 1, x, pos, start, c, sn, nthreads, final_norm, final_eps, head, logits);
 }
