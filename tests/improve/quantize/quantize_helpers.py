@@ -41,11 +41,8 @@ def _reference(mod: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
         xq, sx = quantize_activations_per_token(x)
         xd = xq.double() * sx.double()[:, None]
     elif getattr(mod, "activation_bits", 32) < 32:
-        # a16/a8: int4 part on x rounded per 32-block, min term on the float x (every path)
-        mins = mod.mins.double().repeat_interleave(mod.group_size, dim=1)
-        xr = round_activations_blocks(x, mod.activation_bits).double()
-        y = xr @ (mod.dequantize().double() - mins).t() + x.double() @ mins.t()
-        return y + mod.bias.double() if mod.bias is not None else y
+        # a16/a8: the whole dequantized weight (min term included) on x rounded per 32-block (every path)
+        xd = round_activations_blocks(x, mod.activation_bits).double()
     elif isinstance(mod, Int8WeightOnlyLinear) and mod._lib is not None and mod.last_kernel == mod.prefill_kernel:
         xd = round_activations_rows(x, 16).double()
     else:

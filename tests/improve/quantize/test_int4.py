@@ -130,8 +130,9 @@ def test_block_rounding_survives_a_subnormal_block_maximum(bits):
 @pytest.mark.parametrize("k,n", [(320, 7), (512, 4), (96, 1)])
 def test_a8_g32_kernel_equals_its_integer_arithmetic_in_float64(k, n):
     # the a8 kernel for groups of 32 (w4a8_dotn_g32: scales folded per block, 8 blocks per vector,
-    # the rest scalar) computes sum_k xr[k] * scale * q + sum_g min_g * sum_{k in g} x[k], where
-    # xr is x rounded per 32-block to int8 steps: checked in float64 to float32 rounding.
+    # the rest scalar) computes sum_k xr[k] * (scale * q + min), where xr is x rounded
+    # per 32-block to int8 steps (the min term on the rounded x too): checked in float64 to
+    # float32 rounding.
     # K = 320: 10 blocks (8 + 2 in the tail); 512: two full vectors; 96: tail only; N = 7 and 1:
     # partial 4-row tiles.
     if kernels.get_library() is None:
@@ -144,11 +145,28 @@ def test_a8_g32_kernel_equals_its_integer_arithmetic_in_float64(k, n):
     with torch.inference_mode():
         y = layer(x)
     assert layer.last_kernel == layer.kernel and "int8-act" in layer.kernel
-    mins = layer.mins.double().repeat_interleave(32, dim=1)
     w = layer.dequantize().double()
     xr = round_activations_blocks(x, 8).double()
-    ref = xr @ (w - mins).t() + x.double() @ mins.t()
+    ref = xr @ w.t()
     if layer.bias is not None:
         ref = ref + layer.bias.double()
     scale = (xr.abs() @ w.abs().t()).max().item()
     assert (y.double() - ref).abs().max().item() <= 2e-6 * scale
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_a_nan_or_infinity_in_x_reaches_the_output_on_every_path(bits):
+    # the rounded activations drop a NaN (it rounds to no integer); the min term keeps the float
+    # group sum when that is not finite, so y is NaN as float activations would make it
+    model = _holder(64, 12)
+    quantize_(model, Int4WeightOnlyConfig(group_size=32, activation_bits=bits))
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(16, 64)
+        x[:, 5] = bad
+        with torch.inference_mode():
+            prefill, decode = model(x), model(x[:1])
+        assert not torch.isfinite(prefill).any(), (bad, model[0].last_kernel)
+        assert not torch.isfinite(decode).any(), bad
+        x[:, 5] = 1.0
+        with torch.inference_mode():
+            assert torch.isfinite(model(x)).all() and torch.isfinite(model(x[:1])).all()
