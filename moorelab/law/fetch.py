@@ -12,7 +12,6 @@ again, nor copied again from a ``from_path`` copy with the same sha256 (status "
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from moorelab.errors import DataError, MoorelabError
 from moorelab.law.sources import DATASETS, RAW_BASE, SourceFile, dataset_files
+from moorelab.paths import sha256_file
 
 MANIFEST = "MANIFEST.json"
 
@@ -46,15 +46,6 @@ class FetchResult:
     origin: str
     status: str
     matches_reference: bool | None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (streamed in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def trends_cache_dir() -> Path:

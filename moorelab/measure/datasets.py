@@ -52,7 +52,7 @@ from typing import Callable
 import numpy as np
 
 from moorelab.errors import DataError, MoorelabError
-from moorelab.paths import cache_dir
+from moorelab.paths import cache_dir, sha256_file  # noqa: F401  (sha256_file: also used by chinese, llamacpp)
 
 AMAZON = "amazon-reviews"
 CHINESE = "chinese-reviews"
@@ -144,15 +144,6 @@ def dataset_dir(name: str) -> Path:
     if name not in DATASETS:
         raise MoorelabError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     return cache_dir() / "datasets" / name
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verified_cache(name: str, local: Path | None = None) -> dict | None:

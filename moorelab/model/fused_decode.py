@@ -22,11 +22,10 @@ whose masks are parametrizations, say so in their kernel text).
 Batched decode (B > 1, ``ml_decode_batch``): each linear reads its weights once for all rows
 (float32: three rows per 4-row weight tile; quantized kinds: chunks of 64 weight rows kept in
 cache while each row runs through them), each row attends to its own tokens (from its first real
-position) and is rotated at its own position. SmolLM2-135M float32 on 2 threads, ms per step
-fused / per-op Python path: batch 2 35-40 / 53-60, batch 8 48-51 / 67-70, batch 16 61-66 / 86-108
-(3 interleaved rounds in one run, 16 steps of prompts of 32 tokens each, an idle machine; from a
-script outside the repository: ``benchmarks/bench_vs_llamacpp.py`` measures the fused rows
-against llama.cpp).
+position) and is rotated at its own position. SmolLM2-135M on 2 threads, tokens/s of all rows,
+fused / per-op Python path (``python benchmarks/bench_batched.py``: 3 interleaved rounds, 16
+steps, prompts of 32-48 tokens, CPU share 0.99-1.00): float32 batch 1, 4, 16: 33.5 / 20.0,
+101.6 / 67.8, 209.4 / 171.4; int4 g32 a8: 114.9 / 45.0, 175.8 / 101.2, 254.1 / 67.0.
 
 Decoding loops reach it through :func:`moorelab.model.decode.forward`. It runs only when all of
 these hold (otherwise that call runs ``model(...)``, the Python path, and :func:`why_not_fused`
