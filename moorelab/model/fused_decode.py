@@ -327,6 +327,8 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     if torch.is_grad_enabled() and any(p.requires_grad for p in plan.params):
         return None  # training: autograd needs the Python path
     B = input_ids.shape[0]
+    if B < 1:
+        return None
     pos = cache.length
     starts = None
     if cache.mask is not None:
@@ -372,7 +374,8 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     if rc == -1:
         raise MemoryError("fused decode: work buffer allocation failed")
     if rc != 0:
-        reason = {-2: "unknown linear kind", -3: f"position {pos} beyond a layer's KV-cache capacity"}.get(rc, "?")
+        reason = {-2: "unknown linear kind",
+                  -3: f"position {pos} beyond a layer's KV-cache capacity, or a row starting after it"}.get(rc, "?")
         raise RuntimeError(f"fused decode: C side returned {rc} ({reason})")
     cache.length += 1
     if cache.mask is not None:

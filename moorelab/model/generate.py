@@ -122,8 +122,10 @@ def generate(
         t_step = time.perf_counter()
         L = T + n - 1
         if use_cache:
-            logits = decode.forward(model, step_ids, attention_mask=None if mask is None else mask[:, :L], cache=cache,
-                                    last_only=True)
+            # the cache keeps the prompt's mask and extends it by one real column per step, so
+            # later steps pass none (and a left-padded batch can take the fused decode)
+            logits = decode.forward(model, step_ids, attention_mask=None if mask is None or n > 1 else mask[:, :L],
+                                    cache=cache, last_only=True)
         else:
             logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)

@@ -51,9 +51,11 @@ class FastLinear(nn.Linear):
     token each of 1..``M_BATCH`` sequences (``x: [B, 1, in]``, batched decode). Anything else
     (training, prefill, other dtypes or devices, column-major weights, no gcc) goes to ``F.linear``.
     The kernel runs three rows at a time against each 4-row weight tile, so a batch reads the
-    weights once: 1.2-5x ``F.linear`` (MKL) per call from 2 to 32 rows on SmolLM2-135M's layer
-    shapes, level at 64, slower from 128 (measured here, weights in cache, 2 threads); prefill
-    keeps torch, and so its numbers.
+    weights once: 1.0-5.0x ``F.linear`` (MKL) per call from 2 to 32 rows on SmolLM2-135M's layer
+    shapes, level at 64, slower from 128 (weights in cache, 2 threads; a script outside the
+    repository). Prompts of more than ``M_MAX`` tokens keep torch, and its numbers; calls of 3-4
+    rows and batched rows differ from one-row decode by float32 rounding (~2e-7 relative: the
+    three-row tiles sum in another order).
     Sums are in a different order than torch's, so results differ by float32 rounding (~1e-6
     relative).
     """

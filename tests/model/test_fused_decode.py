@@ -206,30 +206,51 @@ def run_batch(m, fused: bool, lengths, steps: int = 10, max_len: int | None = 9,
     return torch.stack(outs, 1), paths
 
 
+# weights rounded again from the activations: compared within their rounding noise (below)
+_ROUNDED_ACT = {"int8-dynamic": "int8", "int8-dynamic:activation_block=32": "int8",
+                "int4:group_size=64,activation_bits=8": "int4:group_size=64",
+                "int4:group_size=64,activation_bits=16": "int4:group_size=64"}
+
+
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int8-dynamic", "int8-dynamic:activation_block=32"])
-def test_batched_fused_decode_equals_the_python_path(spec, threads):
+@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", *_ROUNDED_ACT])
+def test_batched_fused_decode_equals_the_python_path(spec, threads, split, monkeypatch):
     # 5 rows of 1..7 prompt tokens, left-padded: each row attends to its own tokens only and is
-    # rotated at its own positions (cumsum(mask) - 1), every weight read once for the 5 rows
-    m = tiny()
+    # rotated at its own positions (cumsum(mask) - 1), every weight read once for the 5 rows.
+    # split: the tiny layers are below the sizes where a second thread pays; with both thresholds
+    # at 0 every linear's rows are split over the threads too (ranges starting mid-layer, the
+    # 64-row chunks of the quantized kinds inside a range, residual adds of B rows per range)
+    if split:
+        from moorelab.improve.quantize import base
+        from moorelab.model.transformer import FastLinear
+
+        if threads == 1:
+            pytest.skip("one thread: nothing to split")
+        monkeypatch.setattr(FastLinear, "SMALL", 0)
+        monkeypatch.setattr(base, "_FUSED_SINGLE_THREAD_WEIGHTS", 0)
+    m = tiny(d_ff=128)  # (groups of 64 divide every input width)
     if spec:
         apply(m, parse_spec(spec))
     lengths = [3, 7, 1, 5, 7]
     with torch_threads(threads):
+        if split:
+            from moorelab.model.fused_decode import _build
+            assert {plan_lin.nthreads for plan_lin in (_build(m).layers[0].up, _build(m).layers[0].q)} == {threads}
         ref, ref_paths = run_batch(copy.deepcopy(m), False, lengths)
         got, paths = run_batch(m, True, lengths)
     assert set(ref_paths) == {"python"} and set(paths) == {"fused"}, why_not_fused(m)
     scale = ref.abs().max().item()
     assert scale > 1.0
-    if spec and spec.startswith("int8-dynamic"):
-        # activations rounded to int8: the Python path's several-row GEMM and the kernel's rows
-        # see inputs 1e-7 apart, which re-rolls a rounding now and then; so they may differ by
-        # the rounding noise itself, never more (noise: against float activations, int8 weights)
-        wo = tiny()
-        apply(wo, parse_spec("int8"))
+    if spec in _ROUNDED_ACT:
+        # activations rounded per row or block: the Python path's several-row GEMM and the
+        # kernel's rows see inputs 1e-7 apart, which re-rolls a rounding now and then; so they may
+        # differ by the rounding noise itself, never more (noise: the same weights, float activations)
+        wo = tiny(d_ff=128)
+        apply(wo, parse_spec(_ROUNDED_ACT[spec]))
         with torch_threads(threads):
-            base, _ = run_batch(wo, False, lengths)
-        noise = (ref - base).abs().max().item()
+            base_logits, _ = run_batch(wo, False, lengths)
+        noise = (ref - base_logits).abs().max().item()
         assert noise > 0
         assert (got - ref).abs().max().item() <= 4 * noise
     else:
@@ -237,12 +258,39 @@ def test_batched_fused_decode_equals_the_python_path(spec, threads):
         assert torch.equal(got.argmax(-1), ref.argmax(-1))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("kv_dtype", [None, torch.float16])
+def test_one_left_padded_row_over_a_long_context(threads, kv_dtype):
+    # one row whose first 137 positions are padding, 600 + 10 positions in all: the fused call
+    # with start > 0 and the positions sliced over the threads (T * heads >= 2048)
+    m = tiny(max_position_embeddings=1024)
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, 61, (1, 600), generator=g)
+    am = torch.zeros(1, 600, dtype=torch.long)
+    am[:, 137:] = 1
+    toks = torch.randint(0, 61, (1, 10), generator=g)
+    outs = {}
+    with torch_threads(threads):
+        for fused in (False, True):
+            mm = copy.deepcopy(m)
+            mm.fused_decode = fused
+            cache = KVCache(dtype=kv_dtype)
+            with torch.inference_mode():
+                mm(ids, attention_mask=am, cache=cache)
+                steps = [decode.forward(mm, toks[:, j:j + 1], cache=cache)[0, -1] for j in range(10)]
+            assert mm.last_decode_path == ("fused" if fused else "python")
+            outs[fused] = torch.stack(steps)
+    ref = outs[False]
+    assert (outs[True] - ref).abs().max().item() <= 2e-4 * ref.abs().max().item()
+
+
 def test_batched_fused_decode_rows_equal_each_row_decoded_alone():
     # the batched call gives each row what one-sequence decoding gives it (no padding, no other rows)
     m = tiny()
     lengths = [2, 6, 4]
     ids, am = _left_padded(lengths)
-    got, _ = run_batch(m, True, lengths, steps=6)
+    got, paths = run_batch(m, True, lengths, steps=6)
+    assert set(paths) == {"fused"}
     toks = torch.randint(0, 61, (3, 6), generator=torch.Generator().manual_seed(8))
     for b, ln in enumerate(lengths):
         cache = KVCache()
@@ -253,13 +301,32 @@ def test_batched_fused_decode_rows_equal_each_row_decoded_alone():
         assert (got[b] - alone).abs().max().item() <= 2e-4 * alone.abs().max().item(), b
 
 
+@pytest.mark.parametrize("mask", [False, True])
 @pytest.mark.parametrize("kv_dtype", [None, torch.float16])
-def test_batched_fused_decode_without_padding_and_with_a_float16_cache(kv_dtype):
+def test_batched_fused_decode_without_padding_and_with_a_float16_cache(kv_dtype, mask):
     m = tiny()
-    ref, _ = run_batch(copy.deepcopy(m), False, [6, 6, 6, 6], kv_dtype=kv_dtype, mask=False)
-    got, paths = run_batch(m, True, [6, 6, 6, 6], kv_dtype=kv_dtype, mask=False)
+    lengths = [6, 6, 6, 6] if not mask else [6, 2, 6, 4]
+    ref, _ = run_batch(copy.deepcopy(m), False, lengths, kv_dtype=kv_dtype, mask=mask)
+    got, paths = run_batch(m, True, lengths, kv_dtype=kv_dtype, mask=mask)
     assert set(paths) == {"fused"}
     assert (got - ref).abs().max().item() <= 2e-4 * ref.abs().max().item()
+
+
+def test_batched_fused_decode_from_an_empty_cache_and_zero_rows():
+    m = tiny()
+    toks = torch.randint(0, 61, (3, 4), generator=torch.Generator().manual_seed(12))
+    out = {}
+    for fused in (False, True):
+        m.fused_decode = fused
+        cache = KVCache()
+        with torch.inference_mode():
+            out[fused] = torch.stack([decode.forward(m, toks[:, j:j + 1], cache=cache)[:, -1] for j in range(4)], 1)
+        assert m.last_decode_path == ("fused" if fused else "python")
+    assert (out[True] - out[False]).abs().max().item() <= 2e-4 * out[False].abs().max().item()
+    # no rows: the fused path declines (the Python path then raises its own error)
+    from moorelab.model.fused_decode import decode_step
+    with torch.inference_mode():
+        assert decode_step(m, toks[:0, :1], KVCache()) is None
 
 
 def test_masks_other_than_left_padding_take_the_python_path():

@@ -245,8 +245,9 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         (:func:`round_activations_blocks`), the min term ``Σ_g min[n,g]·Σ_{k∈g} x̂[k]`` included,
         so the layer is exactly Ŵ·x̂ (GGML's Q8_1 block sum ``s`` does the same). The min term on
         the float x instead weights the rounding error by ``scale·q`` (0..15 steps) rather than by
-        the weight (about −8..7 steps): on SmolLM2 int4 g32 a8 that cost +1.6% perplexity
-        (43.14 against 42.45 under llama-perplexity's rule, ``-c 512``, 20,000 characters)."""
+        the weight (about −8..7 steps): on SmolLM2 int4 g32 a8 that cost +1.3% perplexity
+        (43.14 against 42.60 under llama-perplexity's rule, ``-c 512``, 20,000 characters of *Macbeth*,
+        where llama.cpp gives 42.57 for the same Q4_1 weights: ``python benchmarks/bench_vs_llamacpp.py``)."""
         if self.activation_bits == 32:
             return matmul(x2)
         return matmul(round_activations_blocks(x2, self.activation_bits))

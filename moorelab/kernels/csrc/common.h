@@ -11,8 +11,9 @@
        int8_dynamic.c  dynamic int8 x int8, activations rounded per row (ml_a8w8_linear) or
                        per 32-block (ml_a8bw8_linear)
        int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm)
-       fused_decode.c  every LLaMA-family decoder layer and the output layer for one token in
-                       one call and one parallel region (ml_decode_layers, ml_lin_forward;
+       fused_decode.c  every LLaMA-family decoder layer and the output layer for one token of
+                       one or B sequences in one call and one parallel region (ml_decode_layers,
+                       ml_decode_batch, ml_lin_forward;
                        structures in fused_decode.h), through the kernels' ml_*_rows
        abi.c           ml_abi_version, ml_fused_abi: checked by the binding when it loads
 

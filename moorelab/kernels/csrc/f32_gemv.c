@@ -51,7 +51,8 @@ static inline float f32_dot1(const float *x, int64_t K, const float *w) {
 
 /* dot products of 3 x rows (leading dimension ldx) with 4 float32 weight rows: out[m * 4 + r].
    Each weight vector is loaded once for the 3 rows (12 accumulators, 8 floats a step), so a
-   small batch reads the weights at the rate of one row: batched decode (M = 2..16). */
+   small batch reads the weights at the rate of one row: batched decode (M >= 3; FastLinear sends
+   up to 32 rows). */
 static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const float *w, int64_t ldw, float *out) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(), c03 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps();

@@ -1,6 +1,7 @@
 /* Fused decode (LLaMA family), AVX2 + FMA.
 
-   One call runs every decoder layer for ONE token of ONE sequence (batch 1, decode), and then
+   One call runs every decoder layer for one new token of each of B sequences (decode; B = 1 the
+   usual case, B > 1 a batch, left-padded when its prompts differ in length), and then
    the final RMSNorm and the output layer (the logits), the same math as
    moorelab.model.transformer's Python path, on the same KV cache buffers:
        h = RMSNorm(x); q,k,v = Wq h, Wk h, Wv h; RoPE(q, k) (half-split); cache[pos] = k, v

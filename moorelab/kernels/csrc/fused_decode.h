@@ -19,7 +19,7 @@ typedef struct {
 typedef struct {
     ml_lin q, k, v, o, gate, up, down;
     const float *attn_norm, *ffn_norm;
-    void *kc, *vc;     /* [Hkv, cap, hd] each, float32, or float16 (uint16 bits) if kv_f16 */
+    void *kc, *vc;     /* [B, Hkv, cap, hd] each (B = 1: [Hkv, cap, hd]), float32, or float16 (uint16 bits) if kv_f16 */
     int64_t cap;
     int32_t H, Hkv, hd, rope;
     float eps;
