@@ -107,7 +107,7 @@ def test_quick_run_writes_every_field(quick_run):
         tps = value(p["decode_tokens_per_s"])
         assert tps > 0 and value(p["usd_per_million_tokens"]) == pytest.approx(0.25 / 3600 / tps * 1e6)
         assert len(p["prompt_lengths"]) == p["batch"]
-    assert bd["points"][0]["path"] == "fused" and bd["points"][2]["path"] == "python"
+    assert [p["path"] for p in bd["points"]] == ["fused"] * 3  # a left-padded batch decodes in the fused call too
     assert (out / "batched_decode.png").stat().st_size > 5000 and "batched decode (baseline" in proc.stdout
     # quantization on truly float32 weights (MiniLM): int8 keeps embeddings, int4 g32 loses more
     fw = r["quantization_on_float_weights"]
