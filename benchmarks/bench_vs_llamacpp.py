@@ -19,6 +19,10 @@ was ≥ 0.9 (all rounds, marked "disturbed", when none was):
   only when it is also the output layer) plus the KV cache at that depth (ours float32,
   llama.cpp float16), so ``bandwidth / bytes per token`` is the decode ceiling and each row
   prints the fraction of it it reaches.
+* **the matmul peak**: ``torch.mm`` float32 on a prefill-shaped product ([512, 576] @ [576,
+  1536]), the best of 5 passes at the start and at the end; each prefill row prints its FLOP
+  rate (decoder linears for every token, causal attention, the output layer once) and the
+  fraction of that peak (quantized rows too, against the float32 peak);
 * **quality**, beside every row: bits per byte of each of our variants on the text
   (``moorelab.measure.quality.score_text``, window 512, stride 256, as ``moorelab run``); and, to
   check our scorer independently, llama-perplexity on the same text file against our scorer
@@ -103,6 +107,35 @@ def gguf_bytes_per_token(path: Path) -> int:
     r = GGUFReader(str(path))
     names = {t.name for t in r.tensors}
     return sum(int(t.n_bytes) for t in r.tensors if not (t.name == "token_embd.weight" and "output.weight" in names))
+
+
+def matmul_peak(m: int = 512, k: int = 576, n: int = 1536, reps: int = 5) -> dict:
+    """float32 matmul throughput (GFLOP/s) of ``torch.mm`` on a prefill-shaped product (``[m, k] @
+    [k, n]``: a 512-token prompt through SmolLM2's gate projection): the best of ``reps`` timed
+    passes of 10 products (a ceiling, as :func:`bandwidth`), the median, and the median CPU share."""
+    x, w = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(x, w)
+    clock, times, shares = CpuShareClock(), [], []
+    for _ in range(reps):
+        clock.start()
+        t = time.perf_counter()
+        for _ in range(10):
+            torch.mm(x, w)
+        times.append((time.perf_counter() - t) / 10)
+        shares.append(clock.stop())
+    flop = 2 * m * k * n
+    return {"gflop_per_s": flop / min(times) / 1e9, "gflop_per_s_median": flop / statistics.median(times) / 1e9,
+            "cpu_share": statistics.median(shares), "shape": [m, k, n]}
+
+
+def prefill_flop(cfg, prompt: int) -> float:
+    """FLOP of a ``prompt``-token prefill that outputs the last position's logits only: every
+    decoder linear for every token (2 · weights · tokens), causal attention (QKᵀ and PV over
+    ``t`` keys for token ``t``: 4 · n_heads · head_dim · Σ t, per layer), the output layer once."""
+    d, f, hd = cfg.d_model, cfg.d_ff, cfg.head_dim
+    per_token = cfg.n_layers * (d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2 + 3 * d * f)
+    attn = cfg.n_layers * 4 * cfg.n_heads * hd * prompt * (prompt + 1) / 2
+    return 2.0 * per_token * prompt + attn + 2.0 * d * cfg.vocab_size
 
 
 def kv_bytes(cfg, depth: int, elem: int) -> int:
@@ -196,6 +229,7 @@ def main() -> None:
 
     # ---- bandwidth (start)
     bw = [bandwidth()]
+    peak = [matmul_peak()]
 
     # ---- our caches filled once per depth (untimed); each measurement rewinds to the depth
     caches: dict[tuple[str, int], KVCache] = {}
@@ -257,6 +291,8 @@ def main() -> None:
                           f"{run.wall_s:.0f} s", flush=True)
     bw.append(bandwidth())
     gbps = max(b["gb_per_s"] for b in bw)
+    peak.append(matmul_peak())
+    gflops = max(pk["gflop_per_s"] for pk in peak)
 
     # ---- quality beside every row
     quality = {}
@@ -334,6 +370,16 @@ def main() -> None:
                       f"{dec['value'] / limit:8.0%} {share:5.2f} "
                       f"{(f'{bpb:.4f}' if bpb is not None else '-'):>9}"
                       + ("  disturbed" if dec["disturbed"] or (pre and pre["disturbed"]) else ""))
+    pflop = prefill_flop(cfg, P)
+    print(f"\nprefill against the float32 matmul peak measured in the same run ({gflops:.0f} GFLOP/s, best torch.mm "
+          f"pass [512, 576] @ [576, 1536], start and end; CPU share {statistics.median(pk['cpu_share'] for pk in peak):.2f});"
+          f" {pflop / 1e9:.1f} GFLOP per {P}-token prefill (last position's logits only):")
+    for r in table:
+        if r["depth"] == 0 and r["prefill_tokens_per_s"]:
+            g = pflop * r["prefill_tokens_per_s"]["value"] / P / 1e9
+            r["prefill_gflop_per_s"], r["prefill_fraction_of_matmul_peak"] = g, g * 1e9 / (gflops * 1e9)
+            print(f"  {r['precision']:8} {r['engine'] if r['engine'] == 'ours' else LLAMA_TYPE[r['precision']]:9} "
+                  f"{r['prefill_tokens_per_s']['value']:6.0f} tok/s = {g:5.1f} GFLOP/s = {g / gflops:4.0%} of the peak")
     print("bits/byte: ours = score_text (window %d, stride %d, every token once); llama.cpp = its perplexity "
           "under its chunk rule, per byte of the scored tokens (not the same rule: compare within a column)" % (n_ctx, n_ctx // 2))
     print(f"\nscorer check: perplexity under llama-perplexity's rule (-c {n_ctx}, non-overlapping chunks, second half scored)")
@@ -362,7 +408,7 @@ def main() -> None:
         a.json.write_text(json.dumps({"settings": {"threads": a.threads, "prefill_tokens": P, "decode_tokens": N,
                                                    "rounds": rounds, "depths": depths, "n_ctx_quality": n_ctx,
                                                    "llama.cpp": why, "load_average_start": load0},
-                                      "bandwidth": bw, "rows": table, "quality": quality, "scorer_check": ppl_check,
+                                      "bandwidth": bw, "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
                                       "batched": batched, "elapsed_s": elapsed}, indent=1, default=str))
 
 
