@@ -141,16 +141,5 @@ void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const 
    numbers, of ml_f32_linear on the whole layer; one thread, no OpenMP (the fused decode calls
    it from inside its own parallel region, each thread on its rows) */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1) {
-    const int64_t pf = ML_PF_TILES_F32;
-    for (int64_t n = n0; n < n1; n += 4) {
-        const int64_t nr = n1 - n < 4 ? n1 - n : 4;
-        ml_prefetch_rows(w, 4 * K, n, n0, n1, pf);
-        float o[4];
-        if (nr == 4) {
-            f32_dot4(x, K, w + n * K, K, o);
-        } else {
-            for (int64_t r = 0; r < nr; r++) o[r] = f32_dot1(x, K, w + (n + r) * K);
-        }
-        for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] + (bias ? bias[n + r] : 0.0f);
-    }
+    ml_f32_rows_batch(x, K, 1, K, w, bias, y, 0, n0, n1);
 }

@@ -377,8 +377,8 @@ static void ml_attend_part(const float *q, int64_t rep, const void *kc, const vo
    Each linear reads its weights once for all B rows (float32: three rows per weight tile,
    ml_f32_rows_batch; other kinds: chunks of ML_BATCH_CH rows kept in cache while each input row
    runs through them). B == 1 with start 0 is the one-sequence decode, the same numbers.
-   Returns 0, -1 (allocation failed), -2 (unknown linear kind, or a head whose K is not D),
-   -3 (cpos >= cache capacity, or a start[b] > cpos). */
+   Returns 0, -1 (allocation failed), -2 (B < 1, an unknown linear kind, or a head whose K is
+   not D), -3 (cpos >= cache capacity, or a start[b] > cpos). */
 int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, float *x, int64_t cpos,
                     const int64_t *start, const float *const *cos, const float *const *sin, int32_t nthreads,
                     const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
