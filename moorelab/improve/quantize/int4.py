@@ -46,8 +46,11 @@ class Int4WeightOnlyConfig:
             M=1: 0.021 ms vs 0.028 ms with float activations, ``benchmarks/bench_quant_kernels.py``
             part 1); int16 uses
             ``vpmaddwd``. The prefill path and the pure-torch fallback apply the same rounding,
-            so bits per byte measured on prefill reflect it. The min (zero-point) term always
-            uses the float32 x.
+            so bits per byte measured on prefill reflect it; the min (zero-point) term uses the
+            rounded x too, so the layer computes exactly Ŵ·x̂. With int8 activations and groups
+            of 32 the prefill is an integer GEMM as well (``ml_w4a8_gemm``: the decode GEMV's
+            numbers bit for bit, no float32 copy of the weights); other layouts dequantize to
+            float32 and run torch's matmul.
 
     Raises:
         MoorelabError: group_size not a positive multiple of 32.
@@ -213,9 +216,19 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         act = self._act_suffix
         if self._lib is not None:
             self.kernel = f"moorelab-avx2-gemv int4-g{group_size}{act}"
-            self.prefill_kernel = f"moorelab-avx2 dequant int4-g{group_size} + fp32 matmul{act}"
+            if self._integer_prefill:
+                self.prefill_kernel = f"moorelab-avx2-gemm int4-g{group_size}{act} (vpmaddubsw, integer)"
+            else:
+                self.prefill_kernel = f"moorelab-avx2 dequant int4-g{group_size} + fp32 matmul{act}"
         else:
             self.kernel = self.prefill_kernel = self._fallback_name
+
+    @property
+    def _integer_prefill(self) -> bool:
+        """Prefill (more than ``m_threshold`` rows) through ``ml_w4a8_gemm``: int8 activation
+        blocks and groups of 32 (GGML Q4_1 x Q8_1), the GEMV's numbers bit for bit; other
+        layouts dequantize to float32 and run torch's matmul on the rounded activations."""
+        return self.__dict__.get("activation_bits", 32) == 8 and self.group_size == 32
 
     @property
     def _act_suffix(self) -> str:
@@ -277,6 +290,17 @@ class Int4WeightOnlyLinear(QuantizedLinear):
 
     def _prefill_forward(self, x2):
         k, g = self.in_features, self.group_size
+        if self._integer_prefill:
+            m = x2.shape[0]
+            y = torch.empty(m, self.out_features, dtype=torch.float32)
+            qw, sc, mn, b = self._ptrs or self._refresh_ptrs()
+            rc = self._lib.w4a8_gemm(x2.data_ptr(), m, k, qw, sc, mn, g, b, y.data_ptr(), self.out_features,
+                                     self._threads(m))
+            if rc == -1:
+                raise MemoryError("int4 GEMM: workspace allocation failed")
+            if rc != 0:
+                raise RuntimeError(f"int4 GEMM: C side returned {rc} (group size {g}, in_features {k})")
+            return y
 
         def dq(n0, n1, buf):
             self._lib.w4_dequant(self.qweight[n0].data_ptr(), self.scales[n0].data_ptr(), self.mins[n0].data_ptr(),

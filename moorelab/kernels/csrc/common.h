@@ -35,7 +35,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 14
+#define ML_ABI_VERSION 15
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
@@ -115,6 +115,10 @@ int ml_a8w8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const 
                    const float *bias, float *y, int64_t N, int nthreads, float *sx_out);
 int ml_a8bw8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
                     const float *bias, float *y, int64_t N, int nthreads);
+int ml_w4a8_gemm(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                 const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads);
+void ml_w4q_prep_ref(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum);
+void ml_a8b_prep_ref(const float *x, int64_t K, int8_t *xq, float *bs);
 int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale, const float *bias,
                float *y, int64_t N, int nthreads, int act_bits);
 /* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:

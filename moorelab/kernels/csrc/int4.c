@@ -15,6 +15,7 @@
    llama.cpp gives 42.57 for the same Q4_1 weights: benchmarks/bench_vs_llamacpp.py). */
 
 #include "common.h"
+#include <float.h>
 
 /* x row -> per 32-block [x0,x2,..,x30, x1,x3,..,x31] (matches low nibble = even index) */
 static void w4_prep_x(const float *x, int64_t K, int64_t G, float *xs, float *xsum) {
@@ -166,7 +167,8 @@ int ml_w4_linear(const float *x, int64_t M, int64_t K, const uint8_t *wp, const 
    of group g of the rounded x, its blocks' bs * (exact integer sum of xq) (for the min term;
    the float sum instead when that is not finite, so a NaN or infinity in x stays in y). Shared
    by the a16 and a8 kernels. */
-static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
+static void w4_blockq_prep_x_scalar(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs,
+                                    float *xsum) {
     const float qmax = bits == 16 ? 32767.0f : 127.0f;
     int16_t *x16 = (int16_t *)xq;
     int8_t *x8 = (int8_t *)xq;
@@ -193,6 +195,76 @@ static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, voi
         for (int64_t k = g * G; k < (g + 1) * G; k++) f += x[k];
         if (!isfinite(f)) xsum[g] = f;
     }
+}
+
+/* w4_blockq_prep_x_scalar in AVX2, the same numbers bit for bit (tests compare the two through
+   ml_w4q_prep_ref): per 32-block the maximum ignores NaN as the scalar `a > amax` does, x / bs is
+   rounded by vroundps (round half to even, as nearbyintf in the default mode), a NaN quotient
+   becomes 0 before the clamp, and the even/odd reorder is done on the floats (vpermps) before
+   they are packed. The float sum of a group (the min term's fallback) is taken, in the scalar's
+   order, only when it could be non-finite: a value in the group that is NaN or infinite, or a
+   maximum above FLT_MAX / (2 G) (below that, |sum| <= G * max stays finite). */
+static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
+    const float qmax = bits == 16 ? 32767.0f : 127.0f;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX), hi = _mm256_set1_ps(qmax), lo = _mm256_set1_ps(-qmax);
+    const __m256i eo = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const float big = FLT_MAX / (float)(2 * G);
+    int16_t *x16 = (int16_t *)xq;
+    int8_t *x8 = (int8_t *)xq;
+    int risky = 0;
+    for (int64_t b = 0; b < K; b += 32) {
+        __m256 v[4], mx = _mm256_setzero_ps(), badv = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(x + b + 8 * i);
+            const __m256 a = _mm256_and_ps(v[i], absmask);
+            mx = _mm256_max_ps(a, mx); /* a NaN in a gives mx back: ignored, as by the scalar */
+            badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        risky |= _mm256_movemask_ps(badv) != 0 || amax > big;
+        float s = amax / qmax;
+        if (!(s > 0.0f)) s = 1.0f;
+        bs[b / 32] = s;
+        const __m256 sv = _mm256_set1_ps(s);
+        /* [x0,x2,..,x14 | x16,..,x30] evens and odds, as floats */
+        const __m256 p0 = _mm256_permutevar8x32_ps(v[0], eo), p1 = _mm256_permutevar8x32_ps(v[1], eo);
+        const __m256 p2 = _mm256_permutevar8x32_ps(v[2], eo), p3 = _mm256_permutevar8x32_ps(v[3], eo);
+        __m256 r[4] = {_mm256_permute2f128_ps(p0, p1, 0x20), _mm256_permute2f128_ps(p2, p3, 0x20),
+                       _mm256_permute2f128_ps(p0, p1, 0x31), _mm256_permute2f128_ps(p2, p3, 0x31)};
+        __m256i q[4], qs = _mm256_setzero_si256();
+        for (int i = 0; i < 4; i++) {
+            __m256 t = _mm256_round_ps(_mm256_div_ps(r[i], sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            t = _mm256_and_ps(t, _mm256_cmp_ps(t, t, _CMP_ORD_Q)); /* NaN -> 0 */
+            t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+            q[i] = _mm256_cvtps_epi32(t);
+            qs = _mm256_add_epi32(qs, q[i]);
+        }
+        const __m256i e16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+        const __m256i o16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
+        if (bits == 16) {
+            _mm256_storeu_si256((__m256i *)(x16 + b), e16);
+            _mm256_storeu_si256((__m256i *)(x16 + b + 16), o16);
+        } else {
+            _mm256_storeu_si256((__m256i *)(x8 + b), _mm256_permute4x64_epi64(_mm256_packs_epi16(e16, o16), 0xD8));
+        }
+        if (b % G == 0) xsum[b / G] = 0.0f;
+        xsum[b / G] += s * (float)hsum256i(qs);
+    }
+    if (risky)
+        for (int64_t g = 0; g < K / G; g++) {
+            float f = 0.0f;
+            for (int64_t k = g * G; k < (g + 1) * G; k++) f += x[k];
+            if (!isfinite(f)) xsum[g] = f;
+        }
+}
+
+/* the scalar reference of w4_blockq_prep_x (tests: the two agree bit for bit) */
+void ml_w4q_prep_ref(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
+    w4_blockq_prep_x_scalar(bits, x, K, G, xq, bs, xsum);
 }
 
 #define W4A16_ROW(P, A)                                                                  \
@@ -276,6 +348,20 @@ static inline void w4a8_dotn(const int8_t *xs, const float *bs, const float *xsu
     if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
 }
 
+/* n (1..8) floats / float16 values as 8 floats, the lanes from n on 0 */
+static inline __m256 w4_load8_f32(const float *p, int64_t n) {
+    if (n == 8) return _mm256_loadu_ps(p);
+    float t[8] __attribute__((aligned(32))) = {0};
+    for (int64_t i = 0; i < n; i++) t[i] = p[i];
+    return _mm256_load_ps(t);
+}
+static inline __m256 w4_load8_f16(const uint16_t *p, int64_t n) {
+    if (n == 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    uint16_t t[8] __attribute__((aligned(16))) = {0};
+    for (int64_t i = 0; i < n; i++) t[i] = p[i];
+    return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)t));
+}
+
 /* a8 with groups of 32 (one float16 scale per block, GGML Q4_1's layout): the block's two
    scales are folded into one float per row and block, d = scale[g] * bs[b], 8 blocks at a time
    (vcvtph2ps, vmulps), so the inner loop is vbroadcasti128 (16 packed bytes into both lanes, a
@@ -283,7 +369,9 @@ static inline void w4a8_dotn(const int8_t *xs, const float *bs, const float *xsu
    one FMA with the broadcast d per row and block: 6 vector ALU ops against ~13 of w4a8_dotn
    (which unpacks with vpsrlw + vinserti128 and scales each group with a scalar float16
    conversion). The sums are the same exact int32 block sums; only the float rounding order of
-   the scaling differs. */
+   the scaling differs. The min term starts the same 8-lane accumulators (one FMA of 8 groups'
+   float16 mins with their rounded-x sums per 8 groups; instead of a separate pass and sum per
+   row), in the order ml_w4a8_gemm repeats. */
 static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
                                  const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t nr, float *out) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -295,6 +383,15 @@ static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float 
     const uint16_t *s0 = sc, *s1 = sc + o1 * nb, *s2 = sc + o2 * nb, *s3 = sc + o3 * nb;
     __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
     float d[4][8] __attribute__((aligned(32)));
+    const uint16_t *m0 = mn, *m1 = mn + o1 * nb, *m2 = mn + o2 * nb, *m3 = mn + o3 * nb;
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) { /* the min term first */
+        const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
+        const __m256 xsv = w4_load8_f32(xsum + b0, n);
+        f0 = _mm256_fmadd_ps(w4_load8_f16(m0 + b0, n), xsv, f0);
+        f1 = _mm256_fmadd_ps(w4_load8_f16(m1 + b0, n), xsv, f1);
+        f2 = _mm256_fmadd_ps(w4_load8_f16(m2 + b0, n), xsv, f2);
+        f3 = _mm256_fmadd_ps(w4_load8_f16(m3 + b0, n), xsv, f3);
+    }
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
         const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
         if (n == 8) {
@@ -328,10 +425,10 @@ static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float 
 #undef W4A8G32_ROW
         }
     }
-    out[0] = hsum256(f0) + w4_min_term(mn, xsum, nb);
-    if (nr > 1) out[1] = hsum256(f1) + w4_min_term(mn + nb, xsum, nb);
-    if (nr > 2) out[2] = hsum256(f2) + w4_min_term(mn + 2 * nb, xsum, nb);
-    if (nr > 3) out[3] = hsum256(f3) + w4_min_term(mn + 3 * nb, xsum, nb);
+    out[0] = hsum256(f0);
+    if (nr > 1) out[1] = hsum256(f1);
+    if (nr > 2) out[2] = hsum256(f2);
+    if (nr > 3) out[3] = hsum256(f3);
 }
 
 /* the a16 / a8 drivers: round x per 32-block (w4_blockq_prep_x), then 4-row tiles over OpenMP.
@@ -445,6 +542,138 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
                       nr, o);
         for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] + (bias ? bias[n + r] : 0.0f);
     }
+}
+
+/* ---- int4 g32 x int8 activations, GEMM for prefill (many x rows): integer products, no
+   dequantization ----
+   The numbers of w4a8_dotn_g32 (the decode GEMV, via ml_w4a8_linear) bit for bit, for every
+   (row, output): each row of x is rounded per 32-block by w4_blockq_prep_x, and each output sums
+   its blocks' exact int32 nibble x int8 sums (vpmaddubsw, vpmaddwd) scaled by
+   d = scale * bs and its min term in the same order. What changes is the blocking: an
+   W4G_MR x W4G_NR tile of (x row, weight row) pairs keeps its 9 float accumulators in registers,
+   so each weight block is unpacked once for W4G_MR rows and each x block loaded once for W4G_NR
+   weight rows (the GEMV re-unpacks every weight block for every row), and the float32
+   dequantized copy of the weights that the previous prefill wrote and read (N x K x 4 bytes a
+   layer) is gone. As llamafile's tinyBLAS_Q0_AVX (llama.cpp's quantized prefill on AVX2) blocks
+   its Q4 x Q8 products; here the min term of Q4_1 comes from per-group sums of the rounded x. */
+
+#define W4G_MR 3  /* x rows per tile */
+#define W4G_NR 3  /* weight rows per tile (9 accumulators + 3 weight vectors + x + 3 constants) */
+#define W4G_MB 48 /* x rows per block (a multiple of W4G_MR; 48 x K int8 stays in L2) */
+
+/* One tile. Per-block arrays (bs, xsum of x; sc, mn of w) have nbp = nb rounded up to 8 entries
+   a row, zero beyond nb (as w4_load8_* reads the GEMV's last partial 8 blocks), so every 8-block
+   step is whole vectors. */
+static inline __attribute__((always_inline)) void w4a8g_tile(const int8_t *xq, const float *bs, const float *xsum,
+                                                             int64_t K, int64_t nbp, const uint8_t *wp,
+                                                             const uint16_t *sc, const uint16_t *mn, const int MR,
+                                                             const int NR, float out[W4G_MR][W4G_NR]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i sh = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
+    const int64_t ldw = K / 2, nb = K / 32;
+    __m256 f[W4G_MR][W4G_NR];
+    float d[W4G_MR][W4G_NR][8] __attribute__((aligned(32)));
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) f[i][j] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) /* the min term first, as w4a8_dotn_g32 */
+        for (int j = 0; j < NR; j++) {
+            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + j * nbp + b0)));
+            for (int i = 0; i < MR; i++) f[i][j] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xsum + i * nbp + b0), f[i][j]);
+        }
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+        const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
+        for (int j = 0; j < NR; j++) {
+            const __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + j * nbp + b0)));
+            for (int i = 0; i < MR; i++) _mm256_store_ps(d[i][j], _mm256_mul_ps(sw, _mm256_loadu_ps(bs + i * nbp + b0)));
+        }
+        for (int64_t t = 0; t < n; t++) {
+            const int64_t b = b0 + t;
+            __m256i w[W4G_NR];
+            for (int j = 0; j < NR; j++)
+                w[j] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(
+                           _mm_loadu_si128((const __m128i *)(wp + j * ldw + 16 * b))), sh), m4);
+            for (int i = 0; i < MR; i++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * K + 32 * b));
+                for (int j = 0; j < NR; j++)
+                    f[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w[j], xv), ones)),
+                                              _mm256_broadcast_ss(&d[i][j][t]), f[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i][j] = hsum256(f[i][j]);
+}
+
+/* rows m0..m0+mr-1, outputs n0..n0+nr-1 (mr <= W4G_MR, nr <= W4G_NR); partial tiles pair by pair */
+static void w4a8g_block(const int8_t *xq, const float *bs, const float *xsum, int64_t nbp, int64_t m0, int mr,
+                        const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, const float *bias,
+                        int64_t n0, int nr, int64_t K, float *y, int64_t N) {
+    const int8_t *xb = xq + m0 * K;
+    const float *bb = bs + m0 * nbp, *xs = xsum + m0 * nbp;
+    const uint8_t *wb = wp + n0 * (K / 2);
+    const uint16_t *sb = sc + n0 * nbp, *mb = mn + n0 * nbp;
+    float o[W4G_MR][W4G_NR];
+    if (mr == W4G_MR && nr == W4G_NR) {
+        w4a8g_tile(xb, bb, xs, K, nbp, wb, sb, mb, W4G_MR, W4G_NR, o);
+    } else {
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++) {
+                float t[W4G_MR][W4G_NR];
+                w4a8g_tile(xb + i * K, bb + i * nbp, xs + i * nbp, K, nbp, wb + j * (K / 2), sb + j * nbp, mb + j * nbp,
+                           1, 1, t);
+                o[i][j] = t[0][0];
+            }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *ym = y + (m0 + i) * N;
+        for (int j = 0; j < nr; j++) ym[n0 + j] = o[i][j] + (bias ? bias[n0 + j] : 0.0f);
+    }
+}
+
+/* y[M, N] = (x rounded per 32-block to int8) @ W[N, K]^T + bias for int4 weights in groups of 32
+   (G must be 32 and K a multiple of it: -2 otherwise); bit for bit ml_w4a8_linear's output.
+   Returns 0, -1 (allocation failed) or -2. M = 0 writes nothing. */
+int ml_w4a8_gemm(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
+                 const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
+    if (G != 32 || K % 32 != 0) return -2;
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t nb = K / 32, nbp = (nb + 7) / 8 * 8;
+    const size_t xbytes = ((size_t)(M * K) + 63) / 64 * 64;
+    const size_t fbytes = sizeof(float) * (size_t)(2 * M * nbp), hbytes = sizeof(uint16_t) * (size_t)(2 * N * nbp);
+    char *buf = (char *)malloc(xbytes + fbytes + hbytes + 64);
+    if (!buf) return -1;
+    int8_t *xq = (int8_t *)buf;
+    float *bs = (float *)(buf + xbytes), *xsum = bs + M * nbp;
+    uint16_t *sc = (uint16_t *)(buf + xbytes + fbytes), *mn = sc + N * nbp;
+    const int64_t ntiles = (N + W4G_NR - 1) / W4G_NR;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        for (int64_t m = M * tid / nt; m < M * (tid + 1) / nt; m++) {
+            w4_blockq_prep_x(8, x + m * K, K, 32, xq + m * K, bs + m * nbp, xsum + m * nbp);
+            for (int64_t j = nb; j < nbp; j++) bs[m * nbp + j] = xsum[m * nbp + j] = 0.0f;
+        }
+        for (int64_t n = N * tid / nt; n < N * (tid + 1) / nt; n++) {
+            memcpy(sc + n * nbp, scales + n * nb, sizeof(uint16_t) * (size_t)nb);
+            memcpy(mn + n * nbp, mins + n * nb, sizeof(uint16_t) * (size_t)nb);
+            for (int64_t j = nb; j < nbp; j++) sc[n * nbp + j] = mn[n * nbp + j] = 0;
+        }
+        #pragma omp barrier
+        const int64_t t0 = ntiles * tid / nt, t1 = ntiles * (tid + 1) / nt;
+        for (int64_t mb = 0; mb < M; mb += W4G_MB) {
+            const int64_t me = mb + W4G_MB < M ? mb + W4G_MB : M;
+            for (int64_t t = t0; t < t1; t++) {
+                const int64_t n0 = W4G_NR * t;
+                const int nr = N - n0 < W4G_NR ? (int)(N - n0) : W4G_NR;
+                for (int64_t m = mb; m < me; m += W4G_MR) {
+                    const int mr = me - m < W4G_MR ? (int)(me - m) : W4G_MR;
+                    w4a8g_block(xq, bs, xsum, nbp, m, mr, wp, sc, mn, bias, n0, nr, K, y, N);
+                }
+            }
+        }
+    }
+    free(buf);
+    return 0;
 }
 
 void ml_w4_dequant(const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, int64_t G,

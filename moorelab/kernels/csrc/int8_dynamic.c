@@ -131,7 +131,7 @@ void ml_a8w8_rows(const int8_t *xq, float sx, int64_t K, const int8_t *w, const 
 
 /* a block holding a NaN or an infinity gets bs = NaN and xq = 0, so every output it reaches is
    NaN (as with float activations) instead of finite garbage */
-static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
+static void a8b_quant_row_scalar(const float *x, int64_t K, int8_t *q, float *bs) {
     for (int64_t b0 = 0; b0 < K; b0 += 32) {
         const int64_t e = b0 + 32 < K ? b0 + 32 : K;
         float amax = 0.0f;
@@ -155,6 +155,50 @@ static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
             q[k] = (int8_t)v;
         }
     }
+}
+
+/* a8b_quant_row_scalar in AVX2 for the full blocks (the same numbers bit for bit: vroundps
+   rounds half to even as nearbyintf does in the default mode; tests compare the two through
+   ml_a8b_prep_ref); a short last block goes to the scalar code */
+static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int64_t b0 = 0;
+    for (; b0 + 32 <= K; b0 += 32) {
+        __m256 v[4], mx = _mm256_setzero_ps(), badv = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(x + b0 + 8 * i);
+            const __m256 a = _mm256_and_ps(v[i], absmask);
+            mx = _mm256_max_ps(a, mx);
+            badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+        }
+        if (_mm256_movemask_ps(badv)) {
+            bs[b0 / 32] = NAN;
+            memset(q + b0, 0, 32);
+            continue;
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float s = _mm_cvtss_f32(h) / 127.0f;
+        if (!(s > 0.0f)) s = 1.0f;
+        bs[b0 / 32] = s;
+        const __m256 sv = _mm256_set1_ps(s);
+        __m256i r[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256 t = _mm256_round_ps(_mm256_div_ps(v[i], sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi));
+        }
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        _mm256_storeu_si256((__m256i *)(q + b0), _mm256_permutevar8x32_epi32(p, order));
+    }
+    if (b0 < K) a8b_quant_row_scalar(x + b0, K - b0, q + b0, bs + b0 / 32);
+}
+
+/* the scalar reference of a8b_quant_row (tests: the two agree bit for bit) */
+void ml_a8b_prep_ref(const float *x, int64_t K, int8_t *xq, float *bs) {
+    a8b_quant_row_scalar(x, K, xq, bs);
 }
 
 /* nr (1..4) rows of w (stride ldw) against one rounded x row */
