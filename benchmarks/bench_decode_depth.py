@@ -14,14 +14,14 @@ float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 an
   the machine was shared (other processes had the cores), and every figure is low by about it;
 * prefill tok/s of ``--prefill`` tokens (no cache), per precision, with the logits of every
   position (as ``moorelab run`` times it) and of the last one only (as generation, and
-  llama.cpp's ``llama-bench``, do); for int8 also the previous prefill (dequantize + float32
-  matmul) as an A/B of the integer GEMM (``ml_w8_gemm``);
+  llama.cpp's ``llama-bench``, do); for int8 and int4-a8 also the previous prefill (dequantize
+  + float32 matmul) as an A/B of the integer GEMMs (``ml_w8_gemm``, ``ml_w4a8_gemm``);
 * CPU figures (process CPU time of all threads): on a shared machine the wall figures carry the
   other processes' load, CPU time far less of it;
 * bits per byte of the float16 cache against the float32 one: the default text scored in
   512-token windows, each run through a fresh cache of that type (``--chars`` characters); and
-  of int8 with its integer prefill GEMM (x rows rounded to int16) against the previous
-  dequantize + float32 matmul.
+  of int8 with its integer prefill GEMM (x rows rounded to int16) and of int4-a8 with its (the
+  decode kernel's numbers) against the previous dequantize + float32 matmul.
 
 Usage: python benchmarks/bench_decode_depth.py [--threads 2] [--depth 4096] [--steps 32] [--rounds 3]
        [--prefill 512] [--chars 20000] [--json out.json]
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moorelab.improve.api import apply, parse_spec  # noqa: E402
 from moorelab.improve.quantize import Int8WeightOnlyLinear, QuantizedLinear  # noqa: E402
+from moorelab.improve.quantize.int4 import Int4WeightOnlyLinear  # noqa: E402
 from moorelab.model import decode  # noqa: E402
 from moorelab.model.transformer import KVCache  # noqa: E402
 
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
         models[label] = m.eval()
     rows = [Row(f"{label} kv-{'f16' if kv is torch.float16 else 'f32'} d{d}", m, kv, d, ids, args.steps)
             for label, m in models.items() for kv in (torch.float32, torch.float16) for d in (0, args.depth)]
-    # prefill: each precision, and int8 on its previous path (dequantize + float32 matmul)
+    # prefill: each precision, and int8 / int4-a8 on their previous path (dequantize + float32 matmul)
     pre = {label: m for label, m in models.items()}
     if "int8" in models:
         old = copy.deepcopy(models["int8"])
@@ -149,6 +150,12 @@ def main(argv=None) -> int:
             if isinstance(mod, Int8WeightOnlyLinear):
                 mod._prefill_forward = lambda x2, mod=mod: mod._dequant_chunks(x2, mod._dequant_rows)
         pre["int8 (dequant+fp32 prefill)"] = old
+    if "int4-a8" in models:
+        old = copy.deepcopy(models["int4-a8"])
+        for mod in old.modules():
+            if isinstance(mod, Int4WeightOnlyLinear):
+                mod._prefill_forward = mod._dequant_prefill
+        pre["int4-a8 (dequant+fp32 prefill)"] = old
     pre = {**{f"{k} (last logits only)": m for k, m in models.items()}, **pre}
     pre_s: dict[str, list[float]] = {k: [] for k in pre}
     pre_cpu = {k: 0.0 for k in pre}
@@ -213,14 +220,17 @@ def main(argv=None) -> int:
             d = res["float16"] - res["float32"]
             print(f"{label:8s} kv float32 {res['float32']:.5f}  kv float16 {res['float16']:.5f}  delta {d:+.5f}")
             out["quality"].append({"precision": label, **res, "delta_bits_per_byte": d})
-        if "int8 (dequant+fp32 prefill)" in pre:  # what the int16 rows of the int8 GEMM cost
+        for label, what in (("int8", "x rows in int16"), ("int4-a8", "the decode kernel's sums")):
+            key = f"{label} (dequant+fp32 prefill)"
+            if key not in pre:  # what the integer prefill GEMM costs (or saves) in bits per byte
+                continue
             with torch.inference_mode():
-                q = score_text(lambda x: pre["int8 (dequant+fp32 prefill)"](x), qids, qtext.n_bytes, window=512,
+                q = score_text(lambda x, key=key: pre[key](x), qids, qtext.n_bytes, window=512,
                                bos_policy="first", bos_token_id=bos, batch_size=1)
-            new = next(r["float32"] for r in out["quality"] if r["precision"] == "int8")
-            print(f"int8 prefill GEMM (x rows in int16) {new:.5f} vs dequantize + float32 matmul {q.bits_per_byte:.5f}: "
+            new = next(r["float32"] for r in out["quality"] if r["precision"] == label)
+            print(f"{label} prefill GEMM ({what}) {new:.5f} vs dequantize + float32 matmul {q.bits_per_byte:.5f}: "
                   f"delta {new - q.bits_per_byte:+.5f}")
-            out["int8_gemm_delta_bits_per_byte"] = new - q.bits_per_byte
+            out[f"{label.replace('-', '_')}_gemm_delta_bits_per_byte"] = new - q.bits_per_byte
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -301,6 +301,13 @@ class Int4WeightOnlyLinear(QuantizedLinear):
             if rc != 0:
                 raise RuntimeError(f"int4 GEMM: C side returned {rc} (group size {g}, in_features {k})")
             return y
+        return self._dequant_prefill(x2)
+
+    def _dequant_prefill(self, x2):
+        """Prefill by dequantizing blocks of rows to float32 and torch's matmul (on the rounded
+        activations): every layout but int8 activations with groups of 32, and the A/B reference
+        of ``ml_w4a8_gemm`` in ``benchmarks/bench_decode_depth.py``."""
+        k, g = self.in_features, self.group_size
 
         def dq(n0, n1, buf):
             self._lib.w4_dequant(self.qweight[n0].data_ptr(), self.scales[n0].data_ptr(), self.mins[n0].data_ptr(),
