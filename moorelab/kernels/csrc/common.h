@@ -78,6 +78,28 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* the four sums of hsum256(a), .., hsum256(d) (the same additions: (l0+l1)+(l2+l3) of lo+hi) in
+   one register: a row tile's outputs leave its kernel without a store to memory that the caller
+   would read back at once (four scalar stores read as one vector stall store forwarding) */
+static inline __m128 hsum4x256(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+    const __m128 c4 = _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1));
+    const __m128 d4 = _mm_add_ps(_mm256_castps256_ps128(d), _mm256_extractf128_ps(d, 1));
+    return _mm_hadd_ps(_mm_hadd_ps(a4, b4), _mm_hadd_ps(c4, d4));
+}
+
+/* y[r] = v[r] + bias[r] (+ 0 without bias, as the scalar code adds) for the nr (1..4) rows of a tile */
+static inline void ml_store_tile4(float *y, __m128 v, const float *bias, int64_t nr) {
+    if (nr == 4) {
+        _mm_storeu_ps(y, _mm_add_ps(v, bias ? _mm_loadu_ps(bias) : _mm_setzero_ps()));
+        return;
+    }
+    float o[4];
+    _mm_storeu_ps(o, v);
+    for (int64_t r = 0; r < nr; r++) y[r] = o[r] + (bias ? bias[r] : 0.0f);
+}
+
 static inline int32_t hsum256i(__m256i v) {
     __m128i lo = _mm256_castsi256_si128(v);
     __m128i hi = _mm256_extracti128_si256(v, 1);

@@ -348,18 +348,28 @@ static inline void w4a8_dotn(const int8_t *xs, const float *bs, const float *xsu
     if (nr > 3) out[3] = hsum256(t3) + w4_min_term(mn + 3 * ngr, xsum, ngr);
 }
 
-/* n (1..8) floats / float16 values as 8 floats, the lanes from n on 0 */
+/* n (1..8) floats / float16 values as 8 floats, the lanes from n on 0. Masked loads, no reads
+   past p[n - 1] (a float16 count that is odd gets its last value by vpinsrw), and no vector read
+   of freshly stored scalars (a store-forwarding stall each). */
+static inline __m256i w4_lane_mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 static inline __m256 w4_load8_f32(const float *p, int64_t n) {
     if (n == 8) return _mm256_loadu_ps(p);
-    float t[8] __attribute__((aligned(32))) = {0};
-    for (int64_t i = 0; i < n; i++) t[i] = p[i];
-    return _mm256_load_ps(t);
+    return _mm256_maskload_ps(p, w4_lane_mask(n));
 }
 static inline __m256 w4_load8_f16(const uint16_t *p, int64_t n) {
     if (n == 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-    uint16_t t[8] __attribute__((aligned(16))) = {0};
-    for (int64_t i = 0; i < n; i++) t[i] = p[i];
-    return _mm256_cvtph_ps(_mm_load_si128((const __m128i *)t));
+    const __m128i pairs = _mm_cmpgt_epi32(_mm_set1_epi32((int)(n / 2)), _mm_setr_epi32(0, 1, 2, 3));
+    __m128i v = _mm_maskload_epi32((const int *)p, pairs); /* whole float16 pairs */
+    switch (n) { /* the last of an odd count */
+    case 1: v = _mm_insert_epi16(v, p[0], 0); break;
+    case 3: v = _mm_insert_epi16(v, p[2], 2); break;
+    case 5: v = _mm_insert_epi16(v, p[4], 4); break;
+    case 7: v = _mm_insert_epi16(v, p[6], 6); break;
+    default: break;
+    }
+    return _mm256_cvtph_ps(v);
 }
 
 /* a8 with groups of 32 (one float16 scale per block, GGML Q4_1's layout): the block's two
@@ -372,8 +382,19 @@ static inline __m256 w4_load8_f16(const uint16_t *p, int64_t n) {
    the scaling differs. The min term starts the same 8-lane accumulators (one FMA of 8 groups'
    float16 mins with their rounded-x sums per 8 groups; instead of a separate pass and sum per
    row), in the order ml_w4a8_gemm repeats. */
-static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
-                                 const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t nr, float *out) {
+/* d[r][j] = scale[r][b0 + j] * bs[b0 + j] for the (up to) 8 blocks from b0 of 4 weight rows */
+static inline void w4_scale_d(const uint16_t *s0, const uint16_t *s1, const uint16_t *s2, const uint16_t *s3,
+                              const float *bs, int64_t b0, int64_t nb, float d[4][8]) {
+    const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
+    const __m256 bsv = w4_load8_f32(bs + b0, n);
+    _mm256_store_ps(d[0], _mm256_mul_ps(w4_load8_f16(s0 + b0, n), bsv));
+    _mm256_store_ps(d[1], _mm256_mul_ps(w4_load8_f16(s1 + b0, n), bsv));
+    _mm256_store_ps(d[2], _mm256_mul_ps(w4_load8_f16(s2 + b0, n), bsv));
+    _mm256_store_ps(d[3], _mm256_mul_ps(w4_load8_f16(s3 + b0, n), bsv));
+}
+
+static inline __m128 w4a8_dotn_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
+                                   const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t nr) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i sh = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
@@ -382,7 +403,6 @@ static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float 
     const uint8_t *p0 = wp, *p1 = wp + o1 * ldw, *p2 = wp + o2 * ldw, *p3 = wp + o3 * ldw;
     const uint16_t *s0 = sc, *s1 = sc + o1 * nb, *s2 = sc + o2 * nb, *s3 = sc + o3 * nb;
     __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
-    float d[4][8] __attribute__((aligned(32)));
     const uint16_t *m0 = mn, *m1 = mn + o1 * nb, *m2 = mn + o2 * nb, *m3 = mn + o3 * nb;
     for (int64_t b0 = 0; b0 < nb; b0 += 8) { /* the min term first */
         const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
@@ -392,22 +412,10 @@ static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float 
         f2 = _mm256_fmadd_ps(w4_load8_f16(m2 + b0, n), xsv, f2);
         f3 = _mm256_fmadd_ps(w4_load8_f16(m3 + b0, n), xsv, f3);
     }
+    float dc[4][8] __attribute__((aligned(32)));
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
         const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
-        if (n == 8) {
-            const __m256 bsv = _mm256_loadu_ps(bs + b0);
-            _mm256_store_ps(d[0], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s0 + b0))), bsv));
-            _mm256_store_ps(d[1], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s1 + b0))), bsv));
-            _mm256_store_ps(d[2], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s2 + b0))), bsv));
-            _mm256_store_ps(d[3], _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s3 + b0))), bsv));
-        } else {
-            for (int64_t j = 0; j < n; j++) {
-                d[0][j] = _cvtsh_ss(s0[b0 + j]) * bs[b0 + j];
-                d[1][j] = _cvtsh_ss(s1[b0 + j]) * bs[b0 + j];
-                d[2][j] = _cvtsh_ss(s2[b0 + j]) * bs[b0 + j];
-                d[3][j] = _cvtsh_ss(s3[b0 + j]) * bs[b0 + j];
-            }
-        }
+        w4_scale_d(s0, s1, s2, s3, bs, b0, nb, dc);
         for (int64_t j = 0; j < n; j++) {
             const int64_t b = b0 + j;
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(xs + 32 * b));
@@ -416,7 +424,7 @@ static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float 
                 __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(                \
                                 _mm_loadu_si128((const __m128i *)((P) + 16 * b))), sh), m4);               \
                 __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones);                          \
-                F = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&d[R][j]), F);              \
+                F = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&dc[R][j]), F);             \
             } while (0)
             W4A8G32_ROW(p0, 0, f0);
             W4A8G32_ROW(p1, 1, f1);
@@ -425,10 +433,7 @@ static inline void w4a8_dotn_g32(const int8_t *xs, const float *bs, const float 
 #undef W4A8G32_ROW
         }
     }
-    out[0] = hsum256(f0);
-    if (nr > 1) out[1] = hsum256(f1);
-    if (nr > 2) out[2] = hsum256(f2);
-    if (nr > 3) out[3] = hsum256(f3);
+    return hsum4x256(f0, f1, f2, f3); /* lanes from nr on: unused */
 }
 
 /* the a16 / a8 drivers: round x per 32-block (w4_blockq_prep_x), then 4-row tiles over OpenMP.
@@ -459,16 +464,19 @@ static int w4_blockq_linear(int bits, const float *x, int64_t M, int64_t K, cons
         for (int64_t m = 0; m < M; m++) {
             float o[4];
             const char *xm = buf + esz * (size_t)(m * K);
+            float *ym = y + m * N;
+            if (bits == 8 && G == 32) {
+                ml_store_tile4(ym + n0, w4a8_dotn_g32((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K,
+                                                      wp + n0 * (K / 2), scales + n0 * ngr, mins + n0 * ngr, nr),
+                               bias ? bias + n0 : NULL, nr);
+                continue;
+            }
             if (bits == 16)
                 w4a16_dotn((const int16_t *)xm, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2),
                            scales + n0 * ngr, mins + n0 * ngr, ngr, nr, o);
-            else if (G == 32)
-                w4a8_dotn_g32((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K, wp + n0 * (K / 2),
-                              scales + n0 * ngr, mins + n0 * ngr, nr, o);
             else
                 w4a8_dotn((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K, G, wp + n0 * (K / 2),
                           scales + n0 * ngr, mins + n0 * ngr, ngr, nr, o);
-            float *ym = y + m * N;
             for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] + (bias ? bias[n0 + r] : 0.0f);
         }
     }
@@ -532,11 +540,14 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
         const int64_t nr = n1 - n < 4 ? n1 - n : 4;
         if (n + 4 * ML_PF_TILES4 < n1) w4_prefetch_tile(wp, scales, mins, K, ngr, n + 4 * ML_PF_TILES4);
         float o[4];
+        if (bits == 8 && G == 32) {
+            ml_store_tile4(y + n, w4a8_dotn_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr,
+                                                mins + n * ngr, nr), bias ? bias + n : NULL, nr);
+            continue;
+        }
         if (bits == 16)
             w4a16_dotn((const int16_t *)xq, bs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr,
                        nr, o);
-        else if (G == 32)
-            w4a8_dotn_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, nr, o);
         else
             w4a8_dotn((const int8_t *)xq, bs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr,
                       nr, o);
