@@ -20,8 +20,8 @@ float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 an
   other processes' load, CPU time far less of it;
 * bits per byte of the float16 cache against the float32 one: the default text scored in
   512-token windows, each run through a fresh cache of that type (``--chars`` characters); and
-  of int8 with its integer prefill GEMM (x rows rounded to int16) and of int4-a8 with its (the
-  decode kernel's numbers) against the previous dequantize + float32 matmul.
+  of int8 with its integer prefill GEMM (x rows rounded to int16) and of int4-a8 with its integer
+  GEMM (the decode kernel's numbers) against the previous dequantize + float32 matmul.
 
 Usage: python benchmarks/bench_decode_depth.py [--threads 2] [--depth 4096] [--steps 32] [--rounds 3]
        [--prefill 512] [--chars 20000] [--json out.json]

@@ -52,12 +52,14 @@ SHAPES = [(1, 1, 32), (2, 3, 64), (3, 3, 288), (4, 7, 256), (5, 2, 576), (47, 5,
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_gemm_matches_float64_reference_and_the_gemv_bit_for_bit(m, n, k, threads):
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gemm_matches_float64_reference_and_the_gemv_bit_for_bit(m, n, k, threads, with_bias):
     qw, sc, mn, bias = _layer(n, k, seed=m * 1000 + n * 10 + k)
+    bias = bias if with_bias else None
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(k + m)) * 2.0
     rc, y = _run(lib.w4a8_gemm, x, qw, sc, mn, bias, n, threads)
     assert rc == 0
-    ref = round_activations_blocks(x, 8).double() @ _dequant64(qw, sc, mn).T + bias.double()
+    ref = round_activations_blocks(x, 8).double() @ _dequant64(qw, sc, mn).T + (0.0 if bias is None else bias.double())
     scale = (round_activations_blocks(x, 8).double().abs() @ _dequant64(qw, sc, mn).abs().T).clamp_min(1e-3)
     assert float(((y.double() - ref).abs() / scale).max()) < 2e-6
     rc2, y2 = _run(lib.w4a8_linear, x, qw, sc, mn, bias, n, threads)
@@ -65,10 +67,32 @@ def test_gemm_matches_float64_reference_and_the_gemv_bit_for_bit(m, n, k, thread
     assert torch.equal(y.view(torch.int32), y2.view(torch.int32))
 
 
+@pytest.mark.parametrize("nb", list(range(1, 18)))
+def test_every_partial_8_block_tail_matches_reference_and_gemv(nb):
+    """K = 32 nb for nb = 1..17: the last 8-block step holds 1..8 blocks (the GEMV's masked
+    loads of 1..7 float16 values, odd counts by vpinsrw; the GEMM's zero-padded arrays)."""
+    k = 32 * nb
+    qw, sc, mn, bias = _layer(5, k, seed=nb)
+    x = torch.randn(4, k, generator=torch.Generator().manual_seed(100 + nb))
+    rc, y = _run(lib.w4a8_gemm, x, qw, sc, mn, bias, 5, 2)
+    assert rc == 0
+    ref = round_activations_blocks(x, 8).double() @ _dequant64(qw, sc, mn).T + bias.double()
+    scale = (round_activations_blocks(x, 8).double().abs() @ _dequant64(qw, sc, mn).abs().T).clamp_min(1e-3)
+    assert float(((y.double() - ref).abs() / scale).max()) < 2e-6
+    _, y2 = _run(lib.w4a8_linear, x, qw, sc, mn, bias, 5, 2)
+    assert torch.equal(y.view(torch.int32), y2.view(torch.int32))
+
+
 def test_gemm_m0_writes_nothing_and_bad_layouts_are_refused():
     qw, sc, mn, bias = _layer(4, 64, seed=1)
-    rc, y = _run(lib.w4a8_gemm, torch.empty(0, 64), qw, sc, mn, bias, 4, 2)
-    assert rc == 0 and y.shape == (0, 4)
+    x = torch.randn(1, 64)
+    y = torch.full((1, 4), 7.0)
+    rc = lib.w4a8_gemm(x.data_ptr(), 0, 64, qw.data_ptr(), sc.data_ptr(), mn.data_ptr(), 32, bias.data_ptr(),
+                       y.data_ptr(), 4, 2)
+    assert rc == 0 and bool((y == 7.0).all())  # M = 0: the buffer is untouched
+    rc = lib.w4a8_gemm(x.data_ptr(), -1, 64, qw.data_ptr(), sc.data_ptr(), mn.data_ptr(), 32, None,
+                       y.data_ptr(), 4, 2)
+    assert rc == -2 and bool((y == 7.0).all())  # a negative count is refused
     x = torch.randn(3, 64)
     rc, y = _run(lib.w4a8_gemm, x, qw, sc, mn, None, 4, 2, g=64)
     assert rc == -2 and bool((y == 7.0).all())  # refused before writing
@@ -78,12 +102,14 @@ def test_gemm_m0_writes_nothing_and_bad_layouts_are_refused():
 
 def test_gemm_nan_and_infinity_reach_their_rows_only():
     qw, sc, mn, bias = _layer(5, 96, seed=2)
-    x = torch.randn(7, 96, generator=torch.Generator().manual_seed(3))
+    mn[2] = 0.0  # a weight row whose min term is 0 x (inf or NaN)
+    x = torch.randn(8, 96, generator=torch.Generator().manual_seed(3))
     x[1, 40] = float("nan")
     x[4, 3] = float("inf")
+    x[7, 10], x[7, 70] = float("nan"), float("-inf")  # both in one row: NaN payloads must match too
     rc, y = _run(lib.w4a8_gemm, x, qw, sc, mn, bias, 5, 2)
     assert rc == 0
-    assert bool(y[1].isnan().all()) and not bool(y[4].isfinite().any())
+    assert bool(y[1].isnan().all()) and not bool(y[4].isfinite().any()) and bool(y[7].isnan().all())
     ok = [0, 2, 3, 5, 6]
     assert bool(y[ok].isfinite().all())
     _, y2 = _run(lib.w4a8_linear, x, qw, sc, mn, bias, 5, 2)
@@ -122,6 +148,21 @@ def _prep_case(seed: int, k: int) -> torch.Tensor:
         x[int(torch.randint(0, k, (1,), generator=g))] = float("nan")
         x[int(torch.randint(0, k, (1,), generator=g))] = float("inf")
     return x
+
+
+def test_int4_block_rounding_overflowing_group_sum_by_hand():
+    """Finite values whose float group sum overflows take the scalar fallback (xsum = inf) in the
+    vectorized code too; values just below the FLT_MAX / (2 G) threshold keep s * sum(q)."""
+    big = torch.tensor([3e38, 3e38, -3e38, -3e38] * 8, dtype=torch.float32)  # sum(q) = 0, float sum = inf
+    below = torch.full((32,), float(torch.finfo(torch.float32).max) / 64 * 0.99)  # G = 32: not risky
+    for x, want_inf in ((big, True), (below, False)):
+        for fn in (lib.w4q_prep, lib.w4q_prep_ref):
+            xq = torch.zeros(32, dtype=torch.uint8)
+            bs, xs = torch.zeros(1), torch.zeros(1)
+            fn(8, x.data_ptr(), 32, 32, xq.data_ptr(), bs.data_ptr(), xs.data_ptr())
+            assert bool(torch.isinf(xs[0])) == want_inf
+            if not want_inf:
+                assert float(xs[0]) == float(bs[0] * 4064)  # s * sum(q), q = 127 each
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -7,9 +7,11 @@
        f32_gemv.c      float32 GEMV for decode (ml_f32_linear)
        int8.c          int8 weight-only (ml_w8_linear, ml_w8_dequant)
        int4.c          int4 weight-only, float / int16 ("a16") / int8 ("a8") activations
-                       (ml_w4_linear, ml_w4a16_linear, ml_w4a8_linear, ml_w4_dequant)
+                       (ml_w4_linear, ml_w4a16_linear, ml_w4a8_linear, ml_w4_dequant), the a8
+                       GEMM for prefill (ml_w4a8_gemm) and the scalar reference of its activation
+                       rounding (ml_w4q_prep_ref)
        int8_dynamic.c  dynamic int8 x int8, activations rounded per row (ml_a8w8_linear) or
-                       per 32-block (ml_a8bw8_linear)
+                       per 32-block (ml_a8bw8_linear; scalar rounding reference ml_a8b_prep_ref)
        int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm)
        fused_decode.c  every LLaMA-family decoder layer and the output layer for one token of
                        one or B sequences in one call and one parallel region (ml_decode_layers,

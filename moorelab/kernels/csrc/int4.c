@@ -1,4 +1,5 @@
-/* int4 weight-only GEMV (AVX2 + FMA + F16C), with float, int16 ("a16") or int8 ("a8") activations.
+/* int4 weight-only GEMV (AVX2 + FMA + F16C), with float, int16 ("a16") or int8 ("a8") activations,
+   and the a8 GEMM for prefill (ml_w4a8_gemm, groups of 32).
 
    wp: uint8 [N, K/2]; byte wp[n, j] holds q[n, 2j] in its LOW nibble and q[n, 2j+1] in its HIGH
    nibble; q is unsigned 0..15. scales / mins: IEEE float16 (as uint16) [N, K/G];
@@ -199,7 +200,7 @@ static void w4_blockq_prep_x_scalar(int bits, const float *x, int64_t K, int64_t
 
 /* w4_blockq_prep_x_scalar in AVX2, the same numbers bit for bit (tests compare the two through
    ml_w4q_prep_ref): per 32-block the maximum ignores NaN as the scalar `a > amax` does, x / bs is
-   rounded by vroundps (round half to even, as nearbyintf in the default mode), a NaN quotient
+   rounded by vroundps in the current rounding mode (as nearbyintf: half to even by default), a NaN quotient
    becomes 0 before the clamp, and the even/odd reorder is done on the floats (vpermps) before
    they are packed. The float sum of a group (the min term's fallback) is taken, in the scalar's
    order, only when it could be non-finite: a value in the group that is NaN or infinite, or a
@@ -237,7 +238,7 @@ static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, voi
                        _mm256_permute2f128_ps(p0, p1, 0x31), _mm256_permute2f128_ps(p2, p3, 0x31)};
         __m256i q[4], qs = _mm256_setzero_si256();
         for (int i = 0; i < 4; i++) {
-            __m256 t = _mm256_round_ps(_mm256_div_ps(r[i], sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 t = _mm256_round_ps(_mm256_div_ps(r[i], sv), _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC);
             t = _mm256_and_ps(t, _mm256_cmp_ps(t, t, _CMP_ORD_Q)); /* NaN -> 0 */
             t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
             q[i] = _mm256_cvtps_epi32(t);
@@ -309,7 +310,7 @@ static inline void w4a16_dotn(const int16_t *xs, const float *bs, const float *x
    xq[k] = round_half_even(x[k] / bs), bs = max|x[block]| / 127 (1 if zero), per 32-block; the
    32 nibbles of a block (0..15, unsigned) meet the 32 int8 activations in one vpmaddubsw (pair
    sums <= 2*15*127, no saturation) and one vpmaddwd: exact int32 block sums, then scaled by bs
-   in float. The min term uses the float x (exact block sums of x, not of xq). */
+   in float. The min term uses the rounded x too (xsum: each group's bs * exact sum of xq). */
 
 #define W4A8_ROW(P, A)                                                                   \
     do {                                                                                 \
@@ -569,7 +570,7 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
    its Q4 x Q8 products; here the min term of Q4_1 comes from per-group sums of the rounded x. */
 
 #define W4G_MR 3  /* x rows per tile */
-#define W4G_NR 3  /* weight rows per tile (9 accumulators + 3 weight vectors + x + 3 constants) */
+#define W4G_NR 3  /* weight rows per tile (9 accumulators and 3 unpacked weight blocks in registers) */
 #define W4G_MB 48 /* x rows per block (a multiple of W4G_MR; 48 x K int8 stays in L2) */
 
 /* One tile. Per-block arrays (bs, xsum of x; sc, mn of w) have nbp = nb rounded up to 8 entries
@@ -611,8 +612,15 @@ static inline __attribute__((always_inline)) void w4a8g_tile(const int8_t *xq, c
             }
         }
     }
+    /* the GEMV's reduction (hsum4x256), so that even NaN payloads come out the same */
+    const __m256 z = _mm256_setzero_ps();
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) out[i][j] = hsum256(f[i][j]);
+        for (int j0 = 0; j0 < NR; j0 += 4) {
+            float o4[4];
+            _mm_storeu_ps(o4, hsum4x256(f[i][j0], j0 + 1 < NR ? f[i][j0 + 1] : z, j0 + 2 < NR ? f[i][j0 + 2] : z,
+                                        j0 + 3 < NR ? f[i][j0 + 3] : z));
+            for (int j = j0; j < NR && j < j0 + 4; j++) out[i][j] = o4[j - j0];
+        }
 }
 
 /* rows m0..m0+mr-1, outputs n0..n0+nr-1 (mr <= W4G_MR, nr <= W4G_NR); partial tiles pair by pair */
@@ -642,12 +650,12 @@ static void w4a8g_block(const int8_t *xq, const float *bs, const float *xsum, in
 }
 
 /* y[M, N] = (x rounded per 32-block to int8) @ W[N, K]^T + bias for int4 weights in groups of 32
-   (G must be 32 and K a multiple of it: -2 otherwise); bit for bit ml_w4a8_linear's output.
-   Returns 0, -1 (allocation failed) or -2. M = 0 writes nothing. */
+   (G must be 32, K a positive multiple of it, M and N not negative: -2 otherwise); bit for bit
+   ml_w4a8_linear's output. Returns 0, -1 (allocation failed) or -2. M = 0 writes nothing. */
 int ml_w4a8_gemm(const float *x, int64_t M, int64_t K, const uint8_t *wp, const uint16_t *scales,
                  const uint16_t *mins, int64_t G, const float *bias, float *y, int64_t N, int nthreads) {
-    if (G != 32 || K % 32 != 0) return -2;
-    if (M <= 0 || N <= 0) return 0;
+    if (G != 32 || K <= 0 || K % 32 != 0 || M < 0 || N < 0) return -2;
+    if (M == 0 || N == 0) return 0;
     const int64_t nb = K / 32, nbp = (nb + 7) / 8 * 8;
     const size_t xbytes = ((size_t)(M * K) + 63) / 64 * 64;
     const size_t fbytes = sizeof(float) * (size_t)(2 * M * nbp), hbytes = sizeof(uint16_t) * (size_t)(2 * N * nbp);

@@ -158,7 +158,7 @@ static void a8b_quant_row_scalar(const float *x, int64_t K, int8_t *q, float *bs
 }
 
 /* a8b_quant_row_scalar in AVX2 for the full blocks (the same numbers bit for bit: vroundps
-   rounds half to even as nearbyintf does in the default mode; tests compare the two through
+   rounds in the current mode, as nearbyintf does; tests compare the two through
    ml_a8b_prep_ref); a short last block goes to the scalar code */
 static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
@@ -187,7 +187,7 @@ static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
         const __m256 sv = _mm256_set1_ps(s);
         __m256i r[4];
         for (int i = 0; i < 4; i++) {
-            const __m256 t = _mm256_round_ps(_mm256_div_ps(v[i], sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m256 t = _mm256_round_ps(_mm256_div_ps(v[i], sv), _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC);
             r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi));
         }
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
