@@ -58,9 +58,12 @@ FP32_KERNEL = "moorelab fp32 GEMV; torch matmul (prefill)"
 
 def kernel_label(model: torch.nn.Module) -> str:
     """The matmul kernels of a model's linear layers, for its row: each quantized module's
-    ``kernel`` name, and :data:`FP32_KERNEL` when float32 linear layers remain (the same label
-    for a float32 baseline in `moorelab run` and in `moorelab improve`)."""
+    ``kernel`` name (decode) and, when it differs, its ``prefill_kernel`` marked "(prefill)", and
+    :data:`FP32_KERNEL` when float32 linear layers remain (the same label for a float32 baseline
+    in `moorelab run` and in `moorelab improve`)."""
     names = sorted({m.kernel for m in model.modules() if getattr(m, "kernel", None)})
+    names += sorted({f"{m.prefill_kernel} (prefill)" for m in model.modules()
+                     if getattr(m, "kernel", None) and getattr(m, "prefill_kernel", m.kernel) != m.kernel})
     if any(isinstance(m, torch.nn.Linear) and not getattr(m, "kernel", None) for m in model.modules()):
         names.append(FP32_KERNEL)
     return ", ".join(names) or FP32_KERNEL

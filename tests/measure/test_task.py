@@ -40,3 +40,18 @@ def test_speed_test_decodes_on_the_fused_path():
     assert model.last_decode_path == "fused"
     model.fused_decode = False
     assert _row(model)["kernel"] == "k; Python decode"
+
+
+def test_kernel_label_names_decode_and_prefill_kernels():
+    from moorelab.improve.quantize.int4 import Int4WeightOnlyLinear
+    from moorelab.measure.task import FP32_KERNEL, kernel_label
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    assert kernel_label(net) == FP32_KERNEL
+    q = torch.nn.Sequential(Int4WeightOnlyLinear.from_linear(torch.nn.Linear(64, 8), 32, activation_bits=8))
+    label = kernel_label(q)
+    if kernels.get_library() is None:  # the torch fallback: one name for both
+        assert label == q[0].kernel
+    else:
+        assert label == ("moorelab-avx2-gemv int4-g32 x int8-act, "
+                         "moorelab-avx2-gemm int4-g32 x int8-act (vpmaddubsw, integer) (prefill)")
