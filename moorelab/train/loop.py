@@ -429,6 +429,8 @@ def train(
     if config.log_dir and main:
         from torch.utils.tensorboard import SummaryWriter
 
+        if start:
+            _wait_past_event_files(config.log_dir)
         writer = SummaryWriter(config.log_dir, purge_step=start + 1 if start else None)
     report = TrainReport(start_step=start, end_step=start)
     was_training = model.training
@@ -508,6 +510,29 @@ def train(
             writer.close()
         model.train(was_training)
     return report
+
+
+def _wait_past_event_files(log_dir: str | Path) -> None:
+    """Wait until the clock's whole second is past every events file already in ``log_dir``.
+
+    A resumed run hides the killed run's later steps with ``SummaryWriter(purge_step=...)``, and
+    TensorBoard applies a purge only to events read before it: it reads a folder's
+    ``events.out.tfevents.<seconds>.<host>.<pid>...`` files in name order. A resume started in the
+    same whole second as the killed run would otherwise sort by process id, and a lower id puts the
+    resumed file first, so the killed run's steps would show twice. Waits at most about one second
+    past the newest file's stamp (a file stamped further ahead, e.g. by another machine's clock,
+    makes it wait at most 3 seconds, then go on).
+    """
+    stamps = []
+    for f in Path(log_dir).glob("events.out.tfevents.*"):
+        part = f.name.split(".")[3]
+        if part.isdigit():
+            stamps.append(int(part))
+    if not stamps:
+        return
+    deadline = time.time() + 3.0
+    while int(time.time()) <= max(stamps) and time.time() < deadline:
+        time.sleep(min(0.05, max(0.001, max(stamps) + 1 - time.time())))
 
 
 def _all_reduce(value: float) -> float:

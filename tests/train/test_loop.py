@@ -123,6 +123,30 @@ def test_exact_resume_bitwise(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_resume_in_the_same_second_purges_the_killed_runs_tensorboard_steps(tmp_path):
+    # TensorBoard reads a folder's event files in name order (stamp in whole seconds, host, pid) and
+    # applies the resumed writer's purge_step only to events read before it. The killed run's file
+    # is renamed to a stamp no earlier than the resume and a pid that sorts last: the resume must
+    # still come after it, or steps 4..6 show twice (CI saw this when kill and resume fell in one second).
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ids = torch.randint(0, 50, (400,), generator=torch.Generator().manual_seed(1)).tolist()
+    data = TokenWindows(ids, 12, batch_size=2, seed=3)
+    tb = tmp_path / "tb"
+    cfg = TrainConfig(steps=6, lr=5e-3, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=3, log_dir=str(tb))
+    train(tiny(), next_token_loss, data, cfg)
+    (killed,) = tb.glob("events.out.tfevents.*")
+    parts = killed.name.split(".")
+    parts[3], parts[-2] = f"{int(time.time()) + 1:010d}", "99999999"
+    killed.rename(tb / ".".join(parts))
+    train(tiny(), next_token_loss, data, cfg, resume_from=tmp_path / "ck" / "step_000003")
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_checkpoint_mismatch_is_a_clear_error(tmp_path):
     m = tiny()
     train(m, next_token_loss, TokenWindows(list(range(50)) * 4, 8), TrainConfig(steps=1, checkpoint_dir=str(tmp_path)))
