@@ -115,7 +115,13 @@ class QuantizedLinear(nn.Module):
         self._ptrs: tuple | None = None  # cached data pointers of the buffers (see _refresh_ptrs)
 
     # Raw data pointers are cached (nn.Module attribute lookups of buffers cost ~1 µs each, as
-    # much as a small GEMV); any replacement of a buffer or .to()/_apply drops the cache.
+    # much as a small GEMV); any replacement of a buffer or .to()/_apply drops the cache. A buffer
+    # re-pointed in place (``buffer.data = ...``) registers nothing: call weights_moved() after it
+    # (moorelab.model.fused_decode does, after packing the weights into its arena).
+    def weights_moved(self) -> None:
+        """Forget the cached data pointers of the buffers (after ``qweight.data = ...`` and the like)."""
+        self.__dict__["_ptrs"] = None
+
     def _kernel_ptrs(self) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError
 

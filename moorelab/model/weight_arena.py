@@ -1,0 +1,128 @@
+"""One block of memory for the weights a fused decode step reads, in the order it reads them.
+
+A decode step at batch 1 streams every weight once (SmolLM2-135M: 538 MB in float32, ~85 MB in
+int4), so it is bound by memory bandwidth; the ~700 tensors the loader and ``quantize_`` leave
+scattered over the heap each start a new stream for the hardware prefetcher and a new set of TLB
+entries. :func:`pack_decode_weights` copies them, in the fused step's reading order (per layer:
+the q/k/v group, o, the gate/up group, down, then the output layer; in each group the weights
+first, then their scales, mins and biases), into one anonymous mapping aligned to 2 MiB and
+advised for transparent huge pages (``madvise(MADV_HUGEPAGE)``, where the kernel allows it),
+and points each tensor at its copy (``tensor.data = copy``: the same Parameter / buffer objects,
+the same values bit for bit).
+
+Each copy is its own ``torch.frombuffer`` storage over a slice of the mapping, not a view of one
+shared storage, so everything that looks at storages sees independent tensors: safetensors saves
+them (it refuses tensors that share a storage), ``copy.deepcopy`` and ``torch.save`` copy each one,
+and the mapping lives until its last tensor is gone. A tensor whose storage anything else holds
+(a view, a slice, a ``.data`` alias kept somewhere, a storage offset) is left where it is, so no
+aliasing is broken.
+
+:func:`moorelab.model.fused_decode.decode_step` calls it when it builds a plan for a model whose
+``decode_weight_arena`` attribute is true (the default); a model already packed in that order is
+not copied again. Measured in one process, fused decode with and without it, interleaved:
+``python benchmarks/bench_weight_arena.py``.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import torch
+
+__all__ = ["pack_decode_weights", "ALIGN"]
+
+#: bytes each tensor's copy is aligned to (a cache line; AVX2 loads of a row start aligned)
+ALIGN = 64
+_HUGE = 2 << 20
+
+
+def _sole_owner(t: torch.Tensor) -> bool:
+    """``t`` is contiguous, covers its whole storage and no other tensor holds that storage (a view,
+    a ``.data`` alias kept by someone): moving it would not break an alias. False when torch does
+    not expose the storage's use count."""
+    if t.device.type != "cpu" or not t.is_contiguous() or t.storage_offset() != 0 or t.numel() == 0:
+        return False
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    s = t.untyped_storage()
+    if use_count is None or s.nbytes() != t.numel() * t.element_size():
+        return False
+    return use_count(s._cdata) == 2  # t's and this wrapper's
+
+
+def _in_place(tensors: list[torch.Tensor]) -> bool:
+    """The tensors already lie one after the other, aligned, from a 2 MiB boundary: as this module
+    packs them (a heap allocation that happens to match is left as it is, a missed speed-up only)."""
+    ptr = tensors[0].data_ptr()
+    if ptr % _HUGE:
+        return False
+    for t in tensors:
+        if t.data_ptr() != ptr:
+            return False
+        ptr += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+    return True
+
+
+def pack_decode_weights(tensors: list[torch.Tensor]) -> int:
+    """Copy ``tensors`` (in this order) into one 2 MiB-aligned anonymous mapping and point each at its copy.
+
+    Args:
+        tensors: the weights in the order a decode step reads them (any dtypes, CPU). Repeats
+            (the same tensor object twice, e.g. a tied weight) are packed once; tensors whose
+            storage is held by anything else (views, slices, ``.data`` aliases) are skipped and
+            keep their memory.
+
+    Returns:
+        The bytes copied (0 when every packable tensor is already in place in that order, or
+        there is none).
+
+    Raises:
+        OSError: the mapping could not be made (``mmap``).
+
+    The copy is ``torch.frombuffer`` over a slice of the mapping (a storage per tensor), and the
+    tensor is re-pointed with ``tensor.data = copy`` under ``torch.no_grad()`` (the copies are
+    never inference tensors, even when called under ``torch.inference_mode()``): the same Python
+    objects, gradient flags and values; pointers taken from the old storages before the call
+    are stale after it.
+    """
+    seen: set[int] = set()
+    unique = [t for t in tensors if not (id(t) in seen or seen.add(id(t)))]
+    if unique and _in_place(unique):  # the common case, a new plan for a packed model: no storage lookups
+        return 0
+    todo = [t for t in unique if _sole_owner(t)]
+    if not todo or _in_place(todo):
+        return 0
+    sizes = [-(-t.numel() * t.element_size() // ALIGN) * ALIGN for t in todo]
+    total = sum(sizes)
+    region = mmap.mmap(-1, total + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = memoryview(region)
+    base = torch.frombuffer(view[:1], dtype=torch.uint8).data_ptr()
+    start = (-base) % _HUGE  # first 2 MiB boundary inside the mapping
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except (OSError, ValueError):
+            pass  # no transparent huge pages here: the copy is contiguous all the same
+    off = start
+    # not inference tensors even when called under torch.inference_mode(): the weights must stay
+    # usable for training (requires_grad, autograd) afterwards
+    with torch.inference_mode(False), torch.no_grad():
+        for t, n in zip(todo, sizes):
+            nbytes = t.numel() * t.element_size()
+            copy = torch.frombuffer(view[off:off + nbytes], dtype=torch.uint8).view(t.dtype).view(t.shape)
+            copy.copy_(t)
+            t.data = copy
+            off += n
+    _release_freed_heap()
+    return total
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap pages the old copies held back to the OS (glibc ``malloc_trim(0)``): smaller
+    tensors live in malloc's heap, which keeps freed pages resident, so without it the packed
+    model's resident memory would stay at old + new. A no-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,150 @@
+"""The decode weight arena: weights moved into one block in reading order, same objects and values,
+no alias broken, and the fused decode's numbers unchanged by it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from moorelab import kernels
+from moorelab.improve.api import ApplyContext, apply, parse_spec
+from moorelab.model import decode
+from moorelab.model.config import TransformerConfig
+from moorelab.model.transformer import KVCache, Transformer
+from moorelab.model.weight_arena import ALIGN, pack_decode_weights
+from model_helpers import scramble
+
+HUGE = 2 << 20
+
+
+def _weights():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(100, 7, generator=g), torch.randint(-8, 8, (33,), dtype=torch.int8, generator=g),
+            torch.nn.Parameter(torch.randn(5, generator=g)), torch.randn(3, 3, generator=g).half()]
+
+
+def test_packs_in_order_aligned_with_the_same_objects_and_values():
+    ts = _weights()
+    before = [t.detach().clone() for t in ts]
+    ids = [id(t) for t in ts]
+    nbytes = pack_decode_weights([ts[0], ts[1], ts[2], ts[0], ts[3]])  # ts[0] twice: packed once
+    # 2800, 33, 20 and 18 bytes, each rounded up to 64
+    assert nbytes == 2816 + 64 + 64 + 64
+    assert [id(t) for t in ts] == ids and type(ts[2]) is torch.nn.Parameter and ts[2].requires_grad
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(ts, before))
+    assert ts[0].data_ptr() % HUGE == 0
+    assert [t.data_ptr() - ts[0].data_ptr() for t in ts] == [0, 2816, 2880, 2944]
+    assert all(t.data_ptr() % ALIGN == 0 for t in ts)
+    assert pack_decode_weights(ts) == 0  # already in place
+    # another order is packed again
+    assert pack_decode_weights([ts[1], ts[0]]) == 64 + 2816 and ts[0].data_ptr() - ts[1].data_ptr() == 64
+
+
+def test_a_tensor_someone_else_views_is_left_where_it_is():
+    a, b = torch.randn(10, 4), torch.randn(6)
+    row = a[3]  # an alias: moving a would cut it off
+    ptr = a.data_ptr()
+    assert pack_decode_weights([a, b]) == 64  # b alone (24 bytes, rounded up)
+    assert a.data_ptr() == ptr and row.data_ptr() == ptr + 3 * 4 * 4
+    a[3, 0] = 7.0
+    assert row[0].item() == 7.0
+    alias = b.data  # a .data alias holds the storage too
+    assert pack_decode_weights([b, a]) == 0 and alias.data_ptr() == b.data_ptr()
+    assert pack_decode_weights([torch.randn(4, 4).t()]) == 0  # not contiguous
+
+
+def test_packed_tensors_save_copy_and_train_as_independent_tensors(tmp_path):
+    ts = _weights()
+    with torch.inference_mode():  # as the fused decode runs: the copies must not be inference tensors
+        pack_decode_weights(ts)
+    assert not any(t.is_inference() for t in ts)
+    # safetensors refuses tensors that share a storage: each packed tensor has its own
+    save_file({f"t{i}": t.detach() for i, t in enumerate(ts)}, str(tmp_path / "w.safetensors"))
+    back = load_file(str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(back[f"t{i}"], t) for i, t in enumerate(ts))
+    p = ts[2]
+    q = copy.deepcopy(p)
+    assert q.data_ptr() != p.data_ptr() and torch.equal(q, p)
+    (p * 2).sum().backward()
+    assert torch.equal(p.grad, torch.full_like(p, 2.0))
+
+
+def tiny() -> Transformer:
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(family="llama", vocab_size=61, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2,
+                                      head_dim=16, d_ff=96, max_position_embeddings=128, rope_theta=100.0)).eval()
+    scramble(m, std=0.25)
+    return m
+
+
+def _decode(m, steps=(3, 9, 27, 4, 50, 1)):
+    cache, outs = KVCache(), []
+    with torch.inference_mode():
+        m(torch.tensor([[5, 7, 11]]), cache=cache)
+        for t in steps:
+            outs.append(decode.forward(m, torch.tensor([[t]]), cache=cache)[0, -1])
+            assert m.last_decode_path == "fused"
+    return torch.stack(outs)
+
+
+@pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+@pytest.mark.parametrize("spec", [None, "int8-dynamic:activation_block=32", "int4:group_size=32,activation_bits=8"])
+def test_fused_decode_packs_the_weights_it_reads_and_gives_the_same_logits(spec, tmp_path):
+    m = tiny()
+    if spec:
+        apply(m, parse_spec(spec), ApplyContext())
+    ref = copy.deepcopy(m)
+    ref.decode_weight_arena = False
+    ptrs = {n: t.data_ptr() for n, t in ref.state_dict().items()}
+    want = _decode(ref)
+    assert {n: t.data_ptr() for n, t in ref.state_dict().items()} == ptrs  # switched off: nothing moved
+    got = _decode(m)
+    assert torch.equal(got, want)  # same values, same kernels, same thread split: bit for bit
+    # the q/k/v group's weights lie one after the other, then their scales; the layers follow in order
+    b0, b1 = m.blocks[0], m.blocks[1]
+    w = "weight" if spec is None else "qweight"
+    q, k, v = (getattr(getattr(b0.attn, n), w) for n in ("q_proj", "k_proj", "v_proj"))
+    aligned = lambda t: -(-t.numel() * t.element_size() // ALIGN) * ALIGN  # noqa: E731
+    assert k.data_ptr() == q.data_ptr() + aligned(q) and v.data_ptr() == k.data_ptr() + aligned(k)
+    assert b0.attn_norm.weight.data_ptr() + aligned(b0.attn_norm.weight) == q.data_ptr()
+    assert b0.attn_norm.weight.data_ptr() < b1.attn_norm.weight.data_ptr() < m.final_norm.weight.data_ptr()
+    # the Python path reads the moved weights too (quantized layers cache their buffers' addresses:
+    # the fused decode tells them the buffers moved), at decode and at prefill sizes
+    long = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        for ids in (long[:, :3], long):
+            assert torch.equal(m(ids), ref(ids))
+    # a second generation (a new cache, a new plan) finds them in place and copies nothing
+    before = {n: t.data_ptr() for n, t in m.state_dict().items()}
+    assert torch.equal(_decode(m), want)
+    assert {n: t.data_ptr() for n, t in m.state_dict().items()} == before
+    # the packed model saves through safetensors as any other
+    save_model(m, str(tmp_path / "m.safetensors"))
+    fresh = copy.deepcopy(ref)
+    for t in fresh.state_dict().values():
+        t.zero_()
+    load_model(fresh, str(tmp_path / "m.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), ref.state_dict().values()))
+
+
+@pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+def test_prepare_decode_packs_ahead_of_the_first_step_and_only_for_the_fused_path():
+    from moorelab.model.fused_decode import prepare_decode
+
+    m = tiny()
+    m.fused_decode = False
+    ptrs = [p.data_ptr() for p in m.parameters()]
+    assert prepare_decode(m) == "model.fused_decode is False"
+    assert [p.data_ptr() for p in m.parameters()] == ptrs
+    m.fused_decode = True
+    assert prepare_decode(m) is None
+    assert m.blocks[0].attn_norm.weight.data_ptr() % HUGE == 0  # the first weight a step reads
+    packed = [p.data_ptr() for p in m.parameters()]
+    assert packed != ptrs
+    ref = copy.deepcopy(m)
+    ref.decode_weight_arena = False
+    assert torch.equal(_decode(m), _decode(ref))
+    assert [p.data_ptr() for p in m.parameters()] == packed  # the steps found them in place
