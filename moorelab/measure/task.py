@@ -137,6 +137,7 @@ def measure_model(
     """
     from moorelab.model import decode
     from moorelab.model.transformer import KVCache
+    from moorelab.model.fused_decode import prepare_decode
 
     task = progress.add_task(f"{name}: bits per byte", total=len(token_ids))
     quality = score_text(
@@ -155,6 +156,7 @@ def measure_model(
     )
     # peak RSS over one prefill + decode of this variant only; the scoring above holds
     # batch x window x vocab logits, which would dominate every row
+    prepare_decode(model)  # the one-off packing of the decode weights is not this variant's peak
     gc.collect()
     rss_reset = resources.reset_peak_rss()
     prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, DECODE_PROMPT_TOKENS)]], dtype=torch.long)
