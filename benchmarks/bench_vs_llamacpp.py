@@ -209,6 +209,10 @@ def main() -> None:
             apply(m, parse_spec(OUR_SPEC[prec]), ApplyContext())
         models[prec] = m
     cfg = loaded.model.config
+    from moorelab.model.fused_decode import prepare_decode
+
+    for m in models.values():
+        prepare_decode(m)  # the decode weights in one block in reading order (moorelab.model.weight_arena)
 
     # ---- llama.cpp files
     files: dict[str, Path] = {}

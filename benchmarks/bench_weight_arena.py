@@ -3,8 +3,8 @@ weights where the loader and ``quantize_`` left them; interleaved in one process
 
 SmolLM2-135M, ``--threads`` threads, each precision (float32; 8-bit =
 ``int8-dynamic:activation_block=32``; 4-bit = ``int4:group_size=32,activation_bits=8``) loaded
-twice: one copy with ``decode_weight_arena = True`` (the default: the first fused step packs its
-weights, :mod:`moorelab.model.weight_arena`), one with it off. Every round decodes ``--tokens``
+twice: one copy packed by :func:`moorelab.model.fused_decode.prepare_decode`
+(:mod:`moorelab.model.weight_arena`), one left as loaded and quantized. Every round decodes ``--tokens``
 greedy tokens after a ``--prompt-len``-token prompt with each copy (order alternating between
 rounds), timing each step (:func:`moorelab.measure.speed.measure_decode`) with the process CPU
 share. Prints per precision the median tokens/s of each copy, packed / scattered with the
@@ -43,6 +43,7 @@ def main() -> None:
     from moorelab.measure.text import default_text
     from moorelab.model import decode
     from moorelab.model.tokenize import encode_text
+    from moorelab.model.fused_decode import prepare_decode
     from moorelab.model.transformer import KVCache
     from moorelab.model.zoo import load_pretrained
 
@@ -58,7 +59,8 @@ def main() -> None:
             m = load_pretrained("smollm2-135m").model.eval()
             if SPECS[prec]:
                 apply(m, parse_spec(SPECS[prec]), ApplyContext())
-            m.decode_weight_arena = packed
+            if packed:
+                prepare_decode(m)
             models[prec, packed] = m
 
     tokens: dict = {}

@@ -69,12 +69,9 @@ def weight_bytes(model: nn.Module) -> int:
 def _malloc_trim() -> None:
     """Return freed heap pages to the OS (glibc ``malloc_trim``), so that memory released by
     earlier work does not count in the next row's resident set."""
-    try:
-        import ctypes
+    from moorelab.model.weight_arena import release_freed_heap
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_freed_heap()
 
 
 def reset_peak_rss() -> bool:

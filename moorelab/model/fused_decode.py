@@ -42,11 +42,13 @@ says why):
   nothing needs a gradient;
 * the compiled kernels are available (gcc, AVX2) and ``model.fused_decode`` is True.
 
-When it builds a plan for a model whose ``decode_weight_arena`` is true (the default), it first
-packs the weights it will read into one block of memory in reading order
+When it builds a plan for a model whose ``decode_weight_arena`` is true (set by
+:func:`prepare_decode`, which the measurements and ``moorelab generate`` call; off by default),
+it first packs the weights it will read into one block of memory in reading order
 (:func:`moorelab.model.weight_arena.pack_decode_weights`: the same tensor objects and values,
-new addresses, and every layer with a ``weights_moved()`` method is told so it drops the
-addresses it cached; ``model.decode_weight_arena = False`` leaves them where they are).
+new addresses; every layer with a ``weights_moved()`` method is told, so it drops the addresses
+it cached). It is opt-in because memory handed out from a weight before the move (a NumPy array
+from ``weight.numpy()``, a DLPack capsule, a raw pointer) would be left pointing at freed memory.
 
 A plan (the ``ml_layer`` array) is built once per :class:`KVCache` and rebuilt when any module,
 parameter or buffer is registered anywhere (e.g. ``quantize_`` or pruning swapped a layer; about
@@ -318,29 +320,42 @@ def _left_padding_starts(mask: torch.Tensor, batch: int, length: int) -> torch.T
 
 def _pack(model, plan: _Plan) -> _Plan:
     """``plan``, or a new one when its weights were just packed into the arena (module docstring)."""
-    if not getattr(model, "decode_weight_arena", True) or not pack_decode_weights(plan.stream):
+    if not getattr(model, "decode_weight_arena", False):
         return plan
-    for mod in plan.modules:  # layers that cache their buffers' addresses (the quantized ones)
+    # layers that cache their buffers' addresses (the quantized ones) forget them first, so no
+    # stale address survives a pack that fails half way
+    for mod in plan.modules:
         moved = getattr(mod, "weights_moved", None)
         if moved is not None:
             moved()
+    try:
+        if not pack_decode_weights(plan.stream, others=itertools.chain(model.parameters(), model.buffers())):
+            return plan
+    except (OSError, ValueError):  # no memory for the block: decode from where the weights are
+        return _build(model)
     return _build(model)  # the weights moved: take their new addresses
 
 
-def prepare_decode(model) -> str | None:
-    """Do now what the first fused step would do: check eligibility and pack the weights.
+def prepare_decode(model, pack: bool = True) -> str | None:
+    """Do now what the first fused step would do: check eligibility and, with ``pack``, move the
+    weights into the decode weight arena (and keep them there: sets ``model.decode_weight_arena``).
 
     Measurements call it before they reset a peak-memory mark or start a clock, so the one-off
-    copy into the weight arena (a transient of up to the packed bytes; SmolLM2-135M float32:
-    538 MB packed, peak +181 MB over the resident size) is not counted as the variant's.
+    copy into the arena (a transient of up to the packed bytes; SmolLM2-135M float32: 538 MB
+    packed, peak +181 MB over the resident size) is not counted as the variant's.
 
     Returns:
         ``None`` when the fused decode can run ``model``, else the reason (as :func:`why_not_fused`).
     """
-    reason = why_not_fused(model)
-    if reason is None:
-        _pack(model, _build(model))
-    return reason
+    if not getattr(model, "fused_decode", True):
+        return "model.fused_decode is False"
+    if _global_hooks():
+        return "global module forward hooks are registered"
+    plan = _build(model)
+    if plan.reason is None and pack:
+        model.decode_weight_arena = True
+        _pack(model, plan)
+    return plan.reason
 
 
 def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:

@@ -460,9 +460,9 @@ class Transformer(nn.Module):
         # Python path there; which path its last call took ("fused" or "python")
         self.fused_decode = True
         self.last_decode_path: str | None = None
-        # read by moorelab.model.fused_decode: True packs the weights a fused step reads into one
-        # block in reading order (moorelab.model.weight_arena) when it builds a plan
-        self.decode_weight_arena = True
+        # read by moorelab.model.fused_decode: True (set by its prepare_decode) packs the weights a
+        # fused step reads into one block in reading order (moorelab.model.weight_arena)
+        self.decode_weight_arena = False
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_embed = nn.Embedding(c.max_position_embeddings, c.d_model) if c.position == "learned" else None
         self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size else None

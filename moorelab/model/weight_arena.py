@@ -17,23 +17,29 @@ and the mapping lives until its last tensor is gone. A tensor whose storage anyt
 (a view, a slice, a ``.data`` alias kept somewhere, a storage offset) is left where it is, so no
 aliasing is broken.
 
-:func:`moorelab.model.fused_decode.decode_step` calls it when it builds a plan for a model whose
-``decode_weight_arena`` attribute is true (the default); a model already packed in that order is
-not copied again. Measured in one process, fused decode with and without it, interleaved:
+:func:`moorelab.model.fused_decode.prepare_decode` calls it, and then the fused decode each time
+it builds a plan for that model (``decode_weight_arena`` true); a model already packed in that
+order is not copied again. Opt-in, not automatic: the use count sees other tensors on a storage,
+not memory handed out from it (``weight.numpy()``, DLPack, raw pointers), which a move would
+leave pointing at freed memory. Measured in one process, fused decode with and without it, interleaved:
 ``python benchmarks/bench_weight_arena.py``.
 """
 
 from __future__ import annotations
 
 import mmap
+import weakref
+from typing import Iterable
 
 import torch
 
-__all__ = ["pack_decode_weights", "ALIGN"]
+__all__ = ["pack_decode_weights", "release_freed_heap", "ALIGN"]
 
 #: bytes each tensor's copy is aligned to (a cache line; AVX2 loads of a row start aligned)
 ALIGN = 64
 _HUGE = 2 << 20
+#: the blocks made so far and still mapped: (first byte, end, weak reference to the mapping)
+_ARENAS: list[tuple[int, int, weakref.ref]] = []
 
 
 def _sole_owner(t: torch.Tensor) -> bool:
@@ -62,7 +68,14 @@ def _in_place(tensors: list[torch.Tensor]) -> bool:
     return True
 
 
-def pack_decode_weights(tensors: list[torch.Tensor]) -> int:
+def _in_arena(t: torch.Tensor) -> bool:
+    """``t``'s memory lies in a block this module made that is still mapped."""
+    ptr = t.data_ptr()
+    _ARENAS[:] = [a for a in _ARENAS if a[2]() is not None]
+    return any(lo <= ptr < hi for lo, hi, _ in _ARENAS)
+
+
+def pack_decode_weights(tensors: Iterable[torch.Tensor], others: Iterable[torch.Tensor] = ()) -> int:
     """Copy ``tensors`` (in this order) into one 2 MiB-aligned anonymous mapping and point each at its copy.
 
     Args:
@@ -70,10 +83,14 @@ def pack_decode_weights(tensors: list[torch.Tensor]) -> int:
             (the same tensor object twice, e.g. a tied weight) are packed once; tensors whose
             storage is held by anything else (views, slices, ``.data`` aliases) are skipped and
             keep their memory.
+        others: the model's other tensors (e.g. all its parameters and buffers). Any of them
+            still in an earlier block (a weight no longer read, e.g. a tied embedding after its
+            output layer was quantized into a copy) is moved back to an ordinary allocation when
+            it is the sole owner of its storage: one tensor left in a block keeps all of it mapped.
 
     Returns:
-        The bytes copied (0 when every packable tensor is already in place in that order, or
-        there is none).
+        The size of the new block in bytes (each tensor's size rounded up to 64), or 0 when every
+        packable tensor is already in place in that order, or there is none.
 
     Raises:
         OSError: the mapping could not be made (``mmap``).
@@ -84,6 +101,7 @@ def pack_decode_weights(tensors: list[torch.Tensor]) -> int:
     objects, gradient flags and values; pointers taken from the old storages before the call
     are stale after it.
     """
+    others = list(others)
     seen: set[int] = set()
     unique = [t for t in tensors if not (id(t) in seen or seen.add(id(t)))]
     if unique and _in_place(unique):  # the common case, a new plan for a packed model: no storage lookups
@@ -112,14 +130,21 @@ def pack_decode_weights(tensors: list[torch.Tensor]) -> int:
             copy.copy_(t)
             t.data = copy
             off += n
-    _release_freed_heap()
+        # earlier blocks: every tensor still in one keeps all of it mapped
+        packed = {id(t) for t in todo}
+        for t in others:
+            if id(t) not in packed and _in_arena(t) and _sole_owner(t):
+                t.data = t.clone()
+    _ARENAS.append((base + start, base + start + total, weakref.ref(region)))
+    release_freed_heap()
     return total
 
 
-def _release_freed_heap() -> None:
-    """Hand the heap pages the old copies held back to the OS (glibc ``malloc_trim(0)``): smaller
-    tensors live in malloc's heap, which keeps freed pages resident, so without it the packed
-    model's resident memory would stay at old + new. A no-op where there is no glibc."""
+def release_freed_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim(0)``): smaller tensors live in
+    malloc's heap, which keeps freed pages resident, so without it a packed model's resident
+    memory would stay at old + new copies (and a measurement's at what earlier work freed). A
+    no-op where there is no glibc."""
     try:
         import ctypes
 

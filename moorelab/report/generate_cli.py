@@ -61,6 +61,9 @@ def generate_command(
         out.print(piece, end="", markup=False)
         out.file.flush()
 
+    from moorelab.model.fused_decode import prepare_decode
+
+    prepare_decode(loaded.model)  # the decode weights packed in reading order, before the clock starts
     clock = CpuShareClock()
     clock.start()
     res = generate_text(loaded, prompt, chat=chat, system=system, max_new_tokens=max_new_tokens,

@@ -97,10 +97,10 @@ def test_fused_decode_packs_the_weights_it_reads_and_gives_the_same_logits(spec,
     if spec:
         apply(m, parse_spec(spec), ApplyContext())
     ref = copy.deepcopy(m)
-    ref.decode_weight_arena = False
     ptrs = {n: t.data_ptr() for n, t in ref.state_dict().items()}
     want = _decode(ref)
-    assert {n: t.data_ptr() for n, t in ref.state_dict().items()} == ptrs  # switched off: nothing moved
+    assert {n: t.data_ptr() for n, t in ref.state_dict().items()} == ptrs  # off by default: nothing moved
+    m.decode_weight_arena = True  # the first fused step packs
     got = _decode(m)
     assert torch.equal(got, want)  # same values, same kernels, same thread split: bit for bit
     # the q/k/v group's weights lie one after the other, then their scales; the layers follow in order
@@ -144,7 +144,64 @@ def test_prepare_decode_packs_ahead_of_the_first_step_and_only_for_the_fused_pat
     assert m.blocks[0].attn_norm.weight.data_ptr() % HUGE == 0  # the first weight a step reads
     packed = [p.data_ptr() for p in m.parameters()]
     assert packed != ptrs
+    assert m.decode_weight_arena
     ref = copy.deepcopy(m)
     ref.decode_weight_arena = False
     assert torch.equal(_decode(m), _decode(ref))
     assert [p.data_ptr() for p in m.parameters()] == packed  # the steps found them in place
+
+
+def test_a_tensor_left_out_of_a_new_pack_does_not_keep_the_old_block_mapped():
+    import gc
+
+    from moorelab.model import weight_arena
+
+    a, b, c = torch.randn(1000), torch.randn(1000), torch.randn(10)
+    want = [t.clone() for t in (a, b, c)]
+    pack_decode_weights([a, b, c])
+    first = weight_arena._ARENAS[-1][2]
+    assert first() is not None and c.data_ptr() % HUGE != 0
+    new = torch.randn(50)
+    pack_decode_weights([a, new], others=[a, b, c, new])  # b and c are no longer read
+    gc.collect()
+    assert first() is None  # b and c went back to the heap, a to the new block: the old one is unmapped
+    assert all(torch.equal(t, w) for t, w in zip((a, b, c), want))
+    assert new.data_ptr() == a.data_ptr() + 4032  # 4,000 bytes rounded up to 64
+
+
+@pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+def test_quantizing_a_packed_tied_model_frees_the_float_block():
+    import gc
+
+    from moorelab.model import weight_arena
+    from moorelab.model.fused_decode import prepare_decode
+
+    m = tiny()
+    assert m.lm_head.weight is m.embed.weight  # tied: the head is read from the embedding's block
+    prepare_decode(m)
+    first = weight_arena._ARENAS[-1][2]
+    ref = copy.deepcopy(m)
+    for mm in (m, ref):
+        apply(mm, parse_spec("int8"), ApplyContext())  # the head becomes a quantized copy
+    assert type(m.lm_head) is not torch.nn.Linear
+    assert torch.equal(_decode(m), _decode(ref))  # the first step re-packs
+    gc.collect()
+    assert first() is None  # the embedding, no longer read by a step, left the old block
+
+
+@pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+def test_no_memory_for_the_block_decodes_from_where_the_weights_are(monkeypatch):
+    from moorelab.model import weight_arena
+    from moorelab.model.fused_decode import prepare_decode
+
+    def no_map(*a, **k):
+        raise OSError(12, "Cannot allocate memory")
+
+    m = tiny()
+    apply(m, parse_spec("int4:group_size=32"), ApplyContext())
+    ref = copy.deepcopy(m)
+    ptrs = [t.data_ptr() for t in m.state_dict().values()]
+    monkeypatch.setattr(weight_arena.mmap, "mmap", no_map)
+    assert prepare_decode(m) is None
+    assert [t.data_ptr() for t in m.state_dict().values()] == ptrs
+    assert torch.equal(_decode(m), _decode(ref))
