@@ -124,7 +124,8 @@ class _Plan:
     count. For SmolLM2's 30 layers quantized to int4 (694 tensors, 362 modules) that is ~230 µs
     when the objects are in cache and ~1 ms per step in decode, where the weights streamed by
     the previous step have evicted them (measured: ~8% of an int4 step; 686 µs of it the
-    tensors' ``data_ptr`` reads).
+    tensors' ``data_ptr`` reads). So the check first prefetches the tensors' objects (one C
+    call, their misses overlapping; :func:`_object_lines`).
     """
 
     def __init__(self, model, reason: str | None, layers=None, transient: bool = False):
@@ -157,9 +158,10 @@ class _Plan:
         if self._checks is None:
             self._checks = (
                 [t for t, _ in self.tensors], [p for _, p in self.tensors], [m.__dict__ for m in self.modules],
-                [n for n, _ in self.norms], [e for _, e in self.norms],
+                [n for n, _ in self.norms], [e for _, e in self.norms], _object_lines([t for t, _ in self.tensors]),
             )
-        tensors, ptrs, dicts, norm_mods, eps = self._checks
+        tensors, ptrs, dicts, norm_mods, eps, lines = self._checks
+        kernels.get_library().prefetch_lines(lines, len(lines))
         # map() over C-level getters: ~220 µs in cache for SmolLM2 int4's 30 layers against ~300 µs as Python loops
         if list(map(_data_ptr, tensors)) != ptrs:
             return False
@@ -169,6 +171,20 @@ class _Plan:
         if any(r is not None for r in map(_get_record, self.attns)):
             return False
         return list(map(_get_eps, norm_mods)) == eps
+
+
+def _object_lines(tensors: list[torch.Tensor]) -> "ctypes.Array":
+    """Addresses of the memory ``data_ptr()`` reads for each tensor: its Python object, its
+    TensorImpl (``_cdata``, four cache lines) and its StorageImpl (two), for
+    ``ml_prefetch_lines``. They are hints only: an address that goes stale (the object freed or
+    its storage replaced) costs a useless prefetch, never a wrong answer. SmolLM2 int4's 694
+    tensors: the check's ``data_ptr`` pass went from 626 to 197 µs per decode step (+71 µs for
+    the prefetch call), measured in one run (a script outside the repository)."""
+    addrs = []
+    for t in tensors:
+        ti, si = t._cdata, t.untyped_storage()._cdata
+        addrs += [id(t), id(t) + 32, ti, ti + 64, ti + 128, ti + 192, si, si + 64]
+    return (ctypes.c_uint64 * len(addrs))(*addrs)
 
 
 _data_ptr = torch.Tensor.data_ptr

@@ -547,3 +547,12 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
     const float *c[1] = {cos}, *sn[1] = {sin};
     return ml_decode_batch(L, n_layers, D, 1, x, pos, start, c, sn, nthreads, final_norm, final_eps, head, logits);
 }
+
+/* a prefetch (into all cache levels) of each of n addresses: the fused decode's Python side runs
+   it at the start of each step's validity check, on the Python objects, TensorImpls and
+   StorageImpls of the ~700 tensors the plan points into, which the previous step's weight stream
+   evicted; their misses then overlap instead of coming one after another inside data_ptr()
+   calls. A prefetch never faults, so stale addresses (an object since freed) cost nothing. */
+void ml_prefetch_lines(const uintptr_t *addrs, int64_t n) {
+    for (int64_t i = 0; i < n; i++) _mm_prefetch((const char *)addrs[i], _MM_HINT_T0);
+}

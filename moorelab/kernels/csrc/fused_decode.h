@@ -32,6 +32,8 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
                      const float *cos, const float *sin, int32_t nthreads,
                      const float *final_norm, float final_eps, const ml_lin *head, float *logits);
 
+void ml_prefetch_lines(const uintptr_t *addrs, int64_t n);
+
 int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, float *x, int64_t cpos,
                     const int64_t *start, const float *const *cos, const float *const *sin, int32_t nthreads,
                     const float *final_norm, float final_eps, const ml_lin *head, float *logits);
