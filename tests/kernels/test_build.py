@@ -95,3 +95,18 @@ def test_ground_floor_imports_nothing_above_it():
             for name in names:
                 if name.startswith("moorelab") and not name.startswith("moorelab.kernels"):
                     assert name in allowed or any(name.startswith(a + ".") for a in allowed), (py.name, name)
+
+
+def test_prefetch_lines_never_touches_what_it_is_given():
+    # the fused decode prefetches addresses that may have gone stale (objects freed since the
+    # plan was built): a prefetch must not fault on NULL, unmapped or kernel-space addresses
+    import ctypes
+
+    from moorelab import kernels
+
+    lib = kernels.get_library()
+    if lib is None:
+        pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
+    addrs = [0, 1, 64, 0xDEAD0000, 2**47 - 64, 2**63, 2**64 - 64, id(object())]
+    lib.prefetch_lines((ctypes.c_uint64 * len(addrs))(*addrs), len(addrs))
+    lib.prefetch_lines(None, 0)
