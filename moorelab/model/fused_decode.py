@@ -123,8 +123,8 @@ class _Plan:
     replaced on an instance, norm eps, a tensor's storage (``.data =``, ``.half()``), the thread
     count. For SmolLM2's 30 layers quantized to int4 (694 tensors, 362 modules) that is ~230 µs
     when the objects are in cache and ~1 ms per step in decode, where the weights streamed by
-    the previous step have evicted them (measured: ~8% of an int4 step; 686 µs of it the
-    tensors' ``data_ptr`` reads). So the check first prefetches the tensors' objects (one C
+    the previous step have evicted them (measured: ~8% of an int4 step; 600-690 µs of it the
+    tensors' ``data_ptr`` reads, in two sessions). So the check first prefetches the tensors' objects (one C
     call, their misses overlapping; :func:`_object_lines`).
     """
 
@@ -159,9 +159,10 @@ class _Plan:
             self._checks = (
                 [t for t, _ in self.tensors], [p for _, p in self.tensors], [m.__dict__ for m in self.modules],
                 [n for n, _ in self.norms], [e for _, e in self.norms], _object_lines([t for t, _ in self.tensors]),
+                kernels.get_library().prefetch_lines,
             )
-        tensors, ptrs, dicts, norm_mods, eps, lines = self._checks
-        kernels.get_library().prefetch_lines(lines, len(lines))
+        tensors, ptrs, dicts, norm_mods, eps, lines, prefetch = self._checks
+        prefetch(lines, len(lines))
         # map() over C-level getters: ~220 µs in cache for SmolLM2 int4's 30 layers against ~300 µs as Python loops
         if list(map(_data_ptr, tensors)) != ptrs:
             return False
@@ -338,23 +339,26 @@ def _pack(model, plan: _Plan) -> _Plan:
     """``plan``, or a new one when its weights were just packed into the arena (module docstring)."""
     if not getattr(model, "decode_weight_arena", False):
         return plan
-    # layers that cache their buffers' addresses (the quantized ones) forget them first, so no
-    # stale address survives a pack that fails half way
-    for mod in plan.modules:
+    # every layer that caches its buffers' addresses (the quantized ones; also those the plan does
+    # not read, whose buffers may leave an old block) forgets them first, so no stale address
+    # survives a pack, even one that fails half way
+    for mod in model.modules():
         moved = getattr(mod, "weights_moved", None)
         if moved is not None:
             moved()
     try:
         if not pack_decode_weights(plan.stream, others=itertools.chain(model.parameters(), model.buffers())):
             return plan
-    except (OSError, ValueError):  # no memory for the block: decode from where the weights are
+    except (OSError, ValueError, RuntimeError, MemoryError):  # no memory for the block: decode in place
         return _build(model)
     return _build(model)  # the weights moved: take their new addresses
 
 
 def prepare_decode(model, pack: bool = True) -> str | None:
-    """Do now what the first fused step would do: check eligibility and, with ``pack``, move the
-    weights into the decode weight arena (and keep them there: sets ``model.decode_weight_arena``).
+    """Check that the fused decode can run ``model`` and, with ``pack``, move the weights it reads
+    into the decode weight arena and keep them there: sets ``model.decode_weight_arena``, so each
+    later plan (a new cache, a swapped layer) packs again what is not in place. ``copy.deepcopy``
+    carries the flag to the copy, whose first fused step then packs its own weights.
 
     Measurements call it before they reset a peak-memory mark or start a clock, so the one-off
     copy into the arena (a transient of up to the packed bytes; SmolLM2-135M float32: 538 MB

@@ -27,6 +27,7 @@ leave pointing at freed memory. Measured in one process, fused decode with and w
 
 from __future__ import annotations
 
+import errno
 import mmap
 import weakref
 from typing import Iterable
@@ -93,7 +94,8 @@ def pack_decode_weights(tensors: Iterable[torch.Tensor], others: Iterable[torch.
         packable tensor is already in place in that order, or there is none.
 
     Raises:
-        OSError: the mapping could not be made (``mmap``).
+        OSError: the block is larger than the memory available (``MemAvailable``) or the mapping
+            could not be made (``mmap``).
 
     The copy is ``torch.frombuffer`` over a slice of the mapping (a storage per tensor), and the
     tensor is re-pointed with ``tensor.data = copy`` under ``torch.no_grad()`` (the copies are
@@ -111,10 +113,15 @@ def pack_decode_weights(tensors: Iterable[torch.Tensor], others: Iterable[torch.
         return 0
     sizes = [-(-t.numel() * t.element_size() // ALIGN) * ALIGN for t in todo]
     total = sum(sizes)
+    avail = _available_bytes()
+    if avail is not None and total > avail:
+        raise OSError(errno.ENOMEM, f"weight arena: {total:,} bytes to pack, {avail:,} available")
     region = mmap.mmap(-1, total + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     view = memoryview(region)
     base = torch.frombuffer(view[:1], dtype=torch.uint8).data_ptr()
     start = (-base) % _HUGE  # first 2 MiB boundary inside the mapping
+    # registered before the copies: a pack that fails half way leaves its moved tensors in a known block
+    _ARENAS.append((base + start, base + start + total, weakref.ref(region)))
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             region.madvise(mmap.MADV_HUGEPAGE)
@@ -132,12 +139,25 @@ def pack_decode_weights(tensors: Iterable[torch.Tensor], others: Iterable[torch.
             off += n
         # earlier blocks: every tensor still in one keeps all of it mapped
         packed = {id(t) for t in todo}
+        new_block = (base + start, base + start + total)
         for t in others:
-            if id(t) not in packed and _in_arena(t) and _sole_owner(t):
+            if (id(t) not in packed and not new_block[0] <= t.data_ptr() < new_block[1] and _in_arena(t)
+                    and _sole_owner(t)):
                 t.data = t.clone()
-    _ARENAS.append((base + start, base + start + total, weakref.ref(region)))
     release_freed_heap()
     return total
+
+
+def _available_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def release_freed_heap() -> None:

@@ -533,11 +533,12 @@ def _wait_past_event_files(log_dir: str | Path) -> None:
     deadline = time.time() + 3.0
     while int(time.time()) <= max(stamps) and time.time() < deadline:
         time.sleep(min(0.05, max(0.001, max(stamps) + 1 - time.time())))
-    if int(time.time()) <= max(stamps):
+    now = int(time.time())
+    if now <= max(stamps):
         import warnings
 
-        warnings.warn(f"{log_dir}: an events file is stamped {max(stamps) - int(time.time()) + 1} s ahead of this "
-                      "clock; TensorBoard may show the interrupted run's later steps beside the resumed ones",
+        warnings.warn(f"{log_dir}: an events file is stamped at {max(stamps)}, {max(stamps) - now} s after this "
+                      "clock's second; TensorBoard may show the interrupted run's later steps beside the resumed ones",
                       stacklevel=2)
 
 

@@ -100,13 +100,15 @@ def test_ground_floor_imports_nothing_above_it():
 def test_prefetch_lines_never_touches_what_it_is_given():
     # the fused decode prefetches addresses that may have gone stale (objects freed since the
     # plan was built): a prefetch must not fault on NULL, unmapped or kernel-space addresses
-    import ctypes
+    import subprocess
+    import sys
 
-    from moorelab import kernels
-
-    lib = kernels.get_library()
-    if lib is None:
+    if kernels.get_library() is None:
         pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
-    addrs = [0, 1, 64, 0xDEAD0000, 2**47 - 64, 2**63, 2**64 - 64, id(object())]
-    lib.prefetch_lines((ctypes.c_uint64 * len(addrs))(*addrs), len(addrs))
-    lib.prefetch_lines(None, 0)
+    # in a child process: a fault would kill it, not the test session
+    code = ("import ctypes\nfrom moorelab import kernels\nlib = kernels.get_library()\n"
+            "addrs = [0, 1, 64, 0xDEAD0000, 2**47 - 64, 2**63, 2**64 - 64, id(object())]\n"
+            "lib.prefetch_lines((ctypes.c_uint64 * len(addrs))(*addrs), len(addrs))\n"
+            "lib.prefetch_lines(None, 0)\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-500:])

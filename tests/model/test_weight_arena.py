@@ -190,18 +190,27 @@ def test_quantizing_a_packed_tied_model_frees_the_float_block():
 
 
 @pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
-def test_no_memory_for_the_block_decodes_from_where_the_weights_are(monkeypatch):
+@pytest.mark.parametrize("how", ["mmap fails", "less available than the block"])
+def test_no_memory_for_the_block_decodes_from_where_the_weights_are(monkeypatch, how):
     from moorelab.model import weight_arena
     from moorelab.model.fused_decode import prepare_decode
 
     def no_map(*a, **k):
         raise OSError(12, "Cannot allocate memory")
 
+    with pytest.raises(OSError, match="to pack"):
+        monkeypatch.setattr(weight_arena, "_available_bytes", lambda: 1000)
+        pack_decode_weights([torch.randn(1000)])
+    monkeypatch.undo()
+
     m = tiny()
     apply(m, parse_spec("int4:group_size=32"), ApplyContext())
     ref = copy.deepcopy(m)
     ptrs = [t.data_ptr() for t in m.state_dict().values()]
-    monkeypatch.setattr(weight_arena.mmap, "mmap", no_map)
+    if how == "mmap fails":
+        monkeypatch.setattr(weight_arena.mmap, "mmap", no_map)
+    else:
+        monkeypatch.setattr(weight_arena, "_available_bytes", lambda: 4096)
     assert prepare_decode(m) is None
     assert [t.data_ptr() for t in m.state_dict().values()] == ptrs
     assert torch.equal(_decode(m), _decode(ref))
