@@ -286,11 +286,16 @@ def _build(model) -> _Plan:
 
 def why_not_fused(model) -> str | None:
     """``None`` if :func:`decode_step` can run ``model``, else the reason (one line)."""
+    return _switched_off(model) or _build(model).reason
+
+
+def _switched_off(model) -> str | None:
+    """The reasons against the fused decode that need no plan: the switch, global hooks."""
     if not getattr(model, "fused_decode", True):
         return "model.fused_decode is False"
     if _global_hooks():
         return "global module forward hooks are registered"
-    return _build(model).reason
+    return None
 
 
 def _bind_cache(plan: _Plan, model, cache, pos: int, device, batch: int = 1) -> bool:
@@ -339,19 +344,18 @@ def _pack(model, plan: _Plan) -> _Plan:
     """``plan``, or a new one when its weights were just packed into the arena (module docstring)."""
     if not getattr(model, "decode_weight_arena", False):
         return plan
+    try:
+        if not pack_decode_weights(plan.stream, others=itertools.chain(model.parameters(), model.buffers())):
+            return plan  # already in place: nothing moved
+    except (OSError, ValueError, RuntimeError, MemoryError):  # no memory for the block: decode in place
+        pass  # (a pack that failed half way may have moved some tensors)
     # every layer that caches its buffers' addresses (the quantized ones; also those the plan does
-    # not read, whose buffers may leave an old block) forgets them first, so no stale address
-    # survives a pack, even one that fails half way
+    # not read, whose buffers may have left an old block) forgets them
     for mod in model.modules():
         moved = getattr(mod, "weights_moved", None)
         if moved is not None:
             moved()
-    try:
-        if not pack_decode_weights(plan.stream, others=itertools.chain(model.parameters(), model.buffers())):
-            return plan
-    except (OSError, ValueError, RuntimeError, MemoryError):  # no memory for the block: decode in place
-        return _build(model)
-    return _build(model)  # the weights moved: take their new addresses
+    return _build(model)  # take the new addresses
 
 
 def prepare_decode(model, pack: bool = True) -> str | None:
@@ -362,15 +366,15 @@ def prepare_decode(model, pack: bool = True) -> str | None:
 
     Measurements call it before they reset a peak-memory mark or start a clock, so the one-off
     copy into the arena (a transient of up to the packed bytes; SmolLM2-135M float32: 538 MB
-    packed, peak +181 MB over the resident size) is not counted as the variant's.
+    packed, peak +181 MB over the resident size, measured by a script outside the repository)
+    is not counted as the variant's.
 
     Returns:
         ``None`` when the fused decode can run ``model``, else the reason (as :func:`why_not_fused`).
     """
-    if not getattr(model, "fused_decode", True):
-        return "model.fused_decode is False"
-    if _global_hooks():
-        return "global module forward hooks are registered"
+    reason = _switched_off(model)
+    if reason is not None:
+        return reason
     plan = _build(model)
     if plan.reason is None and pack:
         model.decode_weight_arena = True

@@ -56,6 +56,11 @@ def _sole_owner(t: torch.Tensor) -> bool:
     return use_count(s._cdata) == 2  # t's and this wrapper's
 
 
+def _slot_bytes(t: torch.Tensor) -> int:
+    """Bytes ``t`` takes in a block: its size rounded up to :data:`ALIGN`."""
+    return -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+
+
 def _in_place(tensors: list[torch.Tensor]) -> bool:
     """The tensors already lie one after the other, aligned, from a 2 MiB boundary: as this module
     packs them (a heap allocation that happens to match is left as it is, a missed speed-up only)."""
@@ -65,14 +70,14 @@ def _in_place(tensors: list[torch.Tensor]) -> bool:
     for t in tensors:
         if t.data_ptr() != ptr:
             return False
-        ptr += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        ptr += _slot_bytes(t)
     return True
 
 
 def _in_arena(t: torch.Tensor) -> bool:
-    """``t``'s memory lies in a block this module made that is still mapped."""
+    """``t``'s memory lies in a block this module made (the registry pruned of unmapped blocks by
+    the caller)."""
     ptr = t.data_ptr()
-    _ARENAS[:] = [a for a in _ARENAS if a[2]() is not None]
     return any(lo <= ptr < hi for lo, hi, _ in _ARENAS)
 
 
@@ -111,7 +116,7 @@ def pack_decode_weights(tensors: Iterable[torch.Tensor], others: Iterable[torch.
     todo = [t for t in unique if _sole_owner(t)]
     if not todo or _in_place(todo):
         return 0
-    sizes = [-(-t.numel() * t.element_size() // ALIGN) * ALIGN for t in todo]
+    sizes = [_slot_bytes(t) for t in todo]
     total = sum(sizes)
     avail = _available_bytes()
     if avail is not None and total > avail:
@@ -121,6 +126,7 @@ def pack_decode_weights(tensors: Iterable[torch.Tensor], others: Iterable[torch.
     base = torch.frombuffer(view[:1], dtype=torch.uint8).data_ptr()
     start = (-base) % _HUGE  # first 2 MiB boundary inside the mapping
     # registered before the copies: a pack that fails half way leaves its moved tensors in a known block
+    _ARENAS[:] = [a for a in _ARENAS if a[2]() is not None]  # blocks since unmapped
     _ARENAS.append((base + start, base + start + total, weakref.ref(region)))
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
