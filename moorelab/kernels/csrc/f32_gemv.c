@@ -1,17 +1,21 @@
 /* float32 GEMV for decode (AVX2 + FMA), the kernel behind moorelab.model.transformer.FastLinear.
 
-   w: float32 [N, K]; y = x @ w.T + bias. Software prefetch runs ML_PF_TILES_F32 tiles ahead. */
+   w: float32 [N, K]; y = x @ w.T + bias. Software prefetch runs ML_PF_TILES_F32 tiles ahead, per
+   tile; one x row (decode) prefetches the next tile as it goes (the spread prefetch of common.h,
+   into L2: a float32 tile is 9-25 KB). */
 
 #include "common.h"
 
 /* dot products of one x row with 4 float32 weight rows (row-major, leading dimension ldw) */
-static inline void f32_dot4(const float *x, int64_t K, const float *w, int64_t ldw, float *out) {
+/* pfd: bytes from this tile to the tile the loop prefetches into L2 as it goes, 0 for none */
+static inline void f32_dot4(const float *x, int64_t K, const float *w, int64_t ldw, float *out, int64_t pfd) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
     const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        if (pfd) ml_prefetch4(w0, w1, w2, w3, 4 * k + pfd, 1); /* 16 floats: 64 bytes a row */
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), x0, a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), x0, a1);
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), x0, a2);
@@ -89,7 +93,7 @@ static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const floa
    between them), the last 1-2 rows and partial tiles one at a time (f32_dot4 / f32_dot1, so
    M = 1 gives exactly the decode kernel's sums) */
 static inline void f32_tile_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, int64_t n0,
-                                 int64_t nr, const float *bias, float *y, int64_t ldy) {
+                                 int64_t nr, const float *bias, float *y, int64_t ldy, int64_t pfd) {
     int64_t m = 0;
     if (nr == 4) {
         for (; m + 3 <= M; m += 3) {
@@ -104,7 +108,7 @@ static inline void f32_tile_rows(const float *x, int64_t ldx, int64_t M, int64_t
         float *ym = y + m * ldy;
         float o[4];
         if (nr == 4) {
-            f32_dot4(xm, K, w + n0 * K, K, o);
+            f32_dot4(xm, K, w + n0 * K, K, o, pfd);
         } else {
             for (int64_t r = 0; r < nr; r++) o[r] = f32_dot1(xm, K, w + (n0 + r) * K);
         }
@@ -122,7 +126,7 @@ void ml_f32_linear(const float *x, int64_t M, int64_t K, const float *w, const f
         int64_t n0 = t * 4;
         int64_t nr = N - n0 < 4 ? N - n0 : 4;
         if (t + ML_PF_TILES_F32 < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES_F32) * K, 4 * K * 4);
-        f32_tile_rows(x, K, M, K, w, n0, nr, bias, y, N);
+        f32_tile_rows(x, K, M, K, w, n0, nr, bias, y, N, 0);
     }
 }
 
@@ -131,9 +135,16 @@ void ml_f32_linear(const float *x, int64_t M, int64_t K, const float *w, const f
    for all M rows */
 void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, const float *bias,
                        float *y, int64_t ldy, int64_t n0, int64_t n1) {
+    if (M == 1) { /* decode: the spread prefetch, one tile ahead (the range's first two tiles at once) */
+        for (int64_t n = n0; n < n1; n += 4) {
+            if (n == n0) ml_prefetch(w + n * K, 4 * K * 4 * (n + 8 <= n1 ? 2 : 1));
+            f32_tile_rows(x, ldx, 1, K, w, n, n1 - n < 4 ? n1 - n : 4, bias, y, ldy, n + 8 <= n1 ? 4 * K * 4 : 0);
+        }
+        return;
+    }
     for (int64_t n = n0; n < n1; n += 4) {
         ml_prefetch_rows(w, 4 * K, n, n0, n1, ML_PF_TILES_F32);
-        f32_tile_rows(x, ldx, M, K, w, n, n1 - n < 4 ? n1 - n : 4, bias, y, ldy);
+        f32_tile_rows(x, ldx, M, K, w, n, n1 - n < 4 ? n1 - n : 4, bias, y, ldy, 0);
     }
 }
 

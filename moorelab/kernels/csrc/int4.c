@@ -394,8 +394,11 @@ static inline void w4_scale_d(const uint16_t *s0, const uint16_t *s1, const uint
     _mm256_store_ps(d[3], _mm256_mul_ps(w4_load8_f16(s3 + b0, n), bsv));
 }
 
+/* pfd: bytes from this tile to the tile whose lines the loop prefetches as it goes (the spread
+   prefetch of common.h), 0 for none */
 static inline __m128 w4a8_dotn_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
-                                   const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t nr) {
+                                   const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t nr,
+                                   int64_t pfd) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i sh = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
@@ -420,6 +423,7 @@ static inline __m128 w4a8_dotn_g32(const int8_t *xs, const float *bs, const floa
         for (int64_t j = 0; j < n; j++) {
             const int64_t b = b0 + j;
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(xs + 32 * b));
+            if (pfd && (b & 3) == 0) ml_prefetch4(p0, p1, p2, p3, 16 * b + pfd, 0); /* 4 blocks: 64 bytes a row */
 #define W4A8G32_ROW(P, R, F)                                                                               \
             do {                                                                                           \
                 __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(                \
@@ -468,7 +472,7 @@ static int w4_blockq_linear(int bits, const float *x, int64_t M, int64_t K, cons
             float *ym = y + m * N;
             if (bits == 8 && G == 32) {
                 ml_store_tile4(ym + n0, w4a8_dotn_g32((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K,
-                                                      wp + n0 * (K / 2), scales + n0 * ngr, mins + n0 * ngr, nr),
+                                                      wp + n0 * (K / 2), scales + n0 * ngr, mins + n0 * ngr, nr, 0),
                                bias ? bias + n0 : NULL, nr);
                 continue;
             }
@@ -537,15 +541,28 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
                  const uint8_t *wp, const uint16_t *scales, const uint16_t *mins, const float *bias, float *y,
                  int64_t n0, int64_t n1) {
     const int64_t ngr = K / G;
+    if (bits == 8 && G == 32) {
+        /* spread prefetch (common.h) pf whole tiles ahead, ~ML_PF_BYTES4; the range's first tiles
+           and every tile's scales and mins (4 x K / 16 bytes) requested per tile */
+        const int64_t pf = ML_PF_BYTES4 / (2 * K) > 1 ? ML_PF_BYTES4 / (2 * K) : 1;
+        for (int64_t n = n0; n < n1; n += 4) {
+            const int64_t nr = n1 - n < 4 ? n1 - n : 4, ahead = n + 4 * pf;
+            if (n == n0) {
+                for (int64_t t = n; t <= ahead && t < n1; t += 4) w4_prefetch_tile(wp, scales, mins, K, ngr, t);
+            } else if (ahead < n1) {
+                ml_prefetch(scales + ahead * ngr, 4 * ngr * 2);
+                ml_prefetch(mins + ahead * ngr, 4 * ngr * 2);
+            }
+            ml_store_tile4(y + n, w4a8_dotn_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr,
+                                                mins + n * ngr, nr, ahead < n1 ? pf * 2 * K : 0),
+                           bias ? bias + n : NULL, nr);
+        }
+        return;
+    }
     for (int64_t n = n0; n < n1; n += 4) {
         const int64_t nr = n1 - n < 4 ? n1 - n : 4;
         if (n + 4 * ML_PF_TILES4 < n1) w4_prefetch_tile(wp, scales, mins, K, ngr, n + 4 * ML_PF_TILES4);
         float o[4];
-        if (bits == 8 && G == 32) {
-            ml_store_tile4(y + n, w4a8_dotn_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr,
-                                                mins + n * ngr, nr), bias ? bias + n : NULL, nr);
-            continue;
-        }
         if (bits == 16)
             w4a16_dotn((const int16_t *)xq, bs, xsum, K, G, wp + n * (K / 2), scales + n * ngr, mins + n * ngr, ngr,
                        nr, o);
