@@ -44,17 +44,19 @@
 #define ML_PF_BYTES4 3072 /* int4 a8 g32 decode rows: spread prefetch distance, in bytes (whole tiles) */
 
 /* Spread prefetch (the decode rows of int4 a8 g32 and float32): instead of one burst per tile
-   (a whole 4-row tile, 1-25 KB, requested at once ML_PF_TILES* tiles ahead), the tile's dot
-   product requests, as it walks its 4 rows, the same columns of the tile pf tiles ahead, one line
-   per row per 64 bytes read. The requests then keep pace with the reads and the lines in flight
-   stay well inside L1 (32 KB here): with the burst, the down projection's K = 1536 tiles (3 KB
-   int4, 24.6 KB float32) put up to 49 KB in flight, and one thread streamed the int4 down shape
-   at 4.5-6.1 GB/s against 8.6-9.9 with the spread (K = 576: 8.7-10.6 against 8.8-12.8; a C loop
-   outside the repository, 100 matrices, one thread). In the fused decode of SmolLM2-135M (2
-   threads, interleaved A/B of the two libraries on the same plan, 10-12 rounds of 64 tokens):
-   int4 a8 g32 decode x1.22-1.32 (median of rounds), float32 x1.05 (hint T0) and x1.09 (T1, kept);
-   the int8 rows measured x1.03 and x0.99 (two distances), within the noise, so they keep the
-   per-tile prefetch. */
+   (a whole 4-row tile requested at once, ML_PF_TILES4 / ML_PF_TILES_F32 tiles ahead), the tile's
+   dot product requests, as it walks its 4 rows, the same columns of the tile pf tiles ahead, one
+   line per row per 64 bytes read, so the requests keep pace with the reads. With the bursts, up
+   to ~31 KB (int4, 8 tiles of 3.8 KB at K = 1536) and 49 KB (float32, 2 tiles of 24.6 KB) were
+   requested ahead against a 32 KB L1. One thread, 100 matrices streamed (a C loop outside the
+   repository): the int4 down shape (K = 1536, N = 576) at 4.5-6.1 GB/s with the burst against
+   8.6-9.9 with the spread; K = 576, N = 1536 8.7-10.6 against 8.8-12.8. In the fused decode of
+   SmolLM2-135M (2 threads, B = 1; the two libraries interleaved on the same plan, medians of the
+   rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
+   x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
+   spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1), so
+   they keep the per-tile burst. Batched decode (B > 1) runs the same int4 rows once per row and
+   64-row chunk; it was not re-measured. */
 static inline void ml_prefetch4(const void *p0, const void *p1, const void *p2, const void *p3, int64_t off,
                                 int hint_l2) {
     if (hint_l2) {
@@ -80,10 +82,11 @@ static inline void ml_prefetch(const void *p, int64_t bytes) {
 /* Row-range prefetch step for the 4-row tile at row n of [n0, n1), rows of row_bytes each
    starting at base, pf tiles ahead: at n == n0 the range's first pf tiles are requested at once
    (a range starts cold: otherwise each of a token's ~200 ranges waits for its first tiles one
-   miss at a time), then one tile pf tiles ahead per call. Used by the float32 rows, where it
-   measured +7% decode tokens/s on SmolLM2 (interleaved A/B, 6 rounds); the int8 rows measured
-   0.7x with it (the compute-light int8 loops then stall on the burst), so they keep the plain
-   per-tile prefetch. */
+   miss at a time), then one tile pf tiles ahead per call. Used by the float32 rows of a batch
+   (M > 1; one row, the decode, takes the spread prefetch above), where it measured +7% decode
+   tokens/s on SmolLM2 (interleaved A/B, 6 rounds, when it also ran the decode); the int8 rows
+   measured 0.7x with it (the compute-light int8 loops then stall on the burst), so they keep the
+   plain per-tile prefetch. */
 static inline void ml_prefetch_rows(const void *base, int64_t row_bytes, int64_t n, int64_t n0, int64_t n1,
                                     int64_t pf) {
     const char *b = (const char *)base;
