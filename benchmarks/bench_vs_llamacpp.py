@@ -209,7 +209,7 @@ def main() -> None:
             apply(m, parse_spec(OUR_SPEC[prec]), ApplyContext())
         models[prec] = m
     cfg = loaded.model.config
-    from moorelab.model.fused_decode import prepare_decode
+    from moorelab.model.fused_decode import prepare_decode, steady
 
     for m in models.values():
         prepare_decode(m)  # the decode weights in one block in reading order (moorelab.model.weight_arena)
@@ -272,8 +272,9 @@ def main() -> None:
                             x = nxt_tok
                             clock.start()
                             t0 = time.perf_counter()
-                            for _ in range(N):
-                                x = decode.forward(m, x, cache=c)[:, -1:].argmax(-1)
+                            with steady(m):  # as generate decodes (fused_decode.steady)
+                                for _ in range(N):
+                                    x = decode.forward(m, x, cache=c)[:, -1:].argmax(-1)
                             dt = time.perf_counter() - t0
                             ours[prec, f"d{dpt}"].append((N / dt, clock.stop()))
                     print(f"round {rnd + 1}/{rounds} ours {prec}: prefill {ours[prec, 'prefill'][-1][0]:.0f}, decode "

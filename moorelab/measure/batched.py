@@ -26,6 +26,7 @@ import torch
 
 from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock
 from moorelab.model import decode as decode_mod
+from moorelab.model.fused_decode import steady
 from moorelab.model.transformer import KVCache
 
 
@@ -69,15 +70,16 @@ def batched_greedy(model, prompts: Sequence[Sequence[int]], new_tokens: int, pad
         logits = model(ids, attention_mask=mask, cache=cache, last_only=True)
     nxt = logits[:, -1:].argmax(-1)
     out, all_logits = [], []
-    for _ in range(new_tokens):
-        out.append(nxt)
-        t0 = time.perf_counter()
-        logits = decode_mod.forward(model, nxt, cache=cache)
-        nxt = logits[:, -1:].argmax(-1)
-        if step_times is not None:
-            step_times.append(time.perf_counter() - t0)
-        if return_logits:
-            all_logits.append(logits[:, -1])
+    with steady(model):  # nothing changes the model between these steps (fused_decode.steady)
+        for _ in range(new_tokens):
+            out.append(nxt)
+            t0 = time.perf_counter()
+            logits = decode_mod.forward(model, nxt, cache=cache)
+            nxt = logits[:, -1:].argmax(-1)
+            if step_times is not None:
+                step_times.append(time.perf_counter() - t0)
+            if return_logits:
+                all_logits.append(logits[:, -1])
     gen = torch.cat(out, dim=1)
     return (gen, torch.stack(all_logits, dim=1)) if return_logits else gen
 

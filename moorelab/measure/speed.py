@@ -55,12 +55,13 @@ not show in either measure.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -157,6 +158,7 @@ def measure_decode(
     prompt: torch.Tensor,
     new_tokens: int,
     clock: CpuShareClock | None = None,
+    steady: Callable[[], ContextManager] | None = None,
 ) -> list[float]:
     """Greedy decode with a KV cache; per-step wall times.
 
@@ -167,23 +169,26 @@ def measure_decode(
         new_tokens: tokens to generate (≥ 1).
         clock: if given, started just before the first timed step and stopped after the last
             (its share is then in ``clock.last``).
+        steady: if given, the prompt and every step run inside ``steady()`` (for moorelab
+            models :func:`moorelab.model.fused_decode.steady`, as ``generate`` decodes).
 
     Returns:
         Seconds per generated token (list of ``new_tokens``).
     """
     cache = new_cache()
-    logits = step(prompt, cache)
-    nxt = logits[:, -1:].argmax(-1)
-    times = []
-    if clock is not None:
-        clock.start()
-    for _ in range(new_tokens):
-        t0 = time.perf_counter()
-        logits = step(nxt, cache)
+    with steady() if steady is not None else contextlib.nullcontext():
+        logits = step(prompt, cache)
         nxt = logits[:, -1:].argmax(-1)
-        times.append(time.perf_counter() - t0)
-    if clock is not None:
-        clock.stop()
+        times = []
+        if clock is not None:
+            clock.start()
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            logits = step(nxt, cache)
+            nxt = logits[:, -1:].argmax(-1)
+            times.append(time.perf_counter() - t0)
+        if clock is not None:
+            clock.stop()
     return times
 
 
@@ -260,12 +265,14 @@ def invert_ratio(r: dict, larger_is: str = "higher") -> dict:
 # --------------------------------------------------------------------------- the protocol
 @dataclass
 class SpeedVariant:
-    """One model variant to time: its prefill call, its decode step and its cache factory."""
+    """One model variant to time: its prefill call, its decode step, its cache factory and,
+    optionally, the block its decode runs in (``measure_decode``'s ``steady``)."""
 
     name: str
     forward: Callable[[torch.Tensor], Any]
     step: Callable[[torch.Tensor, Any], torch.Tensor]
     new_cache: Callable[[], Any]
+    steady: Callable[[], ContextManager] | None = None
 
 
 @dataclass
@@ -391,7 +398,7 @@ def measure_interleaved(
     with torch.inference_mode():
         for v in variants:  # warm-up, untimed
             v.forward(pre)
-            measure_decode(v.step, v.new_cache, dp, min(4, decode_tokens))
+            measure_decode(v.step, v.new_cache, dp, min(4, decode_tokens), steady=v.steady)
     tries: dict[str, list[dict]] = {n: [] for n in names}
     steps_kept: dict[str, list[float]] = {n: [] for n in names}
     steps_all: dict[str, list[float]] = {n: [] for n in names}
@@ -409,7 +416,7 @@ def measure_interleaved(
                 v.forward(pre)
                 prefill_s = time.perf_counter() - t0
                 prefill_share = clock.stop()
-                steps = measure_decode(v.step, v.new_cache, dp, decode_tokens, clock=clock)
+                steps = measure_decode(v.step, v.new_cache, dp, decode_tokens, clock=clock, steady=v.steady)
             decode_share = clock.last
             kept = prefill_share >= min_share and decode_share >= min_share
             figs = _round_figures(prefill_tokens, prefill_s, steps)

@@ -224,13 +224,17 @@ def measure_speed_rows(
         The :class:`~moorelab.measure.speed.InterleavedResult`.
     """
     from moorelab.model import decode
+    from moorelab.model.fused_decode import steady
     from moorelab.model.transformer import KVCache
 
     if len(rows) != len(models):
         raise ValueError(f"measure_speed_rows: {len(rows)} rows but {len(models)} models")
     prompt = torch.tensor([token_ids[: max(budget.prefill_tokens, DECODE_PROMPT_TOKENS)]], dtype=torch.long)
     # prefill as generation runs it: the last position's logits only (see moorelab.measure.speed)
-    variants = [SpeedVariant(r["name"], lambda ids, m=m: m(ids, last_only=True), lambda ids, cache, m=m: decode.forward(m, ids, cache=cache), KVCache)
+    # decode steps in a steady block, as generate runs them (moorelab.model.fused_decode.steady)
+    variants = [SpeedVariant(r["name"], lambda ids, m=m: m(ids, last_only=True),
+                             lambda ids, cache, m=m: decode.forward(m, ids, cache=cache), KVCache,
+                             steady=lambda m=m: steady(m))
                 for r, m in zip(rows, models)]
     task = None
     if progress is not None:

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from moorelab.model import decode
+from moorelab.model.fused_decode import steady
 from moorelab.model.transformer import KVCache, Transformer
 
 
@@ -77,7 +78,9 @@ def generate(
             ``generate`` does, and is then filled with the first. None: never stop early.
         generator: ``torch.Generator`` for reproducible sampling.
         use_cache: False recomputes the whole sequence each step (reference for tests).
-        on_token: called with the new tokens ``LongTensor[B]`` after each step.
+        on_token: called with the new tokens ``LongTensor[B]`` after each step. It must not
+            change the model: the steps run in a :func:`~moorelab.model.fused_decode.steady`
+            block, which does not re-check hooks or weights' storage per step.
         timings: if given, one ``(start, end)`` pair of ``time.perf_counter()`` seconds is
             appended per step: the model call and the choice of the token, not ``on_token``. The
             first step is the prefill (the whole prompt), the others decode one token each.
@@ -118,28 +121,29 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool)
     n = 0
     step_ids = input_ids
-    for n in range(1, max_new_tokens + 1):
-        t_step = time.perf_counter()
-        L = T + n - 1
-        if use_cache:
-            # the cache keeps the prompt's mask and extends it by one real column per step, so
-            # later steps pass none (and a left-padded batch can take the fused decode)
-            logits = decode.forward(model, step_ids, attention_mask=None if mask is None or n > 1 else mask[:, :L],
-                                    cache=cache, last_only=True)
-        else:
-            logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
-        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-        if stops is not None:
-            nxt = torch.where(done, torch.full_like(nxt, int(stops[0])), nxt)
-            done |= torch.isin(nxt, stops.to(nxt.device))
-        out[:, L] = nxt
-        if timings is not None:
-            timings.append((t_step, time.perf_counter()))
-        if on_token is not None:
-            on_token(nxt)
-        if stops is not None and bool(done.all()):
-            break
-        step_ids = out[:, L : L + 1]
+    with steady(model):  # the loop owns the model between its steps
+        for n in range(1, max_new_tokens + 1):
+            t_step = time.perf_counter()
+            L = T + n - 1
+            if use_cache:
+                # the cache keeps the prompt's mask and extends it by one real column per step, so
+                # later steps pass none (and a left-padded batch can take the fused decode)
+                logits = decode.forward(model, step_ids, attention_mask=None if mask is None or n > 1 else mask[:, :L],
+                                        cache=cache, last_only=True)
+            else:
+                logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
+            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            if stops is not None:
+                nxt = torch.where(done, torch.full_like(nxt, int(stops[0])), nxt)
+                done |= torch.isin(nxt, stops.to(nxt.device))
+            out[:, L] = nxt
+            if timings is not None:
+                timings.append((t_step, time.perf_counter()))
+            if on_token is not None:
+                on_token(nxt)
+            if stops is not None and bool(done.all()):
+                break
+            step_ids = out[:, L : L + 1]
     return out[:, : T + n]
 
 

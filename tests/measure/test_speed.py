@@ -214,3 +214,26 @@ def test_cpu_share_clock_reads_about_one_for_a_busy_thread():
         pass
     share = clock.stop()
     assert 0 < share <= 1.05 and clock.last == share
+
+
+def test_decode_runs_inside_the_variants_steady_block():
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def block():
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    def step(ids, cache):
+        events.append(f"step{ids.shape[1]}")
+        return torch.zeros(1, ids.shape[1], 5)
+
+    times = speed.measure_decode(step, lambda: None, torch.zeros(1, 3, dtype=torch.long), 2, steady=block)
+    assert len(times) == 2
+    assert events == ["enter", "step3", "step1", "step1", "exit"]  # the prompt and every step inside
+    events.clear()
+    speed.measure_decode(step, lambda: None, torch.zeros(1, 3, dtype=torch.long), 1)
+    assert events == ["step3", "step1"]

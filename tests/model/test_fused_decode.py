@@ -15,6 +15,7 @@ from moorelab.improve.api import ApplyContext, apply, parse_spec
 from moorelab.improve.quantize import Int4WeightOnlyConfig, quantize_
 from moorelab.model import decode
 from moorelab.model.config import TransformerConfig
+from moorelab.model import fused_decode
 from moorelab.model.fused_decode import why_not_fused
 from moorelab.model.transformer import KVCache, Transformer
 from model_helpers import scramble
@@ -654,3 +655,174 @@ def test_every_linear_split_over_threads_inside_the_fused_call(threads, spec, mo
                 for f in ("q", "k", "v", "o", "gate", "up", "down")] + [plan.head]
         assert [lin.nthreads for lin in lins] == [threads] * len(lins)
         assert_same(m)
+
+
+def test_steady_block_gives_the_checked_steps_numbers_and_checks_once():
+    m = tiny()
+    ref = copy.deepcopy(m)
+    c, r = KVCache(), KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+        ref(PROMPT, cache=r)
+    _step(m, c, 0), _step(ref, r, 0)  # each cache has its plan before the counting starts
+    checks = []
+    real = fused_decode._Plan.still_valid
+
+    def counting(self, model):
+        checks.append(1)
+        return real(self, model)
+
+    fused_decode._Plan.still_valid = counting
+    try:
+        with fused_decode.steady(m) as same:
+            assert same is m
+            got = [_step(m, c, t) for t in STEPS[:6]]
+        want = [_step(ref, r, t) for t in STEPS[:6]]
+    finally:
+        fused_decode._Plan.still_valid = real
+    assert m.last_decode_path == ref.last_decode_path == "fused"
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)  # the same plan and kernels: bit for bit
+    # the checked model ran the full check on each of its 6 steps; the steady one on its first
+    # step only (the plan from before the block validated once, then O(1) checks)
+    assert len(checks) == 1 + 6
+    assert m not in fused_decode._STEADY
+
+
+def test_steady_blocks_nest_close_in_any_order_and_release_their_storages():
+    m = tiny()
+    c = KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+    checks = []
+    real = fused_decode._Plan.still_valid
+
+    def counting(self, model):
+        checks.append(1)
+        return real(self, model)
+
+    _step(m, c, 0)
+    fused_decode._Plan.still_valid = counting
+    try:
+        with fused_decode.steady(m):
+            (outer,) = fused_decode._STEADY[m]
+            _step(m, c, 1)
+            plan = c.__dict__["_fused_plan"]
+            assert plan.steady is outer and plan.held is not None and len(checks) == 1
+            with fused_decode.steady(m):
+                inner = fused_decode._STEADY[m][-1]
+                assert inner is not outer
+                _step(m, c, 2)
+                _step(m, c, 3)
+                assert plan.steady is inner and len(checks) == 2  # validated again for the inner block
+            assert fused_decode._STEADY[m] == [outer] and plan.held is None
+            _step(m, c, 4)
+            _step(m, c, 5)
+            assert plan.steady is outer and len(checks) == 3  # and again for the outer one
+            copied = copy.deepcopy(m)  # a copy made inside the block is not in it
+            assert copied not in fused_decode._STEADY
+        assert m not in fused_decode._STEADY and plan.held is None and plan.steady is None
+        # blocks closed out of order leave none open
+        a, b = fused_decode.steady(m), fused_decode.steady(m)
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        assert len(fused_decode._STEADY[m]) == 1
+        b.__exit__(None, None, None)
+        assert m not in fused_decode._STEADY
+    finally:
+        fused_decode._Plan.still_valid = real
+
+
+def test_steady_block_still_rebuilds_on_registration_and_after_it_checks_everything():
+    m = tiny()
+    ref = copy.deepcopy(m)
+    ref.fused_decode = False
+    c, r = KVCache(), KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+        ref(PROMPT, cache=r)
+    with fused_decode.steady(m):
+        _step(m, c, 1)
+        _step(ref, r, 1)
+        first = c.__dict__["_fused_plan"]
+        # a swapped layer registers a module: the plan is rebuilt inside the block too
+        quantize_(m, Int4WeightOnlyConfig(group_size=32))
+        quantize_(ref, Int4WeightOnlyConfig(group_size=32))
+        got, want = _step(m, c, 2), _step(ref, r, 2)
+        assert c.__dict__["_fused_plan"] is not first and m.last_decode_path == "fused"
+        assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    # a hook registered after the block: the next step checks again and takes the Python path
+    calls = []
+    m.blocks[0].ffn.register_forward_hook(lambda *a: calls.append(1))
+    _step(m, c, 3)
+    assert calls and m.last_decode_path == "python"
+
+
+def test_steady_block_holds_the_storages_a_broken_contract_leaves_stale_not_freed():
+    m = tiny()
+    c = KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+    lin = m.blocks[0].ffn.down_proj
+    with fused_decode.steady(m):
+        _step(m, c, 1)
+        old = lin.weight.untyped_storage()
+        plan = c.__dict__["_fused_plan"]
+        lin.weight.data = torch.randn_like(lin.weight)  # against the contract: not re-checked in the block
+        assert any(s.data_ptr() == old.data_ptr() for s in plan.held)  # the old storage is kept alive
+        _step(m, c, 2)
+        assert m.last_decode_path == "fused"
+    ref = copy.deepcopy(m)
+    ref.fused_decode = False
+    r = copy.deepcopy(c)
+    got, want = _step(m, c, 3), _step(ref, r, 3)  # outside the block: checked, the new weight used
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+
+
+def test_fused_step_copies_token_rows_and_refuses_ids_out_of_range():
+    m = tiny()
+    c = KVCache()
+    with torch.inference_mode():
+        m(PROMPT, cache=c)
+        _step(m, c, 1)
+        plan = c.__dict__["_fused_plan"]
+        assert plan.embed is not None and plan.embed[0] is m.embed
+        # more than one token per row is not a decode step (decode.forward never sends one)
+        assert fused_decode.decode_step(m, torch.tensor([[1, 2, 3]]), c) is None
+        assert c.length == PROMPT.shape[1] + 1
+        with pytest.raises(IndexError, match="input_ids"):
+            decode.forward(m, torch.tensor([[61]]), cache=c)
+        with pytest.raises(IndexError, match="input_ids"):
+            decode.forward(m, torch.tensor([[-1]]), cache=c)
+    # a hook on the embedding (the copy would skip it) sends the step to the Python path
+    calls = []
+    h = m.embed.register_forward_hook(lambda *a: calls.append(1))
+    _step(m, c, 2)
+    assert calls and m.last_decode_path == "python"
+    h.remove()
+    # an embedding that renormalises rows in its forward keeps its own forward (and the numbers)
+    m2 = tiny()
+    m2.embed.max_norm = 1.0
+    ref = copy.deepcopy(m2)
+    ref.fused_decode = False
+    c2, r2 = KVCache(), KVCache()
+    with torch.inference_mode():
+        m2(PROMPT, cache=c2)
+        ref(PROMPT, cache=r2)
+    got, want = _step(m2, c2, 5), _step(ref, r2, 5)
+    assert m2.last_decode_path == "fused" and c2.__dict__["_fused_plan"].embed is None
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    # max_norm set after the plan was built (a plain attribute: nothing registered)
+    m3 = tiny()
+    ref3 = copy.deepcopy(m3)
+    ref3.fused_decode = False
+    c3, r3 = KVCache(), KVCache()
+    with torch.inference_mode():
+        m3(PROMPT, cache=c3)
+        ref3(PROMPT, cache=r3)
+    _step(m3, c3, 1), _step(ref3, r3, 1)
+    m3.embed.max_norm = ref3.embed.max_norm = 0.5
+    got, want = _step(m3, c3, 2), _step(ref3, r3, 2)
+    assert m3.last_decode_path == "fused"
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
