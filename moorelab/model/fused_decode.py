@@ -23,7 +23,8 @@ Batched decode (B > 1, ``ml_decode_batch``): each linear reads its weights once 
 (float32: three rows per 4-row weight tile; quantized kinds: chunks of 64 weight rows kept in
 cache while each row runs through them), each row attends to its own tokens (from its first real
 position) and is rotated at its own position. SmolLM2-135M on 2 threads, tokens/s of all rows,
-fused / per-op Python path (``python benchmarks/bench_batched.py``: 3 interleaved rounds, 16
+fused / per-op Python path (``python benchmarks/bench_batched.py``, 2026-11-30, before
+:func:`steady` and the spread prefetch: 3 interleaved rounds, 16
 steps, prompts of 32-48 tokens, CPU share 0.99-1.00): float32 batch 1, 4, 16: 33.5 / 20.0,
 101.6 / 67.8, 209.4 / 171.4; int4 g32 a8: 114.9 / 45.0, 175.8 / 101.2, 254.1 / 67.0.
 
@@ -72,6 +73,7 @@ int4 x1.11, int8 b32 x1.06, float32 x1.01.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import itertools
 import operator
@@ -128,7 +130,8 @@ def _global_hooks() -> bool:
 class _Plan:
     """ctypes ``ml_layer`` array for one model and one KV cache, and what it was built from.
 
-    ``still_valid`` re-checks, every step, what can change without registering a module,
+    ``still_valid`` re-checks, every step (outside a :func:`steady` block; inside one, on the
+    block's first step), what can change without registering a module,
     parameter or buffer (which bumps the generation): hooks, attention recording, a forward
     replaced on an instance, norm eps, a tensor's storage (``.data =``, ``.half()``), the thread
     count. For SmolLM2's 30 layers quantized to int4 (694 tensors, 362 modules) that is ~230 µs
@@ -310,17 +313,26 @@ def _build(model) -> _Plan:
 
 
 class _SteadyBlock:
-    """One ``with steady(model):`` block: the plans its first steps validated (weakly)."""
+    """One ``with steady(model):`` block: the plans its steps validated (weakly, once each)."""
 
     __slots__ = ("plans",)
 
     def __init__(self):
-        self.plans: list[weakref.ref] = []
+        self.plans: "weakref.WeakSet[_Plan]" = weakref.WeakSet()
 
 
-#: model -> its open steady blocks, innermost last (outside the model, so deepcopy, pickling and
-#: torch.save never carry a block to a copy)
-_STEADY: "weakref.WeakKeyDictionary[nn.Module, list[_SteadyBlock]]" = weakref.WeakKeyDictionary()
+#: the open steady blocks of this thread / asyncio task, ``(weakref to the model, block)``,
+#: innermost last: a block is in force only for the code that opened it (another thread decoding
+#: the same model is checked every step), and never travels with a copy of the model
+_STEADY: "contextvars.ContextVar[tuple]" = contextvars.ContextVar("moorelab_decode_steady", default=())
+
+
+def _open_block(model) -> "_SteadyBlock | None":
+    """The innermost steady block this context has open on ``model``, or None."""
+    for ref, block in reversed(_STEADY.get()):
+        if ref() is model:
+            return block
+    return None
 
 
 @contextlib.contextmanager
@@ -328,37 +340,38 @@ def steady(model):
     """A block of decode steps in which nothing changes ``model`` but the steps themselves.
 
     Inside it, :func:`decode_step` validates its plan fully on the block's first step of each
-    cache and then, per step, only that it is the same model, that no module, parameter or buffer
-    was registered anywhere and that the thread count is the same (each of those still rebuilds
-    the plan). Not re-checked per step: forward hooks, forwards patched on an instance,
-    attention recording, norm eps, and tensors given new storage without registration
-    (``.data =``, ``set_``); changing those inside the block breaks its contract. While the block
-    lasts, the plan holds the storages it points into, so a tensor given new storage gives stale
-    numbers, not a read of freed memory; an in-place resize of a storage (``resize_``) is not
-    covered. Blocks nest (the innermost is the one in force) and may close in any order; the
-    block lives outside the model, so a copy of the model made inside it is not in it.
+    cache (and again after an inner block closed) and then, per step, only that it is the same
+    model, that no module, parameter or buffer was registered anywhere and that the thread count
+    is the same (each of those still rebuilds the plan). Not re-checked per step: forward hooks,
+    forwards patched on an instance, attention recording, norm eps, and tensors given new
+    storage without registration (``.data =``, ``set_``); changing those inside the block breaks
+    its contract. While the block lasts, the plan holds the storages it points into, so a tensor
+    given new storage gives stale numbers, not a read of freed memory; an in-place resize of a
+    storage (``resize_``) is not covered. (The held storages also keep a weight-arena pack made
+    inside the block, after a registration, from moving those tensors: speed, not numbers.)
+    Blocks nest (the innermost is the one in force) and may close in any order. A block is in
+    force only in the thread (or asyncio task) that opened it, and lives outside the model, so a
+    copy of the model made inside it is not in it.
 
-    Used by ``generate`` (its ``on_token`` callback must not change the model), the run job's
-    speed rows (``moorelab.measure.task``), batched decode (``moorelab.measure.batched``) and
-    ``benchmarks/bench_vs_llamacpp.py``; not by ``moorelab.measure.speed.measure_speed`` nor the
-    other benchmarks, whose decode steps are checked every step.
+    Used by ``generate`` (its ``on_token`` callback must not change the model; hence ``moorelab
+    generate``, ``benchmarks/bench_model_speed.py`` and the lm-eval adapter), the run job's speed
+    rows (``moorelab.measure.task``), batched decode (``moorelab.measure.batched``: the run's
+    curve, ``benchmarks/bench_batched.py``) and ``benchmarks/bench_vs_llamacpp.py``. Not by
+    ``moorelab.measure.speed.measure_speed`` (``benchmarks/bench_pruning.py``),
+    ``bench_decode_depth.py``, ``bench_weight_arena.py`` or ``bench_quant_kernels.py``, whose
+    decode steps are checked every step.
 
     Yields:
         ``model``.
     """
     block = _SteadyBlock()
-    _STEADY.setdefault(model, []).append(block)
+    _STEADY.set(_STEADY.get() + ((weakref.ref(model), block),))
     try:
         yield model
     finally:
-        open_blocks = _STEADY.get(model, [])
-        if block in open_blocks:
-            open_blocks.remove(block)
-        if not open_blocks:
-            _STEADY.pop(model, None)
-        for ref in block.plans:  # the held storages go with the block
-            plan = ref()
-            if plan is not None and plan.steady is block:
+        _STEADY.set(tuple(e for e in _STEADY.get() if e[1] is not block))
+        for plan in list(block.plans):  # the held storages go with the block
+            if plan.steady is block:
                 plan.steady, plan.held = None, None
 
 
@@ -469,11 +482,13 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     for all rows (``ml_decode_batch``); a cache with a padding mask is taken when the mask is
     left padding (each row: padding, then its real tokens), each row then attending to its own
     tokens and rotated at its own position (its count of real tokens), as the Python path's
-    ``cumsum(mask) - 1``. Returns ``None`` (and touches nothing but, possibly, the cache's
-    buffer capacity) when the model or the call is not eligible (see the module docstring, and a
-    mask of another form); the caller then runs the Python path.
+    ``cumsum(mask) - 1``. Returns ``None`` (having touched, at most, the cache's buffer capacity
+    and its cached plan) when the model or the call is not eligible (see the module docstring, a
+    mask of another form, or ``input_ids`` not ``[B, 1]``); the caller then runs the Python path.
 
     Raises:
+        IndexError: a token id outside the embedding table (before anything is computed; the
+            cache's buffers may have grown).
         MemoryError: the C side could not allocate its work buffer.
         RuntimeError: the C side found a position beyond a layer's KV buffers or an unknown
             layer kind (checked before the call, so this means a bug, not bad input).
@@ -481,8 +496,7 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     if input_ids.dim() != 2 or input_ids.shape[1] != 1:
         return None  # one new token per row only
     plan = cache.__dict__.get("_fused_plan")
-    blocks = _STEADY.get(model)
-    block = blocks[-1] if blocks else None
+    block = _open_block(model)
     if plan is not None and block is not None and plan.steady is block:
         fresh = not plan.registered_same(model)  # validated on this block's first step
     else:
@@ -500,7 +514,7 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         # (its storages held while the block lasts: a tensor given new storage in the block
         # against the contract leaves stale numbers, not a read of freed memory)
         plan.steady, plan.held = block, [t.untyped_storage() for t, _ in plan.tensors]
-        block.plans.append(weakref.ref(plan))
+        block.plans.add(plan)
     B = input_ids.shape[0]
     if B < 1:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 
 import pytest
 import torch
@@ -686,7 +687,7 @@ def test_steady_block_gives_the_checked_steps_numbers_and_checks_once():
     # the checked model ran the full check on each of its 6 steps; the steady one on its first
     # step only (the plan from before the block validated once, then O(1) checks)
     assert len(checks) == 1 + 6
-    assert m not in fused_decode._STEADY
+    assert fused_decode._open_block(m) is None
 
 
 def test_steady_blocks_nest_close_in_any_order_and_release_their_storages():
@@ -705,36 +706,47 @@ def test_steady_blocks_nest_close_in_any_order_and_release_their_storages():
     fused_decode._Plan.still_valid = counting
     try:
         with fused_decode.steady(m):
-            (outer,) = fused_decode._STEADY[m]
+            outer = fused_decode._open_block(m)
             _step(m, c, 1)
             plan = c.__dict__["_fused_plan"]
             assert plan.steady is outer and plan.held is not None and len(checks) == 1
             with fused_decode.steady(m):
-                inner = fused_decode._STEADY[m][-1]
+                inner = fused_decode._open_block(m)
                 assert inner is not outer
                 _step(m, c, 2)
                 _step(m, c, 3)
                 assert plan.steady is inner and len(checks) == 2  # validated again for the inner block
-            assert fused_decode._STEADY[m] == [outer] and plan.held is None
+            assert fused_decode._open_block(m) is outer and plan.held is None
             _step(m, c, 4)
             _step(m, c, 5)
             assert plan.steady is outer and len(checks) == 3  # and again for the outer one
+            assert len(outer.plans) == 1  # the same plan, listed once
             copied = copy.deepcopy(m)  # a copy made inside the block is not in it
-            assert copied not in fused_decode._STEADY
-        assert m not in fused_decode._STEADY and plan.held is None and plan.steady is None
-        # blocks closed out of order leave none open
+            assert fused_decode._open_block(copied) is None
+            # another thread decoding the same model is not in this thread's block
+            seen = []
+            t = threading.Thread(target=lambda: seen.append(fused_decode._open_block(m)))
+            t.start()
+            t.join()
+            assert seen == [None]
+        assert fused_decode._open_block(m) is None and plan.held is None and plan.steady is None
+        # blocks closed out of order leave none open, and each releases what it held
         a, b = fused_decode.steady(m), fused_decode.steady(m)
         a.__enter__()
+        _step(m, c, 6)
         b.__enter__()
+        inner_b = fused_decode._open_block(m)
+        _step(m, c, 7)
+        assert plan.steady is inner_b and plan.held is not None
         a.__exit__(None, None, None)
-        assert len(fused_decode._STEADY[m]) == 1
+        assert fused_decode._open_block(m) is inner_b and plan.held is not None
         b.__exit__(None, None, None)
-        assert m not in fused_decode._STEADY
+        assert fused_decode._open_block(m) is None and plan.held is None
     finally:
         fused_decode._Plan.still_valid = real
 
 
-def test_steady_block_still_rebuilds_on_registration_and_after_it_checks_everything():
+def test_steady_block_still_rebuilds_on_registration_and_releases_the_new_plan():
     m = tiny()
     ref = copy.deepcopy(m)
     ref.fused_decode = False
@@ -750,13 +762,11 @@ def test_steady_block_still_rebuilds_on_registration_and_after_it_checks_everyth
         quantize_(m, Int4WeightOnlyConfig(group_size=32))
         quantize_(ref, Int4WeightOnlyConfig(group_size=32))
         got, want = _step(m, c, 2), _step(ref, r, 2)
-        assert c.__dict__["_fused_plan"] is not first and m.last_decode_path == "fused"
+        second = c.__dict__["_fused_plan"]
+        assert second is not first and m.last_decode_path == "fused"
         assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
-    # a hook registered after the block: the next step checks again and takes the Python path
-    calls = []
-    m.blocks[0].ffn.register_forward_hook(lambda *a: calls.append(1))
-    _step(m, c, 3)
-    assert calls and m.last_decode_path == "python"
+        assert second.held is not None
+    assert second.held is None and second.steady is None  # released with the block
 
 
 def test_steady_block_holds_the_storages_a_broken_contract_leaves_stale_not_freed():
@@ -767,16 +777,30 @@ def test_steady_block_holds_the_storages_a_broken_contract_leaves_stale_not_free
     lin = m.blocks[0].ffn.down_proj
     with fused_decode.steady(m):
         _step(m, c, 1)
-        old = lin.weight.untyped_storage()
         plan = c.__dict__["_fused_plan"]
+        old_ptr, old_vals = lin.weight.data_ptr(), lin.weight.detach().clone()
         lin.weight.data = torch.randn_like(lin.weight)  # against the contract: not re-checked in the block
-        assert any(s.data_ptr() == old.data_ptr() for s in plan.held)  # the old storage is kept alive
-        _step(m, c, 2)
-        assert m.last_decode_path == "fused"
+        held = [s for s in plan.held if s.data_ptr() == old_ptr]
+        assert len(held) == 1 and torch._C._storage_Use_Count(held[0]._cdata) == 1  # the plan its only owner
+        assert torch.equal(torch.empty(0).set_(held[0], 0, old_vals.shape), old_vals)  # and intact
+        del held
+        # the (tied) embedding table replaced by a smaller one: the copy still reads the held old
+        # table (id 50 is past the new one's 10 rows), then the table is put back
+        table = m.embed.weight.data
+        lin.weight.data = held_w = torch.empty(0).set_(plan.held[[s.data_ptr() for s in plan.held].index(old_ptr)],
+                                                       0, old_vals.shape)  # (back to the old weight's storage)
+        before = copy.deepcopy(m)
+        before.fused_decode = False
+        r0 = copy.deepcopy(c)
+        m.embed.weight.data = torch.randn(10, m.config.d_model)
+        got, want = _step(m, c, 50), _step(before, r0, 50)
+        assert m.last_decode_path == "fused" and torch.equal(held_w, old_vals)
+        assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+        m.embed.weight.data = table
     ref = copy.deepcopy(m)
     ref.fused_decode = False
     r = copy.deepcopy(c)
-    got, want = _step(m, c, 3), _step(ref, r, 3)  # outside the block: checked, the new weight used
+    got, want = _step(m, c, 3), _step(ref, r, 3)  # outside the block: checked, the new weights used
     assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
 
 

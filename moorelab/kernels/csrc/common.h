@@ -55,8 +55,11 @@
    rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
    x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
    spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1), so
-   they keep the per-tile burst. Batched decode (B > 1) runs the same int4 rows once per row and
-   64-row chunk; it was not re-measured. */
+   they keep the per-tile burst. A row range still requests its first tiles at once (float32:
+   two tiles, up to 49 KB into L1), as measured, not tuned; the later change that also
+   prefetches a short last tile (N not a multiple of 4) leaves SmolLM2's rows as measured.
+   Batched decode (B > 1) runs the same int4 rows once per row and 64-row chunk; it was not
+   re-measured. */
 static inline void ml_prefetch4(const void *p0, const void *p1, const void *p2, const void *p3, int64_t off,
                                 int hint_l2) {
     if (hint_l2) {
