@@ -353,12 +353,8 @@ def test_masks_other_than_left_padding_take_the_python_path():
 
 def test_plan_is_rebuilt_when_a_layer_is_swapped_mid_generation():
     m = tiny()
-    ref_model = copy.deepcopy(m)
-    ref_model.fused_decode = False
-    c_fused, c_ref = KVCache(), KVCache()
+    ref_model, c_fused, c_ref = _prefilled(m)
     with torch.inference_mode():
-        m(PROMPT, cache=c_fused)
-        ref_model(PROMPT, cache=c_ref)
         decode.forward(m, torch.tensor([[7]]), cache=c_fused)
         decode.forward(ref_model, torch.tensor([[7]]), cache=c_ref)
         quantize_(m, Int4WeightOnlyConfig(group_size=32))  # swaps every Linear for a new module
@@ -366,7 +362,7 @@ def test_plan_is_rebuilt_when_a_layer_is_swapped_mid_generation():
         got = decode.forward(m, torch.tensor([[9]]), cache=c_fused)
         want = decode.forward(ref_model, torch.tensor([[9]]), cache=c_ref)
     assert m.last_decode_path == "fused"
-    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    _assert_close(got, want)
 
 
 @pytest.mark.slow
@@ -658,14 +654,24 @@ def test_every_linear_split_over_threads_inside_the_fused_call(threads, spec, mo
         assert_same(m)
 
 
-def test_steady_block_gives_the_checked_steps_numbers_and_checks_once():
-    m = tiny()
+def _prefilled(m, python_ref: bool = True):
+    """``(ref, c, r)``: a copy of ``m`` (on the Python path when ``python_ref``) and caches
+    holding ``PROMPT`` for ``m`` and for it."""
     ref = copy.deepcopy(m)
+    ref.fused_decode = not python_ref
     c, r = KVCache(), KVCache()
     with torch.inference_mode():
         m(PROMPT, cache=c)
         ref(PROMPT, cache=r)
-    _step(m, c, 0), _step(ref, r, 0)  # each cache has its plan before the counting starts
+    return ref, c, r
+
+
+def _assert_close(got, want):
+    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+
+
+def _count_full_checks(monkeypatch) -> list:
+    """From now on, a list that gets one entry per full plan check (``_Plan.still_valid`` call)."""
     checks = []
     real = fused_decode._Plan.still_valid
 
@@ -673,14 +679,19 @@ def test_steady_block_gives_the_checked_steps_numbers_and_checks_once():
         checks.append(1)
         return real(self, model)
 
-    fused_decode._Plan.still_valid = counting
-    try:
-        with fused_decode.steady(m) as same:
-            assert same is m
-            got = [_step(m, c, t) for t in STEPS[:6]]
-        want = [_step(ref, r, t) for t in STEPS[:6]]
-    finally:
-        fused_decode._Plan.still_valid = real
+    monkeypatch.setattr(fused_decode._Plan, "still_valid", counting)
+    return checks
+
+
+def test_steady_block_gives_the_checked_steps_numbers_and_checks_once(monkeypatch):
+    m = tiny()
+    ref, c, r = _prefilled(m, python_ref=False)
+    _step(m, c, 0), _step(ref, r, 0)  # each cache has its plan before the counting starts
+    checks = _count_full_checks(monkeypatch)
+    with fused_decode.steady(m) as same:
+        assert same is m
+        got = [_step(m, c, t) for t in STEPS[:6]]
+    want = [_step(ref, r, t) for t in STEPS[:6]]
     assert m.last_decode_path == ref.last_decode_path == "fused"
     for g, w in zip(got, want):
         assert torch.equal(g, w)  # the same plan and kernels: bit for bit
@@ -690,70 +701,53 @@ def test_steady_block_gives_the_checked_steps_numbers_and_checks_once():
     assert fused_decode._open_block(m) is None
 
 
-def test_steady_blocks_nest_close_in_any_order_and_release_their_storages():
+def test_steady_blocks_nest_close_in_any_order_and_release_their_storages(monkeypatch):
     m = tiny()
-    c = KVCache()
-    with torch.inference_mode():
-        m(PROMPT, cache=c)
-    checks = []
-    real = fused_decode._Plan.still_valid
-
-    def counting(self, model):
-        checks.append(1)
-        return real(self, model)
-
+    _ref, c, _r = _prefilled(m)
     _step(m, c, 0)
-    fused_decode._Plan.still_valid = counting
-    try:
+    checks = _count_full_checks(monkeypatch)
+    with fused_decode.steady(m):
+        outer = fused_decode._open_block(m)
+        _step(m, c, 1)
+        plan = c.__dict__["_fused_plan"]
+        assert plan.steady is outer and plan.held is not None and len(checks) == 1
         with fused_decode.steady(m):
-            outer = fused_decode._open_block(m)
-            _step(m, c, 1)
-            plan = c.__dict__["_fused_plan"]
-            assert plan.steady is outer and plan.held is not None and len(checks) == 1
-            with fused_decode.steady(m):
-                inner = fused_decode._open_block(m)
-                assert inner is not outer
-                _step(m, c, 2)
-                _step(m, c, 3)
-                assert plan.steady is inner and len(checks) == 2  # validated again for the inner block
-            assert fused_decode._open_block(m) is outer and plan.held is None
-            _step(m, c, 4)
-            _step(m, c, 5)
-            assert plan.steady is outer and len(checks) == 3  # and again for the outer one
-            assert len(outer.plans) == 1  # the same plan, listed once
-            copied = copy.deepcopy(m)  # a copy made inside the block is not in it
-            assert fused_decode._open_block(copied) is None
-            # another thread decoding the same model is not in this thread's block
-            seen = []
-            t = threading.Thread(target=lambda: seen.append(fused_decode._open_block(m)))
-            t.start()
-            t.join()
-            assert seen == [None]
-        assert fused_decode._open_block(m) is None and plan.held is None and plan.steady is None
-        # blocks closed out of order leave none open, and each releases what it held
-        a, b = fused_decode.steady(m), fused_decode.steady(m)
-        a.__enter__()
-        _step(m, c, 6)
-        b.__enter__()
-        inner_b = fused_decode._open_block(m)
-        _step(m, c, 7)
-        assert plan.steady is inner_b and plan.held is not None
-        a.__exit__(None, None, None)
-        assert fused_decode._open_block(m) is inner_b and plan.held is not None
-        b.__exit__(None, None, None)
-        assert fused_decode._open_block(m) is None and plan.held is None
-    finally:
-        fused_decode._Plan.still_valid = real
+            inner = fused_decode._open_block(m)
+            assert inner is not outer
+            _step(m, c, 2)
+            _step(m, c, 3)
+            assert plan.steady is inner and len(checks) == 2  # validated again for the inner block
+        assert fused_decode._open_block(m) is outer and plan.held is None
+        _step(m, c, 4)
+        _step(m, c, 5)
+        assert plan.steady is outer and len(checks) == 3  # and again for the outer one
+        assert len(outer.plans) == 1  # the same plan, listed once
+        copied = copy.deepcopy(m)  # a copy made inside the block is not in it
+        assert fused_decode._open_block(copied) is None
+        # another thread decoding the same model is not in this thread's block
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(fused_decode._open_block(m)))
+        t.start()
+        t.join()
+        assert seen == [None]
+    assert fused_decode._open_block(m) is None and plan.held is None and plan.steady is None
+    # blocks closed out of order leave none open, and each releases what it held
+    a, b = fused_decode.steady(m), fused_decode.steady(m)
+    a.__enter__()
+    _step(m, c, 6)
+    b.__enter__()
+    inner_b = fused_decode._open_block(m)
+    _step(m, c, 7)
+    assert plan.steady is inner_b and plan.held is not None
+    a.__exit__(None, None, None)
+    assert fused_decode._open_block(m) is inner_b and plan.held is not None
+    b.__exit__(None, None, None)
+    assert fused_decode._open_block(m) is None and plan.held is None
 
 
 def test_steady_block_still_rebuilds_on_registration_and_releases_the_new_plan():
     m = tiny()
-    ref = copy.deepcopy(m)
-    ref.fused_decode = False
-    c, r = KVCache(), KVCache()
-    with torch.inference_mode():
-        m(PROMPT, cache=c)
-        ref(PROMPT, cache=r)
+    ref, c, r = _prefilled(m)
     with fused_decode.steady(m):
         _step(m, c, 1)
         _step(ref, r, 1)
@@ -764,16 +758,14 @@ def test_steady_block_still_rebuilds_on_registration_and_releases_the_new_plan()
         got, want = _step(m, c, 2), _step(ref, r, 2)
         second = c.__dict__["_fused_plan"]
         assert second is not first and m.last_decode_path == "fused"
-        assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+        _assert_close(got, want)
         assert second.held is not None
     assert second.held is None and second.steady is None  # released with the block
 
 
 def test_steady_block_holds_the_storages_a_broken_contract_leaves_stale_not_freed():
     m = tiny()
-    c = KVCache()
-    with torch.inference_mode():
-        m(PROMPT, cache=c)
+    _ref, c, _r = _prefilled(m)
     lin = m.blocks[0].ffn.down_proj
     with fused_decode.steady(m):
         _step(m, c, 1)
@@ -782,33 +774,31 @@ def test_steady_block_holds_the_storages_a_broken_contract_leaves_stale_not_free
         lin.weight.data = torch.randn_like(lin.weight)  # against the contract: not re-checked in the block
         held = [s for s in plan.held if s.data_ptr() == old_ptr]
         assert len(held) == 1 and torch._C._storage_Use_Count(held[0]._cdata) == 1  # the plan its only owner
-        assert torch.equal(torch.empty(0).set_(held[0], 0, old_vals.shape), old_vals)  # and intact
-        del held
+        old_w = torch.empty(0).set_(held[0], 0, old_vals.shape)
+        assert torch.equal(old_w, old_vals)  # and intact
         # the (tied) embedding table replaced by a smaller one: the copy still reads the held old
         # table (id 50 is past the new one's 10 rows), then the table is put back
         table = m.embed.weight.data
-        lin.weight.data = held_w = torch.empty(0).set_(plan.held[[s.data_ptr() for s in plan.held].index(old_ptr)],
-                                                       0, old_vals.shape)  # (back to the old weight's storage)
+        lin.weight.data = old_w  # (back to the old weight's storage, for the reference below)
         before = copy.deepcopy(m)
         before.fused_decode = False
         r0 = copy.deepcopy(c)
         m.embed.weight.data = torch.randn(10, m.config.d_model)
         got, want = _step(m, c, 50), _step(before, r0, 50)
-        assert m.last_decode_path == "fused" and torch.equal(held_w, old_vals)
-        assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+        assert m.last_decode_path == "fused" and torch.equal(old_w, old_vals)
+        _assert_close(got, want)
         m.embed.weight.data = table
     ref = copy.deepcopy(m)
     ref.fused_decode = False
     r = copy.deepcopy(c)
     got, want = _step(m, c, 3), _step(ref, r, 3)  # outside the block: checked, the new weights used
-    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    _assert_close(got, want)
 
 
 def test_fused_step_copies_token_rows_and_refuses_ids_out_of_range():
     m = tiny()
-    c = KVCache()
+    _ref, c, _r = _prefilled(m)
     with torch.inference_mode():
-        m(PROMPT, cache=c)
         _step(m, c, 1)
         plan = c.__dict__["_fused_plan"]
         assert plan.embed is not None and plan.embed[0] is m.embed
@@ -828,25 +818,15 @@ def test_fused_step_copies_token_rows_and_refuses_ids_out_of_range():
     # an embedding that renormalises rows in its forward keeps its own forward (and the numbers)
     m2 = tiny()
     m2.embed.max_norm = 1.0
-    ref = copy.deepcopy(m2)
-    ref.fused_decode = False
-    c2, r2 = KVCache(), KVCache()
-    with torch.inference_mode():
-        m2(PROMPT, cache=c2)
-        ref(PROMPT, cache=r2)
-    got, want = _step(m2, c2, 5), _step(ref, r2, 5)
+    ref2, c2, r2 = _prefilled(m2)
+    got, want = _step(m2, c2, 5), _step(ref2, r2, 5)
     assert m2.last_decode_path == "fused" and c2.__dict__["_fused_plan"].embed is None
-    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    _assert_close(got, want)
     # max_norm set after the plan was built (a plain attribute: nothing registered)
     m3 = tiny()
-    ref3 = copy.deepcopy(m3)
-    ref3.fused_decode = False
-    c3, r3 = KVCache(), KVCache()
-    with torch.inference_mode():
-        m3(PROMPT, cache=c3)
-        ref3(PROMPT, cache=r3)
+    ref3, c3, r3 = _prefilled(m3)
     _step(m3, c3, 1), _step(ref3, r3, 1)
     m3.embed.max_norm = ref3.embed.max_norm = 0.5
     got, want = _step(m3, c3, 2), _step(ref3, r3, 2)
     assert m3.last_decode_path == "fused"
-    assert (got - want).abs().max().item() <= 2e-4 * want.abs().max().item()
+    _assert_close(got, want)

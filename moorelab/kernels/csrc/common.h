@@ -50,7 +50,7 @@
    to ~31 KB (int4, 8 tiles of 3.8 KB at K = 1536) and 49 KB (float32, 2 tiles of 24.6 KB) were
    requested ahead against a 32 KB L1. One thread, 100 matrices streamed (a C loop outside the
    repository): the int4 down shape (K = 1536, N = 576) at 4.5-6.1 GB/s with the burst against
-   8.6-9.9 with the spread; K = 576, N = 1536 8.7-10.6 against 8.8-12.8. In the fused decode of
+   8.6-9.9 with the spread; K = 576, N = 1536 8.7-11.1 against 8.8-12.8. In the fused decode of
    SmolLM2-135M (2 threads, B = 1; the two libraries interleaved on the same plan, medians of the
    rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
    x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
