@@ -229,3 +229,16 @@ def test_gguf_partial_rotary_refused(tmp_path):
     write_tiny_gguf(tmp_path / "m.gguf", ref, extra=lambda w: w.add_uint32("llama.rope.dimension_count", 4))
     with pytest.raises(ModelLoadError, match=r"llama.rope.dimension_count=4 differs from the head size 8"):
         load_gguf(tmp_path / "m.gguf")
+
+
+def test_rope_tables_are_cached_for_a_device_given_as_a_string():
+    from moorelab.model.config import TransformerConfig
+    from moorelab.model.transformer import Transformer
+
+    m = Transformer(TransformerConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                                      max_position_embeddings=8, family="llama"))
+    first = m.rope_tables(4, "cpu")
+    assert m.rope_tables(6, torch.device("cpu"))[0] is first[0]  # a torch.device and "cpu" are one device
+    assert m.rope_tables(3, "cpu")[1] is first[1]
+    assert first[0].shape == (8, 8)  # grown to max_position_embeddings once, not per call
+    assert m.rope_tables(20, "cpu")[0].shape == (20, 8)
