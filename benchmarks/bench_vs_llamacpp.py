@@ -37,11 +37,14 @@ The llama.cpp files: F32 and Q4_1 are written by moorelab's own GGUF writer
 weights), Q8_0 by ``llama-quantize`` from that F32 file. llama.cpp is built once with
 ``--build`` (:func:`moorelab.measure.llamacpp.build`, ~10–15 min on 2 idle cores, cached
 outside the repository); without the binaries the llama.cpp columns are skipped, saying why.
+``--llamacpp-isa avx2`` builds and runs a second llama.cpp for AVX2/FMA/F16C only, the instruction
+set of moorelab's kernels: on a CPU with AVX-512 or VNNI the default native build uses them and
+we do not, and the run says so.
 
 Usage::
 
-    python benchmarks/bench_vs_llamacpp.py [--build] [--quick] [--rounds 3] [--depths 0,1024,4096]
-        [--batch-sizes 1,2,4,8,16] [--threads 2] [--json out.json]
+    python benchmarks/bench_vs_llamacpp.py [--build] [--llamacpp-isa native|avx2] [--quick] [--rounds 3]
+        [--depths 0,1024,4096] [--batch-sizes 1,2,4,8,16] [--threads 2] [--json out.json]
 
 ``--quick``: 3 rounds, depths 0 and 1,024, 32 decode tokens, 256-token prefill, batch 1, 4, 16,
 a 6,000-character text.
@@ -155,6 +158,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--build", action="store_true", help="build llama.cpp first if it is not built")
     p.add_argument("--no-llamacpp", action="store_true", help="measure moorelab only")
+    p.add_argument("--llamacpp-isa", choices=sorted(llamacpp.ISAS), default="native",
+                   help="native: llama.cpp built for all this CPU has (AVX-512/VNNI where present); avx2: the "
+                        "instruction set moorelab's kernels use, for a kernel-for-kernel comparison")
     p.add_argument("--rounds", type=int)
     p.add_argument("--depths")
     p.add_argument("--batch-sizes")
@@ -188,10 +194,15 @@ def main() -> None:
     bins, why = None, "--no-llamacpp given"
     if not a.no_llamacpp:
         if a.build:
-            bins = llamacpp.build(log=lambda s: print(s, flush=True))
-        bins = llamacpp.binaries()
-        why = llamacpp.status()
+            bins = llamacpp.build(log=lambda s: print(s, flush=True), isa=a.llamacpp_isa)
+        bins = llamacpp.binaries(a.llamacpp_isa)
+        why = llamacpp.status(a.llamacpp_isa)
     print(f"llama.cpp: {why}", flush=True)
+    extras = llamacpp.cpu_extras()
+    if bins and a.llamacpp_isa == "native" and extras:
+        print(f"note: this CPU has {', '.join(extras)}, which the native llama.cpp build uses and moorelab's kernels "
+              "(AVX2/FMA/F16C) do not; --llamacpp-isa avx2 compares the engines on the same instruction set",
+              flush=True)
 
     loaded = load_pretrained("smollm2-135m")
     tok = loaded.tokenizer
@@ -340,6 +351,9 @@ def main() -> None:
           f"(medians of rounds with CPU share ≥ {CPU_SHARE_MIN}; load average {load0:.1f} at start); "
           f"read bandwidth {gbps:.1f} GB/s (best torch.sum pass over 512 MB, start and end of the run; CPU share "
           f"{statistics.median(b['cpu_share'] for b in bw):.2f})")
+    if bins:
+        print(f"llama.cpp built with isa {a.llamacpp_isa} ({' '.join(llamacpp.ISAS[a.llamacpp_isa])}); "
+              f"CPU extensions beyond AVX2/FMA/F16C: {', '.join(extras) or 'none'}")
     hdr = (f"{'precision':9} {'engine':10} {'ctx':>5} {'prefill/s':>9} {'decode/s':>9} {'ours/theirs':>11} "
            f"{'limit/s':>8} {'of limit':>8} {'share':>5} {'bits/byte':>9}")
     print(hdr)
@@ -412,7 +426,8 @@ def main() -> None:
     if a.json:
         a.json.write_text(json.dumps({"settings": {"threads": a.threads, "prefill_tokens": P, "decode_tokens": N,
                                                    "rounds": rounds, "depths": depths, "n_ctx_quality": n_ctx,
-                                                   "llama.cpp": why, "load_average_start": load0},
+                                                   "llama.cpp": why, "llama.cpp_isa": a.llamacpp_isa,
+                                                   "cpu_extras": extras, "load_average_start": load0},
                                       "bandwidth": bw, "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
                                       "batched": batched, "elapsed_s": elapsed}, indent=1, default=str))
 

