@@ -14,7 +14,7 @@ from an older checkout, e.g. ``git archive 2a10276 | tar -x -C /tmp/old`` and
 cache_dir; print(build.build(cache_dir())[0])"``.
 
 Usage: python benchmarks/bench_fused_ab.py --old /path/to/old/libmoorelab_quant.so
-       [--threads 2] [--depths 1,4096] [--steps 20] [--weights f32|int8]
+       [--threads 2] [--depths 1,4096] [--steps 20] [--weights f32|int8|int8-b32]
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ def make_layers(weights: str, cap: int, kv_dtype: torch.dtype, keep: list, threa
                 w = torch.randn(n, k, generator=g) * 0.05
                 lin = kernels.MlLin(kernels.LIN_KINDS["f32"], threads, n, k, 0, w.data_ptr(), None, None, None)
                 keep.append(w)
-            else:
+            else:  # int8 weights, one float32 scale per row: float activations (int8) or rounded per 32 (int8-b32)
                 w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
                 s = torch.full((n,), 0.05 / 64)
-                lin = kernels.MlLin(kernels.LIN_KINDS["int8"], threads, n, k, 0, w.data_ptr(), s.data_ptr(), None, None)
+                kind = kernels.LIN_KINDS["int8" if weights == "int8" else "int8-dynamic-b32"]
+                lin = kernels.MlLin(kind, threads, n, k, 0, w.data_ptr(), s.data_ptr(), None, None)
                 keep += [w, s]
             setattr(ly, name, lin)
         an, fn = torch.ones(D), torch.ones(D)
@@ -67,7 +68,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--depths", default="1,4096")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--weights", choices=["f32", "int8"], default="int8")
+    ap.add_argument("--weights", choices=["f32", "int8", "int8-b32"], default="int8",
+                    help="int8-b32: int8 weights against activations rounded to int8 per block of 32 (the "
+                         "8-bit row of bench_vs_llamacpp.py; old builds from ABI 12 on, f0b0376)")
     ap.add_argument("--old-signature", choices=["layers", "head"], default="layers",
                     help="the old build's ml_decode_layers: 'layers' (8 arguments, builds before ef651d9) or "
                          "'head' (with the final norm and lm_head arguments)")

@@ -42,8 +42,9 @@
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
 #define ML_PF_BYTES4 3072 /* int4 a8 g32 decode rows: spread prefetch distance, in bytes (whole tiles) */
+#define ML_PF_BYTES8 8192 /* int8 b32 decode rows: the same, hint T1 (into L2) */
 
-/* Spread prefetch (the decode rows of int4 a8 g32 and float32): instead of one burst per tile
+/* Spread prefetch (the decode rows of int4 a8 g32, int8 b32 and float32): instead of one burst per tile
    (a whole 4-row tile requested at once, ML_PF_TILES4 / ML_PF_TILES_F32 tiles ahead), the tile's
    dot product requests, as it walks its 4 rows, the same columns of the tile pf tiles ahead, one
    line per row per 64 bytes read, so the requests keep pace with the reads. With the bursts, up
@@ -54,8 +55,12 @@
    SmolLM2-135M (2 threads, B = 1; the two libraries interleaved on the same plan, medians of the
    rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
    x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
-   spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1), so
-   they keep the per-tile burst. A row range still requests its first tiles at once (float32:
+   spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1) on that
+   host (AVX2 only). On an AMD EPYC with 1 MB of L2 per core (2026-12-01; benchmarks/bench_fused_ab.py
+   --weights int8-b32, 30 SmolLM2-shaped layers of random weights, 60 interleaved steps, CPU share
+   0.99-1.00) the burst read 7.9-9.4 ms a step and the spread, hint T1, 4.1-4.5 ms at 8 KB ahead
+   (x1.87-2.07 in eight runs; x1.25-1.36 at depth 4,096, float32 KV cache), 4.1-4.6 at 12 KB, 4.2-4.8 at 16 and 32 KB, 5.3 at 2 KB, 6.3 with
+   hint T0 (x1.18): the int8 b32 rows take it (ML_PF_BYTES8, T1). A row range still requests its first tiles at once (float32:
    two tiles, up to 49 KB into L1), as measured, not tuned; the later change that also
    prefetches a short last tile (N not a multiple of 4) leaves SmolLM2's rows as measured.
    Batched decode (B > 1) runs the same int4 rows once per row and 64-row chunk; it was not

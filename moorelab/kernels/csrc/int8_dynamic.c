@@ -201,14 +201,16 @@ void ml_a8b_prep_ref(const float *x, int64_t K, int8_t *xq, float *bs) {
     a8b_quant_row_scalar(x, K, xq, bs);
 }
 
-/* nr (1..4) rows of w (stride ldw) against one rounded x row */
+/* nr (1..4) rows of w (stride ldw) against one rounded x row; pfd: bytes from these rows to the
+   rows whose lines the loop prefetches as it goes (common.h's spread prefetch), 0 for none */
 static inline void a8b_dotn(const int8_t *xq, const float *bs, const int8_t *w, int64_t ldw, int64_t K, int64_t nr,
-                            float *out) {
+                            float *out, int64_t pfd) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
     const int8_t *w0 = w, *w1 = w + (nr > 1 ? ldw : 0), *w2 = w + (nr > 2 ? 2 * ldw : 0), *w3 = w + (nr > 3 ? 3 * ldw : 0);
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
+        if (pfd && (k & 63) == 0) ml_prefetch4(w0, w1, w2, w3, k + pfd, 1); /* 2 blocks: 64 bytes a row */
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + k));
         const __m256i ax = _mm256_abs_epi8(xv);
         const __m256 bsv = _mm256_broadcast_ss(bs + k / 32);
@@ -242,11 +244,14 @@ void ml_a8b_prep(const float *x, int64_t K, int8_t *xq, float *bs) {
    tiles and numbers, one thread, no OpenMP */
 void ml_a8bw8_rows(const int8_t *xq, const float *bs, int64_t K, const int8_t *w, const float *scale,
                    const float *bias, float *y, int64_t n0, int64_t n1) {
+    /* spread prefetch (common.h) pf whole tiles ahead, ~ML_PF_BYTES8; the range's first pf tiles
+       requested at once */
+    const int64_t pf = ML_PF_BYTES8 / (4 * K) > 1 ? ML_PF_BYTES8 / (4 * K) : 1;
+    if (n0 < n1) ml_prefetch(w + n0 * K, (n0 + 4 * pf < n1 ? 4 * pf : n1 - n0) * K);
     for (int64_t n = n0; n < n1; n += 4) {
         const int64_t nr = n1 - n < 4 ? n1 - n : 4;
-        if (n + 4 * ML_PF_TILES < n1) ml_prefetch(w + (n + 4 * ML_PF_TILES) * K, 4 * K);
         float o[4];
-        a8b_dotn(xq, bs, w + n * K, K, K, nr, o);
+        a8b_dotn(xq, bs, w + n * K, K, K, nr, o, n + 4 * pf + 4 <= n1 ? 4 * pf * K : 0);
         for (int64_t r = 0; r < nr; r++) y[n + r] = o[r] * scale[n + r] + (bias ? bias[n + r] : 0.0f);
     }
 }
@@ -268,7 +273,7 @@ int ml_a8bw8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const
         if (t + ML_PF_TILES < ntiles) ml_prefetch(w + (n0 + 4 * ML_PF_TILES) * K, 4 * K);
         for (int64_t m = 0; m < M; m++) {
             float o[4];
-            a8b_dotn(xq + m * K, bs + m * nb, w + n0 * K, K, K, nr, o);
+            a8b_dotn(xq + m * K, bs + m * nb, w + n0 * K, K, K, nr, o, 0);
             float *ym = y + m * N;
             for (int64_t r = 0; r < nr; r++) ym[n0 + r] = o[r] * scale[n0 + r] + (bias ? bias[n0 + r] : 0.0f);
         }
