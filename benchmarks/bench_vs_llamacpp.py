@@ -74,10 +74,16 @@ LLAMA_TYPE = {"float32": "F32", "8-bit": "Q8_0", "4-bit": "Q4_1"}
 OUR_SPEC = {"float32": None, "8-bit": "int8-dynamic:activation_block=32", "4-bit": "int4:group_size=32,activation_bits=8"}
 
 
-def bandwidth(n_bytes: int = 512 << 20, reps: int = 5) -> dict:
-    """Read bandwidth (GB/s) of ``reps`` ``torch.sum`` passes over ``n_bytes``: the best pass (a
-    ceiling: other processes only slow a pass down) and the median, with the median CPU share."""
-    buf = torch.ones(n_bytes // 4)
+def bandwidth(n_bytes: int = 512 << 20, reps: int = 5, buf: torch.Tensor | None = None) -> dict:
+    """Read bandwidth (GB/s) of ``reps`` ``torch.sum`` passes over ``n_bytes`` (or over ``buf``,
+    float32, allocated once by the caller): the best pass (a ceiling for that moment: other
+    processes only slow a pass down) and the median, with the median CPU share. The host's memory
+    is shared with other machines, which no CPU share sees: the bandwidth swings within a run
+    (31 and 49 GB/s at the start and end of one run on 2026-12-01), so each round measures it
+    beside the decode it bounds (``main``)."""
+    if buf is None:
+        buf = torch.ones(n_bytes // 4)
+    n_bytes = buf.numel() * buf.element_size()
     buf.sum()
     clock, times, shares = CpuShareClock(), [], []
     for _ in range(reps):
@@ -88,6 +94,18 @@ def bandwidth(n_bytes: int = 512 << 20, reps: int = 5) -> dict:
         shares.append(clock.stop())
     return {"gb_per_s": n_bytes / min(times) / 1e9, "gb_per_s_median": n_bytes / statistics.median(times) / 1e9,
             "cpu_share": statistics.median(shares)}
+
+
+def fraction_of_limit(recs: list[tuple[float, float, float]], nbytes: int) -> dict:
+    """Decode against the read-bandwidth limit, round by round: ``recs`` are (tokens/s, CPU
+    share, GB/s measured beside that decode in the same round); each round's fraction is
+    tokens/s × ``nbytes`` (bytes per token) / bandwidth. Returns the median fraction and the
+    median bandwidth of the rounds ``median_kept`` keeps (CPU share ≥ CPU_SHARE_MIN; all when
+    none is), and the per-round fractions."""
+    kept = [r for r in recs if r[1] >= CPU_SHARE_MIN] or recs
+    fr = [v * nbytes / (g * 1e9) for v, _, g in kept]
+    return {"fraction": statistics.median(fr), "gb_per_s": statistics.median(g for _, _, g in kept),
+            "fractions": fr}
 
 
 def our_bytes_per_token(model) -> int:
@@ -146,7 +164,7 @@ def kv_bytes(cfg, depth: int, elem: int) -> int:
 
 
 def median_kept(recs: list[tuple[float, float]]) -> dict:
-    """``{"value", "cpu_share", "kept", "n", "disturbed"}`` from (figure, share) pairs."""
+    """``{"value", "cpu_share", "kept", "n", "disturbed"}`` from (figure, share[, GB/s]) tuples."""
     kept = [r for r in recs if r[1] >= CPU_SHARE_MIN]
     use = kept or recs
     return {"value": statistics.median(r[0] for r in use), "cpu_share": statistics.median(r[1] for r in use),
@@ -243,7 +261,8 @@ def main() -> None:
                                    str(files["8-bit"]), "Q8_0"], threads=a.threads)
 
     # ---- bandwidth (start)
-    bw = [bandwidth()]
+    bw_buf = torch.ones((512 << 20) // 4)
+    bw = [bandwidth(buf=bw_buf)]
     peak = [matmul_peak()]
 
     # ---- our caches filled once per depth (untimed); each measurement rewinds to the depth
@@ -262,10 +281,15 @@ def main() -> None:
     theirs: dict = {k: [] for k in ours}
     theirs_pp_depth: dict = {}
     clock = CpuShareClock()
+    bw_rounds: list[dict] = []
     for rnd in range(rounds):
         order = PRECISIONS[rnd % 3:] + PRECISIONS[:rnd % 3]
         for prec in order:
             engines = ("ours", "llama.cpp") if rnd % 2 == 0 else ("llama.cpp", "ours")
+            # the read bandwidth beside this precision's decodes (best of 3 passes; see bandwidth())
+            g_rnd = bandwidth(reps=3, buf=bw_buf)
+            bw_rounds.append({"round": rnd + 1, "precision": prec, **g_rnd})
+            g_rnd = g_rnd["gb_per_s"]
             for eng in engines:
                 if eng == "ours":
                     m = models[prec]
@@ -287,7 +311,7 @@ def main() -> None:
                                 for _ in range(N):
                                     x = decode.forward(m, x, cache=c)[:, -1:].argmax(-1)
                             dt = time.perf_counter() - t0
-                            ours[prec, f"d{dpt}"].append((N / dt, clock.stop()))
+                            ours[prec, f"d{dpt}"].append((N / dt, clock.stop(), g_rnd))
                     print(f"round {rnd + 1}/{rounds} ours {prec}: prefill {ours[prec, 'prefill'][-1][0]:.0f}, decode "
                           + ", ".join(f"d{x} {ours[prec, f'd{x}'][-1][0]:.1f}" for x in depths) + " tok/s", flush=True)
                 elif bins:
@@ -302,11 +326,13 @@ def main() -> None:
                                 theirs[prec, "prefill"].append((ts, run.cpu_share))
                             theirs_pp_depth.setdefault((prec, dpt), []).append((ts, run.cpu_share))
                         elif row["n_gen"] and dpt in depths:
-                            theirs[prec, f"d{dpt}"].append((ts, run.cpu_share))
+                            theirs[prec, f"d{dpt}"].append((ts, run.cpu_share, g_rnd))
                     print(f"round {rnd + 1}/{rounds} llama.cpp {LLAMA_TYPE[prec]}: cpu share {run.cpu_share:.2f}, "
                           f"{run.wall_s:.0f} s", flush=True)
-    bw.append(bandwidth())
-    gbps = max(b["gb_per_s"] for b in bw)
+    bw.append(bandwidth(buf=bw_buf))
+    del bw_buf
+    all_g = [b["gb_per_s"] for b in bw + bw_rounds]
+    gbps = statistics.median(all_g)
     peak.append(matmul_peak())
     gflops = max(pk["gflop_per_s"] for pk in peak)
 
@@ -349,8 +375,10 @@ def main() -> None:
     # ---- tables
     print(f"\nSmolLM2-135M, {a.threads} threads, prefill {P} tokens, decode {N} tokens, {rounds} rounds "
           f"(medians of rounds with CPU share ≥ {CPU_SHARE_MIN}; load average {load0:.1f} at start); "
-          f"read bandwidth {gbps:.1f} GB/s (best torch.sum pass over 512 MB, start and end of the run; CPU share "
-          f"{statistics.median(b['cpu_share'] for b in bw):.2f})")
+          f"read bandwidth {gbps:.1f} GB/s, {min(all_g):.1f}-{max(all_g):.1f} (torch.sum over 512 MB, the best of 3 "
+          f"passes before each precision of each round, 5 at the start and the end; median and range; CPU share "
+          f"{statistics.median(b['cpu_share'] for b in bw + bw_rounds):.2f}). 'limit/s' and 'of limit' pair each "
+          f"round's decode with the bandwidth measured beside it (medians over the kept rounds)")
     if bins:
         print(f"llama.cpp built with isa {a.llamacpp_isa} ({' '.join(llamacpp.ISAS[a.llamacpp_isa])}); "
               f"CPU extensions beyond AVX2/FMA/F16C: {', '.join(extras) or 'none'}")
@@ -372,7 +400,8 @@ def main() -> None:
                 if eng == "llama.cpp" and (prec, dpt) in theirs_pp_depth and dpt:
                     pre = median_kept(theirs_pp_depth[prec, dpt])
                 nbytes = (ob + kv_bytes(cfg, dpt, 4)) if eng == "ours" else (tb + kv_bytes(cfg, dpt, 2))
-                limit = gbps * 1e9 / nbytes
+                fol = fraction_of_limit(src[prec, f"d{dpt}"], nbytes)
+                limit = fol["gb_per_s"] * 1e9 / nbytes
                 ratio = ""
                 if eng == "ours" and theirs[prec, f"d{dpt}"]:
                     ratio = f"{dec['value'] / median_kept(theirs[prec, f'd{dpt}'])['value']:.2f}"
@@ -382,11 +411,12 @@ def main() -> None:
                 row = {"precision": prec, "engine": eng, "format": LLAMA_TYPE[prec] if eng != "ours" else OUR_SPEC[prec] or "float32",
                        "depth": dpt, "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec,
                        "bytes_per_token": nbytes, "decode_limit_tokens_per_s": limit,
-                       "fraction_of_limit": dec["value"] / limit, "bits_per_byte": bpb}
+                       "fraction_of_limit": fol["fraction"], "fraction_of_limit_rounds": fol["fractions"],
+                       "bits_per_byte": bpb}
                 table.append(row)
                 print(f"{prec:9} {eng if eng == 'ours' else LLAMA_TYPE[prec]:10} {dpt:5d} "
                       f"{(pre['value'] if pre else float('nan')):9.0f} {dec['value']:9.1f} {ratio:>11} {limit:8.1f} "
-                      f"{dec['value'] / limit:8.0%} {share:5.2f} "
+                      f"{fol['fraction']:8.0%} {share:5.2f} "
                       f"{(f'{bpb:.4f}' if bpb is not None else '-'):>9}"
                       + ("  disturbed" if dec["disturbed"] or (pre and pre["disturbed"]) else ""))
     pflop = prefill_flop(cfg, P)
@@ -428,7 +458,7 @@ def main() -> None:
                                                    "rounds": rounds, "depths": depths, "n_ctx_quality": n_ctx,
                                                    "llama.cpp": why, "llama.cpp_isa": a.llamacpp_isa,
                                                    "cpu_extras": extras, "load_average_start": load0},
-                                      "bandwidth": bw, "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
+                                      "bandwidth": bw, "bandwidth_rounds": bw_rounds, "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
                                       "batched": batched, "elapsed_s": elapsed}, indent=1, default=str))
 
 
