@@ -14,11 +14,14 @@ was ≥ 0.9 (all rounds, marked "disturbed", when none was):
   llama.cpp runs ``llama-bench -t T -p P -n N -d depths -r 1 -o json``; its CPU share comes from
   its threads' schedstat (:func:`moorelab.measure.llamacpp.run_measured`), ours from
   :class:`moorelab.measure.speed.CpuShareClock` — the same measure.
-* **the read-bandwidth limit**: ``torch.sum`` over 512 MB (the best of 5 passes, measured at the
-  start and at the end of the run: a ceiling, since other processes only slow a pass down); a decoded token reads every weight once (the embedding table
-  only when it is also the output layer) plus the KV cache at that depth (ours float32,
-  llama.cpp float16), so ``bandwidth / bytes per token`` is the decode ceiling and each row
-  prints the fraction of it it reaches.
+* **the read-bandwidth limit**: ``torch.sum`` over 512 MiB, the best of 3 passes just before
+  each engine's turn in each round (a ceiling for that moment, since other processes only slow a
+  pass down; the host's bandwidth swings within a run), and of 5 at the start and the end; a
+  decoded token reads every weight once (the embedding table only when it is also the output
+  layer) plus the KV cache at that depth (ours float32, llama.cpp float16), so ``bandwidth /
+  bytes per token`` is the decode ceiling. Each row prints the median over its kept rounds of
+  that ceiling and of the fraction of it each round's decode reached (a round is kept when both
+  the decode and its bandwidth passes ran at CPU share ≥ 0.9).
 * **the matmul peak**: ``torch.mm`` float32 on a prefill-shaped product ([512, 576] @ [576,
   1536]), the best of 5 passes at the start and at the end; each prefill row prints its FLOP
   rate (decoder linears for every token, causal attention, the output layer once) and the
@@ -37,9 +40,9 @@ The llama.cpp files: F32 and Q4_1 are written by moorelab's own GGUF writer
 weights), Q8_0 by ``llama-quantize`` from that F32 file. llama.cpp is built once with
 ``--build`` (:func:`moorelab.measure.llamacpp.build`, ~10–15 min on 2 idle cores, cached
 outside the repository); without the binaries the llama.cpp columns are skipped, saying why.
-``--llamacpp-isa avx2`` builds and runs a second llama.cpp for AVX2/FMA/F16C only, the instruction
-set of moorelab's kernels: on a CPU with AVX-512 or VNNI the default native build uses them and
-we do not, and the run says so.
+``--llamacpp-isa avx2`` builds and runs a second llama.cpp for SSE4.2/AVX/AVX2/FMA/F16C/BMI2 and
+nothing newer (moorelab's kernels: AVX2, FMA, F16C): on a CPU with AVX-512 or VNNI the default
+native build uses them and we do not, and the run says so.
 
 Usage::
 
@@ -79,8 +82,8 @@ def bandwidth(n_bytes: int = 512 << 20, reps: int = 5, buf: torch.Tensor | None 
     float32, allocated once by the caller): the best pass (a ceiling for that moment: other
     processes only slow a pass down) and the median, with the median CPU share. The host's memory
     is shared with other machines, which no CPU share sees: the bandwidth swings within a run
-    (31 and 49 GB/s at the start and end of one run on 2026-12-01), so each round measures it
-    beside the decode it bounds (``main``)."""
+    (31 and 49 GB/s at the start and end of one run on 2026-12-01), so each engine's turn in a round measures it
+    just before (``main``)."""
     if buf is None:
         buf = torch.ones(n_bytes // 4)
     n_bytes = buf.numel() * buf.element_size()
@@ -96,16 +99,20 @@ def bandwidth(n_bytes: int = 512 << 20, reps: int = 5, buf: torch.Tensor | None 
             "cpu_share": statistics.median(shares)}
 
 
-def fraction_of_limit(recs: list[tuple[float, float, float]], nbytes: int) -> dict:
+def fraction_of_limit(recs: list[tuple[float, float, float, float]], nbytes: int) -> dict:
     """Decode against the read-bandwidth limit, round by round: ``recs`` are (tokens/s, CPU
-    share, GB/s measured beside that decode in the same round); each round's fraction is
-    tokens/s × ``nbytes`` (bytes per token) / bandwidth. Returns the median fraction and the
-    median bandwidth of the rounds ``median_kept`` keeps (CPU share ≥ CPU_SHARE_MIN; all when
-    none is), and the per-round fractions."""
-    kept = [r for r in recs if r[1] >= CPU_SHARE_MIN] or recs
-    fr = [v * nbytes / (g * 1e9) for v, _, g in kept]
-    return {"fraction": statistics.median(fr), "gb_per_s": statistics.median(g for _, _, g in kept),
-            "fractions": fr}
+    share of the decode, GB/s measured just before it, CPU share of those bandwidth passes).
+    A round's limit is GB/s × 1e9 / ``nbytes`` (bytes per token, tokens/s) and its fraction
+    tokens/s / limit. Kept: rounds whose decode and bandwidth passes both ran at CPU share ≥
+    CPU_SHARE_MIN (all rounds when none did: ``disturbed``). Returns the medians of the kept
+    rounds' limits and fractions (so limit × fraction need not equal the decode median), the
+    per-round fractions, and how many rounds were kept."""
+    kept = [r for r in recs if r[1] >= CPU_SHARE_MIN and r[3] >= CPU_SHARE_MIN]
+    use = kept or recs
+    limits = [g * 1e9 / nbytes for _, _, g, _ in use]
+    fr = [v / lim for (v, _, _, _), lim in zip(use, limits)]
+    return {"fraction": statistics.median(fr), "limit": statistics.median(limits), "fractions": fr,
+            "kept": len(kept), "disturbed": not kept}
 
 
 def our_bytes_per_token(model) -> int:
@@ -163,7 +170,7 @@ def kv_bytes(cfg, depth: int, elem: int) -> int:
     return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * depth * elem
 
 
-def median_kept(recs: list[tuple[float, float]]) -> dict:
+def median_kept(recs: list[tuple[float, ...]]) -> dict:
     """``{"value", "cpu_share", "kept", "n", "disturbed"}`` from (figure, share[, GB/s]) tuples."""
     kept = [r for r in recs if r[1] >= CPU_SHARE_MIN]
     use = kept or recs
@@ -286,11 +293,11 @@ def main() -> None:
         order = PRECISIONS[rnd % 3:] + PRECISIONS[:rnd % 3]
         for prec in order:
             engines = ("ours", "llama.cpp") if rnd % 2 == 0 else ("llama.cpp", "ours")
-            # the read bandwidth beside this precision's decodes (best of 3 passes; see bandwidth())
-            g_rnd = bandwidth(reps=3, buf=bw_buf)
-            bw_rounds.append({"round": rnd + 1, "precision": prec, **g_rnd})
-            g_rnd = g_rnd["gb_per_s"]
             for eng in engines:
+                # the read bandwidth just before this engine's turn (best of 3 passes; see bandwidth())
+                b_rnd = bandwidth(reps=3, buf=bw_buf)
+                bw_rounds.append({"round": rnd + 1, "precision": prec, "engine": eng, **b_rnd})
+                g_rnd = (b_rnd["gb_per_s"], b_rnd["cpu_share"])
                 if eng == "ours":
                     m = models[prec]
                     with torch.inference_mode():
@@ -311,7 +318,7 @@ def main() -> None:
                                 for _ in range(N):
                                     x = decode.forward(m, x, cache=c)[:, -1:].argmax(-1)
                             dt = time.perf_counter() - t0
-                            ours[prec, f"d{dpt}"].append((N / dt, clock.stop(), g_rnd))
+                            ours[prec, f"d{dpt}"].append((N / dt, clock.stop(), *g_rnd))
                     print(f"round {rnd + 1}/{rounds} ours {prec}: prefill {ours[prec, 'prefill'][-1][0]:.0f}, decode "
                           + ", ".join(f"d{x} {ours[prec, f'd{x}'][-1][0]:.1f}" for x in depths) + " tok/s", flush=True)
                 elif bins:
@@ -326,7 +333,7 @@ def main() -> None:
                                 theirs[prec, "prefill"].append((ts, run.cpu_share))
                             theirs_pp_depth.setdefault((prec, dpt), []).append((ts, run.cpu_share))
                         elif row["n_gen"] and dpt in depths:
-                            theirs[prec, f"d{dpt}"].append((ts, run.cpu_share, g_rnd))
+                            theirs[prec, f"d{dpt}"].append((ts, run.cpu_share, *g_rnd))
                     print(f"round {rnd + 1}/{rounds} llama.cpp {LLAMA_TYPE[prec]}: cpu share {run.cpu_share:.2f}, "
                           f"{run.wall_s:.0f} s", flush=True)
     bw.append(bandwidth(buf=bw_buf))
@@ -375,8 +382,8 @@ def main() -> None:
     # ---- tables
     print(f"\nSmolLM2-135M, {a.threads} threads, prefill {P} tokens, decode {N} tokens, {rounds} rounds "
           f"(medians of rounds with CPU share ≥ {CPU_SHARE_MIN}; load average {load0:.1f} at start); "
-          f"read bandwidth {gbps:.1f} GB/s, {min(all_g):.1f}-{max(all_g):.1f} (torch.sum over 512 MB, the best of 3 "
-          f"passes before each precision of each round, 5 at the start and the end; median and range; CPU share "
+          f"read bandwidth {gbps:.1f} GB/s, {min(all_g):.1f}-{max(all_g):.1f} (torch.sum over 512 MiB, the best of 3 "
+          f"passes before each engine's turn in each round, 5 at the start and the end; median and range; CPU share "
           f"{statistics.median(b['cpu_share'] for b in bw + bw_rounds):.2f}). 'limit/s' and 'of limit' pair each "
           f"round's decode with the bandwidth measured beside it (medians over the kept rounds)")
     if bins:
@@ -401,7 +408,7 @@ def main() -> None:
                     pre = median_kept(theirs_pp_depth[prec, dpt])
                 nbytes = (ob + kv_bytes(cfg, dpt, 4)) if eng == "ours" else (tb + kv_bytes(cfg, dpt, 2))
                 fol = fraction_of_limit(src[prec, f"d{dpt}"], nbytes)
-                limit = fol["gb_per_s"] * 1e9 / nbytes
+                limit = fol["limit"]
                 ratio = ""
                 if eng == "ours" and theirs[prec, f"d{dpt}"]:
                     ratio = f"{dec['value'] / median_kept(theirs[prec, f'd{dpt}'])['value']:.2f}"
@@ -418,7 +425,7 @@ def main() -> None:
                       f"{(pre['value'] if pre else float('nan')):9.0f} {dec['value']:9.1f} {ratio:>11} {limit:8.1f} "
                       f"{fol['fraction']:8.0%} {share:5.2f} "
                       f"{(f'{bpb:.4f}' if bpb is not None else '-'):>9}"
-                      + ("  disturbed" if dec["disturbed"] or (pre and pre["disturbed"]) else ""))
+                      + ("  disturbed" if dec["disturbed"] or fol["disturbed"] or (pre and pre["disturbed"]) else ""))
     pflop = prefill_flop(cfg, P)
     print(f"\nprefill against the float32 matmul peak measured in the same run ({gflops:.0f} GFLOP/s, best torch.mm "
           f"pass [512, 576] @ [576, 1536], start and end; CPU share {statistics.median(pk['cpu_share'] for pk in peak):.2f});"

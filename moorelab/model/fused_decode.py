@@ -85,7 +85,7 @@ from torch.nn.modules import module as _module
 
 from moorelab import kernels
 from moorelab.model.transformer import FastLinear, RMSNorm
-from moorelab.model.weight_arena import hold_freed_heap, pack_decode_weights
+from moorelab.model.weight_arena import hold_freed_heap, release_freed_heap, pack_decode_weights
 
 __all__ = ["decode_step", "prepare_decode", "steady", "why_not_fused"]
 
@@ -460,10 +460,11 @@ def prepare_decode(model, pack: bool = True) -> str | None:
     packed, peak +181 MB over the resident size, measured by a script outside the repository)
     is not counted as the variant's.
 
-    Whatever the model, it then sets the process's malloc to keep freed activation memory
-    (:func:`moorelab.model.weight_arena.hold_freed_heap`: process-wide; prefill of SmolLM2-135M
-    float32 x1.10-1.15, from page faults avoided), after the packing so the load's transient
-    copies are handed back first.
+    Whatever the model, it then hands freed heap pages back (``release_freed_heap``: the load's
+    and the packing's transient copies) and sets the process's malloc to keep freed activation
+    memory from then on (:func:`moorelab.model.weight_arena.hold_freed_heap`: process-wide and
+    permanent, so a model loaded later in the process loads under it too; prefill of
+    SmolLM2-135M float32 x1.10-1.15, from page faults avoided).
 
     Returns:
         ``None`` when the fused decode can run ``model``, else the reason (as :func:`why_not_fused`).
@@ -475,6 +476,7 @@ def prepare_decode(model, pack: bool = True) -> str | None:
             model.decode_weight_arena = True
             _pack(model, plan)
         reason = plan.reason
+    release_freed_heap()
     hold_freed_heap()
     return reason
 

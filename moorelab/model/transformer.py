@@ -495,7 +495,8 @@ class Transformer(nn.Module):
     def rope_tables(self, n_positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables ``[N, head_dim]`` computed once and grown on demand (``device`` a
         ``torch.device`` or a string such as ``"cpu"``; both reuse the same tables)."""
-        device = torch.device(device)
+        if not isinstance(device, torch.device):
+            device = torch.device(device)
         if self._rope is None or self._rope[0].shape[0] < n_positions or self._rope[0].device != device:
             n = max(n_positions, self.config.max_position_embeddings)
             self._rope = rope_tables(self.config.head_dim, self.config.rope_theta, n, device,

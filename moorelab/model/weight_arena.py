@@ -200,10 +200,16 @@ def hold_freed_heap() -> bool:
     process's size after its largest pass, not after its last), which is what an inference
     process wants; :func:`release_freed_heap` still hands them back on request.
 
+    Peak resident memory measured after it (``moorelab.measure.resources``, which trims the heap
+    before each reset) counts freed blocks the heap keeps between passes, where glibc's defaults
+    would have unmapped them: peak-memory figures taken before and after this change are not
+    strictly comparable.
+
     Process-wide and permanent, like ``torch.set_num_threads``: called by
-    :func:`moorelab.model.fused_decode.prepare_decode` after it packs the weights (so a model
-    load's transient copies are not held). Returns False (and changes nothing) where there is no
-    glibc ``mallopt``.
+    :func:`moorelab.model.fused_decode.prepare_decode` after it packs the weights and hands freed
+    pages back. Returns True when both thresholds were set; False where there is no glibc
+    ``mallopt`` (nothing changed) or glibc refused one of them (the mmap threshold may then be set
+    alone).
     """
     try:
         import ctypes

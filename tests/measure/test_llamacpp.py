@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from moorelab.errors import MoorelabError
 from moorelab.measure import llamacpp
 from moorelab.measure.quality import perplexity_llamacpp_rule
 
@@ -55,7 +56,7 @@ def test_an_avx2_build_has_its_own_marker_and_folder(tmp_path, monkeypatch):
     assert got == {t: tmp_path / "llama.cpp" / "bin-avx2" / t for t in llamacpp.TOOLS}
     assert (tmp_path / "llama.cpp" / "READY-avx2").read_text().strip() == llamacpp.VERSION
     assert "-DGGML_NATIVE=OFF" in llamacpp.status("avx2") and "-DGGML_AVX512=OFF" in llamacpp.ISAS["avx2"]
-    with pytest.raises(Exception, match="isa 'avx512' is not one of"):
+    with pytest.raises(MoorelabError, match="isa 'avx512' is not one of"):
         llamacpp.binaries("avx512")
 
 

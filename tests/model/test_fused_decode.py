@@ -594,6 +594,17 @@ def test_row_split_linear_matches_a_float64_reference(spec, k, n, threads):
     assert err <= tol * scale, (err, scale)
 
 
+@pytest.mark.parametrize("spec,k", [(None, 64), ("int8-dynamic:activation_block=32", 96),
+                                    ("int8-dynamic:activation_block=32", 37),
+                                    ("int4:group_size=32,activation_bits=8", 96)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_row_split_linear_with_enough_rows_to_prefetch_ahead(spec, k, threads):
+    # the decode rows prefetch tiles ahead only in a range longer than the prefetch distance (int8
+    # b32 at K = 96: 21 tiles, 88 rows; common.h's spread prefetch): 301 rows, a partial last tile,
+    # K = 96 (32- but not 64-byte multiples) and K = 37 (a short block in every row)
+    test_row_split_linear_matches_a_float64_reference(spec, k, 301, threads)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32"])
 def test_output_layer_runs_inside_the_fused_call(threads, spec):

@@ -55,16 +55,20 @@
    SmolLM2-135M (2 threads, B = 1; the two libraries interleaved on the same plan, medians of the
    rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
    x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
-   spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1) on that
-   host (AVX2 only). On an AMD EPYC with 1 MB of L2 per core (2026-12-01; benchmarks/bench_fused_ab.py
-   --weights int8-b32, 30 SmolLM2-shaped layers of random weights, 60 interleaved steps, CPU share
-   0.99-1.00) the burst read 7.9-9.4 ms a step and the spread, hint T1, 4.1-4.5 ms at 8 KB ahead
-   (x1.87-2.07 in eight runs; x1.25-1.36 at depth 4,096, float32 KV cache), 4.1-4.6 at 12 KB, 4.2-4.8 at 16 and 32 KB, 5.3 at 2 KB, 6.3 with
-   hint T0 (x1.18): the int8 b32 rows take it (ML_PF_BYTES8, T1). A row range still requests its first tiles at once (float32:
-   two tiles, up to 49 KB into L1), as measured, not tuned; the later change that also
-   prefetches a short last tile (N not a multiple of 4) leaves SmolLM2's rows as measured.
-   Batched decode (B > 1) runs the same int4 rows once per row and 64-row chunk; it was not
-   re-measured. */
+   spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1) on an
+   earlier session's host. On this session's host, an AMD EPYC with AVX-512 (unused here) and
+   1 MB of L2 per core (2026-12-01; benchmarks/bench_fused_ab.py --weights int8-b32: 30
+   SmolLM2-shaped layers of random int8 weights, each matrix its own allocation, not the packed
+   model; 60 interleaved steps, CPU share 0.99-1.00), the burst read a step in 7.9-9.4 ms and the
+   spread, hint T1, in 3.9-4.5 ms at 8 KB ahead (x1.87-2.07 in eight runs; x1.25-1.36 at depth
+   4,096, float32 KV cache), 4.1-4.6 at 12 KB, 4.2-4.8 at 16 and 32 KB, 5.3 at 2 KB, 6.3 with hint
+   T0 (x1.18): the int8 b32 rows take it (ML_PF_BYTES8, T1). On the packed SmolLM2 it was not
+   A/B'd; the benchmark runs before and after it differ by more than the change. A row range
+   still requests its first tiles at once (float32: two tiles, up to 49 KB into L1; int8 b32: up
+   to ML_PF_BYTES8), as measured, not tuned; the later change that also prefetches a short last
+   tile (N not a multiple of 4) leaves SmolLM2's rows as measured (the int8 b32 rows do not
+   prefetch a short last tile). Batched decode (B > 1) runs the same int4 and int8 b32 rows once
+   per row and 64-row chunk (each chunk's first burst included); it was not re-measured. */
 static inline void ml_prefetch4(const void *p0, const void *p1, const void *p2, const void *p3, int64_t off,
                                 int hint_l2) {
     if (hint_l2) {
@@ -92,9 +96,9 @@ static inline void ml_prefetch(const void *p, int64_t bytes) {
    (a range starts cold: otherwise each of a token's ~200 ranges waits for its first tiles one
    miss at a time), then one tile pf tiles ahead per call. Used by the float32 rows of a batch
    (M > 1; one row, the decode, takes the spread prefetch above), where it measured +7% decode
-   tokens/s on SmolLM2 (interleaved A/B, 6 rounds, when it also ran the decode); the int8 rows
-   measured 0.7x with it (the compute-light int8 loops then stall on the burst), so they keep the
-   plain per-tile prefetch. */
+   tokens/s on SmolLM2 (interleaved A/B, 6 rounds, when it also ran the decode); the int8 rows of
+   ml_w8_rows and ml_a8w8_rows measured 0.7x with it (the compute-light int8 loops then stall on
+   the burst), so they keep the plain per-tile prefetch (the int8 b32 rows: the spread above). */
 static inline void ml_prefetch_rows(const void *base, int64_t row_bytes, int64_t n, int64_t n0, int64_t n1,
                                     int64_t pf) {
     const char *b = (const char *)base;

@@ -244,10 +244,14 @@ void ml_a8b_prep(const float *x, int64_t K, int8_t *xq, float *bs) {
    tiles and numbers, one thread, no OpenMP */
 void ml_a8bw8_rows(const int8_t *xq, const float *bs, int64_t K, const int8_t *w, const float *scale,
                    const float *bias, float *y, int64_t n0, int64_t n1) {
-    /* spread prefetch (common.h) pf whole tiles ahead, ~ML_PF_BYTES8; the range's first pf tiles
-       requested at once */
-    const int64_t pf = ML_PF_BYTES8 / (4 * K) > 1 ? ML_PF_BYTES8 / (4 * K) : 1;
-    if (n0 < n1) ml_prefetch(w + n0 * K, (n0 + 4 * pf < n1 ? 4 * pf : n1 - n0) * K);
+    /* spread prefetch (common.h) pf whole tiles ahead, ~ML_PF_BYTES8 (one tile when a tile is
+       larger); the range's first pf tiles requested at once, at most ML_PF_BYTES8 of them (a
+       short last tile is not prefetched) */
+    const int64_t pf = K > 0 && ML_PF_BYTES8 / (4 * K) > 1 ? ML_PF_BYTES8 / (4 * K) : 1;
+    if (n0 < n1) {
+        const int64_t first = (n0 + 4 * pf < n1 ? 4 * pf : n1 - n0) * K;
+        ml_prefetch(w + n0 * K, first < ML_PF_BYTES8 ? first : ML_PF_BYTES8);
+    }
     for (int64_t n = n0; n < n1; n += 4) {
         const int64_t nr = n1 - n < 4 ? n1 - n : 4;
         float o[4];
