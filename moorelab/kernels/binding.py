@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 16
+ABI_VERSION = 17
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6, "int8-dynamic-b32": 7}
@@ -73,6 +73,8 @@ class KernelLibrary:
         lib.ml_a8b_round.argtypes = [vp, i64, i64, vp, cint]
         lib.ml_w8_gemm.restype = cint
         lib.ml_w8_gemm.argtypes = [vp, i64, i64, vp, vp, vp, vp, i64, cint, cint]
+        lib.ml_w8_gemm_isa.restype = cint
+        lib.ml_w8_gemm_isa.argtypes = [cint]
         lib.ml_w4a8_gemm.restype = cint
         lib.ml_w4a8_gemm.argtypes = [vp, i64, i64, vp, vp, vp, i64, vp, vp, i64, cint]
         lib.ml_w4q_prep_ref.restype = None
@@ -116,6 +118,7 @@ class KernelLibrary:
         self.a8bw8_linear = lib.ml_a8bw8_linear
         self.a8b_round = lib.ml_a8b_round
         self.w8_gemm = lib.ml_w8_gemm
+        self.w8_gemm_isa = lib.ml_w8_gemm_isa
         self.w4a8_gemm = lib.ml_w4a8_gemm
         # block rounding of activations: the AVX2 code the kernels use and its scalar reference
         self.w4q_prep, self.w4q_prep_ref = lib.ml_w4q_prep, lib.ml_w4q_prep_ref

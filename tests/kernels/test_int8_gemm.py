@@ -1,7 +1,8 @@
 """ml_w8_gemm (csrc/int8_gemm.c), the int8-weight prefill GEMM, against float64 references.
 
-Edge shapes: K not a multiple of the 16-input step, N and M not multiples of the 2x4 tile,
-N = 1, M = 0, odd thread counts, K past the 2048-input int32 chunk with the largest products.
+Edge shapes: K not a multiple of the 16-input step, N and M not multiples of the 2x4 (AVX2) or
+4x4 (AVX512-VNNI) tile, N = 1, M = 0, odd thread counts, K past the 2048-input int32 chunk with the
+largest products; each through both tiles where the CPU has VNNI (``ml_w8_gemm_isa``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ from moorelab import kernels
 
 lib = kernels.get_library()
 pytestmark = pytest.mark.skipif(lib is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+
+
+BEST = lib.w8_gemm_isa(1) if lib is not None else 0  # the tile ml_w8_gemm picks on this CPU
+
+
+@pytest.fixture(params=[0, 1], ids=["avx2", "avx512vnni"])
+def tile(request):
+    """Run the test through one tile of ml_w8_gemm, then restore the CPU's best."""
+    if lib.w8_gemm_isa(request.param) != request.param:
+        lib.w8_gemm_isa(BEST)
+        pytest.skip("this CPU has no AVX512-VNNI (avx512f, avx512vl, avx512vnni): only the AVX2 tile runs here")
+    yield request.param
+    lib.w8_gemm_isa(BEST)
 
 
 def _rows(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,10 +56,10 @@ def _case(m, k, n, seed):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (2, 15, 4), (3, 17, 1), (5, 33, 7), (9, 100, 9), (50, 576, 13),
-                                   (49, 64, 130)])
+                                   (49, 64, 130), (4, 32, 4), (52, 48, 8)])
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_matches_float64_reference_on_edge_shapes(m, k, n, bits, threads):
+def test_matches_float64_reference_on_edge_shapes(m, k, n, bits, threads, tile):
     x, w, scale, bias = _case(m, k, n, seed=m * 1000 + k + n)
     for b in (bias, None):
         rc, y = _gemm(x, w, scale, b, threads, bits)
@@ -81,7 +95,7 @@ def test_int8_rows_equal_the_decode_kernel_bit_for_bit():
     assert torch.equal(y, y2)
 
 
-def test_long_rows_do_not_overflow_int32():
+def test_long_rows_do_not_overflow_int32(tile):
     # K = 4100 with every product at its maximum (32767 * 127): the sum, 1.7e10, passes 2^31
     k, n = 4100, 5
     x = torch.ones(3, k)
@@ -113,3 +127,21 @@ def test_bad_activation_bits_is_an_error_code():
     x, w, scale, bias = _case(2, 32, 4, seed=1)
     rc, y = _gemm(x, w, scale, bias, 1, 12)
     assert rc == -2 and torch.isnan(y).all()
+
+
+def test_the_two_tiles_give_the_same_numbers_bit_for_bit():
+    # the same exact integer sums and the same float expression: equal, not just close
+    if lib.w8_gemm_isa(1) != 1:
+        lib.w8_gemm_isa(BEST)
+        pytest.skip("this CPU has no AVX512-VNNI: only the AVX2 tile runs here")
+    try:
+        for m, k, n in [(7, 37, 9), (48, 576, 20), (97, 1536, 12)]:
+            x, w, scale, bias = _case(m, k, n, seed=k)
+            got = {}
+            for isa in (0, 1):
+                assert lib.w8_gemm_isa(isa) == isa
+                rc, got[isa] = _gemm(x, w, scale, bias, 3, 16)
+                assert rc == 0
+            assert torch.equal(got[0], got[1]), (m, k, n)
+    finally:
+        lib.w8_gemm_isa(BEST)
