@@ -41,8 +41,9 @@ weights), Q8_0 by ``llama-quantize`` from that F32 file. llama.cpp is built once
 ``--build`` (:func:`moorelab.measure.llamacpp.build`, ~10–15 min on 2 idle cores, cached
 outside the repository); without the binaries the llama.cpp columns are skipped, saying why.
 ``--llamacpp-isa avx2`` builds and runs a second llama.cpp for SSE4.2/AVX/AVX2/FMA/F16C/BMI2 and
-nothing newer (moorelab's kernels: AVX2, FMA, F16C): on a CPU with AVX-512 or VNNI the default
-native build uses them and we do not, and the run says so.
+nothing newer, and turns our one AVX-512 path (the int8 prefill GEMM's VNNI tile,
+``ml_w8_gemm_isa``) off: both engines on AVX2. On a CPU with AVX-512 or VNNI the default native
+build uses them throughout and our kernels only there; the run prints both.
 
 Usage::
 
@@ -185,7 +186,7 @@ def main() -> None:
     p.add_argument("--no-llamacpp", action="store_true", help="measure moorelab only")
     p.add_argument("--llamacpp-isa", choices=sorted(llamacpp.ISAS), default="native",
                    help="native: llama.cpp built for all this CPU has (AVX-512/VNNI where present); avx2: the "
-                        "instruction set moorelab's kernels use, for a kernel-for-kernel comparison")
+                        "instruction set of moorelab's kernels (their VNNI tile turned off too), engine against engine on AVX2")
     p.add_argument("--rounds", type=int)
     p.add_argument("--depths")
     p.add_argument("--batch-sizes")
@@ -224,10 +225,17 @@ def main() -> None:
         why = llamacpp.status(a.llamacpp_isa)
     print(f"llama.cpp: {why}", flush=True)
     extras = llamacpp.cpu_extras()
+    from moorelab import kernels
+
+    klib = kernels.get_library()
+    if klib is not None and a.llamacpp_isa == "avx2":
+        klib.w8_gemm_isa(0)  # our one AVX-512 path off too: both engines on AVX2
+    our_isa = "AVX2/FMA/F16C" + (", AVX512-VNNI in the int8 prefill GEMM"
+                                 if klib is not None and klib.w8_gemm_isa(-1) == 1 else "")
+    print(f"moorelab kernels: {our_isa}", flush=True)
     if bins and a.llamacpp_isa == "native" and extras:
-        print(f"note: this CPU has {', '.join(extras)}, which the native llama.cpp build uses and moorelab's kernels "
-              "(AVX2/FMA/F16C) do not; --llamacpp-isa avx2 compares the engines on the same instruction set",
-              flush=True)
+        print(f"note: this CPU has {', '.join(extras)}, which the native llama.cpp build uses throughout and "
+              f"moorelab's kernels only as said above; --llamacpp-isa avx2 runs both engines on AVX2", flush=True)
 
     loaded = load_pretrained("smollm2-135m")
     tok = loaded.tokenizer
@@ -464,7 +472,8 @@ def main() -> None:
         a.json.write_text(json.dumps({"settings": {"threads": a.threads, "prefill_tokens": P, "decode_tokens": N,
                                                    "rounds": rounds, "depths": depths, "n_ctx_quality": n_ctx,
                                                    "llama.cpp": why, "llama.cpp_isa": a.llamacpp_isa,
-                                                   "cpu_extras": extras, "load_average_start": load0},
+                                                   "cpu_extras": extras, "moorelab_kernels": our_isa,
+                                                   "load_average_start": load0},
                                       "bandwidth": bw, "bandwidth_rounds": bw_rounds, "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
                                       "batched": batched, "elapsed_s": elapsed}, indent=1, default=str))
 

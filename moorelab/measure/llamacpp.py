@@ -9,10 +9,12 @@ the repository; about 10–15 min on 2 idle cores, much longer on a busy machine
 ``dl/``, the source and build tree in ``src/``, the binaries and their shared libraries copied to
 ``bin/``, and the marker ``READY`` (holding the version) written last — present means built.
 **Instruction set** (``isa``, :data:`ISAS`): ``"native"`` (the default) builds for everything this
-CPU has — AVX-512 and VNNI too where present, which moorelab's kernels do not use; ``"avx2"`` builds
+CPU has — AVX-512 and VNNI too where present, which moorelab's kernels use only in the int8
+prefill GEMM (``ml_w8_gemm_isa``); ``"avx2"`` builds
 for SSE4.2, AVX, AVX2, FMA, F16C and BMI2 and nothing newer (moorelab's kernels are compiled with
-``-mavx2 -mfma -mf16c``, :data:`moorelab.kernels.build.CFLAGS`), so on a CPU with AVX-512 the two
-engines are compared on the same vector width and instructions. An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
+``-mavx2 -mfma -mf16c``, :data:`moorelab.kernels.build.CFLAGS`; the benchmark turns their VNNI
+tile off with it), so on a CPU with AVX-512 the two engines are compared on the same vector width
+and instructions. An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
 ``READY-avx2``.
 Nothing here builds unless asked (:func:`build`); :func:`binaries` only looks, and
 :func:`status` says why they are missing. CI never builds it (too slow): tests that need the
@@ -62,9 +64,10 @@ def _suffix(isa: str) -> str:
 
 
 def cpu_extras() -> list[str]:
-    """The instruction-set extensions this CPU has beyond moorelab's kernels' AVX2/FMA/F16C that a
-    native llama.cpp build uses (``avx512f``, ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16``; read
-    from ``/proc/cpuinfo``; empty where it cannot be read)."""
+    """The instruction-set extensions this CPU has beyond AVX2/FMA/F16C that a native llama.cpp
+    build uses: ``avx512f``, ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16`` (read from
+    ``/proc/cpuinfo``; empty where it cannot be read). moorelab's kernels use one of them, VNNI,
+    in the int8 prefill GEMM only."""
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])

@@ -12,7 +12,8 @@
                        rounding (ml_w4q_prep_ref)
        int8_dynamic.c  dynamic int8 x int8, activations rounded per row (ml_a8w8_linear) or
                        per 32-block (ml_a8bw8_linear; scalar rounding reference ml_a8b_prep_ref)
-       int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm)
+       int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm;
+                       an AVX512-VNNI tile chosen at run time where the CPU has it, ml_w8_gemm_isa)
        fused_decode.c  every LLaMA-family decoder layer and the output layer for one token of
                        one or B sequences in one call and one parallel region (ml_decode_layers,
                        ml_decode_batch, ml_lin_forward;
@@ -188,6 +189,7 @@ void ml_w4q_prep_ref(int bits, const float *x, int64_t K, int64_t G, void *xq, f
 void ml_a8b_prep_ref(const float *x, int64_t K, int8_t *xq, float *bs);
 int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale, const float *bias,
                float *y, int64_t N, int nthreads, int act_bits);
+int ml_w8_gemm_isa(int want);
 /* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:
    y[n] for n in [n0, n1), n0 a multiple of 4, bit for bit the whole-layer kernel's rows */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1);
