@@ -42,7 +42,9 @@ weights), Q8_0 by ``llama-quantize`` from that F32 file. llama.cpp is built once
 outside the repository); without the binaries the llama.cpp columns are skipped, saying why.
 ``--llamacpp-isa avx2`` builds and runs a second llama.cpp for SSE4.2/AVX/AVX2/FMA/F16C/BMI2 and
 nothing newer, and turns our one AVX-512 path (the int8 prefill GEMM's VNNI tile,
-``ml_w8_gemm_isa``) off: both engines on AVX2. On a CPU with AVX-512 or VNNI the default native
+``ml_w8_gemm_isa``) off: llama.cpp and our C kernels on AVX2 (torch's own kernels, which run our
+float32 matmuls, attention and element-wise operations, still use what the CPU has; the run prints
+their level). On a CPU with AVX-512 or VNNI the default native
 build uses them throughout and our kernels only there; the run prints both.
 
 Usage::
@@ -186,7 +188,7 @@ def main() -> None:
     p.add_argument("--no-llamacpp", action="store_true", help="measure moorelab only")
     p.add_argument("--llamacpp-isa", choices=sorted(llamacpp.ISAS), default="native",
                    help="native: llama.cpp built for all this CPU has (AVX-512/VNNI where present); avx2: the "
-                        "instruction set of moorelab's kernels (their VNNI tile turned off too), engine against engine on AVX2")
+                        "instruction set of moorelab's C kernels (their VNNI tile turned off too); torch's kernels are not limited")
     p.add_argument("--rounds", type=int)
     p.add_argument("--depths")
     p.add_argument("--batch-sizes")
@@ -229,13 +231,15 @@ def main() -> None:
 
     klib = kernels.get_library()
     if klib is not None and a.llamacpp_isa == "avx2":
-        klib.w8_gemm_isa(0)  # our one AVX-512 path off too: both engines on AVX2
+        klib.w8_gemm_isa(0)  # our one AVX-512 path off too: our C kernels on AVX2, as llama.cpp
     our_isa = "AVX2/FMA/F16C" + (", AVX512-VNNI in the int8 prefill GEMM"
                                  if klib is not None and klib.w8_gemm_isa(-1) == 1 else "")
-    print(f"moorelab kernels: {our_isa}", flush=True)
+    our_isa += f"; torch's own kernels: {torch.backends.cpu.get_cpu_capability()}"
+    print(f"moorelab C kernels: {our_isa}", flush=True)
     if bins and a.llamacpp_isa == "native" and extras:
         print(f"note: this CPU has {', '.join(extras)}, which the native llama.cpp build uses throughout and "
-              f"moorelab's kernels only as said above; --llamacpp-isa avx2 runs both engines on AVX2", flush=True)
+              f"moorelab's C kernels only as said above; --llamacpp-isa avx2 runs llama.cpp and our C kernels on AVX2",
+              flush=True)
 
     loaded = load_pretrained("smollm2-135m")
     tok = loaded.tokenizer

@@ -13,8 +13,8 @@ CPU has — AVX-512 and VNNI too where present, which moorelab's kernels use onl
 prefill GEMM (``ml_w8_gemm_isa``); ``"avx2"`` builds
 for SSE4.2, AVX, AVX2, FMA, F16C and BMI2 and nothing newer (moorelab's kernels are compiled with
 ``-mavx2 -mfma -mf16c``, :data:`moorelab.kernels.build.CFLAGS`; the benchmark turns their VNNI
-tile off with it), so on a CPU with AVX-512 the two engines are compared on the same vector width
-and instructions. An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
+tile off with it), so on a CPU with AVX-512 llama.cpp and our C kernels are compared on the same
+instructions (torch's own kernels, under our float32 matmuls and attention, are not limited). An ``avx2`` build lives beside the native one: ``build-avx2/``, ``bin-avx2/`` and
 ``READY-avx2``.
 Nothing here builds unless asked (:func:`build`); :func:`binaries` only looks, and
 :func:`status` says why they are missing. CI never builds it (too slow): tests that need the

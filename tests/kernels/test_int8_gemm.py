@@ -7,6 +7,8 @@ largest products; each through both tiles where the CPU has VNNI (``ml_w8_gemm_i
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -16,17 +18,32 @@ lib = kernels.get_library()
 pytestmark = pytest.mark.skipif(lib is None, reason=f"compiled kernels unavailable: {kernels.status()}")
 
 
-BEST = lib.w8_gemm_isa(1) if lib is not None else 0  # the tile ml_w8_gemm picks on this CPU
+NO_VNNI = "this CPU has no AVX512-VNNI (avx512f, avx512vl, avx512bw, avx512vnni): only the AVX2 tile runs here"
 
 
 @pytest.fixture(params=[0, 1], ids=["avx2", "avx512vnni"])
 def tile(request):
-    """Run the test through one tile of ml_w8_gemm, then restore the CPU's best."""
+    """Run the test through one tile of ml_w8_gemm, then put back the one in force before."""
+    before = lib.w8_gemm_isa(-1)
     if lib.w8_gemm_isa(request.param) != request.param:
-        lib.w8_gemm_isa(BEST)
-        pytest.skip("this CPU has no AVX512-VNNI (avx512f, avx512vl, avx512vnni): only the AVX2 tile runs here")
+        lib.w8_gemm_isa(before)
+        pytest.skip(NO_VNNI)
     yield request.param
-    lib.w8_gemm_isa(BEST)
+    lib.w8_gemm_isa(before)
+
+
+def test_the_vnni_tile_is_available_exactly_where_the_cpu_has_it():
+    before = lib.w8_gemm_isa(-1)
+    try:
+        flags = next(ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    try:
+        has = all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512_vnni"))
+        assert lib.w8_gemm_isa(1) == int(has)
+        assert lib.w8_gemm_isa(0) == 0
+    finally:
+        lib.w8_gemm_isa(before)
 
 
 def _rows(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +102,7 @@ def test_int16_rows_are_close_to_the_float_product():
     assert (y.double() - exact).abs().max() > 0  # it does round (this test would see a float path)
 
 
-def test_int8_rows_equal_the_decode_kernel_bit_for_bit():
+def test_int8_rows_equal_the_decode_kernel_bit_for_bit(tile):
     x, w, scale, bias = _case(11, 200, 21, seed=5)
     rc, y = _gemm(x, w, scale, bias, 3, 8)
     assert rc == 0
@@ -96,11 +113,15 @@ def test_int8_rows_equal_the_decode_kernel_bit_for_bit():
 
 
 def test_long_rows_do_not_overflow_int32(tile):
-    # K = 4100 with every product at its maximum (32767 * 127): the sum, 1.7e10, passes 2^31
-    k, n = 4100, 5
-    x = torch.ones(3, k)
+    # K = 8200 with every product at its maximum (32767 * 127 = 4.16e6): one int32 lane over the
+    # whole row would take 1,025 of them, 4.3e9 > 2^31, so only the 2048-input chunks keep it
+    # exact; 5 rows and 5 columns run a full 4x4 VNNI tile and partial ones
+    k, n = 8200, 5
+    x = torch.ones(5, k)
     x[1] = -1.0
     x[2, ::2] = 0.5  # mixed values in one row
+    x[3, 1::2] = -1.0
+    x[4] = 0.25
     w = torch.full((n, k), 127, dtype=torch.int8)
     w[4] = -127
     scale = torch.full((n,), 0.5)
@@ -131,17 +152,19 @@ def test_bad_activation_bits_is_an_error_code():
 
 def test_the_two_tiles_give_the_same_numbers_bit_for_bit():
     # the same exact integer sums and the same float expression: equal, not just close
+    before = lib.w8_gemm_isa(-1)
     if lib.w8_gemm_isa(1) != 1:
-        lib.w8_gemm_isa(BEST)
-        pytest.skip("this CPU has no AVX512-VNNI: only the AVX2 tile runs here")
+        lib.w8_gemm_isa(before)
+        pytest.skip(NO_VNNI)
     try:
-        for m, k, n in [(7, 37, 9), (48, 576, 20), (97, 1536, 12)]:
+        # rows mod 4 = 3, 0, 1, 2 (the VNNI tile's short-row paths), columns short of a tile too
+        for (m, k, n), bits in itertools.product([(7, 37, 9), (48, 576, 20), (97, 1536, 12), (50, 100, 8)], (8, 16)):
             x, w, scale, bias = _case(m, k, n, seed=k)
             got = {}
             for isa in (0, 1):
                 assert lib.w8_gemm_isa(isa) == isa
-                rc, got[isa] = _gemm(x, w, scale, bias, 3, 16)
+                rc, got[isa] = _gemm(x, w, scale, bias, 3, bits)
                 assert rc == 0
-            assert torch.equal(got[0], got[1]), (m, k, n)
+            assert torch.equal(got[0], got[1]), (m, k, n, bits)
     finally:
-        lib.w8_gemm_isa(BEST)
+        lib.w8_gemm_isa(before)

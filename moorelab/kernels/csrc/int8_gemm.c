@@ -1,4 +1,5 @@
-/* int8-weight GEMM for prefill (AVX2): integer products, int32 accumulation, no dequantization.
+/* int8-weight GEMM for prefill (AVX2; AVX512-VNNI where the CPU has it): integer products, int32
+   accumulation, no dequantization.
 
    w: int8 [N, K] in -127..127, scale: float32 [N] (the int8 weight-only / dynamic layout of
    int8.c). Each row of x [M, K] is rounded symmetrically to `act_bits` bits, one scale per row:
@@ -16,8 +17,8 @@
    activations once per row, then a register-blocked integer dot-product GEMM; ggml-quants.c
    mul_sum_i8_pairs / llamafile sgemm.cpp tinyBLAS_Q0_AVX): here a 2x4 tile of (x row, w row)
    pairs keeps 8 int32 accumulators in registers and reads each x and w vector once per 16
-   inputs; on a CPU with AVX512-VNNI the same tile runs vpdpwssd instead of vpmaddwd + vpaddd
-   (chosen at run time, ml_w8_gemm_isa). Blocking: ML_G8_MB rows of xq (int16, L2-resident) against 4-row panels of w (L1);
+   inputs; on a CPU with AVX512-VNNI a 4x4 tile (16 accumulators in AVX512VL's 32 ymm registers)
+   runs vpdpwssd instead of vpmaddwd + vpaddd (chosen at run time, ml_w8_gemm_isa). Blocking: ML_G8_MB rows of xq (int16, L2-resident) against 4-row panels of w (L1);
    threads split the N tiles. */
 
 #include "common.h"
@@ -123,8 +124,8 @@ static inline __attribute__((always_inline)) ATTR void g8_tile##SUFFIX(         
     }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
-/* y rows m0..m0+mr-1, columns n0..n0+nr-1 (mr <= MRV, nr <= NRV); a partial tile            \
-   runs pair by pair */                                                                                    \
+/* y rows m0..m0+mr-1, columns n0..n0+nr-1 (mr <= MRV, nr <= NRV); a tile short of rows runs   \
+   mr x NRV, one short of columns pair by pair */                                                           \
 static ATTR void g8_block##SUFFIX(const int16_t *xq, int64_t ldq, const float *sx, int64_t m0, int mr,    \
                                   const int8_t *w, const float *scale, const float *bias, int64_t n0, int nr, \
                                   int64_t K, float *y, int64_t N) {                                        \
@@ -134,6 +135,12 @@ static ATTR void g8_block##SUFFIX(const int16_t *xq, int64_t ldq, const float *s
     int64_t o[ML_G8_MRMAX][ML_G8_NRMAX];                                                                         \
     if (mr == (MRV) && nr == (NRV)) {                                                                \
         g8_tile##SUFFIX(xb, ldq, wb, K, K16, (MRV), (NRV), o);                                       \
+    } else if (nr == (NRV) && mr == 1) {                                                                   \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 1, (NRV), o);                                                 \
+    } else if (nr == (NRV) && mr == 2) {                                                                   \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 2, (NRV), o);                                                 \
+    } else if (nr == (NRV) && mr == 3) {                                                                   \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 3, (NRV), o);                                                 \
     } else {                                                                                               \
         for (int i = 0; i < mr; i++)                                                                       \
             for (int j = 0; j < nr; j++) {                                                                 \
@@ -155,8 +162,11 @@ static ATTR void g8_block##SUFFIX(const int16_t *xq, int64_t ldq, const float *s
 #define G8_DOT_AVX2(acc, x, w) _mm256_add_epi32((acc), _mm256_madd_epi16((x), (w)))
 #define G8_DOT_VNNI(acc, x, w) _mm256_dpwssd_epi32((acc), (x), (w))
 G8_DEFINE(, , G8_DOT_AVX2, ML_G8_MR, ML_G8_NR)
-G8_DEFINE(_vnni, __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni"))), G8_DOT_VNNI, ML_G8_MR_VNNI,
-          ML_G8_NR_VNNI)
+G8_DEFINE(_vnni, __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni"))), G8_DOT_VNNI,
+          ML_G8_MR_VNNI, ML_G8_NR_VNNI)
+_Static_assert(ML_G8_MR <= ML_G8_MRMAX && ML_G8_NR <= ML_G8_NRMAX && ML_G8_MR_VNNI <= ML_G8_MRMAX &&
+               ML_G8_NR_VNNI <= ML_G8_NRMAX && ML_G8_MRMAX <= 4, "a tile larger than its arrays");
+_Static_assert(ML_G8_MB % ML_G8_MR == 0 && ML_G8_MB % ML_G8_MR_VNNI == 0, "ML_G8_MB not a multiple of a tile");
 
 typedef void (*g8_block_fn)(const int16_t *, int64_t, const float *, int64_t, int, const int8_t *, const float *,
                             const float *, int64_t, int, int64_t, float *, int64_t);
@@ -164,20 +174,23 @@ typedef void (*g8_block_fn)(const int16_t *, int64_t, const float *, int64_t, in
 /* which tile ml_w8_gemm runs: -1 not chosen yet, 0 AVX2, 1 AVX512-VNNI (ml_w8_gemm_isa) */
 static int g8_isa = -1;
 
+/* libgcc's checks include the OS's support for the AVX-512 register state (XCR0) */
 static int g8_cpu_has_vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512vnni");
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 }
 
 /* The int8 GEMM's tile: want -1 asks which one runs (choosing the best the CPU has on first
    use), 0 forces AVX2, 1 AVX512-VNNI where the CPU has it (else AVX2). Returns the one now in
-   force. Not thread-safe against a concurrent ml_w8_gemm (tests and benchmarks switch it). */
+   force. Each ml_w8_gemm call reads it once (relaxed atomics), so a switch from another thread
+   takes effect at the next call. */
 int ml_w8_gemm_isa(int want) {
-    if (want == 0) g8_isa = 0;
-    else if (want == 1) g8_isa = g8_cpu_has_vnni();
-    else if (g8_isa < 0) g8_isa = g8_cpu_has_vnni();
-    return g8_isa;
+    if (want == 0) __atomic_store_n(&g8_isa, 0, __ATOMIC_RELAXED);
+    else if (want == 1) __atomic_store_n(&g8_isa, g8_cpu_has_vnni(), __ATOMIC_RELAXED);
+    else if (__atomic_load_n(&g8_isa, __ATOMIC_RELAXED) < 0)
+        __atomic_store_n(&g8_isa, g8_cpu_has_vnni(), __ATOMIC_RELAXED);
+    return __atomic_load_n(&g8_isa, __ATOMIC_RELAXED);
 }
 
 /* y[M, N] = x[M, K] (rounded per row to act_bits = 8 or 16) @ (scale * w)[N, K]^T + bias.
