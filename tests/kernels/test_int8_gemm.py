@@ -168,3 +168,11 @@ def test_the_two_tiles_give_the_same_numbers_bit_for_bit():
             assert torch.equal(got[0], got[1]), (m, k, n, bits)
     finally:
         lib.w8_gemm_isa(before)
+
+
+def test_an_int8_layer_names_the_gemm_tile_in_force(tile):
+    from moorelab.improve.quantize.int8 import Int8WeightOnlyLinear
+
+    layer = Int8WeightOnlyLinear.from_linear(torch.nn.Linear(32, 8))
+    want = "moorelab-avx512vnni int8 GEMM" if tile == 1 else "moorelab-avx2 int8 GEMM"
+    assert layer.prefill_kernel.startswith(want), layer.prefill_kernel

@@ -116,6 +116,9 @@ class PerChannelInt8Linear(QuantizedLinear):
         self._fn = getattr(self._lib, self._fn_name) if self._lib is not None else None
         if self._lib is not None:
             self.kernel, self.prefill_kernel = self._kernel_names
+            if self._lib.w8_gemm_isa(-1) == 1:  # the GEMM's AVX512-VNNI tile is in force (ml_w8_gemm_isa)
+                self.prefill_kernel = self.prefill_kernel.replace("moorelab-avx2 int8 GEMM",
+                                                                  "moorelab-avx512vnni int8 GEMM (4x4 vpdpwssd tile)")
         else:
             self.kernel = self.prefill_kernel = self._fallback_name
 
