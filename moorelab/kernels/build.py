@@ -72,7 +72,9 @@ def _gcc_version(gcc: str) -> str:
         return ""
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (``avx2``, ``avx512_vnni``, ...); empty
+    where it cannot be read."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:
@@ -161,7 +163,7 @@ def get_library() -> KernelLibrary | None:
     if _state["loaded"]:
         return _state["lib"]
     _state["loaded"] = True
-    flags = _cpu_flags()
+    flags = cpu_flags()
     missing = [f for f in CPU_FLAGS if f not in flags]
     if missing:
         _state["reason"] = f"CPU lacks {', '.join(missing)}"

@@ -68,11 +68,9 @@ def cpu_extras() -> list[str]:
     build uses: ``avx512f``, ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16`` (read from
     ``/proc/cpuinfo``; empty where it cannot be read). moorelab's kernels use one of them, VNNI,
     in the int8 prefill GEMM only."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
-    except OSError:
-        return []
+    from moorelab.kernels.build import cpu_flags
+
+    flags = cpu_flags()
     return [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags]
 
 

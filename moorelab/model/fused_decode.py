@@ -464,7 +464,7 @@ def prepare_decode(model, pack: bool = True) -> str | None:
     and the packing's transient copies) and sets the process's malloc to keep freed activation
     memory from then on (:func:`moorelab.model.weight_arena.hold_freed_heap`: process-wide and
     permanent, so a model loaded later in the process loads under it too; prefill of
-    SmolLM2-135M float32 x1.10-1.15, from page faults avoided).
+    SmolLM2-135M float32 631-648 against 560-572 tokens/s, from page faults avoided).
 
     Returns:
         ``None`` when the fused decode can run ``model``, else the reason (as :func:`why_not_fused`).

@@ -166,17 +166,24 @@ def _available_bytes() -> int | None:
     return None
 
 
+def _glibc():
+    """glibc through ctypes, or None where there is none."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def release_freed_heap() -> None:
     """Hand freed heap pages back to the OS (glibc ``malloc_trim(0)``): smaller tensors live in
     malloc's heap, which keeps freed pages resident, so without it a packed model's resident
     memory would stay at old + new copies (and a measurement's at what earlier work freed). A
     no-op where there is no glibc."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 #: glibc ``mallopt`` parameter codes (``malloc.h``)
@@ -195,8 +202,8 @@ def hold_freed_heap() -> bool:
     (activations, attention buffers) by the hundred. Under glibc's defaults (a dynamic mmap
     threshold that starts at 128 KB) many of them were fresh mappings, each page faulted in on
     first touch: 19,000-81,000 minor faults per prefill, against 0-36 with this, and 560-572
-    against 632-648 prefill tokens/s (medians of 8 prefills, 2 threads, three runs each, a
-    script outside the repository, 2026-12-01). The cost: freed blocks stay resident (the
+    against 631-648 prefill tokens/s (medians of 8 prefills in each of three or four processes,
+    2 threads, a script outside the repository, 2026-12-01). The cost: freed blocks stay resident (the
     process's size after its largest pass, not after its last), which is what an inference
     process wants; :func:`release_freed_heap` still hands them back on request.
 
@@ -211,11 +218,8 @@ def hold_freed_heap() -> bool:
     ``mallopt`` (nothing changed) or glibc refused one of them (the mmap threshold may then be set
     alone).
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, HOLD_MMAP_THRESHOLD)) and \
-            bool(libc.mallopt(_M_TRIM_THRESHOLD, HOLD_TRIM_THRESHOLD))
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, HOLD_MMAP_THRESHOLD)) and \
+        bool(libc.mallopt(_M_TRIM_THRESHOLD, HOLD_TRIM_THRESHOLD))

@@ -57,7 +57,7 @@
    rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
    x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
    spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1) on an
-   earlier session's host. On this session's host, an AMD EPYC with AVX-512 (unused here) and
+   AVX2-only host (2026-12-01 01:40 UTC). On an AMD EPYC with AVX-512 (unused here) and
    1 MB of L2 per core (2026-12-01; benchmarks/bench_fused_ab.py --weights int8-b32: 30
    SmolLM2-shaped layers of random int8 weights, each matrix its own allocation, not the packed
    model; 60 interleaved steps, CPU share 0.99-1.00), the burst read a step in 7.9-9.4 ms and the
