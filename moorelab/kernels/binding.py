@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 17
+ABI_VERSION = 18
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6, "int8-dynamic-b32": 7}
@@ -87,6 +87,9 @@ class KernelLibrary:
         lib.ml_a8b_prep.argtypes = [vp, i64, vp, vp]
         lib.ml_f32_linear.restype = None
         lib.ml_f32_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, cint]
+        lib.ml_attn_causal.restype = cint
+        lib.ml_attn_causal.argtypes = [vp, vp, vp, vp, i64, i64, i64, i64, i64, i64, vp, ctypes.c_float, cint]
+        self.attn_causal = lib.ml_attn_causal
         lib.ml_fused_abi.restype = cint
         lib.ml_fused_abi.argtypes = []
         want = ctypes.sizeof(MlLin) * 1000 + ctypes.sizeof(MlLayer)

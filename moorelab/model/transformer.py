@@ -262,6 +262,54 @@ def attention_eager(
     return weights @ v
 
 
+def causal_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """Causal scaled dot-product attention of a whole prompt through the compiled kernel.
+
+    ``softmax(Q·Kᵀ/√d_k + causal mask)·V`` with query position ``t`` seeing keys ``0..t + S - T``
+    (the ``S - T`` positions before it in a KV cache, then the causal mask), query head ``h`` using
+    key/value head ``h // (H / H_kv)`` (grouped-query attention). The C kernel
+    (``moorelab/kernels/csrc/attn_prefill.c``, ``ml_attn_causal``) computes only the blocks on and
+    below the diagonal, reads each key/value head once for all the query heads that share it, and
+    takes the exact softmax of each row (FlashAttention's tiling, Dao et al. 2022, without its
+    online rescaling: a row of scores fits in scratch).
+
+    Args:
+        q: ``[B, H, T, d_k]``; k, v: ``[B, H_kv, S, d_k]``, ``S >= T``; any strides with ``d_k``
+            contiguous (the projections' ``[B, T, H, d_k]`` layout transposed is read as it is).
+
+    Returns:
+        ``[B, T, H, d_k]`` contiguous (``.view(B, T, H * d_k)`` is o_proj's input), equal to
+        ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)`` (``S == T``)
+        within float32 rounding; or ``None`` when the kernel does not apply: not float32 CPU
+        tensors, a gradient wanted, ``d_k`` not a multiple of 8, ``S < T``, ``H`` not a multiple
+        of ``H_kv``, ``d_k`` not contiguous, or no kernel library (:func:`moorelab.kernels.get_library`).
+    """
+    B, H, T, d = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    if not (
+        q.dtype is torch.float32 and k.dtype is torch.float32 and v.dtype is torch.float32
+        and q.is_cpu and k.is_cpu and v.is_cpu
+        and d >= 8 and d % 8 == 0 and S >= T and H % H_kv == 0
+        and k.shape == v.shape == (B, H_kv, S, d)
+        and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    ):
+        return None
+    lib = get_library()
+    if lib is None:
+        return None
+    out = q.new_empty((B, T, H, d))
+    st = torch.tensor([*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], out.stride(0), out.stride(2),
+                       out.stride(1)], dtype=torch.int64)
+    rc = lib.attn_causal(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, T, S, H, H_kv, d,
+                         st.data_ptr(), 1.0 / math.sqrt(d), torch.get_num_threads())
+    if rc == -1:
+        raise MemoryError(f"ml_attn_causal: scratch for B={B}, H={H}, S={S}, d_k={d} could not be allocated")
+    if rc != 0:
+        raise ValueError(f"ml_attn_causal refused q {tuple(q.shape)}, k {tuple(k.shape)} (code {rc})")
+    return out
+
+
 class Attention(nn.Module):
     """Multi-head (grouped-query) self-attention with its own ``n_heads``, ``n_kv_heads``, ``head_dim``.
 
@@ -282,6 +330,10 @@ class Attention(nn.Module):
         self.v_proj = FastLinear(d_model, n_kv_heads * head_dim, bias=bias)
         self.o_proj = FastLinear(n_heads * head_dim, d_model, bias=bias)
         self.record: dict | None = None
+
+    #: causal prompts (no padding, no cache before them) through :func:`causal_attention_kernel`
+    #: where it applies; False keeps torch's fused attention (A/B measurements, tests)
+    causal_kernel = True
 
     def forward(
         self,
@@ -318,6 +370,10 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             out = (torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v).view(B, H, 1, d_k)
         else:
+            if is_causal and mask is None and self.causal_kernel:
+                o = causal_attention_kernel(q, k, v)
+                if o is not None:
+                    return self.o_proj(o.view(B, T, H * d_k))
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, enable_gqa=H != H_kv
             )

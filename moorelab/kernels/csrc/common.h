@@ -14,6 +14,8 @@
                        per 32-block (ml_a8bw8_linear; scalar rounding reference ml_a8b_prep_ref)
        int8_gemm.c     int8-weight GEMM for prefill, int16 / int8 activations per row (ml_w8_gemm;
                        an AVX512-VNNI tile chosen at run time where the CPU has it, ml_w8_gemm_isa)
+       attn_prefill.c  causal self-attention of a whole prompt, every head in one call
+                       (ml_attn_causal; grouped-query heads share one read of K and V)
        fused_decode.c  every LLaMA-family decoder layer and the output layer for one token of
                        one or B sequences in one call and one parallel region (ml_decode_layers,
                        ml_decode_batch, ml_lin_forward;
@@ -38,7 +40,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 17
+#define ML_ABI_VERSION 18
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */
@@ -144,6 +146,25 @@ static inline void ml_store_tile4(float *y, __m128 v, const float *bias, int64_t
     float o[4];
     _mm_storeu_ps(o, v);
     for (int64_t r = 0; r < nr; r++) y[r] = o[r] + (bias ? bias[r] : 0.0f);
+}
+
+/* e^x for 8 floats: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial),
+   relative error ~1e-7 over [-87.3, 88.7]; inputs are clamped to that range. */
+static inline __m256 ml_exp256(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447504019f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
 static inline int32_t hsum256i(__m256i v) {
