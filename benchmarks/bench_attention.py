@@ -13,7 +13,11 @@ Two parts, both in one process, the two sides alternating within each round:
    llama-bench's prefill) of SmolLM2-135M at each precision (float32; 8-bit =
    ``int8-dynamic:activation_block=32``; 4-bit = ``int4:group_size=32,activation_bits=8``),
    ``Attention.causal_kernel`` on and off on the same model: tokens/s, the ratio with its range
-   over rounds, and the largest logit difference and argmax agreement over every position.
+   over rounds, the largest logit difference and argmax agreement over every position, and the
+   quality of both (mean negative log-likelihood of the prompt's next tokens, nats). The 8-bit and
+   4-bit models round their activations to int8 in every layer, so a 1e-6 difference in the
+   attention flips some roundings and moves the logits by up to ~3 (1e-6 of random noise added
+   to torch's own attention output does the same); the likelihood shows whether quality moved.
 
 Every timing carries the CPU share of its interval (:class:`moorelab.measure.speed.CpuShareClock`);
 rounds below 0.9 on either side are left out of the medians (all are shown when none is kept).
@@ -104,7 +108,7 @@ def model_part(a, clock) -> None:
     print(f"\n2. SmolLM2-135M prefill of {P} tokens (last position's logits), {a.threads} threads, {a.rounds} "
           f"rounds, Attention.causal_kernel on / off on the same model (best of 2 passes per side and round)")
     print(f"{'precision':9} {'on tok/s':>8} {'off tok/s':>9} {'on/off':>7} {'range':>11} {'share':>9} {'kept':>5} "
-          f"{'max |logit diff|':>16} argmax")
+          f"{'max |logit diff|':>16} {'argmax':>6} {'nll on':>7} {'nll off':>7}")
     try:
         for prec in a.precisions:
             m = load_pretrained("smollm2-135m").model.eval()
@@ -118,6 +122,7 @@ def model_part(a, clock) -> None:
                 off = m(prompt)
                 diff = (on - off).abs().max().item()
                 agree = (on.argmax(-1) == off.argmax(-1)).float().mean().item()
+                nll = [F.cross_entropy(x[0, :-1], prompt[0, 1:]).item() for x in (on, off)]
                 rec = {True: [], False: []}
                 for rnd in range(a.rounds):
                     for flag in ((True, False) if rnd % 2 == 0 else (False, True)):
@@ -132,7 +137,7 @@ def model_part(a, clock) -> None:
             print(f"{prec:9} {statistics.median(x[0] for x, _ in pairs):8.0f} "
                   f"{statistics.median(y[0] for _, y in pairs):9.0f} {statistics.median(ratios):7.3f} "
                   f"{min(ratios):5.3f}-{max(ratios):5.3f} {min(shares):4.2f}-{max(shares):4.2f} "
-                  f"{len(pairs) if any_kept else 0:2d}/{a.rounds} {diff:16.1e} {agree:6.1%}"
+                  f"{len(pairs) if any_kept else 0:2d}/{a.rounds} {diff:16.1e} {agree:6.1%} {nll[0]:7.4f} {nll[1]:7.4f}"
                   f"{'' if any_kept else '  * no round undisturbed: all shown'}")
     finally:
         Attention.causal_kernel = True

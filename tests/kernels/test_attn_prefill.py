@@ -1,9 +1,10 @@
 """ml_attn_causal (csrc/attn_prefill.c), causal attention of a whole prompt, against float64 references.
 
-Edge shapes: T = 1, T and S not multiples of the 16-position unit or the 16-key tile, keys already
-in a cache (S > T), head sizes with a half column tile (d_k = 8, 24), grouped-query heads (1, 3, 4
-query heads per key/value head), several sequences, odd thread counts, strided (transposed) views,
-scores large enough to overflow an unshifted exp; and the refusals.
+Edge shapes: T = 1, T and S not multiples of the 16-position unit, the 16-key tile or the 256-key
+block of P·V, keys already in a cache (S > T), head sizes with a half column tile (d_k = 8, 24),
+grouped-query heads (1, 2, 3 query heads per key/value head), several sequences, odd thread
+counts, strided (transposed) views, scores large enough to overflow an unshifted exp; and the
+refusals.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ SHAPES = [
     (1, 4, 1, 17, 53, 16),  # 36 positions already cached; S not a multiple of 16
     (1, 3, 3, 16, 16, 40),  # multi-head (one query head per kv head); T exactly one unit
     (2, 8, 2, 33, 33, 128),  # LLaMA's d_k
+    (1, 4, 2, 300, 560, 24),  # keys past the 256-key blocks of P·V (three blocks, the last partial)
 ]
 
 
