@@ -2,7 +2,7 @@
 
 Edge shapes: T = 1, T and S not multiples of the 16-position unit, the 16-key tile or the 256-key
 block of P·V, keys already in a cache (S > T), head sizes with a half column tile (d_k = 8, 24),
-grouped-query heads (1, 2, 3 query heads per key/value head), several sequences, odd thread
+grouped-query heads (1 to 4 query heads per key/value head), several sequences, odd thread
 counts, strided (transposed) views, scores large enough to overflow an unshifted exp; and the
 refusals.
 """

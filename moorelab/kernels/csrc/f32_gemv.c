@@ -56,8 +56,9 @@ static inline float f32_dot1(const float *x, int64_t K, const float *w) {
 /* dot products of 3 x rows (leading dimension ldx) with 4 float32 weight rows: out[m * 4 + r].
    Each weight vector is loaded once for the 3 rows (12 accumulators, 8 floats a step), so a
    small batch reads the weights at the rate of one row: batched decode (M >= 3; FastLinear sends
-   up to 32 rows). */
-static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const float *w, int64_t ldw, float *out) {
+   up to 32 rows). pfd: as f32_dot4's. */
+static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const float *w, int64_t ldw, float *out,
+                              int64_t pfd) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(), c03 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c22 = _mm256_setzero_ps(), c23 = _mm256_setzero_ps();
@@ -65,6 +66,7 @@ static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const floa
     const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
+        if (pfd && !(k & 15)) ml_prefetch4(w0, w1, w2, w3, 4 * k + pfd, 1); /* a 64-byte line a row per 16 */
         __m256 a0 = _mm256_loadu_ps(x0 + k), a1 = _mm256_loadu_ps(x1 + k), a2 = _mm256_loadu_ps(x2 + k), v;
         v = _mm256_loadu_ps(w0 + k);
         c00 = _mm256_fmadd_ps(v, a0, c00); c10 = _mm256_fmadd_ps(v, a1, c10); c20 = _mm256_fmadd_ps(v, a2, c20);
@@ -88,18 +90,59 @@ static inline void f32_dot4x3(const float *x, int64_t ldx, int64_t K, const floa
     for (int i = 0; i < 12; i++) out[i] = s[i];
 }
 
+/* dot products of 2 x rows with 4 float32 weight rows: out[m * 4 + r]; each weight vector loaded
+   once for both rows (a batch of 2, or the last 2 rows of a batch after its groups of 3, read
+   the tile once instead of twice). pfd: as f32_dot4's. */
+static inline void f32_dot4x2(const float *x, int64_t ldx, int64_t K, const float *w, int64_t ldw, float *out,
+                              int64_t pfd) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(), c03 = _mm256_setzero_ps();
+    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps();
+    const float *x0 = x, *x1 = x + ldx;
+    const float *w0 = w, *w1 = w + ldw, *w2 = w + 2 * ldw, *w3 = w + 3 * ldw;
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        if (pfd && !(k & 15)) ml_prefetch4(w0, w1, w2, w3, 4 * k + pfd, 1);
+        __m256 a0 = _mm256_loadu_ps(x0 + k), a1 = _mm256_loadu_ps(x1 + k), v;
+        v = _mm256_loadu_ps(w0 + k);
+        c00 = _mm256_fmadd_ps(v, a0, c00); c10 = _mm256_fmadd_ps(v, a1, c10);
+        v = _mm256_loadu_ps(w1 + k);
+        c01 = _mm256_fmadd_ps(v, a0, c01); c11 = _mm256_fmadd_ps(v, a1, c11);
+        v = _mm256_loadu_ps(w2 + k);
+        c02 = _mm256_fmadd_ps(v, a0, c02); c12 = _mm256_fmadd_ps(v, a1, c12);
+        v = _mm256_loadu_ps(w3 + k);
+        c03 = _mm256_fmadd_ps(v, a0, c03); c13 = _mm256_fmadd_ps(v, a1, c13);
+    }
+    float s[8] = {hsum256(c00), hsum256(c01), hsum256(c02), hsum256(c03),
+                  hsum256(c10), hsum256(c11), hsum256(c12), hsum256(c13)};
+    for (; k < K; k++) {
+        const float a0 = x0[k], a1 = x1[k];
+        const float v0 = w0[k], v1 = w1[k], v2 = w2[k], v3 = w3[k];
+        s[0] += a0 * v0; s[1] += a0 * v1; s[2] += a0 * v2; s[3] += a0 * v3;
+        s[4] += a1 * v0; s[5] += a1 * v1; s[6] += a1 * v2; s[7] += a1 * v3;
+    }
+    for (int i = 0; i < 8; i++) out[i] = s[i];
+}
+
 /* rows n0..n0+nr-1 (nr <= 4) of y[m, :] for M x rows (x row m at x + m * ldx, y row m at
    y + m * ldy): full tiles take the x rows three at a time (f32_dot4x3, the tile stays in L1
-   between them), the last 1-2 rows and partial tiles one at a time (f32_dot4 / f32_dot1, so
-   M = 1 gives exactly the decode kernel's sums) */
+   between them) and the last two (or four) two at a time (f32_dot4x2); partial tiles, and M = 1,
+   one row at a time (f32_dot4 / f32_dot1, so M = 1 gives exactly the decode kernel's sums).
+   pfd: the spread prefetch distance in bytes, issued by the first group of rows (0 for none). */
 static inline void f32_tile_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, int64_t n0,
                                  int64_t nr, const float *bias, float *y, int64_t ldy, int64_t pfd) {
     int64_t m = 0;
-    if (nr == 4) {
-        for (; m + 3 <= M; m += 3) {
+    if (nr == 4 && M > 1) {
+        /* the first group of rows requests the tile pfd bytes ahead as it reads this one */
+        for (; m + 3 <= M && (M - m) != 4; m += 3) {
             float o[12];
-            f32_dot4x3(x + m * ldx, ldx, K, w + n0 * K, K, o);
+            f32_dot4x3(x + m * ldx, ldx, K, w + n0 * K, K, o, m == 0 ? pfd : 0);
             for (int i = 0; i < 3; i++)
+                for (int r = 0; r < 4; r++) y[(m + i) * ldy + n0 + r] = o[i * 4 + r] + (bias ? bias[n0 + r] : 0.0f);
+        }
+        for (; m + 2 <= M; m += 2) { /* 2 rows left, or 4 (two pairs rather than 3 + 1) */
+            float o[8];
+            f32_dot4x2(x + m * ldx, ldx, K, w + n0 * K, K, o, m == 0 ? pfd : 0);
+            for (int i = 0; i < 2; i++)
                 for (int r = 0; r < 4; r++) y[(m + i) * ldy + n0 + r] = o[i * 4 + r] + (bias ? bias[n0 + r] : 0.0f);
         }
     }
@@ -144,9 +187,14 @@ void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const 
         }
         return;
     }
+    /* a batch: the same spread prefetch, one tile ahead, from the first group of rows. With the
+       burst of whole tiles ML_PF_TILES_F32 ahead it replaces (and 2 rows as 1 + 1), batches of 2-8
+       read the weights at 14-20 GB/s against 29 for one row; with it and f32_dot4x2 the fused
+       SmolLM2 step at B = 2, 3, 4, 8 took x1.50, x1.51, x1.54, x1.51 less time (B = 1 x1.00; the
+       two libraries interleaved in one process, 6 rounds of 20 steps, 2026-12-01) */
     for (int64_t n = n0; n < n1; n += 4) {
-        ml_prefetch_rows(w, 4 * K, n, n0, n1, ML_PF_TILES_F32);
-        f32_tile_rows(x, ldx, M, K, w, n, n1 - n < 4 ? n1 - n : 4, bias, y, ldy, 0);
+        if (n == n0) ml_prefetch(w + n * K, 4 * K * (n1 - n < 8 ? n1 - n : 8));
+        f32_tile_rows(x, ldx, M, K, w, n, n1 - n < 4 ? n1 - n : 4, bias, y, ldy, n + 4 < n1 ? 4 * K * 4 : 0);
     }
 }
 
