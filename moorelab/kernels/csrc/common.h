@@ -214,6 +214,8 @@ void ml_a8b_prep_ref(const float *x, int64_t K, int8_t *xq, float *bs);
 int ml_w8_gemm(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale, const float *bias,
                float *y, int64_t N, int nthreads, int act_bits);
 int ml_w8_gemm_isa(int want);
+int ml_attn_causal(const float *q, const float *k, const float *v, float *out, int64_t B, int64_t T, int64_t S,
+                   int64_t H, int64_t Hkv, int64_t hd, const int64_t *st, float scale, int32_t nthreads);
 /* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:
    y[n] for n in [n0, n1), n0 a multiple of 4, bit for bit the whole-layer kernel's rows */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1);
