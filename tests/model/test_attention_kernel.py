@@ -71,7 +71,9 @@ def test_a_cached_prefill_through_the_kernel_decodes_as_without_a_cache(llama, c
         steps = [ours(ids[:, t:t + 1], cache=cache) for t in range(12, 19)]
     assert ran == 2
     got = torch.cat([first, *steps], dim=1)
-    assert (got - full).abs().max().item() < 1e-5
+    # the kernel's prefill and the per-token decode sum in different orders: 1.1e-5 seen on an
+    # AVX2-only host (the float32 gap moves with the vector width of torch's kernels)
+    assert (got - full).abs().max().item() < 2e-5
 
 
 def test_padding_gradients_and_float64_keep_torchs_attention(llama, calls):

@@ -1,4 +1,4 @@
-"""Parity with transformers on tiny random gpt2 / llama / bert configs (float32, within 1e-5)."""
+"""Parity with transformers on tiny random gpt2 / llama / bert configs (float32, within 2e-5)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import torch
 from moorelab.model.load_hf import load_hf_folder
 from model_helpers import tiny_hf
 
-TOL = 1e-5
+# float32 logits of size ~1-5: the two engines sum in different orders, and torch's own kernels
+# order their sums by the CPU's vector width, so the gap moves with the host: at most ~6e-6 on the
+# AVX-512 hosts, 1.007e-5 on an AVX2-only Zen 3 (norm eps 0.5, CI of 2026-12-02). The slips these
+# tests guard against are far larger: the eps test below asserts a misread eps moves them > 1e-3.
+TOL = 2e-5
 
 
 def _ids(vocab, B=2, T=11, seed=1):
