@@ -1,0 +1,144 @@
+"""Is a decode GEMV held by its own instructions or by memory? One core, the shipped kernels, one run.
+
+For the float32 and the int8 b32 decode rows (``ml_f32_rows``, ``ml_a8bw8_rows``: the functions the
+fused decode runs on each thread, called here straight through ctypes on the built library, one
+thread, no OpenMP), three figures measured interleaved in each round:
+
+* **in cache**: one SmolLM2-sized matrix that fits in L2 (int8: 576 x 576 = 324 KiB; float32:
+  128 x 576 = 288 KiB), called again and again: the kernel's own rate, in GB/s of weights read.
+  The per-call overhead of ctypes (an empty call, ``n0 == n1``, timed the same way) is
+  subtracted.
+* **streamed**: the same kernel over 256 MiB of such matrices taken in turn, so every call reads
+  its weights from memory, as decode does.
+* **reference**: ``torch.sum`` over 256 MiB on one thread (the same core's read bandwidth at
+  that moment).
+
+Each figure is the median of its rounds kept at CPU share >= 0.9
+(:class:`moorelab.measure.speed.CpuShareClock`; all rounds, marked "disturbed", when none was).
+The printed ratios say which bound holds: streamed / reference near 1 means the kernel reads at
+the core's bandwidth; in-cache well above streamed means the instructions are not the limit; an
+in-cache rate near the streamed one means they are.
+
+Usage: python benchmarks/bench_gemv_roofline.py [--rounds 7] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moorelab import kernels  # noqa: E402
+from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock  # noqa: E402
+
+K = 576
+STREAM_BYTES = 256 << 20
+
+
+def _lib():
+    klib = kernels.get_library()
+    if klib is None:
+        raise SystemExit(f"no kernel library: {kernels.status()}")
+    lib = ctypes.CDLL(str(klib.path))
+    vp, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.ml_f32_rows.restype = None
+    lib.ml_f32_rows.argtypes = [vp, i64, vp, vp, vp, i64, i64]
+    lib.ml_a8b_prep.restype = None
+    lib.ml_a8b_prep.argtypes = [vp, i64, vp, vp]
+    lib.ml_a8bw8_rows.restype = None
+    lib.ml_a8bw8_rows.argtypes = [vp, vp, i64, vp, vp, vp, vp, i64, i64]
+    return lib
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    lib = _lib()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(K, generator=g)
+    xq, bs = torch.empty(K, dtype=torch.int8), torch.empty(K // 32)
+    lib.ml_a8b_prep(x.data_ptr(), K, xq.data_ptr(), bs.data_ptr())
+    y = torch.empty(4096)
+    scale = torch.full((4096,), 0.01)
+    kinds = {
+        "int8 b32": (576, 1, torch.int8,
+                     lambda w, n: lib.ml_a8bw8_rows(xq.data_ptr(), bs.data_ptr(), K, w, scale.data_ptr(), None,
+                                                    y.data_ptr(), 0, n)),
+        "float32": (128, 4, torch.float32,
+                    lambda w, n: lib.ml_f32_rows(x.data_ptr(), K, w, None, y.data_ptr(), 0, n)),
+    }
+    mats = {}
+    for name, (n, esz, dt, _) in kinds.items():
+        count = STREAM_BYTES // (n * K * esz)
+        if dt == torch.int8:
+            mats[name] = [torch.randint(-127, 128, (n, K), dtype=torch.int8, generator=g) for _ in range(count)]
+        else:
+            mats[name] = [torch.randn(n, K, generator=g) for _ in range(count)]
+    ref_buf = torch.ones(STREAM_BYTES // 4)
+    clock = CpuShareClock()
+    rec: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(fn, reps: int, inner: int = 20) -> tuple[float, float]:
+        """seconds per call (the median over reps samples of inner back-to-back calls), CPU share over them"""
+        ts = []
+        clock.start()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            ts.append((time.perf_counter() - t0) / inner)
+        return statistics.median(ts), clock.stop()
+
+    for rnd in range(a.rounds):
+        t, sh = timed(lambda: ref_buf.sum(), 3, inner=1)
+        rec.setdefault("reference torch.sum", []).append((STREAM_BYTES / t / 1e9, sh))
+        for name, (n, esz, _, call) in kinds.items():
+            nbytes = n * K * esz
+            w0 = mats[name][0].data_ptr()
+            empty, _ = timed(lambda: call(w0, 0), 40)
+            for _ in range(20):
+                call(w0, n)  # warm: the matrix into cache
+            t, sh = timed(lambda: call(w0, n), 40)
+            rec.setdefault(f"{name} in cache", []).append((nbytes / max(t - empty, 1e-9) / 1e9, sh))
+            ptrs = [m.data_ptr() for m in mats[name]]
+            clock.start()
+            t0 = time.perf_counter()
+            for p in ptrs:
+                call(p, n)
+            dt = time.perf_counter() - t0 - empty * len(ptrs)
+            rec.setdefault(f"{name} streamed", []).append((nbytes * len(ptrs) / dt / 1e9, clock.stop()))
+        print(f"round {rnd + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} GB/s (share {v[-1][1]:.2f})"
+                                                         for k, v in rec.items()), flush=True)
+
+    med = {}
+    for k, v in rec.items():
+        kept = [r for r in v if r[1] >= CPU_SHARE_MIN]
+        use = kept or v  # none kept: every round, marked disturbed
+        med[k] = {"gb_per_s": statistics.median(r[0] for r in use), "kept": len(kept), "rounds": len(v),
+                  "cpu_share": statistics.median(r[1] for r in use)}
+    ref = med["reference torch.sum"]["gb_per_s"]
+    print(f"\none core, {kernels.status()}; medians of rounds at CPU share >= {CPU_SHARE_MIN}")
+    print(f"{'measure':24s} {'GB/s':>7s} {'/ reference':>12s} {'kept':>6s}")
+    for k, v in med.items():
+        flag = "" if v["kept"] else "  disturbed"
+        print(f"{k:24s} {v['gb_per_s']:7.1f} {v['gb_per_s'] / ref:12.2f} {v['kept']:>3d}/{v['rounds']}{flag}")
+    for name in kinds:
+        ic, st = med[f"{name} in cache"]["gb_per_s"], med[f"{name} streamed"]["gb_per_s"]
+        print(f"{name}: in cache / streamed {ic / st:.2f}, streamed / reference {st / ref:.2f}")
+    if a.json:
+        a.json.write_text(json.dumps({"status": kernels.status(), "rounds": rec, "medians": med}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
