@@ -113,11 +113,13 @@ def test_int8_rows_equal_the_decode_kernel_bit_for_bit(tile):
     assert torch.equal(y, y2)
 
 
-def test_long_rows_do_not_overflow_int32(tile):
+@pytest.mark.parametrize("k", [8200, 8208])
+def test_long_rows_do_not_overflow_int32(tile, k):
     # K = 8200 with every product at its maximum (32767 * 127 = 4.16e6): one int32 lane over the
     # whole row would take 1,025 of them, 4.3e9 > 2^31, so only the 2048-input chunks keep it
-    # exact; 5 rows and 5 columns run a full 4x4 VNNI tile and partial ones
-    k, n = 8200, 5
+    # exact; 5 rows and 5 columns run a full 4x4 VNNI tile and partial ones. K = 8208 (K mod 32 =
+    # 16) adds the VNNI tile's 16-input ymm step after the last chunk boundary.
+    n = 5
     x = torch.ones(5, k)
     x[1] = -1.0
     x[2, ::2] = 0.5  # mixed values in one row
@@ -158,8 +160,11 @@ def test_the_two_tiles_give_the_same_numbers_bit_for_bit():
         lib.w8_gemm_isa(before)
         pytest.skip(NO_VNNI)
     try:
-        # rows mod 4 = 3, 0, 1, 2 (the VNNI tile's short-row paths), columns short of a tile too
-        for (m, k, n), bits in itertools.product([(7, 37, 9), (48, 576, 20), (97, 1536, 12), (50, 100, 8)], (8, 16)):
+        # rows mod 4 = 3, 0, 1, 2 (the VNNI tile's short-row paths), columns short of a tile too;
+        # K mod 32 >= 16 (48, 2064, 4112) runs the VNNI tile's 16-input ymm step, in the first
+        # chunk, after one 2048-input chunk boundary and after two
+        shapes = [(7, 37, 9), (48, 576, 20), (97, 1536, 12), (50, 100, 8), (7, 48, 9), (5, 2064, 5), (9, 4112, 6)]
+        for (m, k, n), bits in itertools.product(shapes, (8, 16)):
             x, w, scale, bias = _case(m, k, n, seed=k)
             got = {}
             for isa in (0, 1):

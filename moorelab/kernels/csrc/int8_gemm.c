@@ -29,7 +29,7 @@
 #define ML_G8_MB 48   /* x rows per block (a multiple of ML_G8_MR and ML_G8_MR_VNNI) */
 #define ML_G8_MR 2    /* tile: x rows ... */
 #define ML_G8_NR 4    /* ... by w rows (8 int32 accumulators, no register spills in 16 ymm registers) */
-#define ML_G8_MR_VNNI 4 /* the AVX512-VNNI tile: 4 x 4 (16 accumulators; AVX512VL gives 32 ymm registers) */
+#define ML_G8_MR_VNNI 4 /* the AVX512-VNNI tile: 4 x 4 (16 zmm accumulators of AVX-512's 32 registers) */
 #define ML_G8_NR_VNNI 4
 #define ML_G8_MRMAX 4
 #define ML_G8_NRMAX 4
@@ -93,7 +93,7 @@ static inline int64_t hsum_i32_to_i64(__m256i v) {
 }
 
 /* out[i][j] = sum_k xq[i, k] * w[j, k] over k < K16 (a multiple of 16), for an MR x NR tile
-   (MR x NR at most the variant's tile, compile-time constants after inlining); xq rows of stride
+   (MR x NR at most the AVX2 tile, compile-time constants after inlining); xq rows of stride
    ldq, w rows of ldw. G8_DOT(acc, x, w) adds the int16 pair products of x and w into acc's
    int32 lanes: vpmaddwd + vpaddd (AVX2; neither saturates, the bound in the file comment keeps
    every lane < 2^31). It also made a VNNI variant (one vpdpwssd on 256-bit vectors), which ran a 4 x 4 tile of ymm vectors: SmolLM2 int8 b32 prefill of
@@ -164,13 +164,18 @@ static ATTR void g8_block##SUFFIX(const int16_t *xq, int64_t ldq, const float *s
 G8_DEFINE(, , G8_DOT_AVX2, ML_G8_MR, ML_G8_NR)
 _Static_assert(ML_G8_MR <= ML_G8_MRMAX && ML_G8_NR <= ML_G8_NRMAX && ML_G8_MR_VNNI <= ML_G8_MRMAX &&
                ML_G8_NR_VNNI <= ML_G8_NRMAX && ML_G8_MRMAX <= 4, "a tile larger than its arrays");
+_Static_assert(ML_G8_KC % 32 == 0, "the VNNI tile's 32-input steps must not cross a chunk");
 _Static_assert(ML_G8_MB % ML_G8_MR == 0 && ML_G8_MB % ML_G8_MR_VNNI == 0, "ML_G8_MB not a multiple of a tile");
 
 /* The AVX512-VNNI tile: G8_DEFINE's tile, 4 x 4, with zmm accumulators (16 of AVX-512's 32
    registers), 32 inputs per step: one vpdpwssd per (x row, w row) pair and 32 inputs, half the
    instructions of the 4 x 4 ymm form it replaced; one 16-input ymm step when K16 is not a
-   multiple of 32. A lane takes two products per 32 inputs, so the ML_G8_KC bound holds as it is,
-   and the sums are the AVX2 tile's exactly (tests run both). Against the ymm form, interleaved in
+   multiple of 32 (K mod 32 >= 16; only in the last chunk, since chunks are multiples of 32). A
+   zmm lane takes two products per 32 inputs and its two halves are added in int32, so a folded
+   lane holds at most ML_G8_KC / 8 products, the ML_G8_KC bound of the file comment; the sums
+   are the AVX2 tile's exactly (tests run both tiles bit for bit, K mod 32 >= 16 among them).
+   Measured only on AMD Zen 4, which runs zmm as two 256-bit halves; Intel parts with VNNI take
+   this tile too, untested there (their AVX-512 clock drop included). Against the ymm form, interleaved in
    one process (2 threads, AMD EPYC Zen 4, 2026-12-02, CPU share 0.99-1.00; scripts outside the
    repository): the GEMM alone, 30 alternating calls, x1.50 at [512, 576] x [576, 1536], x1.75 at
    [512, 1536] x [1536, 576], x1.53 at 576 x 576; SmolLM2 int8 b32 prefill of 512 tokens, 10
