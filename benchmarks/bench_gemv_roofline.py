@@ -1,11 +1,12 @@
 """Is a decode GEMV held by its own instructions or by memory? One core, the shipped kernels, one run.
 
-For the float32 and the int8 b32 decode rows (``ml_f32_rows``, ``ml_a8bw8_rows``: the functions the
-fused decode runs on each thread, called here straight through ctypes on the built library, one
+For the float32, int8 b32 and int4 g32 a8 decode rows (``ml_f32_rows``, ``ml_a8bw8_rows``,
+``ml_w4q_rows`` with 8-bit activation blocks: the functions the fused decode runs on each thread, called here straight through ctypes on the built library, one
 thread, no OpenMP), three figures measured interleaved in each round:
 
 * **in cache**: one SmolLM2-sized matrix that fits in L2 (int8: 576 x 576 = 324 KiB; float32:
-  128 x 576 = 288 KiB), called again and again: the kernel's own rate, in GB/s of weights read.
+  128 x 576 = 288 KiB; int4: 1,152 x 576 nibbles with float16 scales and minimums per 32 = 405
+  KiB), called again and again: the kernel's own rate, in GB/s of weights read.
   The per-call overhead of ctypes (an empty call, ``n0 == n1``, timed the same way) is
   subtracted.
 * **streamed**: the same kernel over 256 MiB of such matrices taken in turn (views into one
@@ -20,8 +21,8 @@ The printed ratios say which bound holds: streamed / reference near 1 means the 
 the core's bandwidth; in-cache well above streamed means the instructions are not the limit; an
 in-cache rate near the streamed one means they are.
 
-"One core" is the calling thread, not pinned; "fits in L2" needs at least 324 KiB of L2 per
-core. A float32 call in cache takes a few microseconds against ~1 of call overhead, so that
+"One core" is the calling thread, not pinned; "fits in L2" needs at least 405 KiB of L2 per
+core. GB/s count the bytes a decode step reads (int4: the nibbles, scales and minimums). A float32 call in cache takes a few microseconds against ~1 of call overhead, so that
 figure is the least steady; a round whose call took no longer than the empty call is dropped
 (reported as such) rather than given an absurd rate.
 
@@ -61,6 +62,10 @@ def _lib():
     lib.ml_a8b_prep.argtypes = [vp, i64, vp, vp]
     lib.ml_a8bw8_rows.restype = None
     lib.ml_a8bw8_rows.argtypes = [vp, vp, i64, vp, vp, vp, vp, i64, i64]
+    lib.ml_w4q_prep.restype = None
+    lib.ml_w4q_prep.argtypes = [ctypes.c_int, vp, i64, i64, vp, vp, vp]
+    lib.ml_w4q_rows.restype = None
+    lib.ml_w4q_rows.argtypes = [ctypes.c_int, vp, vp, vp, i64, i64, vp, vp, vp, vp, vp, i64, i64]
     return lib
 
 
@@ -75,6 +80,8 @@ def main() -> None:
     x = torch.randn(K, generator=g)
     xq, bs = torch.empty(K, dtype=torch.int8), torch.empty(K // 32)
     lib.ml_a8b_prep(x.data_ptr(), K, xq.data_ptr(), bs.data_ptr())
+    xq4, bs4, xsum4 = torch.empty(K, dtype=torch.int8), torch.empty(K // 32), torch.empty(K // 32)
+    lib.ml_w4q_prep(8, x.data_ptr(), K, 32, xq4.data_ptr(), bs4.data_ptr(), xsum4.data_ptr())
     y = torch.empty(4096)
     scale = torch.full((4096,), 0.01)
     kinds = {
@@ -91,6 +98,17 @@ def main() -> None:
             mats[name] = torch.randint(-127, 128, (count, n, K), dtype=torch.int8, generator=g)
         else:
             mats[name] = torch.randn(count, n, K, generator=g)
+    # int4 g32: nibbles [count, n, K/2] uint8, scales and minimums float16 [count, n, K/32]
+    n4, ngr = 1152, K // 32
+    b4 = n4 * K // 2 + 2 * n4 * ngr * 2
+    c4 = STREAM_BYTES // b4
+    w4 = torch.randint(0, 256, (c4, n4, K // 2), dtype=torch.uint8, generator=g)
+    s4 = (torch.rand(c4, n4, ngr, generator=g) * 0.01).half()
+    m4 = (-torch.rand(c4, n4, ngr, generator=g) * 0.05).half()
+
+    def call4(i: int, n: int) -> None:
+        lib.ml_w4q_rows(8, xq4.data_ptr(), bs4.data_ptr(), xsum4.data_ptr(), K, 32, w4[i].data_ptr(),
+                        s4[i].data_ptr(), m4[i].data_ptr(), None, y.data_ptr(), 0, n)
     ref_buf = torch.ones(STREAM_BYTES // 4)
     clock = CpuShareClock()
     rec: dict[str, list[tuple[float, float]]] = {}
@@ -128,6 +146,20 @@ def main() -> None:
             # empty went through one more Python frame (timed's lambda): < 0.1 us over-subtracted per call
             dt = time.perf_counter() - t0 - empty * len(ptrs)
             rec.setdefault(f"{name} streamed", []).append((nbytes * len(ptrs) / dt / 1e9, min(clock.stop(), sh_e)))
+        empty, sh_e = timed(lambda: call4(0, 0), 40)
+        for _ in range(20):
+            call4(0, n4)
+        t, sh = timed(lambda: call4(0, n4), 40)
+        if t > empty:
+            rec.setdefault("int4 g32 a8 in cache", []).append((b4 / (t - empty) / 1e9, min(sh, sh_e)))
+        else:
+            print(f"round {rnd + 1}: int4 g32 a8 in cache took no longer than an empty call; round dropped")
+        clock.start()
+        t0 = time.perf_counter()
+        for i in range(c4):
+            call4(i, n4)
+        dt = time.perf_counter() - t0 - empty * c4
+        rec.setdefault("int4 g32 a8 streamed", []).append((b4 * c4 / dt / 1e9, min(clock.stop(), sh_e)))
         print(f"round {rnd + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} GB/s (share {v[-1][1]:.2f})"
                                                          for k, v in rec.items()), flush=True)
 
@@ -143,7 +175,7 @@ def main() -> None:
     for k, v in med.items():
         flag = "" if v["kept"] else "  disturbed"
         print(f"{k:24s} {v['gb_per_s']:7.1f} {v['gb_per_s'] / ref:12.2f} {v['kept']:>3d}/{v['rounds']}{flag}")
-    for name in kinds:
+    for name in [*kinds, "int4 g32 a8"]:
         if f"{name} in cache" not in med:
             print(f"{name}: no in-cache round measured (every call as short as an empty one)")
             continue
