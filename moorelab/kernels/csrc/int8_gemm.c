@@ -94,80 +94,37 @@ static inline int64_t hsum_i32_to_i64(__m256i v) {
 
 /* out[i][j] = sum_k xq[i, k] * w[j, k] over k < K16 (a multiple of 16), for an MR x NR tile
    (MR x NR at most the AVX2 tile, compile-time constants after inlining); xq rows of stride
-   ldq, w rows of ldw. G8_DOT(acc, x, w) adds the int16 pair products of x and w into acc's
-   int32 lanes: vpmaddwd + vpaddd (AVX2; neither saturates, the bound in the file comment keeps
-   every lane < 2^31). It also made a VNNI variant (one vpdpwssd on 256-bit vectors), which ran a 4 x 4 tile of ymm vectors: SmolLM2 int8 b32 prefill of
-   512 tokens, against this AVX2 tile interleaved in one process (8 rounds, 2 threads, AMD EPYC,
-   2026-12-01): x1.10 and x1.12 with 4 x 4, x1.01 with 2 x 4, x0.85 with 6 x 4 and x0.83 with
-   4 x 6. It now runs on zmm vectors (g8_tile_vnni512 below); only the AVX2 form is made here. */
-#define G8_DEFINE(SUFFIX, ATTR, G8_DOT, MRV, NRV)                                                                     \
-static inline __attribute__((always_inline)) ATTR void g8_tile##SUFFIX(                                   \
-        const int16_t *xq, int64_t ldq, const int8_t *w, int64_t ldw, int64_t K16, const int MR, const int NR, \
-        int64_t out[ML_G8_MRMAX][ML_G8_NRMAX]) {                                                                 \
-    for (int i = 0; i < MR; i++)                                                                           \
-        for (int j = 0; j < NR; j++) out[i][j] = 0;                                                        \
-    for (int64_t k0 = 0; k0 < K16; k0 += ML_G8_KC) {                                                       \
-        const int64_t k1 = k0 + ML_G8_KC < K16 ? k0 + ML_G8_KC : K16;                                      \
-        __m256i acc[ML_G8_MRMAX][ML_G8_NRMAX];                                                                   \
-        for (int i = 0; i < MR; i++)                                                                       \
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_si256();                               \
-        for (int64_t k = k0; k < k1; k += 16) {                                                            \
-            __m256i wv[ML_G8_NRMAX];                                                                          \
-            for (int j = 0; j < NR; j++)                                                                   \
-                wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j * ldw + k)));         \
-            for (int i = 0; i < MR; i++) {                                                                 \
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * ldq + k));                      \
-                for (int j = 0; j < NR; j++) acc[i][j] = G8_DOT(acc[i][j], xv, wv[j]);                     \
-            }                                                                                              \
-        }                                                                                                  \
-        for (int i = 0; i < MR; i++)                                                                       \
-            for (int j = 0; j < NR; j++) out[i][j] += hsum_i32_to_i64(acc[i][j]);                          \
-    }                                                                                                      \
-}                                                                                                          \
-                                                                                                           \
-/* y rows m0..m0+mr-1, columns n0..n0+nr-1 (mr <= MRV, nr <= NRV); a tile short of rows runs   \
-   mr x NRV, one short of columns pair by pair */                                                           \
-static ATTR void g8_block##SUFFIX(const int16_t *xq, int64_t ldq, const float *sx, int64_t m0, int mr,    \
-                                  const int8_t *w, const float *scale, const float *bias, int64_t n0, int nr, \
-                                  int64_t K, float *y, int64_t N) {                                        \
-    const int64_t K16 = K & ~(int64_t)15;                                                                  \
-    const int16_t *xb = xq + m0 * ldq;                                                                     \
-    const int8_t *wb = w + n0 * K;                                                                         \
-    int64_t o[ML_G8_MRMAX][ML_G8_NRMAX];                                                                         \
-    if (mr == (MRV) && nr == (NRV)) {                                                                \
-        g8_tile##SUFFIX(xb, ldq, wb, K, K16, (MRV), (NRV), o);                                       \
-    } else if (nr == (NRV) && mr == 1) {                                                                   \
-        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 1, (NRV), o);                                                 \
-    } else if (nr == (NRV) && mr == 2) {                                                                   \
-        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 2, (NRV), o);                                                 \
-    } else if (nr == (NRV) && mr == 3) {                                                                   \
-        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 3, (NRV), o);                                                 \
-    } else {                                                                                               \
-        for (int i = 0; i < mr; i++)                                                                       \
-            for (int j = 0; j < nr; j++) {                                                                 \
-                int64_t t[ML_G8_MRMAX][ML_G8_NRMAX];                                                             \
-                g8_tile##SUFFIX(xb + i * ldq, ldq, wb + j * K, K, K16, 1, 1, t);                           \
-                o[i][j] = t[0][0];                                                                         \
-            }                                                                                              \
-    }                                                                                                      \
-    for (int i = 0; i < mr; i++) {                                                                         \
-        float *ym = y + (m0 + i) * N;                                                                      \
-        for (int j = 0; j < nr; j++) {                                                                     \
-            int64_t s = o[i][j];                                                                           \
-            for (int64_t k = K16; k < K; k++) s += (int64_t)xb[i * ldq + k] * (int64_t)wb[j * K + k];      \
-            ym[n0 + j] = (float)s * (sx[m0 + i] * scale[n0 + j]) + (bias ? bias[n0 + j] : 0.0f);           \
-        }                                                                                                  \
-    }                                                                                                      \
+   ldq, w rows of ldw; the int16 pair products through vpmaddwd + vpaddd (neither saturates: the
+   bound in the file comment keeps every lane < 2^31). A VNNI form of this tile (one vpdpwssd on
+   ymm vectors, 4 x 4) ran SmolLM2's int8 b32 prefill of 512 tokens against it, interleaved in
+   one process (8 rounds, 2 threads, AMD EPYC, 2026-12-01): x1.10 and x1.12 with 4 x 4, x1.01
+   with 2 x 4, x0.85 with 6 x 4 and x0.83 with 4 x 6; it now runs on zmm vectors
+   (g8_tile_vnni512 below). */
+static inline __attribute__((always_inline)) void g8_tile(
+        const int16_t *xq, int64_t ldq, const int8_t *w, int64_t ldw, int64_t K16, const int MR, const int NR,
+        int64_t out[ML_G8_MRMAX][ML_G8_NRMAX]) {
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i][j] = 0;
+    for (int64_t k0 = 0; k0 < K16; k0 += ML_G8_KC) {
+        const int64_t k1 = k0 + ML_G8_KC < K16 ? k0 + ML_G8_KC : K16;
+        __m256i acc[ML_G8_MRMAX][ML_G8_NRMAX];
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_si256();
+        for (int64_t k = k0; k < k1; k += 16) {
+            __m256i wv[ML_G8_NRMAX];
+            for (int j = 0; j < NR; j++)
+                wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + j * ldw + k)));
+            for (int i = 0; i < MR; i++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * ldq + k));
+                for (int j = 0; j < NR; j++) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
+            }
+        }
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) out[i][j] += hsum_i32_to_i64(acc[i][j]);
+    }
 }
 
-#define G8_DOT_AVX2(acc, x, w) _mm256_add_epi32((acc), _mm256_madd_epi16((x), (w)))
-G8_DEFINE(, , G8_DOT_AVX2, ML_G8_MR, ML_G8_NR)
-_Static_assert(ML_G8_MR <= ML_G8_MRMAX && ML_G8_NR <= ML_G8_NRMAX && ML_G8_MR_VNNI <= ML_G8_MRMAX &&
-               ML_G8_NR_VNNI <= ML_G8_NRMAX && ML_G8_MRMAX <= 4, "a tile larger than its arrays");
-_Static_assert(ML_G8_KC % 32 == 0, "the VNNI tile's 32-input steps must not cross a chunk");
-_Static_assert(ML_G8_MB % ML_G8_MR == 0 && ML_G8_MB % ML_G8_MR_VNNI == 0, "ML_G8_MB not a multiple of a tile");
-
-/* The AVX512-VNNI tile: G8_DEFINE's tile, 4 x 4, with zmm accumulators (16 of AVX-512's 32
+/* The AVX512-VNNI tile: g8_tile's, 4 x 4, with zmm accumulators (16 of AVX-512's 32
    registers), 32 inputs per step: one vpdpwssd per (x row, w row) pair and 32 inputs, half the
    instructions of the 4 x 4 ymm form it replaced; one 16-input ymm step when K16 is not a
    multiple of 32 (K mod 32 >= 16; only in the last chunk, since chunks are multiples of 32). A
@@ -175,11 +132,12 @@ _Static_assert(ML_G8_MB % ML_G8_MR == 0 && ML_G8_MB % ML_G8_MR_VNNI == 0, "ML_G8
    lane holds at most ML_G8_KC / 8 products, the ML_G8_KC bound of the file comment; the sums
    are the AVX2 tile's exactly (tests run both tiles bit for bit, K mod 32 >= 16 among them).
    Measured only on AMD Zen 4, which runs zmm as two 256-bit halves; Intel parts with VNNI take
-   this tile too, untested there (their AVX-512 clock drop included). Against the ymm form, interleaved in
-   one process (2 threads, AMD EPYC Zen 4, 2026-12-02, CPU share 0.99-1.00; scripts outside the
-   repository): the GEMM alone, 30 alternating calls, x1.50 at [512, 576] x [576, 1536], x1.75 at
-   [512, 1536] x [1536, 576], x1.53 at 576 x 576; SmolLM2 int8 b32 prefill of 512 tokens, 10
-   rounds, x1.095 (median of the paired ratios), logits equal. */
+   this tile too, untested there (their AVX-512 clock drop included). Against the ymm form,
+   interleaved in one process (2 threads, AMD EPYC Zen 4, 2026-12-02; scripts outside the
+   repository): the GEMM alone, 30 alternating calls (CPU share not recorded), x1.50 at
+   [512, 576] x [576, 1536], x1.75 at [512, 1536] x [1536, 576], x1.53 at 576 x 576; SmolLM2 int8
+   b32 prefill of 512 tokens, 10 rounds at CPU share 0.99-1.00, x1.095 (median of the paired
+   ratios), logits equal. */
 #define G8Z_ATTR __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
 static inline __attribute__((always_inline)) G8Z_ATTR void g8_tile_vnni512(
         const int16_t *xq, int64_t ldq, const int8_t *w, int64_t ldw, int64_t K16, const int MR, const int NR,
@@ -221,38 +179,48 @@ static inline __attribute__((always_inline)) G8Z_ATTR void g8_tile_vnni512(
     }
 }
 
-static G8Z_ATTR void g8_block_vnni512(const int16_t *xq, int64_t ldq, const float *sx, int64_t m0, int mr,
-                                      const int8_t *w, const float *scale, const float *bias, int64_t n0, int nr,
-                                      int64_t K, float *y, int64_t N) {
-    const int64_t K16 = K & ~(int64_t)15;
-    const int16_t *xb = xq + m0 * ldq;
-    const int8_t *wb = w + n0 * K;
-    int64_t o[ML_G8_MRMAX][ML_G8_NRMAX];
-    if (mr == ML_G8_MR_VNNI && nr == ML_G8_NR_VNNI) {
-        g8_tile_vnni512(xb, ldq, wb, K, K16, ML_G8_MR_VNNI, ML_G8_NR_VNNI, o);
-    } else if (nr == ML_G8_NR_VNNI && mr == 1) {
-        g8_tile_vnni512(xb, ldq, wb, K, K16, 1, ML_G8_NR_VNNI, o);
-    } else if (nr == ML_G8_NR_VNNI && mr == 2) {
-        g8_tile_vnni512(xb, ldq, wb, K, K16, 2, ML_G8_NR_VNNI, o);
-    } else if (nr == ML_G8_NR_VNNI && mr == 3) {
-        g8_tile_vnni512(xb, ldq, wb, K, K16, 3, ML_G8_NR_VNNI, o);
-    } else {
-        for (int i = 0; i < mr; i++)
-            for (int j = 0; j < nr; j++) {
-                int64_t t[ML_G8_MRMAX][ML_G8_NRMAX];
-                g8_tile_vnni512(xb + i * ldq, ldq, wb + j * K, K, K16, 1, 1, t);
-                o[i][j] = t[0][0];
-            }
-    }
-    for (int i = 0; i < mr; i++) {
-        float *ym = y + (m0 + i) * N;
-        for (int j = 0; j < nr; j++) {
-            int64_t s = o[i][j];
-            for (int64_t k = K16; k < K; k++) s += (int64_t)xb[i * ldq + k] * (int64_t)wb[j * K + k];
-            ym[n0 + j] = (float)s * (sx[m0 + i] * scale[n0 + j]) + (bias ? bias[n0 + j] : 0.0f);
-        }
-    }
+/* g8_block##SUFFIX: y rows m0..m0+mr-1, columns n0..n0+nr-1 (mr <= MRV, nr <= NRV) through
+   g8_tile##SUFFIX; a tile short of rows runs mr x NRV, one short of columns pair by pair */
+#define G8_BLOCK(SUFFIX, ATTR, MRV, NRV)                                                                  \
+static ATTR void g8_block##SUFFIX(const int16_t *xq, int64_t ldq, const float *sx, int64_t m0, int mr,    \
+                                  const int8_t *w, const float *scale, const float *bias, int64_t n0, int nr, \
+                                  int64_t K, float *y, int64_t N) {                                        \
+    const int64_t K16 = K & ~(int64_t)15;                                                                  \
+    const int16_t *xb = xq + m0 * ldq;                                                                     \
+    const int8_t *wb = w + n0 * K;                                                                         \
+    int64_t o[ML_G8_MRMAX][ML_G8_NRMAX];                                                                   \
+    if (mr == (MRV) && nr == (NRV)) {                                                                      \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, (MRV), (NRV), o);                                             \
+    } else if (nr == (NRV) && mr == 1) {                                                                   \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 1, (NRV), o);                                                 \
+    } else if (nr == (NRV) && mr == 2) {                                                                   \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 2, (NRV), o);                                                 \
+    } else if (nr == (NRV) && mr == 3) {                                                                   \
+        g8_tile##SUFFIX(xb, ldq, wb, K, K16, 3, (NRV), o);                                                 \
+    } else {                                                                                               \
+        for (int i = 0; i < mr; i++)                                                                       \
+            for (int j = 0; j < nr; j++) {                                                                 \
+                int64_t t[ML_G8_MRMAX][ML_G8_NRMAX];                                                       \
+                g8_tile##SUFFIX(xb + i * ldq, ldq, wb + j * K, K, K16, 1, 1, t);                           \
+                o[i][j] = t[0][0];                                                                         \
+            }                                                                                              \
+    }                                                                                                      \
+    for (int i = 0; i < mr; i++) {                                                                         \
+        float *ym = y + (m0 + i) * N;                                                                      \
+        for (int j = 0; j < nr; j++) {                                                                     \
+            int64_t s = o[i][j];                                                                           \
+            for (int64_t k = K16; k < K; k++) s += (int64_t)xb[i * ldq + k] * (int64_t)wb[j * K + k];      \
+            ym[n0 + j] = (float)s * (sx[m0 + i] * scale[n0 + j]) + (bias ? bias[n0 + j] : 0.0f);           \
+        }                                                                                                  \
+    }                                                                                                      \
 }
+
+G8_BLOCK(, , ML_G8_MR, ML_G8_NR)
+G8_BLOCK(_vnni512, G8Z_ATTR, ML_G8_MR_VNNI, ML_G8_NR_VNNI)
+_Static_assert(ML_G8_MR <= ML_G8_MRMAX && ML_G8_NR <= ML_G8_NRMAX && ML_G8_MR_VNNI <= ML_G8_MRMAX &&
+               ML_G8_NR_VNNI <= ML_G8_NRMAX && ML_G8_MRMAX <= 4, "a tile larger than its arrays");
+_Static_assert(ML_G8_KC % 32 == 0, "the VNNI tile's 32-input steps must not cross a chunk");
+_Static_assert(ML_G8_MB % ML_G8_MR == 0 && ML_G8_MB % ML_G8_MR_VNNI == 0, "ML_G8_MB not a multiple of a tile");
 
 typedef void (*g8_block_fn)(const int16_t *, int64_t, const float *, int64_t, int, const int8_t *, const float *,
                             const float *, int64_t, int, int64_t, float *, int64_t);
