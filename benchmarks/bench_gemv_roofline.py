@@ -1,8 +1,9 @@
 """Is a decode GEMV held by its own instructions or by memory? One core, the shipped kernels, one run.
 
 For the float32, int8 b32 and int4 g32 a8 decode rows (``ml_f32_rows``, ``ml_a8bw8_rows``,
-``ml_w4q_rows`` with 8-bit activation blocks: the functions the fused decode runs on each thread, called here straight through ctypes on the built library, one
-thread, no OpenMP), three figures measured interleaved in each round:
+``ml_w4q_rows`` with 8-bit activation blocks: the functions the fused decode runs on each thread,
+called here straight through ctypes on the built library, one thread, no OpenMP), three figures
+measured interleaved in each round:
 
 * **in cache**: one SmolLM2-sized matrix that fits in L2 (int8: 576 x 576 = 324 KiB; float32:
   128 x 576 = 288 KiB; int4: 1,152 x 576 nibbles with float16 scales and minimums per 32 = 405
@@ -22,8 +23,9 @@ the core's bandwidth; in-cache well above streamed means the instructions are no
 in-cache rate near the streamed one means they are.
 
 "One core" is the calling thread, not pinned; "fits in L2" needs at least 405 KiB of L2 per
-core. GB/s count the bytes a decode step reads (int4: the nibbles, scales and minimums). A float32 call in cache takes a few microseconds against ~1 of call overhead, so that
-figure is the least steady; a round whose call took no longer than the empty call is dropped
+core. GB/s count the bytes a decode step reads (int4: the nibbles, scales and minimums). A
+float32 call in cache takes a few microseconds against ~1 of call overhead, so that figure is
+the least steady; a round whose call took no longer than the empty call is dropped
 (reported as such) rather than given an absurd rate.
 
 Usage: python benchmarks/bench_gemv_roofline.py [--rounds 7] [--json out.json]
@@ -55,7 +57,7 @@ def _lib():
     if klib is None:
         raise SystemExit(f"no kernel library: {kernels.status()}")
     lib = ctypes.CDLL(str(klib.path))
-    vp, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.ml_f32_rows.restype = None
     lib.ml_f32_rows.argtypes = [vp, i64, vp, vp, vp, i64, i64]
     lib.ml_a8b_prep.restype = None
@@ -84,31 +86,28 @@ def main() -> None:
     lib.ml_w4q_prep(8, x.data_ptr(), K, 32, xq4.data_ptr(), bs4.data_ptr(), xsum4.data_ptr())
     y = torch.empty(4096)
     scale = torch.full((4096,), 0.01)
-    kinds = {
-        "int8 b32": (576, 1, torch.int8,
-                     lambda w, n: lib.ml_a8bw8_rows(xq.data_ptr(), bs.data_ptr(), K, w, scale.data_ptr(), None,
-                                                    y.data_ptr(), 0, n)),
-        "float32": (128, 4, torch.float32,
-                    lambda w, n: lib.ml_f32_rows(x.data_ptr(), K, w, None, y.data_ptr(), 0, n)),
-    }
-    mats = {}
-    for name, (n, esz, dt, _) in kinds.items():
-        count = STREAM_BYTES // (n * K * esz)
-        if dt == torch.int8:
-            mats[name] = torch.randint(-127, 128, (count, n, K), dtype=torch.int8, generator=g)
-        else:
-            mats[name] = torch.randn(count, n, K, generator=g)
-    # int4 g32: nibbles [count, n, K/2] uint8, scales and minimums float16 [count, n, K/32]
-    n4, ngr = 1152, K // 32
-    b4 = n4 * K // 2 + 2 * n4 * ngr * 2
-    c4 = STREAM_BYTES // b4
+    ngr = K // 32
+
+    # matrices stacked to fill STREAM_BYTES; int4 g32: nibbles [count, n, K/2] uint8, scales and
+    # minimums float16 [count, n, K/32]
+    n8, nf, n4 = 576, 128, 1152
+    b8, bf, b4 = n8 * K, nf * K * 4, n4 * K // 2 + 2 * n4 * ngr * 2
+    c8, cf, c4 = STREAM_BYTES // b8, STREAM_BYTES // bf, STREAM_BYTES // b4
+    w8 = torch.randint(-127, 128, (c8, n8, K), dtype=torch.int8, generator=g)
+    wf = torch.randn(cf, nf, K, generator=g)
     w4 = torch.randint(0, 256, (c4, n4, K // 2), dtype=torch.uint8, generator=g)
     s4 = (torch.rand(c4, n4, ngr, generator=g) * 0.01).half()
     m4 = (-torch.rand(c4, n4, ngr, generator=g) * 0.05).half()
-
-    def call4(i: int, n: int) -> None:
-        lib.ml_w4q_rows(8, xq4.data_ptr(), bs4.data_ptr(), xsum4.data_ptr(), K, 32, w4[i].data_ptr(),
-                        s4[i].data_ptr(), m4[i].data_ptr(), None, y.data_ptr(), 0, n)
+    # name -> (bytes per matrix, rows per matrix, matrices, call(i, n): rows [0, n) of matrix i)
+    kinds = {
+        "int8 b32": (b8, n8, c8, lambda i, n: lib.ml_a8bw8_rows(
+            xq.data_ptr(), bs.data_ptr(), K, w8[i].data_ptr(), scale.data_ptr(), None, y.data_ptr(), 0, n)),
+        "float32": (bf, nf, cf, lambda i, n: lib.ml_f32_rows(
+            x.data_ptr(), K, wf[i].data_ptr(), None, y.data_ptr(), 0, n)),
+        "int4 g32 a8": (b4, n4, c4, lambda i, n: lib.ml_w4q_rows(
+            8, xq4.data_ptr(), bs4.data_ptr(), xsum4.data_ptr(), K, 32, w4[i].data_ptr(), s4[i].data_ptr(),
+            m4[i].data_ptr(), None, y.data_ptr(), 0, n)),
+    }
     ref_buf = torch.ones(STREAM_BYTES // 4)
     clock = CpuShareClock()
     rec: dict[str, list[tuple[float, float]]] = {}
@@ -127,39 +126,22 @@ def main() -> None:
     for rnd in range(a.rounds):
         t, sh = timed(lambda: ref_buf.sum(), 3, inner=1)
         rec.setdefault("reference torch.sum", []).append((STREAM_BYTES / t / 1e9, sh))
-        for name, (n, esz, _, call) in kinds.items():
-            nbytes = n * K * esz
-            w0 = mats[name][0].data_ptr()
-            empty, sh_e = timed(lambda: call(w0, 0), 40)
+        for name, (nbytes, n, count, call) in kinds.items():
+            empty, sh_e = timed(lambda: call(0, 0), 40)
             for _ in range(20):
-                call(w0, n)  # warm: the matrix into cache
-            t, sh = timed(lambda: call(w0, n), 40)
+                call(0, n)  # warm: the matrix into cache
+            t, sh = timed(lambda: call(0, n), 40)
             if t > empty:
                 rec.setdefault(f"{name} in cache", []).append((nbytes / (t - empty) / 1e9, min(sh, sh_e)))
             else:
                 print(f"round {rnd + 1}: {name} in cache took no longer than an empty call; round dropped")
-            ptrs = [mats[name][i].data_ptr() for i in range(mats[name].shape[0])]
             clock.start()
             t0 = time.perf_counter()
-            for p in ptrs:
-                call(p, n)
+            for i in range(count):
+                call(i, n)
             # empty went through one more Python frame (timed's lambda): < 0.1 us over-subtracted per call
-            dt = time.perf_counter() - t0 - empty * len(ptrs)
-            rec.setdefault(f"{name} streamed", []).append((nbytes * len(ptrs) / dt / 1e9, min(clock.stop(), sh_e)))
-        empty, sh_e = timed(lambda: call4(0, 0), 40)
-        for _ in range(20):
-            call4(0, n4)
-        t, sh = timed(lambda: call4(0, n4), 40)
-        if t > empty:
-            rec.setdefault("int4 g32 a8 in cache", []).append((b4 / (t - empty) / 1e9, min(sh, sh_e)))
-        else:
-            print(f"round {rnd + 1}: int4 g32 a8 in cache took no longer than an empty call; round dropped")
-        clock.start()
-        t0 = time.perf_counter()
-        for i in range(c4):
-            call4(i, n4)
-        dt = time.perf_counter() - t0 - empty * c4
-        rec.setdefault("int4 g32 a8 streamed", []).append((b4 * c4 / dt / 1e9, min(clock.stop(), sh_e)))
+            dt = time.perf_counter() - t0 - empty * count
+            rec.setdefault(f"{name} streamed", []).append((nbytes * count / dt / 1e9, min(clock.stop(), sh_e)))
         print(f"round {rnd + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} GB/s (share {v[-1][1]:.2f})"
                                                          for k, v in rec.items()), flush=True)
 
@@ -175,7 +157,7 @@ def main() -> None:
     for k, v in med.items():
         flag = "" if v["kept"] else "  disturbed"
         print(f"{k:24s} {v['gb_per_s']:7.1f} {v['gb_per_s'] / ref:12.2f} {v['kept']:>3d}/{v['rounds']}{flag}")
-    for name in [*kinds, "int4 g32 a8"]:
+    for name in kinds:
         if f"{name} in cache" not in med:
             print(f"{name}: no in-cache round measured (every call as short as an empty one)")
             continue
