@@ -222,8 +222,12 @@ def test_two_single_process_nodes_equal_two_processes_on_one_node(texts, tmp_pat
     out = tmp_path / "nodes"
     port = _free_port()
     procs = [
+        # static rendezvous (fixed node count, node 0 hosts the store): with the elastic c10d
+        # backend the agent whose node finished first could shut the store down while the other
+        # still polled it (RendezvousConnectionError in num_nodes_waiting, a clean-clone run of
+        # 2026-12-02; pytorch/pytorch#69197, torchtune#2676)
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
-                          "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                          "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
                           "-m", "moorelab", *_cli_args(texts, out, 5, 3)],
                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in range(2)
