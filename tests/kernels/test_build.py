@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -114,18 +115,25 @@ def test_prefetch_lines_never_touches_what_it_is_given():
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-500:])
 
 
-@pytest.mark.parametrize("function, at_least", [("ml_f32_rows_batch", 12), ("ml_a8bw8_rows", 4)])
-def test_the_spread_prefetches_survive_compilation(function, at_least):
+@pytest.mark.parametrize("family, at_least", [("f32", 8), ("a8bw8", 4)])
+def test_the_spread_prefetches_survive_compilation(family, at_least):
     # gcc 12 -O3 once dropped every _mm_prefetch(..., _MM_HINT_T1) of f32_gemv.c without a word
     # (the float32 decode ran ~15% slower); ml_prefetch4 now emits them as asm. float32: 4 in the
-    # one-row tile, 4 in the 3-row and 4 in the 2-row batched tiles; int8 b32: 4 in its row tile.
+    # 3-row and 4 in the 2-row batched tiles (one row, the decode, reads without software
+    # prefetch); int8 b32: 4 in its row tile. Counted over every function whose name holds the
+    # family's name, as the compiler inlines or outlines the static helpers as it likes.
     lib = kernels.get_library()
     if lib is None:
         pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump (binutils) not installed")
-    out = subprocess.run([objdump, "-d", f"--disassemble={function}", str(lib.path)], capture_output=True,
-                         text=True, check=True).stdout
-    assert f"<{function}>:" in out
-    assert out.count("prefetcht1") >= at_least
+    out = subprocess.run([objdump, "-d", str(lib.path)], capture_output=True, text=True, check=True).stdout
+    count, current = {}, None
+    for line in out.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if head:
+            current = head.group(1)
+        elif "prefetcht1" in line and current:
+            count[current] = count.get(current, 0) + 1
+    assert sum(c for f, c in count.items() if family in f) >= at_least, count

@@ -47,7 +47,9 @@
 #define ML_PF_BYTES4 3072 /* int4 a8 g32 decode rows: spread prefetch distance, in bytes (whole tiles) */
 #define ML_PF_BYTES8 8192 /* int8 b32 decode rows: the same, hint T1 (into L2) */
 
-/* Spread prefetch (the decode rows of int4 a8 g32, int8 b32 and float32): instead of one burst per tile
+/* Spread prefetch (the decode rows of int4 a8 g32 and int8 b32, the float32 rows of a batch; the
+   float32 decode rows of one x row used it until 2026-12-02 and now read one row after another,
+   see ml_f32_rows_batch): instead of one burst per tile
    (a whole 4-row tile requested at once, ML_PF_TILES4 / ML_PF_TILES_F32 tiles ahead), the tile's
    dot product requests, as it walks its 4 rows, the same columns of the tile pf tiles ahead, one
    line per row per 64 bytes read, so the requests keep pace with the reads. With the bursts, up
@@ -90,32 +92,12 @@ static inline void ml_prefetch4(const void *p0, const void *p1, const void *p2, 
     }
 }
 
-/* prefetch [p, p + bytes) into L1 (weights stream from DRAM at decode; the hardware prefetcher
-   alone leaves single-core bandwidth well below what a sequential read reaches) */
+/* prefetch [p, p + bytes) into L1 (weights stream from DRAM at decode; read 4 rows at a time, as
+   the quantized tiles do, they are 4 short streams, which the hardware prefetcher alone follows
+   well below a sequential read's rate) */
 static inline void ml_prefetch(const void *p, int64_t bytes) {
     const char *c = (const char *)p;
     for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
-}
-
-/* Row-range prefetch step for the 4-row tile at row n of [n0, n1), rows of row_bytes each
-   starting at base, pf tiles ahead: at n == n0 the range's first pf tiles are requested at once
-   (a range starts cold: otherwise each of a token's ~200 ranges waits for its first tiles one
-   miss at a time), then one tile pf tiles ahead per call. Used by the float32 rows of a batch
-   (M > 1; one row, the decode, takes the spread prefetch above), where it measured +7% decode
-   tokens/s on SmolLM2 (interleaved A/B, 6 rounds, when it also ran the decode); the int8 rows of
-   ml_w8_rows and ml_a8w8_rows measured 0.7x with it (the compute-light int8 loops then stall on
-   the burst), so they keep the plain per-tile prefetch (the int8 b32 rows: the spread above). */
-static inline void ml_prefetch_rows(const void *base, int64_t row_bytes, int64_t n, int64_t n0, int64_t n1,
-                                    int64_t pf) {
-    const char *b = (const char *)base;
-    if (n == n0) {
-        const int64_t end = n0 + 4 * pf < n1 ? n0 + 4 * pf : n1;
-        ml_prefetch(b + n0 * row_bytes, (end - n0) * row_bytes);
-    }
-    if (n + 4 * pf < n1) {
-        const int64_t r = n + 4 * pf, e = r + 4 < n1 ? r + 4 : n1;
-        ml_prefetch(b + r * row_bytes, (e - r) * row_bytes);
-    }
 }
 
 static inline float hsum256(__m256 v) {
