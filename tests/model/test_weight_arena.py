@@ -218,7 +218,10 @@ def test_no_memory_for_the_block_decodes_from_where_the_weights_are(monkeypatch,
 
 
 _FAULTS = """
-import sys, resource, torch
+import ctypes, sys, resource, torch
+# 4 KB pages for this process (PR_SET_THP_DISABLE): with transparent huge pages on "always", about one
+# plain run in ten (seen 2026-12-02, three runs in a row alike) faulted only 768 pages in passes 2-6
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)
 from moorelab.model.fused_decode import prepare_decode
 from moorelab.model.transformer import Transformer
 from moorelab.model.config import TransformerConfig
