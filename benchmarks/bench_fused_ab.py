@@ -1,8 +1,8 @@
 """A/B of the fused decode step against an older build of the kernel library, in one process.
 
 Both libraries run ``ml_decode_layers`` on the same SmolLM2-135M-shaped layers (30 layers,
-d_model 576, 9 query / 3 key-value heads of 64, SwiGLU 1536; random float32 or int8-per-row
-weights), the same hidden state and the same cache contents, at ``--depths``; calls alternate
+d_model 576, 9 query / 3 key-value heads of 64, SwiGLU 1536; random float32, int8-per-row
+or int4 g32 weights), the same hidden state and the same cache contents, at ``--depths``; calls alternate
 between the libraries (interleaved, so both see the same machine load). Reported per row: median
 wall and process-CPU milliseconds per step (all 30 layers, no lm_head) and the ratio old / new.
 The new library also runs with a float16 KV cache.
@@ -14,7 +14,7 @@ from an older checkout, e.g. ``git archive 2a10276 | tar -x -C /tmp/old`` and
 cache_dir; print(build.build(cache_dir())[0])"``.
 
 Usage: python benchmarks/bench_fused_ab.py --old /path/to/old/libmoorelab_quant.so
-       [--threads 2] [--depths 1,4096] [--steps 20] [--weights f32|int8|int8-b32]
+       [--threads 2] [--depths 1,4096] [--steps 20] [--weights f32|int8|int8-b32|int4-a8]
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ def make_layers(weights: str, cap: int, kv_dtype: torch.dtype, keep: list, threa
                 w = torch.randn(n, k, generator=g) * 0.05
                 lin = kernels.MlLin(kernels.LIN_KINDS["f32"], threads, n, k, 0, w.data_ptr(), None, None, None)
                 keep.append(w)
+            elif weights == "int4-a8":  # int4 in groups of 32 (float16 scale and min each), int8 activation blocks
+                w = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+                s = (torch.rand(n, k // 32, generator=g) * 0.01 + 0.005).to(torch.float16)
+                mn = (-8 * s.float()).to(torch.float16)
+                lin = kernels.MlLin(kernels.LIN_KINDS["int4-a8"], threads, n, k, 32, w.data_ptr(), s.data_ptr(),
+                                    mn.data_ptr(), None)
+                keep += [w, s, mn]
             else:  # int8 weights, one float32 scale per row: float activations (int8) or rounded per 32 (int8-b32)
                 w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
                 s = torch.full((n,), 0.05 / 64)
@@ -68,9 +75,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--depths", default="1,4096")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--weights", choices=["f32", "int8", "int8-b32"], default="int8",
+    ap.add_argument("--weights", choices=["f32", "int8", "int8-b32", "int4-a8"], default="int8",
                     help="int8-b32: int8 weights against activations rounded to int8 per block of 32 (the "
-                         "8-bit row of bench_vs_llamacpp.py; old builds from ABI 12 on, f0b0376)")
+                         "8-bit row of bench_vs_llamacpp.py; old builds from ABI 12 on, f0b0376); int4-a8: int4 "
+                         "weights in groups of 32 against int8 activation blocks (the 4-bit row)")
     ap.add_argument("--old-signature", choices=["layers", "head"], default="layers",
                     help="the old build's ml_decode_layers: 'layers' (8 arguments, builds before ef651d9) or "
                          "'head' (with the final norm and lm_head arguments)")

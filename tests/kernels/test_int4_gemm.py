@@ -9,7 +9,8 @@ rounding of activations (int4 a8/a16 and int8-dynamic b32) against their referen
 * NaN and infinity in a row reach that row's outputs and no other;
 * a group size other than 32, or K not a multiple of 32, is refused (-2);
 * the vectorized block rounding equals the scalar code bit for bit (values, block scales, group
-  sums), with NaN, infinities, zero blocks, values that underflow and sums that overflow.
+  sums), with NaN, infinities, zero blocks, values that underflow and sums that overflow; the
+  8-bit g32 pair layout (two blocks' evens, then their odds) by hand.
 """
 
 from __future__ import annotations
@@ -195,6 +196,33 @@ def test_int4_block_rounding_layout_and_values_by_hand():
     assert float(bs[0]) == float(step)
     assert xq.tolist() == q[0::2].to(torch.int8).tolist() + q[1::2].to(torch.int8).tolist()  # evens, then odds
     assert float(xs[0]) == float(step * q.sum())
+
+
+def test_int4_a8_g32_pair_layout_by_hand():
+    # groups of 32 with 8-bit activations: blocks 2p, 2p + 1 as [2p evens | 2p+1 evens | 2p odds |
+    # 2p+1 odds] (one 32-byte weight load holds both blocks' nibbles); a last odd block stays
+    # [evens | odds]. Both the vectorized and the scalar rounding give it.
+    x = torch.arange(96, dtype=torch.float32) - 40.0
+    q = []
+    for b in range(3):
+        blk = x[32 * b: 32 * b + 32]
+        q.append(torch.round(blk / (blk.abs().max() / 127.0)).clamp(-127, 127).to(torch.int8))
+    want = (q[0][0::2].tolist() + q[1][0::2].tolist() + q[0][1::2].tolist() + q[1][1::2].tolist()
+            + q[2][0::2].tolist() + q[2][1::2].tolist())
+    for fn in (lib.w4q_prep, lib.w4q_prep_ref):
+        xq = torch.zeros(96, dtype=torch.int8)
+        bs, xs = torch.zeros(3), torch.zeros(3)
+        fn(8, x.data_ptr(), 96, 32, xq.data_ptr(), bs.data_ptr(), xs.data_ptr())
+        assert xq.tolist() == want
+    # other group sizes and 16-bit activations keep [evens | odds] per block
+    xq16, bs16, xs16 = torch.zeros(64, dtype=torch.int16), torch.zeros(2), torch.zeros(2)
+    lib.w4q_prep(16, x.data_ptr(), 64, 32, xq16.data_ptr(), bs16.data_ptr(), xs16.data_ptr())
+    steps = [float(x[32 * b: 32 * b + 32].abs().max()) / 32767 for b in range(2)]
+    q16 = [torch.round(x[32 * b: 32 * b + 32] / steps[b]).to(torch.int16) for b in range(2)]
+    assert xq16.tolist() == q16[0][0::2].tolist() + q16[0][1::2].tolist() + q16[1][0::2].tolist() + q16[1][1::2].tolist()
+    xq64, bs64, xs64 = torch.zeros(64, dtype=torch.int8), torch.zeros(2), torch.zeros(1)
+    lib.w4q_prep(8, x.data_ptr(), 64, 64, xq64.data_ptr(), bs64.data_ptr(), xs64.data_ptr())
+    assert xq64.tolist() == q[0][0::2].tolist() + q[0][1::2].tolist() + q[1][0::2].tolist() + q[1][1::2].tolist()
 
 
 def test_int8_b32_block_rounding_vectorized_equals_scalar():

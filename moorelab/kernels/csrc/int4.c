@@ -263,9 +263,21 @@ static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, voi
         }
 }
 
+/* blocks 2p, 2p + 1 of w4_blockq_prep_x's 8-bit layout ([evens | odds] a block) into the pair
+   layout: the middle two 16-byte quarters of each whole 64 bytes swapped; a last odd block stays */
+static void w4a8_pair_layout(int8_t *xq, int64_t K) {
+    for (int64_t o = 0; o + 64 <= K; o += 64) {
+        const __m128i b1 = _mm_loadu_si128((const __m128i *)(xq + o + 16));
+        const __m128i b2 = _mm_loadu_si128((const __m128i *)(xq + o + 32));
+        _mm_storeu_si128((__m128i *)(xq + o + 16), b2);
+        _mm_storeu_si128((__m128i *)(xq + o + 32), b1);
+    }
+}
+
 /* the scalar reference of w4_blockq_prep_x (tests: the two agree bit for bit) */
 void ml_w4q_prep_ref(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
     w4_blockq_prep_x_scalar(bits, x, K, G, xq, bs, xsum);
+    if (bits == 8 && G == 32) w4a8_pair_layout((int8_t *)xq, K);
 }
 
 #define W4A16_ROW(P, A)                                                                  \
@@ -373,72 +385,141 @@ static inline __m256 w4_load8_f16(const uint16_t *p, int64_t n) {
     return _mm256_cvtph_ps(v);
 }
 
-/* a8 with groups of 32 (one float16 scale per block, GGML Q4_1's layout): the block's two
-   scales are folded into one float per row and block, d = scale[g] * bs[b], 8 blocks at a time
-   (vcvtph2ps, vmulps), so the inner loop is vbroadcasti128 (16 packed bytes into both lanes, a
-   load), vpsrlvd (the high lane's nibbles down by 4), vpand, vpmaddubsw, vpmaddwd, vcvtdq2ps and
-   one FMA with the broadcast d per row and block: 6 vector ALU ops against ~13 of w4a8_dotn
-   (which unpacks with vpsrlw + vinserti128 and scales each group with a scalar float16
-   conversion). The sums are the same exact int32 block sums; only the float rounding order of
-   the scaling differs. The min term starts the same 8-lane accumulators (one FMA of 8 groups'
-   float16 mins with their rounded-x sums per 8 groups; instead of a separate pass and sum per
-   row), in the order ml_w4a8_gemm repeats. */
-/* d[r][j] = scale[r][b0 + j] * bs[b0 + j] for the (up to) 8 blocks from b0 of 4 weight rows */
-static inline void w4_scale_d(const uint16_t *s0, const uint16_t *s1, const uint16_t *s2, const uint16_t *s3,
-                              const float *bs, int64_t b0, int64_t nb, float d[4][8]) {
-    const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
-    const __m256 bsv = w4_load8_f32(bs + b0, n);
-    _mm256_store_ps(d[0], _mm256_mul_ps(w4_load8_f16(s0 + b0, n), bsv));
-    _mm256_store_ps(d[1], _mm256_mul_ps(w4_load8_f16(s1 + b0, n), bsv));
-    _mm256_store_ps(d[2], _mm256_mul_ps(w4_load8_f16(s2 + b0, n), bsv));
-    _mm256_store_ps(d[3], _mm256_mul_ps(w4_load8_f16(s3 + b0, n), bsv));
+/* a8 with groups of 32 (one float16 scale per block, GGML Q4_1's layout). The rounded x comes in
+   the pair layout (w4a8_pair_layout): blocks 2p and 2p + 1 as 64 bytes [2p evens | 2p+1 evens |
+   2p odds | 2p+1 odds], so one 32-byte load of a weight row holds both blocks' nibbles: its low
+   nibbles (vpand) meet the evens and its high nibbles (vpsrlw, vpand) the odds in two vpmaddubsw
+   (pair sums <= 2*15*127 each, their int16 sum <= 7620: no saturation), added (vpaddw) and summed
+   by one vpmaddwd: exact int32 sums, lanes 0-3 block 2p and 4-7 block 2p + 1. One vcvtdq2ps and
+   one FMA with d = scale * bs of the two blocks (8 blocks' d at a time: vcvtph2ps, vmulps; a
+   vpermps puts a block's d in its 4 lanes): ~10 vector operations per row and 2 blocks, against
+   ~14 for one block at a time (vbroadcasti128, vpsrlvd, vpand, vpmaddubsw, vpmaddwd, vcvtdq2ps,
+   a d broadcast and an FMA, each twice). A last odd block (K / 32 odd) goes alone in that older
+   form (its x is [evens | odds]). The int32 sums are exact either way; the float rounding moved (a
+   lane now carries a block's evens and odds together, one conversion instead of two), so the
+   numbers changed in the last bits, in the decode and the prefill GEMM alike. The min term starts the same 8-lane accumulator (one FMA of 8
+   groups' float16 mins with their rounded-x sums per 8 groups), in the order ml_w4a8_gemm repeats.
+   On one Zen 4 core (2026-12-02, benchmarks/bench_gemv_roofline.py, CPU share 1.00) the decode
+   rows went from 20.9-21.9 GB/s in the cache and 15.3-15.8 streamed to 25.1-25.5 and 18.6-19.4.
+   (Reading a row range one weight row after another, as the float32 decode does, measured
+   worse here: 18.9-21.3 and 13.4-15.4; the int4 rows are held by their instructions, which the
+   4-row tile shares.) */
+
+/* exact int32 sums of blocks b, b + 1 (b even) of one weight row (lo / hi: its 32 packed bytes'
+   low / high nibbles) against x in the pair layout (xp: the pair's 64 bytes): lanes 0-3 block b,
+   lanes 4-7 block b + 1 */
+static inline __m256i w4a8_pair_sums(__m256i lo, __m256i hi, const int8_t *xp) {
+    const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xp)),
+                                       _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xp + 32))));
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
-/* pfd: bytes from this tile to the tile whose lines the loop prefetches as it goes (the spread
-   prefetch of common.h), 0 for none */
-static inline __m128 w4a8_dotn_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
-                                   const uint8_t *wp, const uint16_t *sc, const uint16_t *mn, int64_t nr,
-                                   int64_t pfd) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1);
-    const __m256i sh = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
-    const int64_t ldw = K / 2, nb = K / 32;
-    const int64_t o1 = nr > 1 ? 1 : 0, o2 = nr > 2 ? 2 : 0, o3 = nr > 3 ? 3 : 0;
-    const uint8_t *p0 = wp, *p1 = wp + o1 * ldw, *p2 = wp + o2 * ldw, *p3 = wp + o3 * ldw;
-    const uint16_t *s0 = sc, *s1 = sc + o1 * nb, *s2 = sc + o2 * nb, *s3 = sc + o3 * nb;
+/* low / high nibbles of 32 packed bytes (two blocks of one weight row) */
+static inline void w4_nibbles(const uint8_t *p, __m256i *lo, __m256i *hi) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), v = _mm256_loadu_si256((const __m256i *)p);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+}
+
+/* exact int32 sums of one lone block (16 packed bytes at p) against its x ([evens | odds], 32
+   bytes at xb): lanes 0-3 the evens, 4-7 the odds */
+static inline __m256i w4a8_block_sums(const uint8_t *p, const int8_t *xb) {
+    const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                                         _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)),
+                                       _mm256_set1_epi8(0x0F));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)xb)), _mm256_set1_epi16(1));
+}
+
+/* vpermps indices: lanes 0-3 from d[j], 4-7 from d[j + 1] (a pair; a lone block takes all 8 from d[j]) */
+static inline __m256i w4_pair_idx(int64_t j) {
+    return _mm256_setr_epi32((int)j, (int)j, (int)j, (int)j, (int)j + 1, (int)j + 1, (int)j + 1, (int)j + 1);
+}
+
+/* one 8-lane accumulator summed as hsum4x256 sums each of its four (so the GEMM's tiles, which
+   reduce four at a time, give the same bits): (a0 + a1) + (a2 + a3), a_i = lane i + lane i + 4 */
+static inline float w4_hsum_row(__m256 f) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+    a = _mm_hadd_ps(a, a);
+    return _mm_cvtss_f32(_mm_hadd_ps(a, a));
+}
+
+/* one weight row (packed bytes w, K / 32 float16 scales sc and mins mn) against x rounded per
+   32-block in the pair layout (xs, bs, xsum) */
+static inline float w4a8_dot1_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
+                                  const uint8_t *w, const uint16_t *sc, const uint16_t *mn) {
+    const int64_t nb = K / 32;
+    __m256 f = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) { /* the min term first */
+        const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
+        f = _mm256_fmadd_ps(w4_load8_f16(mn + b0, n), w4_load8_f32(xsum + b0, n), f);
+    }
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+        const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
+        const __m256 dv = _mm256_mul_ps(w4_load8_f16(sc + b0, n), w4_load8_f32(bs + b0, n));
+        int64_t j = 0;
+        for (; j + 2 <= n; j += 2) {
+            const int64_t b = b0 + j;
+            __m256i lo, hi;
+            w4_nibbles(w + 16 * b, &lo, &hi);
+            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_pair_sums(lo, hi, xs + 32 * b)),
+                                _mm256_permutevar8x32_ps(dv, w4_pair_idx(j)), f);
+        }
+        if (j < n) /* the last block of an odd count */
+            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_block_sums(w + 16 * (b0 + j), xs + 32 * (b0 + j))),
+                                _mm256_permutevar8x32_ps(dv, _mm256_set1_epi32((int)j)), f);
+    }
+    return w4_hsum_row(f);
+}
+
+/* four weight rows (stride K / 2 bytes; scales and mins stride K / 32) at once, each row's numbers
+   those of w4a8_dot1_g32 bit for bit (the same operations per row; the x loads and d products
+   shared). pfd: bytes from these rows to the rows whose lines the loop prefetches as it goes (the
+   spread prefetch of common.h, into L1), 0 for none. */
+static inline __m128 w4a8_dot4_g32(const int8_t *xs, const float *bs, const float *xsum, int64_t K,
+                                   const uint8_t *w, const uint16_t *sc, const uint16_t *mn, int64_t pfd) {
+    const int64_t nb = K / 32, ldw = K / 2;
+    const uint8_t *p0 = w, *p1 = w + ldw, *p2 = w + 2 * ldw, *p3 = w + 3 * ldw;
     __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
-    const uint16_t *m0 = mn, *m1 = mn + o1 * nb, *m2 = mn + o2 * nb, *m3 = mn + o3 * nb;
     for (int64_t b0 = 0; b0 < nb; b0 += 8) { /* the min term first */
         const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
         const __m256 xsv = w4_load8_f32(xsum + b0, n);
-        f0 = _mm256_fmadd_ps(w4_load8_f16(m0 + b0, n), xsv, f0);
-        f1 = _mm256_fmadd_ps(w4_load8_f16(m1 + b0, n), xsv, f1);
-        f2 = _mm256_fmadd_ps(w4_load8_f16(m2 + b0, n), xsv, f2);
-        f3 = _mm256_fmadd_ps(w4_load8_f16(m3 + b0, n), xsv, f3);
+        f0 = _mm256_fmadd_ps(w4_load8_f16(mn + b0, n), xsv, f0);
+        f1 = _mm256_fmadd_ps(w4_load8_f16(mn + nb + b0, n), xsv, f1);
+        f2 = _mm256_fmadd_ps(w4_load8_f16(mn + 2 * nb + b0, n), xsv, f2);
+        f3 = _mm256_fmadd_ps(w4_load8_f16(mn + 3 * nb + b0, n), xsv, f3);
     }
-    float dc[4][8] __attribute__((aligned(32)));
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
         const int64_t n = nb - b0 < 8 ? nb - b0 : 8;
-        w4_scale_d(s0, s1, s2, s3, bs, b0, nb, dc);
-        for (int64_t j = 0; j < n; j++) {
+        const __m256 bsv = w4_load8_f32(bs + b0, n);
+        const __m256 d0 = _mm256_mul_ps(w4_load8_f16(sc + b0, n), bsv), d1 = _mm256_mul_ps(w4_load8_f16(sc + nb + b0, n), bsv);
+        const __m256 d2 = _mm256_mul_ps(w4_load8_f16(sc + 2 * nb + b0, n), bsv);
+        const __m256 d3 = _mm256_mul_ps(w4_load8_f16(sc + 3 * nb + b0, n), bsv);
+        int64_t j = 0;
+        for (; j + 2 <= n; j += 2) {
             const int64_t b = b0 + j;
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xs + 32 * b));
+            const __m256i idx = w4_pair_idx(j);
             if (pfd && (b & 3) == 0) ml_prefetch4(p0, p1, p2, p3, 16 * b + pfd, 0); /* 4 blocks: 64 bytes a row */
-#define W4A8G32_ROW(P, R, F)                                                                               \
-            do {                                                                                           \
-                __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(                \
-                                _mm_loadu_si128((const __m128i *)((P) + 16 * b))), sh), m4);               \
-                __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones);                          \
-                F = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_broadcast_ss(&dc[R][j]), F);             \
-            } while (0)
-            W4A8G32_ROW(p0, 0, f0);
-            W4A8G32_ROW(p1, 1, f1);
-            W4A8G32_ROW(p2, 2, f2);
-            W4A8G32_ROW(p3, 3, f3);
-#undef W4A8G32_ROW
+            __m256i lo, hi;
+#define W4A8P_ROW(P, D, F)                                                                                 \
+            w4_nibbles((P) + 16 * b, &lo, &hi);                                                            \
+            F = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_pair_sums(lo, hi, xs + 32 * b)),                   \
+                                _mm256_permutevar8x32_ps(D, idx), F)
+            W4A8P_ROW(p0, d0, f0);
+            W4A8P_ROW(p1, d1, f1);
+            W4A8P_ROW(p2, d2, f2);
+            W4A8P_ROW(p3, d3, f3);
+#undef W4A8P_ROW
+        }
+        if (j < n) { /* the last block of an odd count */
+            const int64_t b = b0 + j;
+            const __m256i idx = _mm256_set1_epi32((int)j);
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_block_sums(p0 + 16 * b, xs + 32 * b)), _mm256_permutevar8x32_ps(d0, idx), f0);
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_block_sums(p1 + 16 * b, xs + 32 * b)), _mm256_permutevar8x32_ps(d1, idx), f1);
+            f2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_block_sums(p2 + 16 * b, xs + 32 * b)), _mm256_permutevar8x32_ps(d2, idx), f2);
+            f3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_block_sums(p3 + 16 * b, xs + 32 * b)), _mm256_permutevar8x32_ps(d3, idx), f3);
         }
     }
-    return hsum4x256(f0, f1, f2, f3); /* lanes from nr on: unused */
+    return hsum4x256(f0, f1, f2, f3);
 }
 
 /* the a16 / a8 drivers: round x per 32-block (w4_blockq_prep_x), then 4-row tiles over OpenMP.
@@ -453,8 +534,10 @@ static int w4_blockq_linear(int bits, const float *x, int64_t M, int64_t K, cons
     if (!buf) return -1;
     float *bs = (float *)(buf + xbytes);
     float *xsum = bs + M * nb;
-    for (int64_t m = 0; m < M; m++)
+    for (int64_t m = 0; m < M; m++) {
         w4_blockq_prep_x(bits, x + m * K, K, G, buf + esz * (size_t)(m * K), bs + m * nb, xsum + m * ngr);
+        if (bits == 8 && G == 32) w4a8_pair_layout((int8_t *)buf + m * K, K);
+    }
     int64_t ntiles = (N + 3) / 4;
     #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
     for (int64_t t = 0; t < ntiles; t++) {
@@ -471,9 +554,17 @@ static int w4_blockq_linear(int bits, const float *x, int64_t M, int64_t K, cons
             const char *xm = buf + esz * (size_t)(m * K);
             float *ym = y + m * N;
             if (bits == 8 && G == 32) {
-                ml_store_tile4(ym + n0, w4a8_dotn_g32((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K,
-                                                      wp + n0 * (K / 2), scales + n0 * ngr, mins + n0 * ngr, nr, 0),
-                               bias ? bias + n0 : NULL, nr);
+                if (nr == 4) {
+                    ml_store_tile4(ym + n0, w4a8_dot4_g32((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K,
+                                                          wp + n0 * (K / 2), scales + n0 * ngr, mins + n0 * ngr, 0),
+                                   bias ? bias + n0 : NULL, 4);
+                    continue;
+                }
+                for (int64_t r = 0; r < nr; r++) {
+                    const int64_t n = n0 + r;
+                    ym[n] = w4a8_dot1_g32((const int8_t *)xm, bs + m * nb, xsum + m * ngr, K, wp + n * (K / 2),
+                                          scales + n * ngr, mins + n * ngr) + (bias ? bias[n] : 0.0f);
+                }
                 continue;
             }
             if (bits == 16)
@@ -532,9 +623,11 @@ void ml_w4_rows(const float *xs, const float *xsum, int64_t K, int64_t G, const 
     }
 }
 
-/* xq: int16 [K] (bits 16) or int8 [K] (bits 8); bs [K / 32]; xsum [K / G] */
+/* xq: int16 [K] (bits 16) or int8 [K] (bits 8; in the pair layout when G = 32, as the g32 kernels
+   read it); bs [K / 32]; xsum [K / G] */
 void ml_w4q_prep(int bits, const float *x, int64_t K, int64_t G, void *xq, float *bs, float *xsum) {
     w4_blockq_prep_x(bits, x, K, G, xq, bs, xsum);
+    if (bits == 8 && G == 32) w4a8_pair_layout((int8_t *)xq, K);
 }
 
 void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, int64_t K, int64_t G,
@@ -542,21 +635,26 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
                  int64_t n0, int64_t n1) {
     const int64_t ngr = K / G;
     if (bits == 8 && G == 32) {
-        /* spread prefetch (common.h) pf whole tiles ahead, ~ML_PF_BYTES4; the range's first tiles
-           and every tile's scales and mins (4 x K / 16 bytes) requested per tile */
+        /* 4-row tiles (w4a8_dot4_g32), a short last tile row by row (w4a8_dot1_g32, the same numbers
+           per row); spread prefetch (common.h) pf whole tiles ahead, ~ML_PF_BYTES4; the range's first
+           tiles and every tile's scales and mins (4 x K / 16 bytes) requested per tile */
         const int64_t pf = ML_PF_BYTES4 / (2 * K) > 1 ? ML_PF_BYTES4 / (2 * K) : 1;
-        for (int64_t n = n0; n < n1; n += 4) {
-            const int64_t nr = n1 - n < 4 ? n1 - n : 4, ahead = n + 4 * pf;
+        int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) {
+            const int64_t ahead = n + 4 * pf;
             if (n == n0) {
                 for (int64_t t = n; t <= ahead && t < n1; t += 4) w4_prefetch_tile(wp, scales, mins, K, ngr, t);
             } else if (ahead < n1) {
                 ml_prefetch(scales + ahead * ngr, 4 * ngr * 2);
                 ml_prefetch(mins + ahead * ngr, 4 * ngr * 2);
             }
-            ml_store_tile4(y + n, w4a8_dotn_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr,
-                                                mins + n * ngr, nr, ahead < n1 ? pf * 2 * K : 0),
-                           bias ? bias + n : NULL, nr);
+            ml_store_tile4(y + n, w4a8_dot4_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr,
+                                                mins + n * ngr, ahead + 4 <= n1 ? pf * 2 * K : 0),
+                           bias ? bias + n : NULL, 4);
         }
+        for (; n < n1; n++)
+            y[n] = w4a8_dot1_g32((const int8_t *)xq, bs, xsum, K, wp + n * (K / 2), scales + n * ngr, mins + n * ngr)
+                   + (bias ? bias[n] : 0.0f);
         return;
     }
     for (int64_t n = n0; n < n1; n += 4) {
@@ -575,7 +673,7 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
 
 /* ---- int4 g32 x int8 activations, GEMM for prefill (many x rows): integer products, no
    dequantization ----
-   The numbers of w4a8_dotn_g32 (the decode GEMV, via ml_w4a8_linear) bit for bit, for every
+   The numbers of w4a8_dot1_g32 (the decode GEMV, via ml_w4a8_linear) bit for bit, for every
    (row, output): each row of x is rounded per 32-block by w4_blockq_prep_x, and each output sums
    its blocks' exact int32 nibble x int8 sums (vpmaddubsw, vpmaddwd) scaled by
    d = scale * bs and its min term in the same order. What changes is the blocking: an
@@ -587,7 +685,7 @@ void ml_w4q_rows(int bits, const void *xq, const float *bs, const float *xsum, i
    its Q4 x Q8 products; here the min term of Q4_1 comes from per-group sums of the rounded x. */
 
 #define W4G_MR 3  /* x rows per tile */
-#define W4G_NR 3  /* weight rows per tile (9 accumulators and 3 unpacked weight blocks in registers) */
+#define W4G_NR 3  /* weight rows per tile (9 accumulators and 3 rows' unpacked block pairs in registers) */
 #define W4G_MB 48 /* x rows per block (a multiple of W4G_MR; 48 x K int8 stays in L2) */
 
 /* One tile. Per-block arrays (bs, xsum of x; sc, mn of w) have nbp = nb rounded up to 8 entries
@@ -597,14 +695,12 @@ static inline __attribute__((always_inline)) void w4a8g_tile(const int8_t *xq, c
                                                              int64_t K, int64_t nbp, const uint8_t *wp,
                                                              const uint16_t *sc, const uint16_t *mn, const int MR,
                                                              const int NR, float out[W4G_MR][W4G_NR]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    const __m256i sh = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
     const int64_t ldw = K / 2, nb = K / 32;
     __m256 f[W4G_MR][W4G_NR];
     float d[W4G_MR][W4G_NR][8] __attribute__((aligned(32)));
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) f[i][j] = _mm256_setzero_ps();
-    for (int64_t b0 = 0; b0 < nb; b0 += 8) /* the min term first, as w4a8_dotn_g32 */
+    for (int64_t b0 = 0; b0 < nb; b0 += 8) /* the min term first, as w4a8_dot1_g32 */
         for (int j = 0; j < NR; j++) {
             const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + j * nbp + b0)));
             for (int i = 0; i < MR; i++) f[i][j] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xsum + i * nbp + b0), f[i][j]);
@@ -615,19 +711,23 @@ static inline __attribute__((always_inline)) void w4a8g_tile(const int8_t *xq, c
             const __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + j * nbp + b0)));
             for (int i = 0; i < MR; i++) _mm256_store_ps(d[i][j], _mm256_mul_ps(sw, _mm256_loadu_ps(bs + i * nbp + b0)));
         }
-        for (int64_t t = 0; t < n; t++) {
+        int64_t t = 0;
+        for (; t + 2 <= n; t += 2) { /* blocks b, b + 1 of each row (w4a8_dot1_g32's pair step) */
             const int64_t b = b0 + t;
-            __m256i w[W4G_NR];
-            for (int j = 0; j < NR; j++)
-                w[j] = _mm256_and_si256(_mm256_srlv_epi32(_mm256_broadcastsi128_si256(
-                           _mm_loadu_si128((const __m128i *)(wp + j * ldw + 16 * b))), sh), m4);
-            for (int i = 0; i < MR; i++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + i * K + 32 * b));
+            const __m256i idx = w4_pair_idx(t);
+            __m256i lo[W4G_NR], hi[W4G_NR];
+            for (int j = 0; j < NR; j++) w4_nibbles(wp + j * ldw + 16 * b, &lo[j], &hi[j]);
+            for (int i = 0; i < MR; i++)
                 for (int j = 0; j < NR; j++)
-                    f[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w[j], xv), ones)),
-                                              _mm256_broadcast_ss(&d[i][j][t]), f[i][j]);
-            }
+                    f[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_pair_sums(lo[j], hi[j], xq + i * K + 32 * b)),
+                                              _mm256_permutevar8x32_ps(_mm256_load_ps(d[i][j]), idx), f[i][j]);
         }
+        if (t < n) /* the last block of an odd count, alone */
+            for (int i = 0; i < MR; i++)
+                for (int j = 0; j < NR; j++)
+                    f[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w4a8_block_sums(wp + j * ldw + 16 * (b0 + t),
+                                                                                 xq + i * K + 32 * (b0 + t))),
+                                              _mm256_broadcast_ss(&d[i][j][t]), f[i][j]);
     }
     /* the GEMV's reduction (hsum4x256), so that even NaN payloads come out the same */
     const __m256 z = _mm256_setzero_ps();
@@ -687,6 +787,7 @@ int ml_w4a8_gemm(const float *x, int64_t M, int64_t K, const uint8_t *wp, const 
         const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
         for (int64_t m = M * tid / nt; m < M * (tid + 1) / nt; m++) {
             w4_blockq_prep_x(8, x + m * K, K, 32, xq + m * K, bs + m * nbp, xsum + m * nbp);
+            w4a8_pair_layout(xq + m * K, K);
             for (int64_t j = nb; j < nbp; j++) bs[m * nbp + j] = xsum[m * nbp + j] = 0.0f;
         }
         for (int64_t n = N * tid / nt; n < N * (tid + 1) / nt; n++) {
