@@ -107,6 +107,9 @@ class KernelLibrary:
         lib.ml_prefetch_lines.restype = None
         lib.ml_prefetch_lines.argtypes = [vp, i64]
         self.prefetch_lines = lib.ml_prefetch_lines
+        lib.ml_read_sum.restype = ctypes.c_double
+        lib.ml_read_sum.argtypes = [vp, i64, cint]
+        self.read_sum = lib.ml_read_sum
         lib.ml_lin_forward.restype = cint
         lib.ml_lin_forward.argtypes = [vp, vp, vp]
         self.lin_forward = lib.ml_lin_forward

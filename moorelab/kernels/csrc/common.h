@@ -20,6 +20,8 @@
                        one or B sequences in one call and one parallel region (ml_decode_layers,
                        ml_decode_batch, ml_lin_forward;
                        structures in fused_decode.h), through the kernels' ml_*_rows
+       read_bw.c       a linear read on several threads (ml_read_sum): the benchmarks' second
+                       read-bandwidth reference, beside torch.sum
        abi.c           ml_abi_version, ml_fused_abi: checked by the binding when it loads
 
    Layouts (all row-major, C-contiguous), common to every kernel; each file states its weights':
@@ -201,6 +203,7 @@ int ml_attn_causal(const float *q, const float *k, const float *v, float *out, i
 /* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:
    y[n] for n in [n0, n1), n0 a multiple of 4, bit for bit the whole-layer kernel's rows */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1);
+double ml_read_sum(const float *x, int64_t n, int nthreads);
 void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, const float *bias,
                        float *y, int64_t ldy, int64_t n0, int64_t n1);
 void ml_w8_rows(const float *x, int64_t K, const int8_t *w, const float *scale, const float *bias, float *y,
