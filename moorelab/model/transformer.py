@@ -44,7 +44,8 @@ class FastLinear(nn.Linear):
     """``nn.Linear`` whose decode-sized calls use a compiled GEMV kernel.
 
     ``y [..., out_features] = x [..., in_features] · Wᵀ + b``, exactly ``F.linear``. The kernel
-    (AVX2+FMA float32 dot products over the row-major ``[out, in]`` weight, software prefetch,
+    (AVX2+FMA float32 dot products over the row-major ``[out, in]`` weight: one row: the weight
+    rows one after another, one stream per thread; 2-32 rows: 4-row tiles, software prefetch;
     OpenMP over output rows with ``torch.get_num_threads()`` threads, one thread for layers under
     ``SMALL`` weights) runs when: x and the weight are float32 CPU tensors, the weight (and bias)
     are contiguous, no gradient is needed, and x is decode-sized: 1..``M_MAX`` rows in all, or one

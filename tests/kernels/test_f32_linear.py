@@ -1,8 +1,9 @@
 """ml_f32_linear (csrc/f32_gemv.c), the float32 kernel of FastLinear, against float64 references.
 
 Batched decode sends 2..32 rows at once; the kernel runs them three at a time against each
-4-row weight tile (f32_dot4x3), the last two (or four) two at a time (f32_dot4x2) and a single
-row alone (f32_dot4 / f32_dot1, the decode kernel). Edge shapes: every M from 0 to 13 (each
+4-row weight tile (f32_dot4x3), the last two (or four) two at a time (f32_dot4x2); partial tiles
+take one x row at a time, and a single row (decode) reads the weight rows one after another
+(f32_dot1, the decode kernel, on each thread's contiguous rows). Edge shapes: every M from 0 to 13 (each
 remainder of the 3-row step), K not a
 multiple of 8 (the scalar tail), N not a multiple of 4 (partial tiles), N = 1, odd thread counts.
 """

@@ -388,10 +388,13 @@ def test_smollm2_fused_greedy_tokens_equal_python_path(smollm2, spec):
 # ------------------------------------------------------------------ dispatch, long context, cache binding
 
 
-@pytest.mark.parametrize("spec", [None, "int8", "int4:group_size=32", "int4:group_size=64",
-                                  "int4:group_size=32,activation_bits=16", "int4:group_size=32,activation_bits=8",
-                                  "int8-dynamic", "int8-dynamic:activation_block=32"])
-def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
+_KINDS = [None, "int8", "int4:group_size=32", "int4:group_size=64", "int4:group_size=32,activation_bits=16",
+          "int4:group_size=32,activation_bits=8", "int8-dynamic", "int8-dynamic:activation_block=32"]
+
+
+# K = 96: 3 blocks of 32 (the int4 a8 g32 rows' pair and lone block); groups of 64 need K = 128
+@pytest.mark.parametrize("spec,k", [(s, 128) for s in _KINDS] + [(s, 96) for s in _KINDS if "group_size=64" not in (s or "")])
+def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec, k):
     # Same input, same kernel: the C dispatcher's output is bit-identical to the module's own
     # decode call, so a layer routed to the wrong kernel (e.g. a8 to the float-activation one) fails.
     import ctypes
@@ -400,13 +403,13 @@ def test_each_layer_kind_runs_its_own_kernel_in_the_fused_dispatcher(spec):
     from moorelab.model.transformer import FastLinear
 
     torch.manual_seed(0)
-    holder = torch.nn.Sequential(FastLinear(128, 75))  # 75 rows: 18 full 4-row tiles and one of 3
+    holder = torch.nn.Sequential(FastLinear(k, 75))  # 75 rows: 18 full 4-row tiles and one of 3
     if spec:
         apply(holder, parse_spec(spec))
     layer = holder[0]
     d = _linear_descriptor(layer)
     assert not isinstance(d, str), d
-    x = torch.randn(1, 128)
+    x = torch.randn(1, k)
     with torch.inference_mode():
         ref = layer(x)
     # the fused decode splits a layer's tiles over the threads (and q/k/v, gate/up share one
@@ -548,7 +551,7 @@ def test_cache_can_be_copied_after_fused_steps():
                                     ("int8-dynamic:activation_block=32", 64), ("int4:group_size=32", 96),
                                     ("int4:group_size=32,activation_bits=16", 96),
                                     ("int4:group_size=32,activation_bits=8", 96),
-                                    # 10 blocks: one group of 8 scaled in a vector, 2 in the scalar tail
+                                    # 10 blocks: a step of 8 blocks, then a short step of 2 (one pair)
                                     ("int4:group_size=32,activation_bits=8", 320),
                                     ("int4:group_size=64,activation_bits=8", 320)])
 @pytest.mark.parametrize("n", [1, 7])

@@ -221,7 +221,8 @@ _FAULTS = """
 import ctypes, sys, resource, torch
 # 4 KB pages for this process (PR_SET_THP_DISABLE): with transparent huge pages on "always", about one
 # plain run in ten (seen 2026-12-02, three runs in a row alike) faulted only 768 pages in passes 2-6
-ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)
+if ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0) != 0:
+    raise SystemExit("prctl(PR_SET_THP_DISABLE) failed, errno %d" % ctypes.get_errno())
 from moorelab.model.fused_decode import prepare_decode
 from moorelab.model.transformer import Transformer
 from moorelab.model.config import TransformerConfig

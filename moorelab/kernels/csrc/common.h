@@ -61,7 +61,8 @@
    8.6-9.9 with the spread; K = 576, N = 1536 8.7-11.1 against 8.8-12.8. In the fused decode of
    SmolLM2-135M (2 threads, B = 1; the two libraries interleaved on the same plan, medians of the
    rounds' ratios, three A/B runs of 10-12 rounds of 64 tokens): int4 a8 g32 x1.22, x1.32 and
-   x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, kept); the int8 b32 rows with the same
+   x1.36; float32 x1.05 (hint T0), x1.09 and x1.10 (T1, then kept; the float32 decode has since
+   dropped it, above); the int8 b32 rows with the same
    spread measured x0.99-1.03 in five A/B runs (distances of 1, 2 and 4 tiles, T0 and T1) on an
    AVX2-only host (2026-12-01 01:40 UTC). On an AMD EPYC with AVX-512 (unused here) and
    1 MB of L2 per core (2026-12-01; benchmarks/bench_fused_ab.py --weights int8-b32: 30
@@ -71,11 +72,12 @@
    4,096, float32 KV cache), 4.1-4.6 at 12 KB, 4.2-4.8 at 16 and 32 KB, 5.3 at 2 KB, 6.3 with hint
    T0 (x1.18): the int8 b32 rows take it (ML_PF_BYTES8, T1). On the packed SmolLM2 it was not
    A/B'd; the benchmark runs before and after it differ by more than the change. A row range
-   still requests its first tiles at once (float32: two tiles, up to 49 KB into L1; int8 b32: up
-   to ML_PF_BYTES8), as measured, not tuned; the later change that also prefetches a short last
-   tile (N not a multiple of 4) leaves SmolLM2's rows as measured (the int8 b32 rows do not
-   prefetch a short last tile). Batched decode (B > 1) runs the same int4 and int8 b32 rows once
-   per row and 64-row chunk (each chunk's first burst included); it was not re-measured. */
+   still requests its first tiles at once (the float32 rows of a batch: two tiles, up to 49 KB
+   into L1; int4 a8 g32: its first tiles; int8 b32: up to ML_PF_BYTES8), as measured, not tuned.
+   A short last tile (N not a multiple of 4) is not prefetched (int4 a8 g32 since 2026-12-02,
+   when its rows left the 4-row tile for w4a8_dot1_g32; int8 b32 never); SmolLM2's N are all
+   multiples of 4. Batched decode (B > 1) runs the same int4 and int8 b32 rows once per row and
+   64-row chunk (each chunk's first burst included); it was not re-measured. */
 static inline void ml_prefetch4(const void *p0, const void *p1, const void *p2, const void *p3, int64_t off,
                                 int hint_l2) {
     if (hint_l2) {
@@ -201,7 +203,8 @@ int ml_w8_gemm_isa(int want);
 int ml_attn_causal(const float *q, const float *k, const float *v, float *out, int64_t B, int64_t T, int64_t S,
                    int64_t H, int64_t Hkv, int64_t hd, const int64_t *st, float scale, int32_t nthreads);
 /* one-thread row ranges of one x row (decode), for the fused decode's single parallel region:
-   y[n] for n in [n0, n1), n0 a multiple of 4, bit for bit the whole-layer kernel's rows */
+   y[n] for n in [n0, n1) (the fused decode splits at multiples of 4; the float32 rows take any
+   n0), bit for bit the whole-layer kernel's rows */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1);
 double ml_read_sum(const float *x, int64_t n, int nthreads);
 void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, const float *bias,

@@ -1,9 +1,11 @@
 /* float32 GEMV for decode (AVX2 + FMA), the kernel behind moorelab.model.transformer.FastLinear.
 
    w: float32 [N, K]; y = x @ w.T + bias. One x row (decode) reads the weight rows one after
-   another (f32_dot1; the hardware prefetcher follows the stream); a batch of rows runs 4-row
-   tiles against 2 or 3 x rows at a time, software prefetch one tile ahead (the spread prefetch of
-   common.h, into L2: a float32 tile is 9-25 KB). */
+   another (f32_dot1; the hardware prefetcher follows the stream, no software prefetch); a batch
+   of rows runs 4-row tiles against 2 or 3 x rows at a time, with software prefetch: in the fused
+   decode's rows (ml_f32_rows_batch) one tile ahead as it reads (the spread prefetch of common.h,
+   into L2: a float32 tile is 9-25 KB), in ml_f32_linear whole tiles ML_PF_TILES_F32 ahead into
+   L1. */
 
 #include "common.h"
 
@@ -100,8 +102,8 @@ static inline void f32_dot4x2(const float *x, int64_t ldx, int64_t K, const floa
 
 /* rows n0..n0+nr-1 (nr <= 4) of y[m, :] for M x rows (x row m at x + m * ldx, y row m at
    y + m * ldy): full tiles take the x rows three at a time (f32_dot4x3, the tile stays in L1
-   between them) and the last two (or four) two at a time (f32_dot4x2); partial tiles, and M = 1,
-   one row at a time (f32_dot1, the decode kernel).
+   between them) and the last two (or four) two at a time (f32_dot4x2); partial tiles one x row
+   at a time (f32_dot1, the decode kernel; the decode itself, M = 1, does not come here).
    pfd: the spread prefetch distance in bytes, issued by the first group of rows (0 for none). */
 static inline void f32_tile_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *w, int64_t n0,
                                  int64_t nr, const float *bias, float *y, int64_t ldy, int64_t pfd) {
@@ -181,9 +183,9 @@ void ml_f32_rows_batch(const float *x, int64_t ldx, int64_t M, int64_t K, const 
     }
 }
 
-/* y[n] for n in [n0, n1) of one x row (decode, M = 1), n0 a multiple of 4: the tiles, and the
-   numbers, of ml_f32_linear on the whole layer; one thread, no OpenMP (the fused decode calls
-   it from inside its own parallel region, each thread on its rows) */
+/* y[n] for n in [n0, n1) of one x row (decode, M = 1): the numbers of ml_f32_linear on the
+   whole layer (which runs this on each thread's rows); one thread, no OpenMP (the fused decode
+   calls it from inside its own parallel region, each thread on its rows) */
 void ml_f32_rows(const float *x, int64_t K, const float *w, const float *bias, float *y, int64_t n0, int64_t n1) {
     ml_f32_rows_batch(x, K, 1, K, w, bias, y, 0, n0, n1);
 }

@@ -4,7 +4,8 @@
    The decode ceiling (benchmarks/bench_vs_llamacpp.py) is bytes per token over the read rate of
    the moment. torch.sum over 512 MiB was that reference until 2026-12-02, when the float32
    decode, reading its weight rows one after another, went past it: 94.9 tok/s x 538 MB = 51 GB/s
-   against torch.sum's best passes of 27-44 GB/s in the same run (Zen 4 host). A reference that
+   where torch.sum's best passes read 27-44 GB/s across the same run (Zen 4 host; the decode at
+   127% of that "limit"). A reference that
    a kernel of ours outreads is not a ceiling, so the benchmark takes the faster of the two. This
    one splits the buffer in contiguous parts, one per thread, and sums each with four AVX2
    accumulators (the one stream per thread that the hardware prefetcher follows best). */

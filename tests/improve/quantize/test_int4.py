@@ -129,12 +129,12 @@ def test_block_rounding_survives_a_subnormal_block_maximum(bits):
 
 @pytest.mark.parametrize("k,n", [(320, 7), (512, 4), (96, 1)])
 def test_a8_g32_kernel_equals_its_integer_arithmetic_in_float64(k, n):
-    # the a8 kernel for groups of 32 (w4a8_dotn_g32: scales folded per block, 8 blocks per vector,
-    # the rest scalar) computes sum_k xr[k] * (scale * q + min), where xr is x rounded
-    # per 32-block to int8 steps (the min term on the rounded x too): checked in float64 to
-    # float32 rounding.
-    # K = 320: 10 blocks (8 + 2 in the tail); 512: two full vectors; 96: tail only; N = 7 and 1:
-    # partial 4-row tiles.
+    # the a8 kernel for groups of 32 (w4a8_dot4_g32 / w4a8_dot1_g32: scales folded per block, 8
+    # blocks per vector step, blocks taken in pairs, a last odd block alone) computes
+    # sum_k xr[k] * (scale * q + min), where xr is x rounded per 32-block to int8 steps (the min
+    # term on the rounded x too): checked in float64 to float32 rounding.
+    # K = 320: 10 blocks (a step of 8, then a short step of one pair); 512: two full steps; 96: 3
+    # blocks, one pair and a lone block; N = 7 and 1: partial 4-row tiles.
     if kernels.get_library() is None:
         pytest.skip(f"compiled kernels unavailable: {kernels.status()}")
     torch.manual_seed(k + n)
