@@ -8,8 +8,9 @@ float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 an
   (the fused decode), rounds interleaved over every row so all see the same machine load;
 * bytes read per token: every linear layer's stored weights (the embedding row is negligible)
   plus the cached keys and values of every layer at that depth;
-* limit tok/s = read bandwidth / bytes per token, the bandwidth being ``torch.sum`` over a
-  512 MB buffer measured at the start and end of the run (the higher kept); "% of limit";
+* limit tok/s = read bandwidth / bytes per token, the bandwidth being the faster of ``torch.sum``
+  and ``ml_read_sum`` over a 512 MB buffer (:mod:`moorelab.measure.bandwidth`) measured at the
+  start and end of the run (the higher kept); "% of limit";
 * CPU share: process CPU seconds / (wall seconds x threads) over each row's timed steps: below 1
   the machine was shared (other processes had the cores), and every figure is low by about it;
 * prefill tok/s of ``--prefill`` tokens (no cache), per precision, with the logits of every
@@ -52,17 +53,13 @@ PRECISIONS = {"fp32": None, "int8": "int8", "int4-a8": "int4:group_size=32,activ
 
 
 def read_bandwidth(n_bytes: int = 512 << 20, repeats: int = 7) -> tuple[float, float]:
-    """``torch.sum`` over an ``n_bytes`` float32 buffer, best of ``repeats``: (GB per wall second,
-    GB per CPU second of all threads)."""
-    buf = torch.ones(n_bytes // 4)
-    buf.sum()
-    best = best_cpu = float("inf")
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        buf.sum()
-        best = min(best, time.perf_counter() - t)
-        best_cpu = min(best_cpu, time.process_time() - c)
-    return n_bytes / best / 1e9, n_bytes / best_cpu / 1e9
+    """Read bandwidth over an ``n_bytes`` float32 buffer, the faster of ``torch.sum`` and
+    ``ml_read_sum``, best of ``repeats`` passes each (:func:`moorelab.measure.bandwidth.read_bandwidth`):
+    (GB per wall second, GB per CPU second of all threads)."""
+    from moorelab.measure.bandwidth import read_bandwidth as measure
+
+    r = measure(n_bytes=n_bytes, reps=repeats)
+    return r["gb_per_s"], r["gb_per_cpu_s"]
 
 
 def linear_bytes(model: nn.Module) -> int:
@@ -176,11 +173,11 @@ def main(argv=None) -> int:
     bw, bwc = max(bw0, bw1), max(bwc0, bwc1)
     out = {"threads": args.threads, "read_bandwidth_gb_s": [bw0, bw1], "read_gb_per_cpu_s": [bwc0, bwc1],
            "decode": [], "prefill": [], "quality": []}
-    print(f"SmolLM2-135M, {args.threads} threads; read bandwidth (torch.sum, 512 MB) {bw0:.1f} / end of run "
+    print(f"SmolLM2-135M, {args.threads} threads; read bandwidth (torch.sum or ml_read_sum, 512 MB) {bw0:.1f} / end of run "
           f"{bw1:.1f} GB/s (limit figures use {bw:.1f}); per CPU second of all threads {bwc0:.1f} / {bwc1:.1f} "
           f"(CPU limits use {bwc:.1f})")
     print(f"decode: median step of {args.steps} steps x {args.rounds} interleaved rounds; 'CPU ms' = median process "
-          f"CPU time per step (all threads), 'CPU % limit' = bytes per CPU second against torch.sum's")
+          f"CPU time per step (all threads), 'CPU % limit' = bytes per CPU second against the read's")
     print(f"{'row':22s} {'tok/s':>7s} {'MB/token':>8s} {'limit':>7s} {'% limit':>7s} {'CPU ms':>7s} {'CPU % limit':>11s} "
           f"{'CPU share':>9s}")
     for r in rows:

@@ -11,7 +11,8 @@ alternating ours / transformers for ``--rounds`` rounds and keeping each one's b
 * peak RSS (MB) of the child process (load + runs).
 
 Also estimates the memory-bandwidth ceiling for float32 decoding: bytes of weights read per
-token / measured read bandwidth (``torch.sum`` over a buffer the size of the weights).
+token / measured read bandwidth (the faster of ``torch.sum`` and ``ml_read_sum`` over a buffer the
+size of the weights, :mod:`moorelab.measure.bandwidth`).
 
 Targets (issue 3): decode >= 2x transformers, prefill >= 1x, peak memory <= transformers'.
 
@@ -101,18 +102,12 @@ def child(impl: str, args) -> dict:
 
 
 def bandwidth_ceiling(n_bytes: int, threads: int) -> tuple[float, float]:
-    """Read bandwidth (GB/s) over an ``n_bytes`` float32 buffer, and tokens/s if each token reads it once."""
-    import torch
+    """Read bandwidth (GB/s) over an ``n_bytes`` float32 buffer on ``threads`` threads (the faster of
+    ``torch.sum`` and ``ml_read_sum``, best of 5 passes each:
+    :func:`moorelab.measure.bandwidth.read_bandwidth`), and tokens/s if each token reads it once."""
+    from moorelab.measure.bandwidth import read_bandwidth
 
-    torch.set_num_threads(threads)
-    buf = torch.ones(n_bytes // 4)
-    buf.sum()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - t)
-    gbps = n_bytes / best / 1e9
+    gbps = read_bandwidth(n_bytes=n_bytes, reps=5, threads=threads)["gb_per_s"]
     return gbps, gbps * 1e9 / n_bytes
 
 

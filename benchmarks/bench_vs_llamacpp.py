@@ -83,42 +83,13 @@ OUR_SPEC = {"float32": None, "8-bit": "int8-dynamic:activation_block=32", "4-bit
 
 
 def bandwidth(n_bytes: int = 512 << 20, reps: int = 5, buf: torch.Tensor | None = None) -> dict:
-    """Read bandwidth (GB/s) over ``n_bytes`` (or over ``buf``, float32, allocated once by the
-    caller), by two readers, each ``reps`` passes, alternating: ``torch.sum`` and
-    ``ml_read_sum`` (``moorelab/kernels/csrc/read_bw.c``: one contiguous part per thread, four
-    AVX2 accumulators; skipped when the kernels are not built). ``gb_per_s`` is the best pass of
-    either (a ceiling for that moment: other processes only slow a pass down, and a reader slower
-    than the host allows is not the host's limit: on 2026-12-02 our float32 decode read 51 GB/s
-    where ``torch.sum``'s best passes read 27-44 across the run), each reader's best
-    (``gb_per_s_torch_sum``, ``gb_per_s_read_sum``: None when not run), the median pass of the
-    reader whose best counts, and the median CPU share of all passes. The host's memory is shared with other machines, which no CPU share sees:
-    the bandwidth swings within a run (31 and 49 GB/s at the start and end of one run on
-    2026-12-01), so each engine's turn in a round measures it just before (``main``)."""
-    from moorelab import kernels
+    """Read bandwidth (GB/s) over ``n_bytes`` (or ``buf``): the faster of ``torch.sum`` and
+    ``ml_read_sum``, best of ``reps`` passes each (:func:`moorelab.measure.bandwidth.read_bandwidth`,
+    which says why two readers). Each engine's turn in a round measures it just before (``main``):
+    the host's bandwidth swings within a run."""
+    from moorelab.measure.bandwidth import read_bandwidth
 
-    if buf is None:
-        buf = torch.ones(n_bytes // 4)
-    n_bytes = buf.numel() * buf.element_size()
-    klib = kernels.get_library()
-    threads = torch.get_num_threads()
-    readers = {"torch.sum": lambda: buf.sum()}
-    if klib is not None:
-        readers["ml_read_sum"] = lambda: klib.read_sum(buf.data_ptr(), buf.numel(), threads)
-    for f in readers.values():
-        f()
-    clock, times, shares = CpuShareClock(), {k: [] for k in readers}, []
-    for _ in range(reps):
-        for name, f in readers.items():
-            clock.start()
-            t = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t)
-            shares.append(clock.stop())
-    best = {k: n_bytes / min(v) / 1e9 for k, v in times.items()}
-    top = max(best, key=best.get)
-    return {"gb_per_s": best[top], "gb_per_s_median": n_bytes / statistics.median(times[top]) / 1e9,
-            "gb_per_s_torch_sum": best["torch.sum"], "gb_per_s_read_sum": best.get("ml_read_sum"),
-            "cpu_share": statistics.median(shares)}
+    return read_bandwidth(buf=buf, n_bytes=n_bytes, reps=reps)
 
 
 def _span(recs: list[dict], key: str) -> str:

@@ -1,0 +1,74 @@
+"""Read bandwidth: the memory limit a decode is measured against.
+
+A decoded token reads every weight once, so ``read bandwidth / bytes per token`` is its ceiling
+in tokens/s. The bandwidth is the best pass of two readers over one buffer (512 MiB by default),
+alternating: ``torch.sum`` and ``ml_read_sum`` (``moorelab/kernels/csrc/read_bw.c``: one
+contiguous part per thread, four AVX2 accumulators), when the kernels are built. The faster
+counts: other processes only slow a pass down, and a reader slower than the host allows is not
+the host's limit — on 2026-12-02 (a Zen 4 host) our float32 decode read 51 GB/s where
+``torch.sum``'s best passes read 27-44 GB/s across the same benchmark run. A shared host's
+bandwidth also swings within minutes (31 and 49 GB/s at the start and end of one run on
+2026-12-01), so a benchmark measures it beside each measurement it divides.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from moorelab.measure.speed import CpuShareClock
+
+
+def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, reps: int = 3,
+                   threads: int | None = None) -> dict:
+    """Best read bandwidth over ``buf`` (float32, contiguous; allocated here from ``n_bytes``
+    when None — pass one buffer to repeated calls: allocating 512 MiB takes longer than reading
+    it) on ``threads`` threads (default ``torch.get_num_threads()``), ``reps`` passes of each
+    reader, alternating.
+
+    Returns a dict: ``gb_per_s`` (GB/s = 1e9 bytes per wall second, the best pass of either
+    reader), ``gb_per_s_torch_sum`` and ``gb_per_s_read_sum`` (each reader's best; the latter
+    None when the kernels are not built), ``gb_per_s_median`` (the median pass of the reader whose
+    best counts), ``gb_per_cpu_s`` (bytes per CPU second of all threads, best pass: the read rate
+    per unit of CPU, for the CPU-time columns of bench_decode_depth), ``cpu_share`` (median CPU
+    share of all passes, :class:`~moorelab.measure.speed.CpuShareClock`).
+
+    Raises ValueError when ``buf`` is not a contiguous float32 CPU tensor or ``reps`` < 1.
+    """
+    from moorelab import kernels
+
+    if reps < 1:
+        raise ValueError(f"reps must be at least 1, got {reps}")
+    if buf is None:
+        buf = torch.ones(n_bytes // 4)
+    if buf.dtype is not torch.float32 or not buf.is_contiguous() or buf.device.type != "cpu":
+        raise ValueError("buf must be a contiguous float32 CPU tensor")
+    n_bytes = buf.numel() * buf.element_size()
+    nthreads = threads or torch.get_num_threads()
+    klib = kernels.get_library()
+    readers = {"torch.sum": lambda: buf.sum()}
+    if klib is not None:
+        readers["ml_read_sum"] = lambda: klib.read_sum(buf.data_ptr(), buf.numel(), nthreads)
+    old = torch.get_num_threads()
+    torch.set_num_threads(nthreads)
+    try:
+        for f in readers.values():
+            f()
+        clock, times, cpu, shares = CpuShareClock(), {k: [] for k in readers}, [], []
+        for _ in range(reps):
+            for name, f in readers.items():
+                clock.start()
+                c, t = time.process_time(), time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+                shares.append(clock.stop())
+    finally:
+        torch.set_num_threads(old)
+    best = {k: n_bytes / min(v) / 1e9 for k, v in times.items()}
+    top = max(best, key=best.get)
+    return {"gb_per_s": best[top], "gb_per_s_torch_sum": best["torch.sum"], "gb_per_s_read_sum": best.get("ml_read_sum"),
+            "gb_per_s_median": n_bytes / statistics.median(times[top]) / 1e9,
+            "gb_per_cpu_s": n_bytes / max(min(cpu), 1e-9) / 1e9, "cpu_share": statistics.median(shares)}
