@@ -16,7 +16,7 @@ was ≥ 0.9 (all rounds, marked "disturbed", when none was):
   :class:`moorelab.measure.speed.CpuShareClock` — the same measure.
 * **the read-bandwidth limit**: a read of 512 MiB, the best of 3 passes of each of two readers
   (``torch.sum`` and our ``ml_read_sum``, a plain linear read per thread; the faster counts, see
-  :func:`bandwidth`) just before
+  :func:`moorelab.measure.bandwidth.read_bandwidth`) just before
   each engine's turn in each round (a ceiling for that moment, since other processes only slow a
   pass down; the host's bandwidth swings within a run), and of 5 at the start and the end; a
   decoded token reads every weight once (the embedding table only when it is also the output
@@ -75,21 +75,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from moorelab.measure import llamacpp  # noqa: E402
+from moorelab.measure.bandwidth import read_bandwidth  # noqa: E402
 from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock  # noqa: E402
 
 PRECISIONS = ("float32", "8-bit", "4-bit")
 LLAMA_TYPE = {"float32": "F32", "8-bit": "Q8_0", "4-bit": "Q4_1"}
 OUR_SPEC = {"float32": None, "8-bit": "int8-dynamic:activation_block=32", "4-bit": "int4:group_size=32,activation_bits=8"}
-
-
-def bandwidth(n_bytes: int = 512 << 20, reps: int = 5, buf: torch.Tensor | None = None) -> dict:
-    """Read bandwidth (GB/s) over ``n_bytes`` (or ``buf``): the faster of ``torch.sum`` and
-    ``ml_read_sum``, best of ``reps`` passes each (:func:`moorelab.measure.bandwidth.read_bandwidth`,
-    which says why two readers). Each engine's turn in a round measures it just before (``main``):
-    the host's bandwidth swings within a run."""
-    from moorelab.measure.bandwidth import read_bandwidth
-
-    return read_bandwidth(buf=buf, n_bytes=n_bytes, reps=reps)
 
 
 def _span(recs: list[dict], key: str) -> str:
@@ -277,7 +268,7 @@ def main() -> None:
 
     # ---- bandwidth (start)
     bw_buf = torch.ones((512 << 20) // 4)
-    bw = [bandwidth(buf=bw_buf)]
+    bw = [read_bandwidth(buf=bw_buf, reps=5)]
     peak = [matmul_peak()]
 
     # ---- our caches filled once per depth (untimed); each measurement rewinds to the depth
@@ -302,8 +293,8 @@ def main() -> None:
         for prec in order:
             engines = ("ours", "llama.cpp") if rnd % 2 == 0 else ("llama.cpp", "ours")
             for eng in engines:
-                # the read bandwidth just before this engine's turn (best of 3 passes; see bandwidth())
-                b_rnd = bandwidth(reps=3, buf=bw_buf)
+                # the read bandwidth just before this engine's turn (best of 3 passes; see read_bandwidth)
+                b_rnd = read_bandwidth(buf=bw_buf, reps=3)
                 bw_rounds.append({"round": rnd + 1, "precision": prec, "engine": eng, **b_rnd})
                 g_rnd = (b_rnd["gb_per_s"], b_rnd["cpu_share"])
                 if eng == "ours":
@@ -344,7 +335,7 @@ def main() -> None:
                             theirs[prec, f"d{dpt}"].append((ts, run.cpu_share, *g_rnd))
                     print(f"round {rnd + 1}/{rounds} llama.cpp {LLAMA_TYPE[prec]}: cpu share {run.cpu_share:.2f}, "
                           f"{run.wall_s:.0f} s", flush=True)
-    bw.append(bandwidth(buf=bw_buf))
+    bw.append(read_bandwidth(buf=bw_buf, reps=5))
     del bw_buf
     all_g = [b["gb_per_s"] for b in bw + bw_rounds]
     gbps = statistics.median(all_g)
