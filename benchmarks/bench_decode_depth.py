@@ -5,11 +5,14 @@ int4 g32 with int8 activation blocks (the three precisions of ``moorelab run``),
 float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 and ``--depth``:
 
 * decode tok/s: 1 / median step time of ``--steps`` greedy steps after ``depth`` cached tokens
-  (the fused decode), rounds interleaved over every row so all see the same machine load;
+  (the fused decode, its weights packed by ``prepare_decode`` as ``moorelab run`` and
+  ``moorelab generate`` pack them), rounds interleaved over every row so all see the same
+  machine load;
 * bytes read per token: every linear layer's stored weights (the embedding row is negligible)
   plus the cached keys and values of every layer at that depth;
 * limit tok/s = read bandwidth / bytes per token, the bandwidth being the faster of ``torch.sum``
-  and ``ml_read_sum`` over a 512 MB buffer (:mod:`moorelab.measure.bandwidth`) measured at the
+  and ``ml_read_sum`` over a 512 MB buffer on huge pages where the host allows them, as the
+  packed weights (:mod:`moorelab.measure.bandwidth`) measured at the
   start and end of the run (the higher kept); "% of limit";
 * CPU share: process CPU seconds / (wall seconds x threads) over each row's timed steps: below 1
   the machine was shared (other processes had the cores), and every figure is low by about it;
@@ -122,6 +125,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from moorelab.measure.quality import score_text
     from moorelab.measure.text import default_text, take_prefix
+    from moorelab.measure.bandwidth import huge_page_fraction, thp_setting
+    from moorelab.model.fused_decode import decode_weights, prepare_decode
     from moorelab.model.zoo import load_pretrained
 
     bw0, bwc0 = read_bandwidth()
@@ -132,11 +137,17 @@ def main(argv=None) -> int:
     need = max(args.depth + args.steps + 2, args.prefill)
     ids = torch.tensor([(ids_all * (need // len(ids_all) + 1))[:need]])
     models = {}
+    unknown = [p for p in args.precisions.split(",") if p not in PRECISIONS]
+    if unknown:
+        ap.error(f"--precisions: unknown {', '.join(unknown)} (known: {', '.join(PRECISIONS)})")
     for label in args.precisions.split(","):
         m = copy.deepcopy(loaded.model)
         if PRECISIONS[label]:
             apply(m, parse_spec(PRECISIONS[label]))
+        # the decode weights packed in reading order on huge pages, as moorelab run and generate do
+        prepare_decode(m)
         models[label] = m.eval()
+    huge = {label: huge_page_fraction(decode_weights(m)) for label, m in models.items()}
     rows = [Row(f"{label} kv-{'f16' if kv is torch.float16 else 'f32'} d{d}", m, kv, d, ids, args.steps)
             for label, m in models.items() for kv in (torch.float32, torch.float16) for d in (0, args.depth)]
     # prefill: each precision, and int8 / int4-a8 on their previous path (dequantize + float32 matmul)
@@ -172,10 +183,12 @@ def main(argv=None) -> int:
     bw1, bwc1 = read_bandwidth()
     bw, bwc = max(bw0, bw1), max(bwc0, bwc1)
     out = {"threads": args.threads, "read_bandwidth_gb_s": [bw0, bw1], "read_gb_per_cpu_s": [bwc0, bwc1],
-           "decode": [], "prefill": [], "quality": []}
+           "decode": [], "prefill": [], "quality": [], "huge_pages": huge, "thp_setting": thp_setting()}
     print(f"SmolLM2-135M, {args.threads} threads; read bandwidth (torch.sum or ml_read_sum, 512 MB) {bw0:.1f} / end of run "
           f"{bw1:.1f} GB/s (limit figures use {bw:.1f}); per CPU second of all threads {bwc0:.1f} / {bwc1:.1f} "
           f"(CPU limits use {bwc:.1f})")
+    print(f"on transparent huge pages (host setting {thp_setting()}): the read's buffer by construction where the "
+          f"host allows it, the packed weights " + ", ".join(f"{k} {'?' if v is None else f'{v:.0%}'}" for k, v in huge.items()))
     print(f"decode: median step of {args.steps} steps x {args.rounds} interleaved rounds; 'CPU ms' = median process "
           f"CPU time per step (all threads), 'CPU % limit' = bytes per CPU second against the read's")
     print(f"{'row':22s} {'tok/s':>7s} {'MB/token':>8s} {'limit':>7s} {'% limit':>7s} {'CPU ms':>7s} {'CPU % limit':>11s} "

@@ -47,7 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moorelab import kernels  # noqa: E402
-from moorelab.measure.bandwidth import read_bandwidth  # noqa: E402
+from moorelab.measure.bandwidth import huge_page_fraction, read_bandwidth, reference_buffer, thp_setting  # noqa: E402
+from moorelab.model.weight_arena import huge_page_tensor  # noqa: E402
 from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock  # noqa: E402
 
 K = 576
@@ -73,6 +74,13 @@ def _lib():
     return lib
 
 
+def on_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values in a tensor of the same shape on memory advised for huge pages."""
+    out = huge_page_tensor(t.numel(), t.dtype).view(t.shape)
+    out.copy_(t)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -95,11 +103,13 @@ def main() -> None:
     n8, nf, n4 = 576, 128, 1152
     b8, bf, b4 = n8 * K, nf * K * 4, n4 * K // 2 + 2 * n4 * ngr * 2
     c8, cf, c4 = STREAM_BYTES // b8, STREAM_BYTES // bf, STREAM_BYTES // b4
-    w8 = torch.randint(-127, 128, (c8, n8, K), dtype=torch.int8, generator=g)
-    wf = torch.randn(cf, nf, K, generator=g)
-    w4 = torch.randint(0, 256, (c4, n4, K // 2), dtype=torch.uint8, generator=g)
-    s4 = (torch.rand(c4, n4, ngr, generator=g) * 0.01).half()
-    m4 = (-torch.rand(c4, n4, ngr, generator=g) * 0.05).half()
+    # each on its own 2 MiB-aligned mapping advised for huge pages, as the fused decode's packed
+    # weights and the reference buffer (moorelab.model.weight_arena.huge_page_tensor)
+    w8 = on_huge_pages(torch.randint(-127, 128, (c8, n8, K), dtype=torch.int8, generator=g))
+    wf = on_huge_pages(torch.randn(cf, nf, K, generator=g))
+    w4 = on_huge_pages(torch.randint(0, 256, (c4, n4, K // 2), dtype=torch.uint8, generator=g))
+    s4 = on_huge_pages((torch.rand(c4, n4, ngr, generator=g) * 0.01).half())
+    m4 = on_huge_pages((-torch.rand(c4, n4, ngr, generator=g) * 0.05).half())
     # name -> (bytes per matrix, rows per matrix, matrices, call(i, n): rows [0, n) of matrix i)
     kinds = {
         "int8 b32": (b8, n8, c8, lambda i, n: lib.ml_a8bw8_rows(
@@ -110,7 +120,11 @@ def main() -> None:
             8, xq4.data_ptr(), bs4.data_ptr(), xsum4.data_ptr(), K, 32, w4[i].data_ptr(), s4[i].data_ptr(),
             m4[i].data_ptr(), None, y.data_ptr(), 0, n)),
     }
-    ref_buf = torch.ones(STREAM_BYTES // 4)
+    ref_buf = reference_buffer(STREAM_BYTES)
+    huge = {name: huge_page_fraction(ts) for name, ts in
+            (("reference", [ref_buf]), ("float32", [wf]), ("int8 b32", [w8]), ("int4 g32 a8", [w4, s4, m4]))}
+    print(f"on transparent huge pages (host setting {thp_setting()}): "
+          + ", ".join(f"{k} {'?' if v is None else f'{v:.0%}'}" for k, v in huge.items()), flush=True)
     clock = CpuShareClock()
     rec: dict[str, list[tuple[float, float]]] = {}
 
@@ -166,7 +180,8 @@ def main() -> None:
         ic, st = med[f"{name} in cache"]["gb_per_s"], med[f"{name} streamed"]["gb_per_s"]
         print(f"{name}: in cache / streamed {ic / st:.2f}, streamed / reference {st / ref:.2f}")
     if a.json:
-        a.json.write_text(json.dumps({"status": kernels.status(), "rounds": rec, "medians": med}, indent=1))
+        a.json.write_text(json.dumps({"status": kernels.status(), "rounds": rec, "medians": med, "huge_pages": huge,
+                                      "thp_setting": thp_setting()}, indent=1))
 
 
 if __name__ == "__main__":

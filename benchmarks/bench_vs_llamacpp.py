@@ -75,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from moorelab.measure import llamacpp  # noqa: E402
-from moorelab.measure.bandwidth import read_bandwidth  # noqa: E402
+from moorelab.measure.bandwidth import huge_page_fraction, read_bandwidth, reference_buffer, thp_setting  # noqa: E402
 from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock  # noqa: E402
 
 PRECISIONS = ("float32", "8-bit", "4-bit")
@@ -244,7 +244,7 @@ def main() -> None:
             apply(m, parse_spec(OUR_SPEC[prec]), ApplyContext())
         models[prec] = m
     cfg = loaded.model.config
-    from moorelab.model.fused_decode import prepare_decode, steady
+    from moorelab.model.fused_decode import decode_weights, prepare_decode, steady
 
     for m in models.values():
         prepare_decode(m)  # the decode weights in one block in reading order (moorelab.model.weight_arena)
@@ -267,7 +267,10 @@ def main() -> None:
                                    str(files["8-bit"]), "Q8_0"], threads=a.threads)
 
     # ---- bandwidth (start)
-    bw_buf = torch.ones((512 << 20) // 4)
+    bw_buf = reference_buffer(512 << 20)  # on huge pages where the host allows, as our packed weights
+    huge = {"reference": huge_page_fraction([bw_buf])}
+    for prec, m in models.items():
+        huge[f"ours {prec}"] = huge_page_fraction(decode_weights(m))
     bw = [read_bandwidth(buf=bw_buf, reps=5)]
     peak = [matmul_peak()]
 
@@ -387,6 +390,9 @@ def main() -> None:
           f"{_span(bw + bw_rounds, 'gb_per_s_read_sum')}; CPU share "
           f"{statistics.median(b['cpu_share'] for b in bw + bw_rounds):.2f}). 'limit/s' and 'of limit' pair each "
           f"round's decode with the bandwidth measured beside it (medians over the kept rounds)")
+    print("on transparent huge pages (share of the bytes; the weights a decode step reads, fused_decode.decode_weights): "
+          + ", ".join(f"{k} {'?' if v is None else f'{v:.0%}'}" for k, v in huge.items())
+          + (f" (host setting: {thp_setting()}); llama.cpp reads its GGUF through mmap, its default" if bins else ""))
     if bins:
         print(f"llama.cpp built with isa {a.llamacpp_isa} ({' '.join(llamacpp.ISAS[a.llamacpp_isa])}); "
               f"CPU extensions beyond AVX2/FMA/F16C: {', '.join(extras) or 'none'}")
@@ -467,7 +473,8 @@ def main() -> None:
                                                    "llama.cpp": why, "llama.cpp_isa": a.llamacpp_isa,
                                                    "cpu_extras": extras, "moorelab_kernels": our_isa,
                                                    "load_average_start": load0},
-                                      "bandwidth": bw, "bandwidth_rounds": bw_rounds, "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
+                                      "bandwidth": bw, "bandwidth_rounds": bw_rounds, "huge_pages": huge,
+                                      "thp_setting": thp_setting(), "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
                                       "batched": batched, "elapsed_s": elapsed}, indent=1, default=str))
 
 

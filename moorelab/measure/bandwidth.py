@@ -9,6 +9,12 @@ the host's limit — on 2026-12-02 (a Zen 4 host) our float32 decode read 51 GB/
 ``torch.sum``'s best passes read 27-44 GB/s across the same benchmark run. A shared host's
 bandwidth also swings within minutes (31 and 49 GB/s at the start and end of one run on
 2026-12-01), so a benchmark measures it beside each measurement it divides.
+
+The buffer sits on the same kind of pages as the packed decode weights
+(:func:`reference_buffer`: 2 MiB-aligned, advised for transparent huge pages). On 2026-12-02,
+with the host's THP setting at ``madvise``, a plain ``torch.ones`` buffer (4 KiB pages) read
+10-30% slower than one on huge pages, and the packed float32 decode read at 99-109% of that
+lower "limit": a limit on other pages than the decode's is no limit.
 """
 
 from __future__ import annotations
@@ -19,12 +25,51 @@ import time
 import torch
 
 from moorelab.measure.speed import CpuShareClock
+from moorelab.model.weight_arena import huge_page_bytes
+
+#: where Linux shows its transparent-huge-page mode
+THP_SETTING_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_setting(path: str = THP_SETTING_FILE) -> str | None:
+    """The host's transparent-huge-page mode (``always``, ``madvise`` or ``never``: the bracketed
+    word of ``path``), or None where it cannot be read (not Linux)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        return text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        return None
+
+
+def huge_page_fraction(tensors: list[torch.Tensor]) -> float | None:
+    """The share of ``tensors``' bytes (each distinct tensor counted once) that transparent huge
+    pages back (:func:`moorelab.model.weight_arena.huge_page_bytes`), 0-1; None where it cannot
+    be read. Raises ValueError for an empty list or tensors of 0 bytes."""
+    uniq = {(t.data_ptr(), t.numel() * t.element_size()): t for t in tensors}
+    total = sum(n for _, n in uniq)
+    if total == 0:
+        raise ValueError("huge_page_fraction: no bytes to count")
+    hb = huge_page_bytes(list(uniq.values()))
+    return None if hb is None else hb / total
+
+
+def reference_buffer(n_bytes: int = 512 << 20) -> torch.Tensor:
+    """The read-bandwidth buffer: ``n_bytes // 4`` float32 ones on a mapping of their own, 2 MiB
+    aligned and advised for transparent huge pages
+    (:func:`moorelab.model.weight_arena.huge_page_tensor`), as the decode weights are packed.
+    Raises ValueError when ``n_bytes`` < 4, OSError when the mapping cannot be made."""
+    from moorelab.model.weight_arena import huge_page_tensor
+
+    if n_bytes < 4:
+        raise ValueError(f"n_bytes must be at least 4, got {n_bytes}")
+    return huge_page_tensor(n_bytes // 4).fill_(1.0)
 
 
 def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, reps: int = 3,
                    threads: int | None = None) -> dict:
-    """Best read bandwidth over ``buf`` (float32, contiguous; allocated here from ``n_bytes``
-    when None — pass one buffer to repeated calls: allocating 512 MiB takes longer than reading
+    """Best read bandwidth over ``buf`` (float32, contiguous; when None, a
+    :func:`reference_buffer` of ``n_bytes`` is made here — pass one buffer to repeated calls: allocating 512 MiB takes longer than reading
     it) on ``threads`` threads (default ``torch.get_num_threads()``), ``reps`` passes of each
     reader, alternating.
 
@@ -33,7 +78,9 @@ def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, re
     None when the kernels are not built), ``gb_per_s_median`` (the median pass of the reader whose
     best counts), ``gb_per_cpu_s`` (bytes per CPU second of all threads, best pass: the read rate
     per unit of CPU, for the CPU-time columns of bench_decode_depth), ``cpu_share`` (median CPU
-    share of all passes, :class:`~moorelab.measure.speed.CpuShareClock`).
+    share of all passes, :class:`~moorelab.measure.speed.CpuShareClock`), ``huge_page_fraction``
+    (the share of ``buf``'s bytes on transparent huge pages,
+    :func:`~moorelab.model.weight_arena.huge_page_bytes`; None where it cannot be read).
 
     Raises ValueError when ``buf`` is not a contiguous float32 CPU tensor or ``reps`` < 1.
     """
@@ -42,7 +89,7 @@ def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, re
     if reps < 1:
         raise ValueError(f"reps must be at least 1, got {reps}")
     if buf is None:
-        buf = torch.ones(n_bytes // 4)
+        buf = reference_buffer(n_bytes)
     if buf.dtype is not torch.float32 or not buf.is_contiguous() or buf.device.type != "cpu":
         raise ValueError("buf must be a contiguous float32 CPU tensor")
     n_bytes = buf.numel() * buf.element_size()
@@ -68,7 +115,9 @@ def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, re
     finally:
         torch.set_num_threads(old)
     best = {k: n_bytes / min(v) / 1e9 for k, v in times.items()}
+    huge = huge_page_fraction([buf])
     top = max(best, key=best.get)
     return {"gb_per_s": best[top], "gb_per_s_torch_sum": best["torch.sum"], "gb_per_s_read_sum": best.get("ml_read_sum"),
             "gb_per_s_median": n_bytes / statistics.median(times[top]) / 1e9,
-            "gb_per_cpu_s": n_bytes / max(min(cpu), 1e-9) / 1e9, "cpu_share": statistics.median(shares)}
+            "gb_per_cpu_s": n_bytes / max(min(cpu), 1e-9) / 1e9, "cpu_share": statistics.median(shares),
+            "huge_page_fraction": huge}

@@ -87,7 +87,7 @@ from moorelab import kernels
 from moorelab.model.transformer import FastLinear, RMSNorm
 from moorelab.model.weight_arena import hold_freed_heap, release_freed_heap, pack_decode_weights
 
-__all__ = ["decode_step", "prepare_decode", "steady", "why_not_fused"]
+__all__ = ["decode_step", "decode_weights", "prepare_decode", "steady", "why_not_fused"]
 
 #: KV-cache storage types the C attention reads (``ml_layer.kv_f16``)
 _KV_DTYPES = (torch.float32, torch.float16)
@@ -378,6 +378,21 @@ def steady(model):
 def why_not_fused(model) -> str | None:
     """``None`` if :func:`decode_step` can run ``model``, else the reason (one line)."""
     return _switched_off(model) or _build(model).reason
+
+
+def decode_weights(model) -> list[torch.Tensor]:
+    """The tensors one fused decode step reads from the weights (each once), in the order it reads
+    them: per layer the norms, q/k/v, o, gate/up, down with their scales, minimums and biases,
+    then the final norm and the output layer — what :func:`prepare_decode` packs. Empty when the
+    fused decode cannot run ``model`` (:func:`why_not_fused`). For benchmarks that check where
+    these bytes lie (e.g. on huge pages, :func:`moorelab.measure.bandwidth.huge_page_fraction`)."""
+    if _switched_off(model) is not None:
+        return []
+    plan = _build(model)
+    if plan.reason is not None:
+        return []
+    seen: set[int] = set()
+    return [t for t in plan.stream if not (id(t) in seen or seen.add(id(t)))]
 
 
 def _switched_off(model) -> str | None:

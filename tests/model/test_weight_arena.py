@@ -14,7 +14,7 @@ from moorelab.improve.api import ApplyContext, apply, parse_spec
 from moorelab.model import decode
 from moorelab.model.config import TransformerConfig
 from moorelab.model.transformer import KVCache, Transformer
-from moorelab.model.weight_arena import ALIGN, pack_decode_weights
+from moorelab.model.weight_arena import ALIGN, huge_page_bytes, huge_page_tensor, pack_decode_weights
 from model_helpers import scramble
 
 HUGE = 2 << 20
@@ -270,3 +270,56 @@ def test_after_prepare_decode_later_passes_reuse_the_first_ones_memory():
     assert second["held"] <= 16, out  # the malloc setting alone
     assert second["prepared"] <= 16, out  # and as prepare_decode sets it
 
+
+
+def test_huge_page_bytes_counts_the_mappings_over_the_tensor_clipped_to_it(tmp_path):
+    t = torch.zeros(1024)  # 4,096 bytes; the smaps below are written around its address
+    lo = t.data_ptr()
+    hi = lo + 4096
+    smaps = tmp_path / "smaps"
+    smaps.write_text(
+        f"{lo - 8192:x}-{lo - 4096:x} rw-p 00000000 00:00 0\nAnonHugePages:      4 kB\n"  # before it: not counted
+        f"{lo - 4096:x}-{lo + 2048:x} rw-p 00000000 00:00 0\nRss: 8 kB\nAnonHugePages:      4 kB\n"  # 2,048 bytes of it
+        f"{lo + 2048:x}-{hi + 4096:x} rw-p 00000000 00:00 0\nAnonHugePages:      0 kB\n"
+    )
+    # the first overlapping mapping's 4,096 huge-page bytes clipped to its 2,048-byte overlap
+    assert huge_page_bytes(t, smaps=str(smaps)) == 2048
+    assert huge_page_bytes(t, smaps=str(tmp_path / "absent")) is None
+
+
+def test_huge_page_tensor_is_zeroed_aligned_and_refuses_nothing():
+    t = huge_page_tensor(3 << 20, dtype=torch.int8)
+    assert t.dtype is torch.int8 and t.numel() == 3 << 20 and t.data_ptr() % (2 << 20) == 0
+    assert int(t.abs().sum()) == 0
+    with pytest.raises(ValueError, match="numel"):
+        huge_page_tensor(0)
+
+
+def test_huge_page_bytes_of_several_tensors_counts_each_mapping_once(tmp_path):
+    a, b = torch.zeros(1024), torch.zeros(1024)
+    smaps = tmp_path / "smaps"
+    lines = ""
+    for t in (a, b):
+        lo = t.data_ptr()
+        lines += f"{lo:x}-{lo + 4096:x} rw-p 00000000 00:00 0\nAnonHugePages:      8 kB\n"
+    smaps.write_text(lines)
+    assert huge_page_bytes([a, b, a], smaps=str(smaps)) == 8192  # each clipped to its 4,096; a once
+
+
+@pytest.mark.skipif(kernels.get_library() is None, reason=f"compiled kernels unavailable: {kernels.status()}")
+def test_decode_weights_are_what_prepare_decode_packs_in_reading_order():
+    from moorelab.model.fused_decode import decode_weights, prepare_decode
+
+    m = tiny()
+    apply(m, parse_spec("int4:group_size=32"), ApplyContext())
+    ws = decode_weights(m)
+    assert len({id(t) for t in ws}) == len(ws)  # each once
+    b0 = m.blocks[0]
+    assert ws[0] is b0.attn_norm.weight and ws[1] is b0.attn.q_proj.qweight  # the order a step reads
+    assert any(t is m.blocks[-1].ffn.down_proj.qweight for t in ws)
+    assert any(t is m.lm_head.qweight for t in ws[-4:])  # the output layer last
+    assert prepare_decode(m) is None
+    ptrs = [t.data_ptr() for t in ws]
+    assert ptrs == sorted(ptrs) and ptrs[0] % HUGE == 0  # packed one after the other from a 2 MiB boundary
+    m.fused_decode = False
+    assert decode_weights(m) == []
