@@ -6,7 +6,9 @@ float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 an
 
 * decode tok/s: 1 / median step time of ``--steps`` greedy steps after ``depth`` cached tokens
   (the fused decode, its weights packed by ``prepare_decode`` as ``moorelab run`` and
-  ``moorelab generate`` pack them), rounds interleaved over every row so all see the same
+  ``moorelab generate`` pack them; since 2026-12-02 19:00 UTC, commit 8587569: before it the
+  rows ran on unpacked weights and the prefills without ``prepare_decode``'s held heap, so
+  figures from before and after are not comparable), rounds interleaved over every row so all see the same
   machine load;
 * bytes read per token: every linear layer's stored weights (the embedding row is negligible)
   plus the cached keys and values of every layer at that depth;
@@ -55,14 +57,14 @@ from moorelab.model.transformer import KVCache  # noqa: E402
 PRECISIONS = {"fp32": None, "int8": "int8", "int4-a8": "int4:group_size=32,activation_bits=8"}
 
 
-def read_bandwidth(n_bytes: int = 512 << 20, repeats: int = 7) -> tuple[float, float]:
+def read_bandwidth(n_bytes: int = 512 << 20, repeats: int = 7) -> tuple[float, float, float | None]:
     """Read bandwidth over an ``n_bytes`` float32 buffer, the faster of ``torch.sum`` and
     ``ml_read_sum``, best of ``repeats`` passes each (:func:`moorelab.measure.bandwidth.read_bandwidth`):
-    (GB per wall second, GB per CPU second of all threads)."""
+    (GB per wall second, GB per CPU second of all threads, the buffer's share on huge pages or None)."""
     from moorelab.measure.bandwidth import read_bandwidth as measure
 
     r = measure(n_bytes=n_bytes, reps=repeats)
-    return r["gb_per_s"], r["gb_per_cpu_s"]
+    return r["gb_per_s"], r["gb_per_cpu_s"], r["huge_page_fraction"]
 
 
 def linear_bytes(model: nn.Module) -> int:
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     from moorelab.model.fused_decode import decode_weights, prepare_decode
     from moorelab.model.zoo import load_pretrained
 
-    bw0, bwc0 = read_bandwidth()
+    bw0, bwc0, _ = read_bandwidth()
     loaded = load_pretrained("smollm2-135m")
     tok = loaded.tokenizer
     text = take_prefix(default_text(), max(args.chars, 40000))
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
         # the decode weights packed in reading order on huge pages, as moorelab run and generate do
         prepare_decode(m)
         models[label] = m.eval()
-    huge = {label: huge_page_fraction(decode_weights(m)) for label, m in models.items()}
+    # decode_weights is [] when the fused decode does not run a model (kernels not built): nothing to count
+    huge = {label: (huge_page_fraction(ws) if (ws := decode_weights(m)) else None) for label, m in models.items()}
     rows = [Row(f"{label} kv-{'f16' if kv is torch.float16 else 'f32'} d{d}", m, kv, d, ids, args.steps)
             for label, m in models.items() for kv in (torch.float32, torch.float16) for d in (0, args.depth)]
     # prefill: each precision, and int8 / int4-a8 on their previous path (dequantize + float32 matmul)
@@ -180,15 +183,16 @@ def main(argv=None) -> int:
                 pre_s[k].append(dt)
                 pre_cpu[k] += time.process_time() - c
                 pre_wall[k] += dt * args.threads
-    bw1, bwc1 = read_bandwidth()
+    bw1, bwc1, huge_end = read_bandwidth()
+    huge = {"reference": huge_end, **huge}
     bw, bwc = max(bw0, bw1), max(bwc0, bwc1)
     out = {"threads": args.threads, "read_bandwidth_gb_s": [bw0, bw1], "read_gb_per_cpu_s": [bwc0, bwc1],
            "decode": [], "prefill": [], "quality": [], "huge_pages": huge, "thp_setting": thp_setting()}
     print(f"SmolLM2-135M, {args.threads} threads; read bandwidth (torch.sum or ml_read_sum, 512 MB) {bw0:.1f} / end of run "
           f"{bw1:.1f} GB/s (limit figures use {bw:.1f}); per CPU second of all threads {bwc0:.1f} / {bwc1:.1f} "
           f"(CPU limits use {bwc:.1f})")
-    print(f"on transparent huge pages (host setting {thp_setting()}): the read's buffer by construction where the "
-          f"host allows it, the packed weights " + ", ".join(f"{k} {'?' if v is None else f'{v:.0%}'}" for k, v in huge.items()))
+    print(f"on transparent huge pages (share of the bytes; host setting {thp_setting()}): "
+          + ", ".join(f"{k} {'?' if v is None else f'{v:.0%}'}" for k, v in huge.items()))
     print(f"decode: median step of {args.steps} steps x {args.rounds} interleaved rounds; 'CPU ms' = median process "
           f"CPU time per step (all threads), 'CPU % limit' = bytes per CPU second against the read's")
     print(f"{'row':22s} {'tok/s':>7s} {'MB/token':>8s} {'limit':>7s} {'% limit':>7s} {'CPU ms':>7s} {'CPU % limit':>11s} "

@@ -17,6 +17,11 @@ measured interleaved in each round:
   best of 3 passes each (:func:`moorelab.measure.bandwidth.read_bandwidth`: the same core's read
   bandwidth at that moment, as the decode benchmarks measure it).
 
+The reference buffer and every streamed and in-cache matrix lie on mappings of their own, 2 MiB
+aligned and advised for transparent huge pages (:func:`moorelab.model.weight_arena.huge_page_tensor`,
+as the packed decode weights); the run prints the share of each on huge pages and the host's
+THP setting (``huge_pages`` and ``thp_setting`` in the JSON).
+
 Each figure is the median of its rounds kept at CPU share >= 0.9
 (:class:`moorelab.measure.speed.CpuShareClock`; all rounds, marked "disturbed", when none was).
 The printed ratios say which bound holds: streamed / reference near 1 means the kernel reads at

@@ -270,7 +270,8 @@ def main() -> None:
     bw_buf = reference_buffer(512 << 20)  # on huge pages where the host allows, as our packed weights
     huge = {"reference": huge_page_fraction([bw_buf])}
     for prec, m in models.items():
-        huge[f"ours {prec}"] = huge_page_fraction(decode_weights(m))
+        ws = decode_weights(m)  # [] when the fused decode does not run this model: nothing to count
+        huge[f"ours {prec}"] = huge_page_fraction(ws) if ws else None
     bw = [read_bandwidth(buf=bw_buf, reps=5)]
     peak = [matmul_peak()]
 
@@ -392,7 +393,7 @@ def main() -> None:
           f"round's decode with the bandwidth measured beside it (medians over the kept rounds)")
     print("on transparent huge pages (share of the bytes; the weights a decode step reads, fused_decode.decode_weights): "
           + ", ".join(f"{k} {'?' if v is None else f'{v:.0%}'}" for k, v in huge.items())
-          + (f" (host setting: {thp_setting()}); llama.cpp reads its GGUF through mmap, its default" if bins else ""))
+          + f" (host setting: {thp_setting()})" + ("; llama.cpp reads its GGUF through mmap, its default" if bins else ""))
     if bins:
         print(f"llama.cpp built with isa {a.llamacpp_isa} ({' '.join(llamacpp.ISAS[a.llamacpp_isa])}); "
               f"CPU extensions beyond AVX2/FMA/F16C: {', '.join(extras) or 'none'}")

@@ -25,7 +25,7 @@ import time
 import torch
 
 from moorelab.measure.speed import CpuShareClock
-from moorelab.model.weight_arena import huge_page_bytes
+from moorelab.model.weight_arena import huge_page_bytes, tensor_spans
 
 #: where Linux shows its transparent-huge-page mode
 THP_SETTING_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -42,15 +42,18 @@ def thp_setting(path: str = THP_SETTING_FILE) -> str | None:
         return None
 
 
-def huge_page_fraction(tensors: list[torch.Tensor]) -> float | None:
-    """The share of ``tensors``' bytes (each distinct tensor counted once) that transparent huge
-    pages back (:func:`moorelab.model.weight_arena.huge_page_bytes`), 0-1; None where it cannot
-    be read. Raises ValueError for an empty list or tensors of 0 bytes."""
-    uniq = {(t.data_ptr(), t.numel() * t.element_size()): t for t in tensors}
-    total = sum(n for _, n in uniq)
+def huge_page_fraction(tensors: list[torch.Tensor], smaps: str = "/proc/self/smaps") -> float | None:
+    """The share of the bytes under ``tensors`` that transparent huge pages back, 0-1 (bytes
+    shared by several tensors, e.g. a tensor and a view of it, counted once;
+    :func:`moorelab.model.weight_arena.huge_page_bytes`, an upper bound for tensors that share a
+    mapping with other memory); None where ``smaps`` cannot be read (not Linux).
+
+    Raises ValueError for an empty list or tensors of 0 bytes (callers with possibly no tensors,
+    e.g. ``fused_decode.decode_weights`` of a model the fused decode does not run, check first)."""
+    total = sum(hi - lo for lo, hi in tensor_spans(tensors))
     if total == 0:
         raise ValueError("huge_page_fraction: no bytes to count")
-    hb = huge_page_bytes(list(uniq.values()))
+    hb = huge_page_bytes(tensors, smaps=smaps)
     return None if hb is None else hb / total
 
 
@@ -82,7 +85,8 @@ def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, re
     (the share of ``buf``'s bytes on transparent huge pages,
     :func:`~moorelab.model.weight_arena.huge_page_bytes`; None where it cannot be read).
 
-    Raises ValueError when ``buf`` is not a contiguous float32 CPU tensor or ``reps`` < 1.
+    Raises ValueError when ``buf`` is not a non-empty contiguous float32 CPU tensor, ``reps`` < 1
+    or (``buf`` None) ``n_bytes`` < 4; OSError when the default buffer's mapping cannot be made.
     """
     from moorelab import kernels
 
@@ -90,8 +94,8 @@ def read_bandwidth(buf: torch.Tensor | None = None, n_bytes: int = 512 << 20, re
         raise ValueError(f"reps must be at least 1, got {reps}")
     if buf is None:
         buf = reference_buffer(n_bytes)
-    if buf.dtype is not torch.float32 or not buf.is_contiguous() or buf.device.type != "cpu":
-        raise ValueError("buf must be a contiguous float32 CPU tensor")
+    if buf.dtype is not torch.float32 or not buf.is_contiguous() or buf.device.type != "cpu" or buf.numel() == 0:
+        raise ValueError("buf must be a non-empty contiguous float32 CPU tensor")
     n_bytes = buf.numel() * buf.element_size()
     nthreads = threads or torch.get_num_threads()
     klib = kernels.get_library()

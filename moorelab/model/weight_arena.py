@@ -96,31 +96,49 @@ def huge_page_tensor(numel: int, dtype: torch.dtype = torch.float32) -> torch.Te
     if numel < 1:
         raise ValueError(f"numel must be at least 1, got {numel}")
     esz = torch.empty(0, dtype=dtype).element_size()
-    region, view, _base, start = _huge_region(numel * esz)
+    region, view, _, start = _huge_region(numel * esz)
     t = torch.frombuffer(view[start:start + numel * esz], dtype=torch.uint8).view(dtype)
     t.zero_()  # touch every page now (the faults belong to the allocation, not to a timed read)
     return t
 
 
-def huge_page_bytes(tensors: torch.Tensor | Iterable[torch.Tensor], smaps: str = "/proc/self/smaps") -> int | None:
-    """Bytes of the memory under ``tensors`` (one tensor or several) that transparent huge pages
-    back: for each mapping of ``smaps`` that overlaps them, its ``AnonHugePages`` clipped to the
-    bytes of the tensors inside it (a mapping's huge pages are not located within it, so for a
-    mapping larger than its tensors this is an upper bound). None where ``smaps`` cannot be read
-    (not Linux). Divide by the tensors' bytes for the fraction a benchmark reports."""
+def tensor_spans(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[tuple[int, int]]:
+    """The address ranges [start, end) in bytes under ``tensors`` (contiguous tensors; one tensor or
+    several), sorted, overlapping and touching ranges merged, so bytes two tensors share (a tensor
+    and a view of it, a tensor listed twice) count once. Empty tensors give no range."""
     ts = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
-    spans = sorted({(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in ts})
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in ts if t.numel())
+    merged: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def huge_page_bytes(tensors: torch.Tensor | Iterable[torch.Tensor], smaps: str = "/proc/self/smaps") -> int | None:
+    """Bytes of the memory under ``tensors`` (one tensor or several; shared bytes counted once,
+    :func:`tensor_spans`) that transparent huge pages back: for each mapping of ``smaps`` that
+    overlaps them, its ``AnonHugePages`` clipped to the bytes of the tensors inside it (a
+    mapping's huge pages are not located within it, so for a mapping larger than its tensors, such
+    as the heap, this is an upper bound; the packed decode weights and :func:`huge_page_tensor`
+    have mappings of their own). None where ``smaps`` cannot be read or parsed (not Linux).
+    Divide by the tensors' bytes for the fraction a benchmark reports."""
+    spans = tensor_spans(tensors)
     total, inside = 0, 0
     try:
         with open(smaps) as f:
             for line in f:
+                if not line.strip():
+                    continue
                 head = line.split(None, 1)[0]
                 if "-" in head and not head.endswith(":"):
                     a, b = (int(x, 16) for x in head.split("-"))
                     inside = sum(max(0, min(hi, b) - max(lo, a)) for lo, hi in spans)
                 elif inside and head == "AnonHugePages:":
                     total += min(int(line.split()[1]) * 1024, inside)
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         return None
     return total
 

@@ -34,18 +34,57 @@ def test_a_buffer_the_readers_cannot_read_is_refused(bad):
         read_bandwidth(buf=torch.ones(64), reps=0)
 
 
-def test_the_reference_buffer_is_ones_on_2mib_aligned_huge_pages():
+def _vm_flags(ptr: int) -> list[str] | None:
+    """VmFlags of the mapping of /proc/self/smaps holding address ``ptr``, None where unreadable."""
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                head = line.split(None, 1)[0] if line.strip() else ""
+                if "-" in head and not head.endswith(":"):
+                    a, b = (int(x, 16) for x in head.split("-"))
+                    inside = a <= ptr < b
+                elif inside and head == "VmFlags:":
+                    return line.split()[1:]
+    except OSError:
+        return None
+    return None
+
+
+def _thp_allowed_here() -> str | None:
+    """Why this process cannot get transparent huge pages (a reason to skip), or None when it can."""
+    setting = thp_setting()
+    if setting not in ("always", "madvise"):
+        return f"transparent huge pages are {setting!r} on this host"
+    try:
+        with open("/proc/self/status") as f:
+            if any(line.split() == ["THP_enabled:", "0"] for line in f):
+                return "THP is disabled for this process (prctl PR_SET_THP_DISABLE, inherited)"
+        with open("/sys/kernel/mm/transparent_hugepage/defrag") as f:
+            defrag = f.read()
+    except OSError as e:
+        return f"cannot read the THP state: {e}"
+    if defrag[defrag.index("[") + 1:defrag.index("]")] not in ("always", "madvise", "defer+madvise"):
+        return f"THP defrag is {defrag.strip()!r}: no compaction at fault time, huge pages only by chance"
+    return None
+
+
+def test_the_reference_buffer_is_ones_on_a_2mib_aligned_mapping_advised_for_huge_pages():
     buf = reference_buffer(16 << 20)
     assert buf.dtype is torch.float32 and buf.numel() == (16 << 20) // 4
     assert buf.data_ptr() % (2 << 20) == 0
     assert float(buf.sum()) == buf.numel()
+    flags = _vm_flags(buf.data_ptr())
+    if flags is None:
+        pytest.skip("/proc/self/smaps cannot be read here (not Linux): no mapping to inspect")
+    assert "hg" in flags  # what our code controls: madvise(MADV_HUGEPAGE) on the buffer's own mapping
+    why = _thp_allowed_here()
+    if why:
+        pytest.skip(why)
     r = read_bandwidth(buf=buf, reps=1, threads=1)
-    if thp_setting() in ("always", "madvise"):
-        # the kernel may fall back to small pages under fragmentation, but not for all 8 of them
-        # on a fresh 16 MiB mapping with defrag allowed for madvised regions
-        assert r["huge_page_fraction"] >= 0.25
-    else:
-        pytest.skip(f"transparent huge pages are {thp_setting()!r} here: nothing to check")
+    # the kernel may fall back to small pages under fragmentation, but not for all 8 of them on a
+    # fresh 16 MiB mapping with compaction allowed at fault time for madvised regions
+    assert r["huge_page_fraction"] >= 0.25
 
 
 def test_default_buffer_is_the_reference_buffer(monkeypatch):
@@ -70,10 +109,26 @@ def test_thp_setting_reads_the_bracketed_word(tmp_path):
     assert thp_setting(str(tmp_path / "absent")) is None
 
 
-def test_huge_page_fraction_counts_each_tensor_once_and_refuses_nothing():
-    buf = reference_buffer(4 << 20)
-    one = huge_page_fraction([buf])
-    assert one is None or 0.0 <= one <= 1.0
-    assert huge_page_fraction([buf, buf]) == one  # not double counted
+def test_huge_page_fraction_counts_shared_bytes_once_and_refuses_no_bytes(tmp_path):
+    buf = torch.zeros(4096)  # 16,384 bytes
+    lo = buf.data_ptr()
+    smaps = tmp_path / "smaps"
+    # one mapping around the tensor with 8 kB on huge pages (a fake: the count is clipped to the
+    # tensor's bytes inside the mapping), a blank line, and another mapping that does not overlap
+    smaps.write_text(f"{lo - 4096:x}-{lo + 16384 + 4096:x} rw-p 00000000 00:00 0\n"
+                     "Size:                 24 kB\nAnonHugePages:         8 kB\n\n"
+                     f"{lo + (1 << 30):x}-{lo + (1 << 30) + 4096:x} rw-p 00000000 00:00 0\n"
+                     "AnonHugePages:      2048 kB\n")
+    assert huge_page_fraction([buf], smaps=str(smaps)) == pytest.approx(8192 / 16384)
+    # the same tensor twice and a view of half of it: still 16,384 bytes, 8,192 on huge pages
+    assert huge_page_fraction([buf, buf, buf[:2048]], smaps=str(smaps)) == pytest.approx(0.5)
+    assert huge_page_fraction([buf], smaps=str(tmp_path / "absent")) is None
     with pytest.raises(ValueError, match="no bytes"):
         huge_page_fraction([])
+    with pytest.raises(ValueError, match="no bytes"):
+        huge_page_fraction([torch.zeros(0)])
+
+
+def test_an_empty_buffer_is_refused():
+    with pytest.raises(ValueError, match="non-empty"):
+        read_bandwidth(buf=torch.zeros(0))

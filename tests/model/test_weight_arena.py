@@ -323,3 +323,15 @@ def test_decode_weights_are_what_prepare_decode_packs_in_reading_order():
     assert ptrs == sorted(ptrs) and ptrs[0] % HUGE == 0  # packed one after the other from a 2 MiB boundary
     m.fused_decode = False
     assert decode_weights(m) == []
+
+
+def test_tensor_spans_merge_shared_and_touching_bytes_and_skip_empty_tensors():
+    from moorelab.model.weight_arena import tensor_spans
+
+    t = torch.zeros(1024)  # 4,096 bytes
+    lo = t.data_ptr()
+    assert tensor_spans(t) == [(lo, lo + 4096)]
+    # a view inside it, the two halves touching, the tensor twice: one span; an empty tensor: none
+    assert tensor_spans([t[512:], t[:512], t, t[100:200], torch.zeros(0)]) == [(lo, lo + 4096)]
+    u = torch.zeros(16)
+    assert sorted(tensor_spans([u, t])) == tensor_spans([u, t]) and len(tensor_spans([u, t])) == 2
