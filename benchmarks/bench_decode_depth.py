@@ -125,6 +125,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from moorelab import kernels
+
+    if kernels.get_library() is None:  # every decode row runs the fused decode, a compiled kernel
+        raise SystemExit(f"bench_decode_depth.py needs the compiled kernels (the fused decode): {kernels.status()}")
     from moorelab.measure.quality import score_text
     from moorelab.measure.text import default_text, take_prefix
     from moorelab.measure.bandwidth import huge_page_fraction, thp_setting
