@@ -8,8 +8,8 @@ float32 and a float16 KV cache (``KVCache(dtype=torch.float16)``), at depth 0 an
   (the fused decode, its weights packed by ``prepare_decode`` as ``moorelab run`` and
   ``moorelab generate`` pack them; since 2026-12-02 19:00 UTC, commit 8587569: before it the
   rows ran on unpacked weights and the prefills without ``prepare_decode``'s held heap, so
-  figures from before and after are not comparable), rounds interleaved over every row so all see the same
-  machine load;
+  figures from before and after are not comparable), rounds interleaved over every row so all
+  see the same machine load;
 * bytes read per token: every linear layer's stored weights (the embedding row is negligible)
   plus the cached keys and values of every layer at that depth;
 * limit tok/s = read bandwidth / bytes per token, the bandwidth being the faster of ``torch.sum``

@@ -13,8 +13,9 @@ bandwidth also swings within minutes (31 and 49 GB/s at the start and end of one
 The buffer sits on the same kind of pages as the packed decode weights
 (:func:`reference_buffer`: 2 MiB-aligned, advised for transparent huge pages). On 2026-12-02,
 with the host's THP setting at ``madvise``, a plain ``torch.ones`` buffer (4 KiB pages) read
-3-18% slower than one on huge pages on two threads (23-27% on one), and the packed float32 decode read at 99-109% of that
-lower "limit": a limit on other pages than the decode's is no limit.
+3-18% slower than one on huge pages on two threads (23-27% on one), and the packed float32
+decode read at 99-109% of that lower "limit": a limit on other pages than the decode's is no
+limit.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from __future__ import annotations
 import errno
 import mmap
 import weakref
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -117,6 +117,29 @@ def tensor_spans(tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[tuple[i
     return merged
 
 
+def smaps_mappings(smaps: str = "/proc/self/smaps") -> Iterator[tuple[int, int, dict[str, str]]]:
+    """The mappings of a ``/proc/<pid>/smaps`` file: (first address, end address, its fields as
+    ``{"AnonHugePages:": "2048 kB", "VmFlags:": "rd wr mr mw me ac hg", ...}``), in file order.
+    Blank lines are skipped. Raises OSError when the file cannot be read, ValueError or IndexError
+    when a mapping's header is not ``start-end ...`` in hex."""
+    with open(smaps) as f:
+        cur = None
+        for line in f:
+            parts = line.split(None, 1)
+            if not parts:
+                continue
+            head = parts[0]
+            if "-" in head and not head.endswith(":"):
+                if cur is not None:
+                    yield cur
+                a, b = (int(x, 16) for x in head.split("-"))
+                cur = (a, b, {})
+            elif cur is not None:
+                cur[2][head] = parts[1].strip() if len(parts) > 1 else ""
+        if cur is not None:
+            yield cur
+
+
 def huge_page_bytes(tensors: torch.Tensor | Iterable[torch.Tensor], smaps: str = "/proc/self/smaps") -> int | None:
     """Bytes of the memory under ``tensors`` (one tensor or several; shared bytes counted once,
     :func:`tensor_spans`) that transparent huge pages back: for each mapping of ``smaps`` that
@@ -126,18 +149,12 @@ def huge_page_bytes(tensors: torch.Tensor | Iterable[torch.Tensor], smaps: str =
     have mappings of their own). None where ``smaps`` cannot be read or parsed (not Linux).
     Divide by the tensors' bytes for the fraction a benchmark reports."""
     spans = tensor_spans(tensors)
-    total, inside = 0, 0
+    total = 0
     try:
-        with open(smaps) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                head = line.split(None, 1)[0]
-                if "-" in head and not head.endswith(":"):
-                    a, b = (int(x, 16) for x in head.split("-"))
-                    inside = sum(max(0, min(hi, b) - max(lo, a)) for lo, hi in spans)
-                elif inside and head == "AnonHugePages:":
-                    total += min(int(line.split()[1]) * 1024, inside)
+        for a, b, fields in smaps_mappings(smaps):
+            inside = sum(max(0, min(hi, b) - max(lo, a)) for lo, hi in spans)
+            if inside and "AnonHugePages:" in fields:
+                total += min(int(fields["AnonHugePages:"].split()[0]) * 1024, inside)
     except (OSError, ValueError, IndexError):
         return None
     return total

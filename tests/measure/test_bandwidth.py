@@ -8,6 +8,7 @@ import torch
 
 from moorelab import kernels
 from moorelab.measure.bandwidth import huge_page_fraction, read_bandwidth, reference_buffer, thp_setting
+from moorelab.model.weight_arena import smaps_mappings
 
 
 def test_the_limit_is_the_faster_reader_and_the_threads_are_restored():
@@ -35,17 +36,11 @@ def test_a_buffer_the_readers_cannot_read_is_refused(bad):
 
 
 def _vm_flags(ptr: int) -> list[str] | None:
-    """VmFlags of the mapping of /proc/self/smaps holding address ``ptr``, None where unreadable."""
+    """VmFlags of this process's mapping that holds address ``ptr``, None where unreadable."""
     try:
-        with open("/proc/self/smaps") as f:
-            inside = False
-            for line in f:
-                head = line.split(None, 1)[0] if line.strip() else ""
-                if "-" in head and not head.endswith(":"):
-                    a, b = (int(x, 16) for x in head.split("-"))
-                    inside = a <= ptr < b
-                elif inside and head == "VmFlags:":
-                    return line.split()[1:]
+        for a, b, fields in smaps_mappings():
+            if a <= ptr < b:
+                return fields.get("VmFlags:", "").split()
     except OSError:
         return None
     return None

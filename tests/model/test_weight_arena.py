@@ -335,3 +335,19 @@ def test_tensor_spans_merge_shared_and_touching_bytes_and_skip_empty_tensors():
     assert tensor_spans([t[512:], t[:512], t, t[100:200], torch.zeros(0)]) == [(lo, lo + 4096)]
     u = torch.zeros(16)
     assert sorted(tensor_spans([u, t])) == tensor_spans([u, t]) and len(tensor_spans([u, t])) == 2
+
+
+def test_smaps_mappings_reads_each_mapping_with_its_fields(tmp_path):
+    from moorelab.model.weight_arena import smaps_mappings
+
+    f = tmp_path / "smaps"
+    f.write_text("1000-3000 rw-p 00000000 00:00 0 \n"
+                 "Size:                  8 kB\nAnonHugePages:         4 kB\nVmFlags: rd wr hg\n\n"
+                 "7f00-8000 r--p 00000000 08:01 42 /lib/x.so\nAnonHugePages:         0 kB\n")
+    got = list(smaps_mappings(str(f)))
+    assert [(a, b) for a, b, _ in got] == [(0x1000, 0x3000), (0x7F00, 0x8000)]
+    assert got[0][2]["AnonHugePages:"] == "4 kB" and got[0][2]["VmFlags:"].split() == ["rd", "wr", "hg"]
+    assert got[1][2] == {"AnonHugePages:": "0 kB"}
+    f.write_text("zz-10 rw-p\n")
+    with pytest.raises(ValueError):
+        list(smaps_mappings(str(f)))
