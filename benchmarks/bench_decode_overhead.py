@@ -1,0 +1,137 @@
+"""What a fused decode step spends outside its C call, and why: the Python around
+``ml_decode_layers`` on a cold cache against the same Python on a warm one.
+
+SmolLM2-135M at each precision of ``bench_vs_llamacpp.py`` (float32, int8 dynamic b32, int4 g32
+a8), decode weights packed by ``prepare_decode``, ``--threads`` threads, decoding as that benchmark
+does (``decode.forward(m, x, cache)[:, -1:].argmax(-1)`` inside ``fused_decode.steady``). The
+kernel library's ``decode_layers`` is wrapped by a timer, so each step is split into:
+
+* ``pre``: from the previous step's argmax to the C call (``decode.forward`` and ``decode_step``
+  up to the call: plan checks, the token's embedding row, the logits buffer, the call's arguments);
+* ``call``: the C call (every layer and the output layer);
+* ``post``: from the call's return to ``decode.forward``'s (return code, cache length);
+* ``argmax``: torch's argmax over the 49,152 logits.
+
+Three arms per precision, interleaved per round: ``real`` (the step as it runs), ``warm`` (the C
+call replaced by a no-op: the same Python with its objects left in the caches), ``evict`` (the C
+call replaced by ``ml_read_sum`` over a 512 MiB buffer: no decode, but the caches flushed as a
+weight stream flushes them). If ``evict``'s Python costs what ``real``'s does, the time outside
+the call is the caches the weight stream evicted, not the decode's own bookkeeping. Medians over
+steps and rounds, with the CPU share of each arm (:class:`moorelab.measure.speed.CpuShareClock`).
+
+Usage: python benchmarks/bench_decode_overhead.py [--threads 2] [--rounds 4] [--steps 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moorelab import kernels  # noqa: E402
+
+SPECS = {"float32": None, "8-bit": "int8-dynamic:activation_block=32", "4-bit": "int4:group_size=32,activation_bits=8"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=64)
+    a = ap.parse_args(argv)
+    klib = kernels.get_library()
+    if klib is None:
+        raise SystemExit(f"bench_decode_overhead.py needs the compiled kernels: {kernels.status()}")
+    from moorelab.improve.api import ApplyContext, apply, parse_spec
+    from moorelab.measure.bandwidth import reference_buffer
+    from moorelab.measure.speed import CpuShareClock
+    from moorelab.model import decode
+    from moorelab.model.fused_decode import prepare_decode, steady
+    from moorelab.model.transformer import KVCache
+    from moorelab.model.zoo import load_pretrained
+
+    torch.set_num_threads(a.threads)
+    real = klib.decode_layers
+    buf = reference_buffer(512 << 20)
+    stamp: dict[str, float] = {}
+    pc = time.perf_counter
+
+    def make(kind):
+        def call(*args):
+            stamp["s"] = pc()
+            if kind == "real":
+                rc = real(*args)
+            elif kind == "evict":
+                klib.read_sum(buf.data_ptr(), buf.numel(), a.threads)
+                rc = 0
+            else:
+                rc = 0
+            stamp["e"] = pc()
+            return rc
+        return call
+
+    models = {}
+    for prec, spec in SPECS.items():
+        m = load_pretrained("smollm2-135m").model.eval()
+        if spec:
+            apply(m, parse_spec(spec), ApplyContext())
+        if prepare_decode(m) is not None:
+            raise SystemExit(f"{prec}: the fused decode does not run here: {prepare_decode(m)}")
+        models[prec] = m
+    clock = CpuShareClock()
+    parts = ("pre", "call", "post", "argmax")
+    res = {(p, k): {q: [] for q in parts} for p in SPECS for k in ("real", "warm", "evict")}
+    share = {key: [] for key in res}
+    try:
+        with torch.inference_mode():
+            caches = {}
+            for prec, m in models.items():
+                caches[prec] = KVCache(max_len=a.steps + 8)
+                decode.forward(m, torch.tensor([[1, 2, 3, 4]]), cache=caches[prec])
+            for r in range(a.rounds):
+                for prec, m in models.items():
+                    for kind in (("real", "warm", "evict") if r % 2 == 0 else ("evict", "warm", "real")):
+                        klib.decode_layers = make(kind)
+                        c = caches[prec]
+                        c.length = 4
+                        x = torch.tensor([[5]])
+                        out = res[prec, kind]
+                        clock.start()
+                        with steady(m):
+                            t2 = pc()
+                            for _ in range(a.steps):
+                                lo = decode.forward(m, x, cache=c)
+                                t1 = pc()
+                                x = lo[:, -1:].argmax(-1) if kind == "real" else torch.tensor([[5]])
+                                if kind != "real":
+                                    lo[:, -1:].argmax(-1)  # the same work; the token kept in range
+                                t3 = pc()
+                                out["pre"].append(stamp["s"] - t2)
+                                out["call"].append(stamp["e"] - stamp["s"])
+                                out["post"].append(t1 - stamp["e"])
+                                out["argmax"].append(t3 - t1)
+                                t2 = t3
+                        share[prec, kind].append(clock.stop())
+                print(f"round {r + 1}/{a.rounds} done", flush=True)
+    finally:
+        klib.decode_layers = real
+    print(f"\nmicroseconds per step, medians of {a.rounds} x {a.steps} steps ({a.threads} threads)")
+    print(f"{'precision':9s} {'arm':6s} {'pre':>6s} {'call':>8s} {'post':>6s} {'argmax':>7s} {'outside':>8s} "
+          f"{'outside/step':>13s} {'CPU share':>10s}")
+    for (prec, kind), v in res.items():
+        md = {q: statistics.median(v[q]) * 1e6 for q in parts}
+        outside = md["pre"] + md["post"] + md["argmax"]
+        sh = share[prec, kind]
+        print(f"{prec:9s} {kind:6s} {md['pre']:6.0f} {md['call']:8.0f} {md['post']:6.0f} {md['argmax']:7.0f} "
+              f"{outside:8.0f} {outside / (outside + md['call']):13.1%} {min(sh):.2f}-{max(sh):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
