@@ -107,7 +107,7 @@ class Row:
                 logits = decode.forward(self.model, nxt, cache=self.cache)
                 self.step_s.append(time.perf_counter() - t)
                 self.step_cpu.append(time.process_time() - c)
-                nxt = logits[:, -1:].argmax(-1)
+                nxt = decode.greedy(logits[:, -1])[:, None]
         self.cpu += time.process_time() - c0
         self.wall += (time.perf_counter() - w0) * threads
         assert self.model.last_decode_path == "fused"

@@ -3,16 +3,19 @@
 
 SmolLM2-135M at each precision of ``bench_vs_llamacpp.py`` (float32, int8 dynamic b32, int4 g32
 a8), decode weights packed by ``prepare_decode``, ``--threads`` threads, decoding as that benchmark
-does (``decode.forward(m, x, cache)[:, -1:].argmax(-1)`` inside ``fused_decode.steady``). The
+does (``decode.greedy(decode.forward(m, x, cache)[:, -1])`` inside ``fused_decode.steady``). The
 kernel library's ``decode_layers`` is wrapped by a timer, so each step is split into:
 
 * ``pre``: from the previous step's argmax to the C call (``decode.forward`` and ``decode_step``
   up to the call: plan checks, the token's embedding row, the logits buffer, the call's arguments);
 * ``call``: the C call (every layer and the output layer);
 * ``post``: from the call's return to ``decode.forward``'s (return code, cache length);
-* ``argmax``: torch's argmax over the 49,152 logits.
+* ``argmax``: the next token from the 49,152 logits (``decode.greedy``: the compiled
+  ``ml_argmax_rows``).
 
-Three arms per precision, interleaved per round: ``real`` (the step as it runs), ``warm`` (the C
+Four arms per precision, interleaved per round: ``real`` (the step as it runs), ``torch`` (the
+same with torch's ``argmax`` picking the token, as every decode loop did before 2026-12-03
+13:00 UTC), ``warm`` (the C
 call replaced by a no-op: the same Python with its objects left in the caches), ``evict`` (the C
 call replaced by ``ml_read_sum`` over a 512 MiB buffer: no decode, but the caches flushed as a
 weight stream flushes them). If ``evict``'s Python costs what ``real``'s does, the time outside
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
     def make(kind):
         def call(*args):
             stamp["s"] = pc()
-            if kind == "real":
+            if kind in ("real", "torch"):
                 rc = real(*args)
             elif kind == "evict":
                 klib.read_sum(buf.data_ptr(), buf.numel(), a.threads)
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
         models[prec] = m
     clock = CpuShareClock()
     parts = ("pre", "call", "post", "argmax")
-    res = {(p, k): {q: [] for q in parts} for p in SPECS for k in ("real", "warm", "evict")}
+    kinds = ("real", "torch", "warm", "evict")
+    res = {(p, k): {q: [] for q in parts} for p in SPECS for k in kinds}
     share = {key: [] for key in res}
     try:
         with torch.inference_mode():
@@ -96,7 +100,7 @@ def main(argv=None) -> int:
                 decode.forward(m, torch.tensor([[1, 2, 3, 4]]), cache=caches[prec])
             for r in range(a.rounds):
                 for prec, m in models.items():
-                    for kind in (("real", "warm", "evict") if r % 2 == 0 else ("evict", "warm", "real")):
+                    for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                         klib.decode_layers = make(kind)
                         c = caches[prec]
                         c.length = 4
@@ -108,9 +112,13 @@ def main(argv=None) -> int:
                             for _ in range(a.steps):
                                 lo = decode.forward(m, x, cache=c)
                                 t1 = pc()
-                                x = lo[:, -1:].argmax(-1) if kind == "real" else torch.tensor([[5]])
-                                if kind != "real":
-                                    lo[:, -1:].argmax(-1)  # the same work; the token kept in range
+                                if kind == "torch":
+                                    x = lo[:, -1:].argmax(-1)
+                                elif kind == "real":
+                                    x = decode.greedy(lo[:, -1])[:, None]
+                                else:  # the same work; the token kept in range (the logits are not)
+                                    decode.greedy(lo[:, -1])
+                                    x = torch.tensor([[5]])
                                 t3 = pc()
                                 out["pre"].append(stamp["s"] - t2)
                                 out["call"].append(stamp["e"] - stamp["s"])

@@ -319,7 +319,7 @@ def main() -> None:
                             t0 = time.perf_counter()
                             with steady(m):  # as generate decodes (fused_decode.steady)
                                 for _ in range(N):
-                                    x = decode.forward(m, x, cache=c)[:, -1:].argmax(-1)
+                                    x = decode.greedy(decode.forward(m, x, cache=c)[:, -1])[:, None]
                             dt = time.perf_counter() - t0
                             ours[prec, f"d{dpt}"].append((N / dt, clock.stop(), *g_rnd))
                     print(f"round {rnd + 1}/{rounds} ours {prec}: prefill {ours[prec, 'prefill'][-1][0]:.0f}, decode "

@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["ABI_VERSION", "KernelLibrary", "LIN_KINDS", "MlLayer", "MlLin"]
 
 #: ``ML_ABI_VERSION`` of ``csrc/common.h`` that the argument types below describe
-ABI_VERSION = 18
+ABI_VERSION = 19
 
 #: ``ml_lin.kind`` codes of the C dispatcher (``ml_lin_apply``)
 LIN_KINDS = {"f32": 1, "int8": 2, "int4": 3, "int4-a16": 4, "int4-a8": 5, "int8-dynamic": 6, "int8-dynamic-b32": 7}
@@ -107,6 +107,9 @@ class KernelLibrary:
         lib.ml_prefetch_lines.restype = None
         lib.ml_prefetch_lines.argtypes = [vp, i64]
         self.prefetch_lines = lib.ml_prefetch_lines
+        lib.ml_argmax_rows.restype = None
+        lib.ml_argmax_rows.argtypes = [vp, i64, i64, i64, vp]
+        self.argmax_rows = lib.ml_argmax_rows
         lib.ml_read_sum.restype = ctypes.c_double
         lib.ml_read_sum.argtypes = [vp, i64, cint]
         self.read_sum = lib.ml_read_sum

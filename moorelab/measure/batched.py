@@ -68,14 +68,14 @@ def batched_greedy(model, prompts: Sequence[Sequence[int]], new_tokens: int, pad
     else:
         ids, mask = _left_pad(prompts, pad_id)
         logits = model(ids, attention_mask=mask, cache=cache, last_only=True)
-    nxt = logits[:, -1:].argmax(-1)
+    nxt = decode_mod.greedy(logits[:, -1])[:, None]
     out, all_logits = [], []
     with steady(model):  # nothing changes the model between these steps (fused_decode.steady)
         for _ in range(new_tokens):
             out.append(nxt)
             t0 = time.perf_counter()
             logits = decode_mod.forward(model, nxt, cache=cache)
-            nxt = logits[:, -1:].argmax(-1)
+            nxt = decode_mod.greedy(logits[:, -1])[:, None]
             if step_times is not None:
                 step_times.append(time.perf_counter() - t0)
             if return_logits:

@@ -173,19 +173,22 @@ def measure_decode(
             models :func:`moorelab.model.fused_decode.steady`, as ``generate`` decodes).
 
     Returns:
-        Seconds per generated token (list of ``new_tokens``).
+        Seconds per generated token (list of ``new_tokens``). Each step's time includes picking
+        the next token (:func:`moorelab.model.decode.greedy`, for every engine measured).
     """
+    from moorelab.model.decode import greedy
+
     cache = new_cache()
     with steady() if steady is not None else contextlib.nullcontext():
         logits = step(prompt, cache)
-        nxt = logits[:, -1:].argmax(-1)
+        nxt = greedy(logits[:, -1])[:, None]
         times = []
         if clock is not None:
             clock.start()
         for _ in range(new_tokens):
             t0 = time.perf_counter()
             logits = step(nxt, cache)
-            nxt = logits[:, -1:].argmax(-1)
+            nxt = greedy(logits[:, -1])[:, None]
             times.append(time.perf_counter() - t0)
         if clock is not None:
             clock.stop()

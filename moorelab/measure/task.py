@@ -165,7 +165,7 @@ def measure_model(
         cache = KVCache()
         logits = decode.forward(model, prompt[:, :DECODE_PROMPT_TOKENS], cache=cache)
         for _ in range(min(4, budget.decode_tokens)):
-            logits = decode.forward(model, logits[:, -1:].argmax(-1), cache=cache)
+            logits = decode.forward(model, decode.greedy(logits[:, -1])[:, None], cache=cache)
     peak = resources.peak_rss_bytes() - held_bytes
     path = getattr(model, "last_decode_path", None)
     if path == "fused":

@@ -9,17 +9,45 @@ declines when the model is not eligible (:func:`~moorelab.model.fused_decode.why
 why); everything else is ``model(...)``, the per-op Python path.
 
 ``model.fused_decode = False`` forces the Python path; after each call ``model.last_decode_path``
-is ``"fused"`` or ``"python"``.
+is ``"fused"`` or ``"python"``. :func:`greedy` picks greedy decoding's next token from the logits.
 """
 
 from __future__ import annotations
 
 import torch
 
+from moorelab import kernels
 from moorelab.model.fused_decode import decode_step
 from moorelab.model.transformer import KVCache, Transformer
 
-__all__ = ["forward"]
+__all__ = ["forward", "greedy"]
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Greedy decoding's next token: ``logits [B, vocab]`` -> ``LongTensor[B]``, each row's
+    ``argmax`` exactly as ``logits.argmax(-1)`` (the first index on ties; a NaN counts as the
+    largest, so a row with one gives its first NaN; a row of ``-inf`` gives 0).
+
+    Float32 CPU rows (each contiguous, any row stride) go to the compiled ``ml_argmax_rows``
+    (two AVX2 passes over the row: its maximum, then its first index); anything else, or no
+    compiled kernels, to ``torch.argmax``. Why: torch's argmax over SmolLM2's 49,152 logits takes
+    50-100 µs per call even on warm caches and 130-160 µs in a decode loop, where each step's
+    weight stream has evicted what it touches (``benchmarks/bench_decode_overhead.py``), 1-4% of
+    a decode step.
+
+    Raises:
+        ValueError: ``logits`` is not 2-D or has no columns (``torch.argmax`` raises on an empty
+            reduction too).
+    """
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"greedy: logits must be [B, vocab] with vocab >= 1, got {tuple(logits.shape)}")
+    lib = kernels.get_library()
+    if (lib is None or logits.dtype is not torch.float32 or logits.device.type != "cpu"
+            or logits.stride(1) != 1 or logits.shape[0] == 0):
+        return logits.argmax(dim=-1)
+    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    lib.argmax_rows(logits.data_ptr(), logits.shape[0], logits.shape[1], logits.stride(0), out.data_ptr())
+    return out
 
 
 def forward(

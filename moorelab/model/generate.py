@@ -37,7 +37,7 @@ def sample_next(
     ``top_p`` (always keeping the most likely token), and sampled.
     """
     if temperature <= 0:
-        return logits.argmax(dim=-1)
+        return decode.greedy(logits)  # logits.argmax(-1), through the compiled kernel for float32
     logits = logits / temperature
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]

@@ -105,3 +105,61 @@ def test_reference_model_does_not_import_its_fast_path_or_anything_above_the_ker
     assert "moorelab.kernels.get_library" in ref
     fused = _imports(model_dir / "fused_decode.py")
     assert not {n for n in fused if n.endswith(".decode") or n.startswith("moorelab.improve")}, fused
+
+
+# ---------------------------------------------------------------- greedy (ml_argmax_rows)
+def _greedy_cases() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    nan, inf = float("nan"), float("inf")
+    cases = [torch.randn(3, n, generator=g) for n in (1, 7, 8, 9, 16, 17, 61, 49152 + 3)]
+    tie = torch.randn(2, 50, generator=g)
+    tie[0, [4, 9, 40]] = 9.0  # ties: the first index wins, in the vector part and across blocks
+    tie[1, [44, 49]] = 9.0  # ties in the scalar tail
+    cases.append(tie)
+    late = torch.randn(1, 61, generator=g)
+    late[0, 60] = 50.0  # the maximum in the tail only
+    cases.append(late)
+    nans = torch.randn(4, 37, generator=g)
+    nans[0, 20] = nan  # a NaN counts as the largest: its index, not the maximum's
+    nans[1, [3, 30]] = nan  # the first NaN
+    nans[2, 36] = nan  # a NaN in the tail
+    nans[3, 5] = inf  # +inf without NaN
+    cases.append(nans)
+    cases.append(torch.full((2, 19), -inf))  # a row of -inf: index 0
+    signed = torch.zeros(1, 12)
+    signed[0, :6] = -0.0  # -0.0 and 0.0 tie (torch: the first)
+    cases.append(signed)
+    return cases
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", range(len(_greedy_cases())))
+def test_greedy_is_torch_argmax_exactly(case):
+    logits = _greedy_cases()[case]
+    got = decode.greedy(logits)
+    assert got.dtype is torch.int64
+    assert torch.equal(got, logits.argmax(-1)), (got, logits.argmax(-1))
+
+
+@needs_kernels
+def test_greedy_reads_strided_rows_and_falls_back_where_the_kernel_does_not_apply():
+    g = torch.Generator().manual_seed(6)
+    lo = torch.randn(3, 4, 70, generator=g)
+    last = lo[:, -1]  # [B, V] view, row stride 4 * 70: the decode loops' logits[:, -1]
+    assert last.stride(0) == 280
+    assert torch.equal(decode.greedy(last), last.argmax(-1))
+    cols = lo[:, :, 5]  # stride(1) != 1: torch's argmax
+    assert torch.equal(decode.greedy(cols), cols.argmax(-1))
+    half = lo[:, 0].to(torch.float16)
+    assert torch.equal(decode.greedy(half), half.argmax(-1))
+    assert decode.greedy(torch.empty(0, 9)).shape == (0,)
+    for bad in (torch.randn(5), torch.randn(2, 0), torch.randn(1, 2, 3)):
+        with pytest.raises(ValueError, match="greedy"):
+            decode.greedy(bad)
+
+
+def test_greedy_without_kernels_is_torch_argmax(monkeypatch):
+    monkeypatch.setattr(kernels, "get_library", lambda: None)
+    x = torch.randn(2, 33)
+    x[1, 7] = float("nan")
+    assert torch.equal(decode.greedy(x), x.argmax(-1))

@@ -18,7 +18,7 @@
                        (ml_attn_causal; grouped-query heads share one read of K and V)
        fused_decode.c  every LLaMA-family decoder layer and the output layer for one token of
                        one or B sequences in one call and one parallel region (ml_decode_layers,
-                       ml_decode_batch, ml_lin_forward;
+                       ml_decode_batch, ml_lin_forward; the greedy pick ml_argmax_rows;
                        structures in fused_decode.h), through the kernels' ml_*_rows
        read_bw.c       a linear read on several threads (ml_read_sum): the benchmarks' second
                        read-bandwidth reference, beside torch.sum
@@ -42,7 +42,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 18
+#define ML_ABI_VERSION 19
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */

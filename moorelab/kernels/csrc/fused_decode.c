@@ -537,3 +537,43 @@ int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, i
 void ml_prefetch_lines(const uintptr_t *addrs, int64_t n) {
     for (int64_t i = 0; i < n; i++) _mm_prefetch((const char *)addrs[i], _MM_HINT_T0);
 }
+
+/* the index of the largest of v[0 .. n) for each of B rows (row b at v + b * ldv) into out[b],
+   as torch.argmax: the first index on ties, the first NaN when a row has one (NaN counts as the
+   largest), 0 for an empty row or one of -inf only. Greedy decoding's next token, read from the
+   logits the fused decode just wrote (moorelab.model.decode.greedy): one vector pass for the
+   maximum (and whether a NaN is there), one for its first index. */
+void ml_argmax_rows(const float *v, int64_t B, int64_t n, int64_t ldv, int64_t *out) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *r = v + b * ldv;
+        int64_t i = 0, best = 0;
+        __m256 mx = _mm256_set1_ps(-INFINITY), un = _mm256_setzero_ps();
+        for (; i + 8 <= n; i += 8) {
+            const __m256 x = _mm256_loadu_ps(r + i);
+            un = _mm256_or_ps(un, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+            mx = _mm256_max_ps(mx, x);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float m = _mm_cvtss_f32(m4);
+        int nan = _mm256_movemask_ps(un) != 0;
+        for (; i < n; i++) {
+            if (r[i] != r[i]) nan = 1;
+            else if (r[i] > m) m = r[i];
+        }
+        if (nan) {
+            for (i = 0; i < n && r[i] == r[i]; i++) {}
+            best = i;
+        } else {
+            const __m256 mv = _mm256_set1_ps(m);
+            for (i = 0; i + 8 <= n; i += 8) {
+                const int msk = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(r + i), mv, _CMP_EQ_OQ));
+                if (msk) break;
+            }
+            for (; i < n && r[i] != m; i++) {}
+            best = i < n ? i : 0;
+        }
+        out[b] = best;
+    }
+}
