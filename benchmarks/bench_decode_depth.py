@@ -99,15 +99,14 @@ class Row:
 
     def run(self, threads: int) -> None:
         self.cache.length = self.depth  # the same positions again: the prefix stays cached
-        nxt = self.first
+        nxt = self.first.clone()  # [1, 1]: each step's greedy pick is written into it (greedy_into)
         c0, w0 = time.process_time(), time.perf_counter()
         with torch.inference_mode():
             for _ in range(self.steps):
                 t, c = time.perf_counter(), time.process_time()
-                logits = decode.forward(self.model, nxt, cache=self.cache)
+                decode.forward(self.model, nxt, cache=self.cache, greedy_into=nxt.view(-1))
                 self.step_s.append(time.perf_counter() - t)
                 self.step_cpu.append(time.process_time() - c)
-                nxt = decode.greedy(logits[:, -1])[:, None]
         self.cpu += time.process_time() - c0
         self.wall += (time.perf_counter() - w0) * threads
         assert self.model.last_decode_path == "fused"

@@ -3,24 +3,28 @@
 
 SmolLM2-135M at each precision of ``bench_vs_llamacpp.py`` (float32, int8 dynamic b32, int4 g32
 a8), decode weights packed by ``prepare_decode``, ``--threads`` threads, decoding as that benchmark
-does (``decode.greedy(decode.forward(m, x, cache)[:, -1])`` inside ``fused_decode.steady``). The
+does (``decode.forward(m, x, cache, greedy_into=x.view(-1))`` inside ``fused_decode.steady``). The
 kernel library's ``decode_layers`` is wrapped by a timer, so each step is split into:
 
-* ``pre``: from the previous step's argmax to the C call (``decode.forward`` and ``decode_step``
+* ``pre``: from the end of the previous step (its pick) to the C call (``decode.forward`` and ``decode_step``
   up to the call: plan checks, the token's embedding row, the logits buffer, the call's arguments);
 * ``call``: the C call (every layer and the output layer);
 * ``post``: from the call's return to ``decode.forward``'s (return code, cache length);
-* ``argmax``: the next token from the 49,152 logits (``decode.greedy``: the compiled
-  ``ml_argmax_rows``).
+* ``argmax``: picking the next token from the 49,152 logits after ``decode.forward`` returned
+  (0 in ``real``, where the pick is made inside the C call and included in ``call``).
 
 Four arms per precision, interleaved per round: ``real`` (the step as it runs), ``torch`` (the
-same with torch's ``argmax`` picking the token, as every decode loop did before 2026-12-03
-13:00 UTC), ``warm`` (the C
-call replaced by a no-op: the same Python with its objects left in the caches), ``evict`` (the C
-call replaced by ``ml_read_sum`` over a 512 MiB buffer: no decode, but the caches flushed as a
-weight stream flushes them). If ``evict``'s Python costs what ``real``'s does, the time outside
-the call is the caches the weight stream evicted, not the decode's own bookkeeping. Medians over
-steps and rounds, with the CPU share of each arm (:class:`moorelab.measure.speed.CpuShareClock`).
+same with torch's ``argmax`` picking the token after the call, as every decode loop did before
+2026-12-03), ``warm`` (the C call replaced by a no-op: the same Python with its objects left in
+the caches), ``evict`` (the C call replaced by ``ml_read_sum`` over a 512 MiB buffer: no decode,
+but the caches flushed as a weight stream flushes them; ``warm`` and ``evict`` pick with
+``decode.greedy`` after the call). If ``evict``'s Python costs what ``torch``'s does, the time
+outside the call is the caches the weight stream evicted, not the decode's own bookkeeping.
+Medians over steps and rounds, with the CPU share of each arm
+(:class:`moorelab.measure.speed.CpuShareClock`).
+
+Printed: the parts' medians and the whole step's per arm, and per precision the paired ratio
+of the step with torch's argmax to the step with the pick inside the call, per round.
 
 Usage: python benchmarks/bench_decode_overhead.py [--threads 2] [--rounds 4] [--steps 64]
 """
@@ -110,15 +114,17 @@ def main(argv=None) -> int:
                         with steady(m):
                             t2 = pc()
                             for _ in range(a.steps):
-                                lo = decode.forward(m, x, cache=c)
-                                t1 = pc()
                                 if kind == "torch":
+                                    lo = decode.forward(m, x, cache=c)
+                                    t1 = pc()
                                     x = lo[:, -1:].argmax(-1)
-                                elif kind == "real":
-                                    x = decode.greedy(lo[:, -1])[:, None]
-                                else:  # the same work; the token kept in range (the logits are not)
+                                elif kind == "real":  # the pick inside the C call, written into x
+                                    decode.forward(m, x, cache=c, greedy_into=x.view(-1))
+                                    t1 = pc()
+                                else:  # the same Python, the same pick; the token kept in range
+                                    lo = decode.forward(m, x, cache=c)
+                                    t1 = pc()
                                     decode.greedy(lo[:, -1])
-                                    x = torch.tensor([[5]])
                                 t3 = pc()
                                 out["pre"].append(stamp["s"] - t2)
                                 out["call"].append(stamp["e"] - stamp["s"])
@@ -131,13 +137,22 @@ def main(argv=None) -> int:
         klib.decode_layers = real
     print(f"\nmicroseconds per step, medians of {a.rounds} x {a.steps} steps ({a.threads} threads)")
     print(f"{'precision':9s} {'arm':6s} {'pre':>6s} {'call':>8s} {'post':>6s} {'argmax':>7s} {'outside':>8s} "
-          f"{'outside/step':>13s} {'CPU share':>10s}")
+          f"{'outside/step':>13s} {'step':>8s} {'CPU share':>10s}")
     for (prec, kind), v in res.items():
         md = {q: statistics.median(v[q]) * 1e6 for q in parts}
         outside = md["pre"] + md["post"] + md["argmax"]
+        step = statistics.median(sum(t) for t in zip(*(v[q] for q in parts))) * 1e6
         sh = share[prec, kind]
         print(f"{prec:9s} {kind:6s} {md['pre']:6.0f} {md['call']:8.0f} {md['post']:6.0f} {md['argmax']:7.0f} "
-              f"{outside:8.0f} {outside / (outside + md['call']):13.1%} {min(sh):.2f}-{max(sh):.2f}")
+              f"{outside:8.0f} {outside / (outside + md['call']):13.1%} {step:8.0f} {min(sh):.2f}-{max(sh):.2f}")
+    # the pick inside the call against torch's after it: the whole step, paired per round
+    for prec in SPECS:
+        per_round = [statistics.median(sum(t) for t in zip(*(res[prec, k][q][r * a.steps:(r + 1) * a.steps]
+                                                          for q in parts))) for k in ("real", "torch")
+                     for r in range(a.rounds)]
+        ratios = [per_round[a.rounds + r] / per_round[r] for r in range(a.rounds)]
+        print(f"{prec}: step time torch's argmax / pick inside the call, per round: "
+              f"{' '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
     return 0
 
 

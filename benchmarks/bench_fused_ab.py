@@ -89,12 +89,15 @@ def main(argv=None) -> int:
     vp, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     f32p = ctypes.c_float
     # since ef651d9 ml_decode_layers also takes the final norm, its eps, the lm_head and the logits
-    # (NULL: layers only, as here); builds before it take the first 8 arguments
+    # (NULL: layers only, as here), since ABI 20 (2026-12-03) also the greedy next-token output
+    # (NULL); builds before ef651d9 take the first 8 arguments
     sig8 = [vp, i32, i64, vp, i64, vp, vp, i32]
-    for lib, with_head in ((old, args.old_signature == "head"), (new, True)):
-        lib.ml_decode_layers.restype = ctypes.c_int
-        lib.ml_decode_layers.argtypes = sig8 + ([vp, f32p, vp, vp] if with_head else [])
-    extra = {id(old): (None, 0.0, None, None) if args.old_signature == "head" else (), id(new): (None, 0.0, None, None)}
+    head4 = [vp, f32p, vp, vp]
+    old.ml_decode_layers.restype = new.ml_decode_layers.restype = ctypes.c_int
+    old.ml_decode_layers.argtypes = sig8 + (head4 if args.old_signature == "head" else [])
+    new.ml_decode_layers.argtypes = sig8 + head4 + [vp]
+    extra = {id(old): (None, 0.0, None, None) if args.old_signature == "head" else (),
+             id(new): (None, 0.0, None, None, None)}
     old.ml_fused_abi.restype = ctypes.c_int
     assert old.ml_fused_abi() == new.ml_fused_abi(), "the old library's ml_layer differs in size"
     cos, sin = torch.ones(HD), torch.zeros(HD)

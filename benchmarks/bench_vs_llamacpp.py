@@ -314,12 +314,12 @@ def main() -> None:
                         for dpt in depths:
                             c = caches[prec, dpt]
                             c.length = max(dpt, 1)
-                            x = nxt_tok
+                            x = nxt_tok.clone()  # [1, 1]: each step's greedy pick is written into it
                             clock.start()
                             t0 = time.perf_counter()
                             with steady(m):  # as generate decodes (fused_decode.steady)
                                 for _ in range(N):
-                                    x = decode.greedy(decode.forward(m, x, cache=c)[:, -1])[:, None]
+                                    decode.forward(m, x, cache=c, greedy_into=x.view(-1))
                             dt = time.perf_counter() - t0
                             ours[prec, f"d{dpt}"].append((N / dt, clock.stop(), *g_rnd))
                     print(f"round {rnd + 1}/{rounds} ours {prec}: prefill {ours[prec, 'prefill'][-1][0]:.0f}, decode "

@@ -72,10 +72,10 @@ def batched_greedy(model, prompts: Sequence[Sequence[int]], new_tokens: int, pad
     out, all_logits = [], []
     with steady(model):  # nothing changes the model between these steps (fused_decode.steady)
         for _ in range(new_tokens):
-            out.append(nxt)
+            out.append(nxt.clone())
             t0 = time.perf_counter()
-            logits = decode_mod.forward(model, nxt, cache=cache)
-            nxt = decode_mod.greedy(logits[:, -1])[:, None]
+            # the next tokens written into nxt, picked inside the fused call (decode.forward's greedy_into)
+            logits = decode_mod.forward(model, nxt, cache=cache, greedy_into=nxt.view(-1))
             if step_times is not None:
                 step_times.append(time.perf_counter() - t0)
             if return_logits:

@@ -59,6 +59,7 @@ def forward(
     token_type_ids: torch.Tensor | None = None,
     return_hidden: bool = False,
     last_only: bool = False,
+    greedy_into: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``model(input_ids, ...)``, through the fused decode when the call and the model allow it.
 
@@ -71,10 +72,24 @@ def forward(
     :mod:`moorelab.model.fused_decode`). Sets ``model.last_decode_path`` to ``"fused"`` or
     ``"python"``.
 
+    ``greedy_into``, if given (``int64 [B]``, contiguous, CPU), receives each row's greedy next
+    token: :func:`greedy` of the last position's logits, the same numbers on both paths; on the
+    fused one it is picked inside the compiled call (no Python between the logits and the pick:
+    ``benchmarks/bench_decode_overhead.py``). Decoding loops pass the tensor they feed back as
+    the next ``input_ids`` (viewed ``[B]``).
+
     Raises:
         Whatever ``model(...)`` raises on the Python path; MemoryError / RuntimeError from
-        :func:`~moorelab.model.fused_decode.decode_step` on the fused one.
+        :func:`~moorelab.model.fused_decode.decode_step` on the fused one; ValueError for a
+        ``greedy_into`` that is not a contiguous CPU int64 tensor ``[B]``, or given with
+        ``return_hidden``.
     """
+    if greedy_into is not None and (greedy_into.dtype is not torch.int64 or greedy_into.shape != (input_ids.shape[0],)
+                                    or not greedy_into.is_contiguous() or greedy_into.device.type != "cpu"
+                                    or return_hidden):
+        raise ValueError(f"greedy_into must be a contiguous CPU int64 tensor of shape ({input_ids.shape[0]},) and "
+                         f"return_hidden False, got {greedy_into.dtype} {tuple(greedy_into.shape)} on "
+                         f"{greedy_into.device}, return_hidden={return_hidden}")
     T = input_ids.shape[1]
     if (
         cache is not None
@@ -86,10 +101,13 @@ def forward(
         and getattr(model, "fused_decode", True)
         and model.attention_impl == "sdpa"
     ):
-        logits = decode_step(model, input_ids, cache)
+        logits = decode_step(model, input_ids, cache, greedy_into)
         if logits is not None:
             model.__dict__["last_decode_path"] = "fused"  # (skips nn.Module.__setattr__: every token)
             return logits
     model.__dict__["last_decode_path"] = "python"
-    return model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-                 token_type_ids=token_type_ids, return_hidden=return_hidden, last_only=last_only)
+    logits = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                   token_type_ids=token_type_ids, return_hidden=return_hidden, last_only=last_only)
+    if greedy_into is not None:
+        greedy_into.copy_(greedy(logits[:, -1]))
+    return logits

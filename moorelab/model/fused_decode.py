@@ -496,8 +496,13 @@ def prepare_decode(model, pack: bool = True) -> str | None:
     return reason
 
 
-def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
+def decode_step(model, input_ids: torch.Tensor, cache, next_ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """One fused decode step: logits ``[B, 1, vocab]`` for ``input_ids [B, 1]``, or ``None``.
+
+    ``next_ids``, if given (``int64 [B]``, contiguous, on the CPU), receives each row's greedy next
+    token (``argmax`` of its logits, as :func:`moorelab.model.decode.greedy`), picked inside the C
+    call from the logits it just wrote when the output layer runs there, so no Python runs between
+    the logits and the pick (else here, after the call). Untouched when this returns ``None``.
 
     Appends the tokens' keys and values to ``cache`` (a :class:`KVCache`) at position
     ``cache.length`` and advances it (and its padding mask, if it has one), exactly as the Python
@@ -518,6 +523,10 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     """
     if input_ids.dim() != 2 or input_ids.shape[1] != 1:
         return None  # one new token per row only
+    if next_ids is not None and (next_ids.dtype is not torch.int64 or next_ids.shape != (input_ids.shape[0],)
+                                 or not next_ids.is_contiguous() or next_ids.device.type != "cpu"):
+        raise ValueError(f"next_ids must be a contiguous CPU int64 tensor of shape ({input_ids.shape[0]},), got "
+                         f"{next_ids.dtype} {tuple(next_ids.shape)} on {next_ids.device}")
     plan = cache.__dict__.get("_fused_plan")
     block = _open_block(model)
     if plan is not None and block is not None and plan.steady is block:
@@ -580,7 +589,8 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
     logits = torch.empty(B, 1, head.N, dtype=torch.float32) if head is not None else None
     lib = kernels.get_library()
     args = (torch.get_num_threads(), plan.final_norm_ptr or None, plan.final_eps,
-            None if head is None else ctypes.addressof(head), None if logits is None else logits.data_ptr())
+            None if head is None else ctypes.addressof(head), None if logits is None else logits.data_ptr(),
+            None if head is None or next_ids is None else next_ids.data_ptr())
     if B == 1 and starts is None:
         cos, sin = model.rope_tables(pos + 1, input_ids.device)
         off = pos * cos.stride(0) * cos.element_size()
@@ -607,4 +617,7 @@ def decode_step(model, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         cache.mask = torch.cat((cache.mask, cache.mask.new_ones(B, 1)), dim=1)
     if head is not None:
         return logits
-    return model.lm_head(model.final_norm(x))
+    logits = model.lm_head(model.final_norm(x))
+    if next_ids is not None:  # (the output layer ran in torch: so does the pick, the same argmax)
+        next_ids.copy_(logits[:, -1].argmax(-1))
+    return logits

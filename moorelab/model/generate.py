@@ -119,6 +119,8 @@ def generate(
         mask[:, :T] = attention_mask
     cache = KVCache(max_len=T + max_new_tokens, dtype=kv_dtype) if use_cache else None
     done = torch.zeros(B, dtype=torch.bool)
+    # greedy with a cache: the pick is made inside the fused decode call (decode.forward's greedy_into)
+    pick = torch.empty(B, dtype=torch.long) if temperature <= 0 and use_cache else None
     n = 0
     step_ids = input_ids
     with steady(model):  # the loop owns the model between its steps
@@ -129,10 +131,10 @@ def generate(
                 # the cache keeps the prompt's mask and extends it by one real column per step, so
                 # later steps pass none (and a left-padded batch can take the fused decode)
                 logits = decode.forward(model, step_ids, attention_mask=None if mask is None or n > 1 else mask[:, :L],
-                                        cache=cache, last_only=True)
+                                        cache=cache, last_only=True, greedy_into=pick)
             else:
                 logits = model(out[:, :L], attention_mask=None if mask is None else mask[:, :L], last_only=True)
-            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            nxt = pick.clone() if pick is not None else sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             if stops is not None:
                 nxt = torch.where(done, torch.full_like(nxt, int(stops[0])), nxt)
                 done |= torch.isin(nxt, stops.to(nxt.device))

@@ -47,9 +47,14 @@ def run_steps(m: Transformer, fused: bool, prompt=PROMPT, max_len: int | None = 
     with torch.inference_mode():
         if prompt is not None:
             m(prompt, cache=cache)
-        for t in STEPS:
-            outs.append(decode.forward(m, torch.tensor([[t]]), cache=cache)[0, -1])
+        for j, t in enumerate(STEPS):
+            # every other step also asks for the greedy pick (inside the C call on the fused path):
+            # it is the argmax of the logits returned, exactly
+            pick = torch.full((1,), -1, dtype=torch.long) if j % 2 else None
+            outs.append(decode.forward(m, torch.tensor([[t]]), cache=cache, greedy_into=pick)[0, -1])
             paths.append(m.last_decode_path)
+            if pick is not None:
+                assert int(pick) == int(outs[-1].argmax())
     assert cache.length == (0 if prompt is None else prompt.shape[1]) + len(STEPS)
     assert cache.k[0].dtype is (kv_dtype or torch.float32)
     return torch.stack(outs), paths
@@ -201,8 +206,11 @@ def run_batch(m, fused: bool, lengths, steps: int = 10, max_len: int | None = 9,
     with torch.inference_mode():
         m(ids, attention_mask=am if mask else None, cache=cache)
         for j in range(steps):
-            outs.append(decode.forward(m, toks[:, j:j + 1], cache=cache)[:, -1])
+            pick = torch.full((len(lengths),), -1, dtype=torch.long) if j % 2 else None  # (as run_steps)
+            outs.append(decode.forward(m, toks[:, j:j + 1], cache=cache, greedy_into=pick)[:, -1])
             paths.append(m.last_decode_path)
+            if pick is not None:
+                assert torch.equal(pick, outs[-1].argmax(-1))
     if mask:
         assert cache.mask.shape == (len(lengths), max(lengths) + steps) and bool(cache.mask[:, -steps:].all())
     return torch.stack(outs, 1), paths
@@ -844,3 +852,30 @@ def test_fused_step_copies_token_rows_and_refuses_ids_out_of_range():
     got, want = _step(m3, c3, 2), _step(ref3, r3, 2)
     assert m3.last_decode_path == "fused"
     _assert_close(got, want)
+
+
+def test_greedy_into_is_refused_in_any_other_form():
+    m = tiny()
+    cache = KVCache(max_len=8)
+    with torch.inference_mode():
+        m(PROMPT, cache=cache)
+        for bad in (torch.empty(1, dtype=torch.int32), torch.empty(2, dtype=torch.long),
+                    torch.empty(1, 1, dtype=torch.long), torch.empty(1)):
+            with pytest.raises(ValueError, match="greedy_into"):
+                decode.forward(m, torch.tensor([[3]]), cache=cache, greedy_into=bad)
+        assert cache.length == PROMPT.shape[1]  # refused before anything ran
+        with pytest.raises(ValueError, match="return_hidden"):
+            decode.forward(m, PROMPT, greedy_into=torch.empty(1, dtype=torch.long), return_hidden=True)
+
+
+def test_greedy_generation_picks_inside_the_fused_call(monkeypatch):
+    # generate's greedy steps take the pick from the fused call (no argmax after it) and give the
+    # Python path's tokens
+    from moorelab.model import generate as gen_mod
+
+    m = tiny()
+    ref = gen_mod.generate(copy.deepcopy(m).requires_grad_(False), PROMPT, max_new_tokens=6)
+    calls = []
+    monkeypatch.setattr(gen_mod, "sample_next", lambda *a, **k: calls.append(1) or torch.zeros(1, dtype=torch.long))
+    got = gen_mod.generate(m, PROMPT, max_new_tokens=6)
+    assert calls == [] and torch.equal(got, ref)

@@ -42,7 +42,7 @@
 #include <omp.h>
 
 /* bump when a signature or structure below changes (the binding refuses another version) */
-#define ML_ABI_VERSION 19
+#define ML_ABI_VERSION 20
 #define ML_PF_TILES 4  /* software prefetch distance, in 4-row tiles */
 #define ML_PF_TILES4 8 /* same for int4 (half the bytes per tile) */
 #define ML_PF_TILES_F32 2 /* same for float32 (4x the bytes per tile) */

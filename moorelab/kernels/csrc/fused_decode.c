@@ -354,7 +354,9 @@ static void ml_attend_part(const float *q, int64_t rep, const void *kc, const vo
    are those of its own position (its count of real tokens before this one).
    x[B, D] (in/out): the tokens' embeddings in, their last hidden states (before the final norm)
    out; nthreads: threads of the parallel region; final_norm [D], final_eps, head (N = vocab,
-   K = D), logits [B, N] out: may be NULL (then only the layers run).
+   K = D), logits [B, N] out: may be NULL (then only the layers run); next_ids [B] out, or NULL:
+   each row's greedy next token (ml_argmax_rows of its logits), picked here so that no Python
+   runs between the logits and the pick (moorelab.model.decode.forward's greedy_into).
    Each linear reads its weights once for all B rows (float32: three rows per weight tile,
    ml_f32_rows_batch; other kinds: chunks of ML_BATCH_CH rows kept in cache while each input row
    runs through them). B == 1 with start 0 is the one-sequence decode, the same numbers.
@@ -362,7 +364,8 @@ static void ml_attend_part(const float *q, int64_t rep, const void *kc, const vo
    not D), -3 (cpos >= cache capacity, or a start[b] > cpos). */
 int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, float *x, int64_t cpos,
                     const int64_t *start, const float *const *cos, const float *const *sin, int32_t nthreads,
-                    const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
+                    const float *final_norm, float final_eps, const ml_lin *head, float *logits,
+                    int64_t *next_ids) {
     int64_t mq = 0, mkv = 0, mf = 0, mrep = 1, mhd = 1, mh = 1;
     if (B < 1) return -2;
     for (int32_t b = 0; b < B; b++) if (start[b] < 0 || start[b] > cpos) return -3;
@@ -514,19 +517,22 @@ int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, f
             ml_group(it, 1, B, tid, tn, tp);
         }
     }
+    if (head && next_ids) ml_argmax_rows(logits, B, head->N, head->N, next_ids);
     free(tps);
     free(buf);
     return 0;
 }
 
 /* One token of one sequence at position pos (no padding): ml_decode_batch with B = 1, start 0;
-   cos/sin: [hd] RoPE tables of pos. Same returns. */
+   cos/sin: [hd] RoPE tables of pos; next_ids [1] or NULL as there. Same returns. */
 int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
                      const float *cos, const float *sin, int32_t nthreads,
-                     const float *final_norm, float final_eps, const ml_lin *head, float *logits) {
+                     const float *final_norm, float final_eps, const ml_lin *head, float *logits,
+                    int64_t *next_ids) {
     const int64_t start[1] = {0};
     const float *c[1] = {cos}, *sn[1] = {sin};
-    return ml_decode_batch(L, n_layers, D, 1, x, pos, start, c, sn, nthreads, final_norm, final_eps, head, logits);
+    return ml_decode_batch(L, n_layers, D, 1, x, pos, start, c, sn, nthreads, final_norm, final_eps, head, logits,
+                           next_ids);
 }
 
 /* a prefetch (into all cache levels) of each of n addresses: the fused decode's Python side runs

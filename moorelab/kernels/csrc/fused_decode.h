@@ -30,13 +30,15 @@ int ml_fused_abi(void);
 int ml_lin_forward(const ml_lin *l, const float *x, float *y);
 int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
                      const float *cos, const float *sin, int32_t nthreads,
-                     const float *final_norm, float final_eps, const ml_lin *head, float *logits);
+                     const float *final_norm, float final_eps, const ml_lin *head, float *logits,
+                    int64_t *next_ids);
 
 void ml_prefetch_lines(const uintptr_t *addrs, int64_t n);
 void ml_argmax_rows(const float *v, int64_t B, int64_t n, int64_t ldv, int64_t *out);
 
 int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, float *x, int64_t cpos,
                     const int64_t *start, const float *const *cos, const float *const *sin, int32_t nthreads,
-                    const float *final_norm, float final_eps, const ml_lin *head, float *logits);
+                    const float *final_norm, float final_eps, const ml_lin *head, float *logits,
+                    int64_t *next_ids);
 
 #endif /* ML_FUSED_DECODE_H */
