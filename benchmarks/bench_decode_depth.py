@@ -99,7 +99,9 @@ class Row:
 
     def run(self, threads: int) -> None:
         self.cache.length = self.depth  # the same positions again: the prefix stays cached
-        nxt = self.first.clone()  # [1, 1]: each step's greedy pick is written into it (greedy_into)
+        # [1, 1]: each step's greedy pick is written into it, inside the fused call (greedy_into), so
+        # since 2026-12-03 a step's time includes the pick (7-53 µs) that earlier runs left outside
+        nxt = self.first.clone()
         c0, w0 = time.process_time(), time.perf_counter()
         with torch.inference_mode():
             for _ in range(self.steps):

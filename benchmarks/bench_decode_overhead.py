@@ -11,20 +11,24 @@ kernel library's ``decode_layers`` is wrapped by a timer, so each step is split 
 * ``call``: the C call (every layer and the output layer);
 * ``post``: from the call's return to ``decode.forward``'s (return code, cache length);
 * ``argmax``: picking the next token from the 49,152 logits after ``decode.forward`` returned
-  (0 in ``real``, where the pick is made inside the C call and included in ``call``).
+  (``torch`` only; the other arms pick inside the C call, ``decode.forward``'s ``greedy_into``).
 
 Four arms per precision, interleaved per round: ``real`` (the step as it runs), ``torch`` (the
 same with torch's ``argmax`` picking the token after the call, as every decode loop did before
 2026-12-03), ``warm`` (the C call replaced by a no-op: the same Python with its objects left in
 the caches), ``evict`` (the C call replaced by ``ml_read_sum`` over a 512 MiB buffer: no decode,
-but the caches flushed as a weight stream flushes them; ``warm`` and ``evict`` pick with
-``decode.greedy`` after the call). If ``evict``'s Python costs what ``torch``'s does, the time
+but the caches flushed as a weight stream flushes them; ``warm`` and ``evict`` run ``real``'s
+Python, ``greedy_into`` included). If ``evict``'s Python costs what ``real``'s does, the time
 outside the call is the caches the weight stream evicted, not the decode's own bookkeeping.
 Medians over steps and rounds, with the CPU share of each arm
-(:class:`moorelab.measure.speed.CpuShareClock`).
+(:class:`moorelab.measure.speed.CpuShareClock`). Then, per round and precision, steps with and
+without the pick alternate (its cost inside the call: the median paired difference of adjacent
+steps' call times), and ``ml_argmax_rows`` alone is timed right after a 512 MiB read and again at
+once.
 
-Printed: the parts' medians and the whole step's per arm, and per precision the paired ratio
-of the step with torch's argmax to the step with the pick inside the call, per round.
+Printed: the parts' medians and the whole step's per arm; per precision the pick's cost inside
+the call and the paired ratio, per round, of the step with torch's argmax to the step with the
+pick inside the call; the argmax kernel's time cold and warm.
 
 Usage: python benchmarks/bench_decode_overhead.py [--threads 2] [--rounds 4] [--steps 64]
 """
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
     kinds = ("real", "torch", "warm", "evict")
     res = {(p, k): {q: [] for q in parts} for p in SPECS for k in kinds}
     share = {key: [] for key in res}
+    alt = {p: ([], []) for p in SPECS}  # call seconds without / with the pick, adjacent steps
     try:
         with torch.inference_mode():
             caches = {}
@@ -118,13 +123,10 @@ def main(argv=None) -> int:
                                     lo = decode.forward(m, x, cache=c)
                                     t1 = pc()
                                     x = lo[:, -1:].argmax(-1)
-                                elif kind == "real":  # the pick inside the C call, written into x
+                                else:  # the pick inside the C call, written into x (warm, evict:
+                                    # the same Python; their no-op call writes nothing, x stays)
                                     decode.forward(m, x, cache=c, greedy_into=x.view(-1))
                                     t1 = pc()
-                                else:  # the same Python, the same pick; the token kept in range
-                                    lo = decode.forward(m, x, cache=c)
-                                    t1 = pc()
-                                    decode.greedy(lo[:, -1])
                                 t3 = pc()
                                 out["pre"].append(stamp["s"] - t2)
                                 out["call"].append(stamp["e"] - stamp["s"])
@@ -132,6 +134,15 @@ def main(argv=None) -> int:
                                 out["argmax"].append(t3 - t1)
                                 t2 = t3
                         share[prec, kind].append(clock.stop())
+                    # the pick's cost inside the call: steps alternately with and without it
+                    klib.decode_layers = make("real")
+                    c = caches[prec]
+                    c.length = 4
+                    x = torch.tensor([[5]])
+                    with steady(m):
+                        for i in range(a.steps):
+                            decode.forward(m, x, cache=c, greedy_into=x.view(-1) if i % 2 else None)
+                            alt[prec][i % 2].append(stamp["e"] - stamp["s"])
                 print(f"round {r + 1}/{a.rounds} done", flush=True)
     finally:
         klib.decode_layers = real
@@ -145,6 +156,25 @@ def main(argv=None) -> int:
         sh = share[prec, kind]
         print(f"{prec:9s} {kind:6s} {md['pre']:6.0f} {md['call']:8.0f} {md['post']:6.0f} {md['argmax']:7.0f} "
               f"{outside:8.0f} {outside / (outside + md['call']):13.1%} {step:8.0f} {min(sh):.2f}-{max(sh):.2f}")
+    for prec, (off, on) in alt.items():
+        d = [b - a for a, b in zip(off, on)]
+        print(f"{prec}: the pick inside the call, call with / without it on adjacent steps: median paired "
+              f"difference {statistics.median(d) * 1e6:+.1f} µs ({len(d)} pairs; medians "
+              f"{statistics.median(on) * 1e6:.0f} / {statistics.median(off) * 1e6:.0f} µs)")
+    lo = torch.randn(1, 49152)
+    ids = torch.empty(1, dtype=torch.int64)
+    cold, warm = [], []
+    for _ in range(30):
+        lo.mul_(1.0)  # freshly written, as the output layer writes them
+        klib.read_sum(buf.data_ptr(), buf.numel(), a.threads)  # then evicted, as a weight stream evicts them
+        t = pc()
+        klib.argmax_rows(lo.data_ptr(), 1, lo.shape[1], lo.shape[1], ids.data_ptr())
+        cold.append(pc() - t)
+        t = pc()
+        klib.argmax_rows(lo.data_ptr(), 1, lo.shape[1], lo.shape[1], ids.data_ptr())
+        warm.append(pc() - t)
+    print(f"ml_argmax_rows over 49,152 logits (ctypes call included): after a 512 MiB read "
+          f"{statistics.median(cold) * 1e6:.1f} µs, again at once {statistics.median(warm) * 1e6:.1f} µs")
     # the pick inside the call against torch's after it: the whole step, paired per round
     for prec in SPECS:
         per_round = [statistics.median(sum(t) for t in zip(*(res[prec, k][q][r * a.steps:(r + 1) * a.steps]

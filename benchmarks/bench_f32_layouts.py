@@ -10,7 +10,8 @@ pages where the host allows, in 121 stages, and reads them five ways (the arms):
 * ``read whole``: ``ml_read_sum`` over the whole buffer, one stream per thread — the limit the
   decode benchmarks divide by;
 * ``read stages + barriers``: each thread sums its contiguous rows of each stage, an OpenMP
-  barrier after each stage (the fused decode's structure, no arithmetic);
+  barrier after each stage (the fused decode's structure with four stages per layer where it
+  has five, attention being one more; no arithmetic);
 * ``read stages``: the same without the barriers;
 * ``f32 row stream``: ``ml_f32_rows`` (the float32 decode's kernel, [N, K] row-major) on each
   thread's rows of each stage, a barrier after each;
@@ -96,12 +97,21 @@ def main(argv=None) -> int:
     if nbytes < 0:
         raise SystemExit("lay_setup: out of memory (two copies of 538 MB)")
     diff = lib.lay_check()
+    lib.lay_ptr.restype = ctypes.c_size_t
+    lib.lay_ptr.argtypes = [ctypes.c_int]
+    from moorelab.measure.bandwidth import huge_page_fraction, thp_setting
+
+    for m in range(len(ARMS)):  # warm: page in both layouts
+        lib.lay_step(m, a.threads)
+    views = [torch.frombuffer((ctypes.c_uint8 * nbytes).from_address(lib.lay_ptr(w)), dtype=torch.uint8)
+             for w in (0, 1)]
+    huge = [huge_page_fraction([v]) for v in views]
+    huge_s = "unknown (no smaps)" if None in huge else f"rows {huge[0]:.0%}, panels {huge[1]:.0%}"
     print(f"{nbytes / 1e6:.1f} MB per layout, 121 stages, {a.threads} threads, {a.iters} iterations; "
+          f"on huge pages: {huge_s} (host setting {thp_setting()}); "
           f"panels vs row stream on the output layer: max relative difference {diff:.1e}", flush=True)
     if not diff < 1e-4:
         raise SystemExit(f"the panel kernel's products differ from the row stream's by {diff:.1e}")
-    for m in range(len(ARMS)):  # warm: page in both layouts
-        lib.lay_step(m, a.threads)
     clock = CpuShareClock()
     rows: list[list[float]] = []
     dropped = 0

@@ -5,7 +5,8 @@
    Stages: 30 layers of q/k/v (960 x 576), o (576 x 576), gate/up (3072 x 576), down (576 x 1536),
    then the output layer (49,152 x 576): 537.9 MB of float32, on transparent huge pages where the
    host allows, each stage split between the threads by contiguous row ranges as the fused decode
-   splits it. Arms (lay_step's mode):
+   splits it (four stages and barriers per layer; the fused decode has five, attention being one
+   more). Arms (lay_step's mode):
      0  ml_read_sum over the whole buffer, one stream per thread (the benchmarks' limit);
      1  a linear sum of each thread's rows stage by stage, an OpenMP barrier after each stage;
      2  the same without the barriers (only the streams' restarts left);
@@ -89,6 +90,9 @@ int64_t lay_setup(void) {
     }
     return total * 4;
 }
+
+/* the first byte of the row layout (which 0) or of the panel layout (1), after lay_setup */
+uintptr_t lay_ptr(int which) { return (uintptr_t)(which ? panbuf : rowbuf); }
 
 /* max |y_panel - y_rows| / max |y_rows| on the output layer (the two layouts' same numbers) */
 double lay_check(void) {

@@ -30,10 +30,11 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
     Float32 CPU rows (each contiguous, any row stride) go to the compiled ``ml_argmax_rows``
     (two AVX2 passes over the row: its maximum, then its first index); anything else, or no
-    compiled kernels, to ``torch.argmax``. Why: torch's argmax over SmolLM2's 49,152 logits takes
-    50-100 µs per call even on warm caches and 130-160 µs in a decode loop, where each step's
-    weight stream has evicted what it touches (``benchmarks/bench_decode_overhead.py``), 1-4% of
-    a decode step.
+    compiled kernels, to ``torch.argmax``. On warm caches it takes 7-24 µs over SmolLM2's 49,152
+    logits against torch's 50-83; in a decode loop, where each step's weight stream has evicted
+    what the Python touches, both take 130-210 µs (``benchmarks/bench_decode_overhead.py``): the
+    cold Python around the call, which is why decoding loops have the fused call pick instead
+    (:func:`forward`'s ``greedy_into``).
 
     Raises:
         ValueError: ``logits`` is not 2-D or has no columns (``torch.argmax`` raises on an empty
@@ -84,12 +85,6 @@ def forward(
         ``greedy_into`` that is not a contiguous CPU int64 tensor ``[B]``, or given with
         ``return_hidden``.
     """
-    if greedy_into is not None and (greedy_into.dtype is not torch.int64 or greedy_into.shape != (input_ids.shape[0],)
-                                    or not greedy_into.is_contiguous() or greedy_into.device.type != "cpu"
-                                    or return_hidden):
-        raise ValueError(f"greedy_into must be a contiguous CPU int64 tensor of shape ({input_ids.shape[0]},) and "
-                         f"return_hidden False, got {greedy_into.dtype} {tuple(greedy_into.shape)} on "
-                         f"{greedy_into.device}, return_hidden={return_hidden}")
     T = input_ids.shape[1]
     if (
         cache is not None
@@ -101,10 +96,16 @@ def forward(
         and getattr(model, "fused_decode", True)
         and model.attention_impl == "sdpa"
     ):
-        logits = decode_step(model, input_ids, cache, greedy_into)
+        logits = decode_step(model, input_ids, cache, greedy_into)  # (checks greedy_into first)
         if logits is not None:
             model.__dict__["last_decode_path"] = "fused"  # (skips nn.Module.__setattr__: every token)
             return logits
+    if greedy_into is not None and (greedy_into.dtype is not torch.int64 or greedy_into.shape != (input_ids.shape[0],)
+                                    or not greedy_into.is_contiguous() or greedy_into.device.type != "cpu"
+                                    or return_hidden):
+        raise ValueError(f"greedy_into must be a contiguous CPU int64 tensor of shape ({input_ids.shape[0]},) and "
+                         f"return_hidden False, got {greedy_into.dtype} {tuple(greedy_into.shape)} on "
+                         f"{greedy_into.device}, return_hidden={return_hidden}")
     model.__dict__["last_decode_path"] = "python"
     logits = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                    token_type_ids=token_type_ids, return_hidden=return_hidden, last_only=last_only)

@@ -515,6 +515,7 @@ def decode_step(model, input_ids: torch.Tensor, cache, next_ids: torch.Tensor | 
     mask of another form, or ``input_ids`` not ``[B, 1]``); the caller then runs the Python path.
 
     Raises:
+        ValueError: ``next_ids`` not a contiguous CPU int64 tensor ``[B]`` (before anything runs).
         IndexError: a token id outside the embedding table (before anything is computed; the
             cache's buffers may have grown).
         MemoryError: the C side could not allocate its work buffer.
@@ -525,8 +526,8 @@ def decode_step(model, input_ids: torch.Tensor, cache, next_ids: torch.Tensor | 
         return None  # one new token per row only
     if next_ids is not None and (next_ids.dtype is not torch.int64 or next_ids.shape != (input_ids.shape[0],)
                                  or not next_ids.is_contiguous() or next_ids.device.type != "cpu"):
-        raise ValueError(f"next_ids must be a contiguous CPU int64 tensor of shape ({input_ids.shape[0]},), got "
-                         f"{next_ids.dtype} {tuple(next_ids.shape)} on {next_ids.device}")
+        raise ValueError(f"greedy_into (next_ids) must be a contiguous CPU int64 tensor of shape "
+                         f"({input_ids.shape[0]},), got {next_ids.dtype} {tuple(next_ids.shape)} on {next_ids.device}")
     plan = cache.__dict__.get("_fused_plan")
     block = _open_block(model)
     if plan is not None and block is not None and plan.steady is block:

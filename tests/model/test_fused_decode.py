@@ -874,8 +874,39 @@ def test_greedy_generation_picks_inside_the_fused_call(monkeypatch):
     from moorelab.model import generate as gen_mod
 
     m = tiny()
-    ref = gen_mod.generate(copy.deepcopy(m).requires_grad_(False), PROMPT, max_new_tokens=6)
-    calls = []
+    ref_m = copy.deepcopy(m)
+    ref_m.fused_decode = False
+    paths = []
+    ref = gen_mod.generate(ref_m, PROMPT, max_new_tokens=6, on_token=lambda _t: paths.append(ref_m.last_decode_path))
+    assert paths == ["python"] * 6
+    calls, paths = [], []
     monkeypatch.setattr(gen_mod, "sample_next", lambda *a, **k: calls.append(1) or torch.zeros(1, dtype=torch.long))
-    got = gen_mod.generate(m, PROMPT, max_new_tokens=6)
-    assert calls == [] and torch.equal(got, ref)
+    got = gen_mod.generate(m, PROMPT, max_new_tokens=6, on_token=lambda _t: paths.append(m.last_decode_path))
+    assert paths == ["python"] + ["fused"] * 5 and calls == []
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("spec", [None, "int4:group_size=32"])
+def test_greedy_pick_fed_back_as_the_next_input(spec):
+    # the decoding loops' form: the tensor given as input_ids receives the step's pick (its ids
+    # were read before the call writes it) and is the next step's input; the same tokens as the
+    # Python path's argmax decoding
+    m = tiny()
+    if spec:
+        apply(m, parse_spec(spec))
+
+    def decode_loop(model, fused):
+        model.fused_decode = fused
+        cache = KVCache(max_len=8)
+        toks = []
+        with torch.inference_mode():
+            x = model(PROMPT, cache=cache)[:, -1:].argmax(-1)
+            for _ in range(10):
+                toks.append(int(x))
+                decode.forward(model, x, cache=cache, greedy_into=x.view(-1))
+                assert model.last_decode_path == ("fused" if fused else "python")
+        return toks
+
+    ref = decode_loop(copy.deepcopy(m), False)
+    assert len(set(ref)) > 2  # not one token over and over
+    assert decode_loop(m, True) == ref

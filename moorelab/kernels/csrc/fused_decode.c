@@ -356,7 +356,8 @@ static void ml_attend_part(const float *q, int64_t rep, const void *kc, const vo
    out; nthreads: threads of the parallel region; final_norm [D], final_eps, head (N = vocab,
    K = D), logits [B, N] out: may be NULL (then only the layers run); next_ids [B] out, or NULL:
    each row's greedy next token (ml_argmax_rows of its logits), picked here so that no Python
-   runs between the logits and the pick (moorelab.model.decode.forward's greedy_into).
+   runs between the logits and the pick (moorelab.model.decode.forward's greedy_into); written
+   only when head is not NULL.
    Each linear reads its weights once for all B rows (float32: three rows per weight tile,
    ml_f32_rows_batch; other kinds: chunks of ML_BATCH_CH rows kept in cache while each input row
    runs through them). B == 1 with start 0 is the one-sequence decode, the same numbers.
@@ -527,8 +528,8 @@ int ml_decode_batch(const ml_layer *L, int32_t n_layers, int64_t D, int32_t B, f
    cos/sin: [hd] RoPE tables of pos; next_ids [1] or NULL as there. Same returns. */
 int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
                      const float *cos, const float *sin, int32_t nthreads,
-                     const float *final_norm, float final_eps, const ml_lin *head, float *logits,
-                    int64_t *next_ids) {
+                      const float *final_norm, float final_eps, const ml_lin *head, float *logits,
+                     int64_t *next_ids) {
     const int64_t start[1] = {0};
     const float *c[1] = {cos}, *sn[1] = {sin};
     return ml_decode_batch(L, n_layers, D, 1, x, pos, start, c, sn, nthreads, final_norm, final_eps, head, logits,

@@ -31,7 +31,7 @@ int ml_lin_forward(const ml_lin *l, const float *x, float *y);
 int ml_decode_layers(const ml_layer *L, int32_t n_layers, int64_t D, float *x, int64_t pos,
                      const float *cos, const float *sin, int32_t nthreads,
                      const float *final_norm, float final_eps, const ml_lin *head, float *logits,
-                    int64_t *next_ids);
+                     int64_t *next_ids);
 
 void ml_prefetch_lines(const uintptr_t *addrs, int64_t n);
 void ml_argmax_rows(const float *v, int64_t B, int64_t n, int64_t ldv, int64_t *out);
