@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     kinds = ("real", "torch", "warm", "evict")
     res = {(p, k): {q: [] for q in parts} for p in SPECS for k in kinds}
     share = {key: [] for key in res}
-    alt = {p: ([], []) for p in SPECS}  # call seconds without / with the pick, adjacent steps
+    alt = {p: [] for p in SPECS}  # (call seconds with the pick, without it) of adjacent steps
     try:
         with torch.inference_mode():
             caches = {}
@@ -134,15 +134,24 @@ def main(argv=None) -> int:
                                 out["argmax"].append(t3 - t1)
                                 t2 = t3
                         share[prec, kind].append(clock.stop())
-                    # the pick's cost inside the call: steps alternately with and without it
+                    # the pick's cost inside the call: pairs of adjacent steps, one with the pick and
+                    # one without, which comes first swapped every round
                     klib.decode_layers = make("real")
                     c = caches[prec]
                     c.length = 4
                     x = torch.tensor([[5]])
                     with steady(m):
-                        for i in range(a.steps):
-                            decode.forward(m, x, cache=c, greedy_into=x.view(-1) if i % 2 else None)
-                            alt[prec][i % 2].append(stamp["e"] - stamp["s"])
+                        for i in range(a.steps - a.steps % 2):
+                            pick = (i + r) % 2 == 1
+                            decode.forward(m, x, cache=c, greedy_into=x.view(-1) if pick else None)
+                            if m.last_decode_path != "fused":
+                                raise SystemExit(f"{prec}: the fused decode declined a step")
+                            t_call = stamp["e"] - stamp["s"]
+                            if i % 2 == 0:
+                                first = (pick, t_call)
+                            else:
+                                with_, without = (t_call, first[1]) if pick else (first[1], t_call)
+                                alt[prec].append((with_, without))
                 print(f"round {r + 1}/{a.rounds} done", flush=True)
     finally:
         klib.decode_layers = real
@@ -156,11 +165,11 @@ def main(argv=None) -> int:
         sh = share[prec, kind]
         print(f"{prec:9s} {kind:6s} {md['pre']:6.0f} {md['call']:8.0f} {md['post']:6.0f} {md['argmax']:7.0f} "
               f"{outside:8.0f} {outside / (outside + md['call']):13.1%} {step:8.0f} {min(sh):.2f}-{max(sh):.2f}")
-    for prec, (off, on) in alt.items():
-        d = [b - a for a, b in zip(off, on)]
+    for prec, prs in alt.items():
+        d = [w - wo for w, wo in prs]
         print(f"{prec}: the pick inside the call, call with / without it on adjacent steps: median paired "
               f"difference {statistics.median(d) * 1e6:+.1f} µs ({len(d)} pairs; medians "
-              f"{statistics.median(on) * 1e6:.0f} / {statistics.median(off) * 1e6:.0f} µs)")
+              f"{statistics.median(w for w, _ in prs) * 1e6:.0f} / {statistics.median(wo for _, wo in prs) * 1e6:.0f} µs)")
     lo = torch.randn(1, 49152)
     ids = torch.empty(1, dtype=torch.int64)
     cold, warm = [], []

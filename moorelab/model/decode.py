@@ -30,7 +30,7 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 
     Float32 CPU rows (each contiguous, any row stride) go to the compiled ``ml_argmax_rows``
     (two AVX2 passes over the row: its maximum, then its first index); anything else, or no
-    compiled kernels, to ``torch.argmax``. On warm caches it takes 7-24 µs over SmolLM2's 49,152
+    compiled kernels, to ``torch.argmax``. On warm caches it takes 10-24 µs over SmolLM2's 49,152
     logits against torch's 50-83; in a decode loop, where each step's weight stream has evicted
     what the Python touches, both take 130-210 µs (``benchmarks/bench_decode_overhead.py``): the
     cold Python around the call, which is why decoding loops have the fused call pick instead

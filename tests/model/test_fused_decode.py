@@ -864,6 +864,13 @@ def test_greedy_into_is_refused_in_any_other_form():
             with pytest.raises(ValueError, match="greedy_into"):
                 decode.forward(m, torch.tensor([[3]]), cache=cache, greedy_into=bad)
         assert cache.length == PROMPT.shape[1]  # refused before anything ran
+        m.fused_decode = False  # the Python path refuses them too (it would cast into an int32 tensor)
+        for bad in (torch.empty(1, dtype=torch.int32), torch.empty(2, dtype=torch.long), torch.empty(1)):
+            with pytest.raises(ValueError, match="greedy_into"):
+                decode.forward(m, torch.tensor([[3]]), cache=cache, greedy_into=bad)
+            with pytest.raises(ValueError, match="greedy_into"):  # a prompt (T > 1): the Python path
+                decode.forward(m, PROMPT, greedy_into=bad)
+        m.fused_decode = True
         with pytest.raises(ValueError, match="return_hidden"):
             decode.forward(m, PROMPT, greedy_into=torch.empty(1, dtype=torch.long), return_hidden=True)
 
