@@ -100,7 +100,7 @@ class Row:
     def run(self, threads: int) -> None:
         self.cache.length = self.depth  # the same positions again: the prefix stays cached
         # [1, 1]: each step's greedy pick is written into it, inside the fused call (greedy_into), so
-        # since 2026-12-03 a step's time includes the pick (8-19 µs) that earlier runs left outside
+        # since 2026-12-03 a step's time includes the pick (8-28 µs) that earlier runs left outside
         nxt = self.first.clone()
         c0, w0 = time.process_time(), time.perf_counter()
         with torch.inference_mode():
