@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,9 +69,11 @@ def compile_library(out_dir: Path) -> Path:
     if gcc is None:
         raise SystemExit("bench_f32_layouts.py needs gcc on PATH")
     out = out_dir / "libf32_layouts.so"
-    csrc = build.CSRC
-    cmd = [gcc, *build.CFLAGS, f"-I{csrc}", "-o", str(out), str(ROOT / "benchmarks" / "csrc" / "f32_layouts.c"),
-           str(csrc / "f32_gemv.c"), str(csrc / "read_bw.c"), *build._link_flags(), "-lm"]
+    src = out_dir / "src"  # the three files in one folder: the kernels' own compile command builds it
+    src.mkdir()
+    for f in (ROOT / "benchmarks" / "csrc" / "f32_layouts.c", build.CSRC / "f32_gemv.c", build.CSRC / "read_bw.c"):
+        shutil.copy(f, src / f.name)
+    cmd = build.compile_command(gcc, out, src, extra_flags=[f"-I{build.CSRC}"])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
         raise SystemExit("gcc failed: " + " ".join(cmd) + "\n" + "\n".join(res.stderr.splitlines()[:10]))

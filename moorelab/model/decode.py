@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from moorelab import kernels
-from moorelab.model.fused_decode import decode_step
+from moorelab.model.fused_decode import check_next_ids, decode_step
 from moorelab.model.transformer import KVCache, Transformer
 
 __all__ = ["forward", "greedy"]
@@ -100,12 +100,10 @@ def forward(
         if logits is not None:
             model.__dict__["last_decode_path"] = "fused"  # (skips nn.Module.__setattr__: every token)
             return logits
-    if greedy_into is not None and (greedy_into.dtype is not torch.int64 or greedy_into.shape != (input_ids.shape[0],)
-                                    or not greedy_into.is_contiguous() or greedy_into.device.type != "cpu"
-                                    or return_hidden):
-        raise ValueError(f"greedy_into must be a contiguous CPU int64 tensor of shape ({input_ids.shape[0]},) and "
-                         f"return_hidden False, got {greedy_into.dtype} {tuple(greedy_into.shape)} on "
-                         f"{greedy_into.device}, return_hidden={return_hidden}")
+    if greedy_into is not None:
+        if return_hidden:
+            raise ValueError("greedy_into needs logits: not with return_hidden=True")
+        check_next_ids(greedy_into, input_ids.shape[0])
     model.__dict__["last_decode_path"] = "python"
     logits = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                    token_type_ids=token_type_ids, return_hidden=return_hidden, last_only=last_only)

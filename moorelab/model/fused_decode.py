@@ -87,7 +87,7 @@ from moorelab import kernels
 from moorelab.model.transformer import FastLinear, RMSNorm
 from moorelab.model.weight_arena import hold_freed_heap, release_freed_heap, pack_decode_weights
 
-__all__ = ["decode_step", "decode_weights", "prepare_decode", "steady", "why_not_fused"]
+__all__ = ["check_next_ids", "decode_step", "decode_weights", "prepare_decode", "steady", "why_not_fused"]
 
 #: KV-cache storage types the C attention reads (``ml_layer.kv_f16``)
 _KV_DTYPES = (torch.float32, torch.float16)
@@ -496,6 +496,19 @@ def prepare_decode(model, pack: bool = True) -> str | None:
     return reason
 
 
+def check_next_ids(next_ids: torch.Tensor, batch: int) -> None:
+    """Refuse a greedy-pick output other than a contiguous CPU int64 tensor ``[batch]``
+    (:func:`decode_step`'s ``next_ids``, ``decode.forward``'s ``greedy_into``).
+
+    Raises:
+        ValueError: naming the tensor's dtype, shape and device.
+    """
+    if (next_ids.dtype is not torch.int64 or next_ids.shape != (batch,) or not next_ids.is_contiguous()
+            or next_ids.device.type != "cpu"):
+        raise ValueError(f"greedy_into (next_ids) must be a contiguous CPU int64 tensor of shape ({batch},), got "
+                         f"{next_ids.dtype} {tuple(next_ids.shape)} on {next_ids.device}")
+
+
 def decode_step(model, input_ids: torch.Tensor, cache, next_ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """One fused decode step: logits ``[B, 1, vocab]`` for ``input_ids [B, 1]``, or ``None``.
 
@@ -524,10 +537,8 @@ def decode_step(model, input_ids: torch.Tensor, cache, next_ids: torch.Tensor | 
     """
     if input_ids.dim() != 2 or input_ids.shape[1] != 1:
         return None  # one new token per row only
-    if next_ids is not None and (next_ids.dtype is not torch.int64 or next_ids.shape != (input_ids.shape[0],)
-                                 or not next_ids.is_contiguous() or next_ids.device.type != "cpu"):
-        raise ValueError(f"greedy_into (next_ids) must be a contiguous CPU int64 tensor of shape "
-                         f"({input_ids.shape[0]},), got {next_ids.dtype} {tuple(next_ids.shape)} on {next_ids.device}")
+    if next_ids is not None:
+        check_next_ids(next_ids, input_ids.shape[0])
     plan = cache.__dict__.get("_fused_plan")
     block = _open_block(model)
     if plan is not None and block is not None and plan.steady is block:

@@ -135,10 +135,7 @@ static float ap_softmax_row(float *s, int64_t n, int64_t nk) {
     __m256 mv = _mm256_set1_ps(-INFINITY);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    float mx = _mm_cvtss_f32(m4);
+    float mx = hmax256(mv);
     for (; i < n; i++) if (s[i] > mx) mx = s[i];
     const __m256 mxv = _mm256_set1_ps(mx);
     __m256 sumv = _mm256_setzero_ps();

@@ -115,6 +115,15 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* the largest of v's 8 floats (maxps from the two halves down: with a NaN in v the result is
+   whatever maxps gives, so callers that care check for NaN themselves) */
+static inline float hmax256(__m256 v) {
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
 /* the four sums of hsum256(a), .., hsum256(d) (the same additions: (l0+l1)+(l2+l3) of lo+hi) in
    one register: a row tile's outputs leave its kernel without a store to memory that the caller
    would read back at once (four scalar stores read as one vector stall store forwarding) */

@@ -560,10 +560,7 @@ void ml_argmax_rows(const float *v, int64_t B, int64_t n, int64_t ldv, int64_t *
             un = _mm256_or_ps(un, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
             mx = _mm256_max_ps(mx, x);
         }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float m = _mm_cvtss_f32(m4);
+        float m = hmax256(mx);
         int nan = _mm256_movemask_ps(un) != 0;
         for (; i < n; i++) {
             if (r[i] != r[i]) nan = 1;

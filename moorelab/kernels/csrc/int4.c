@@ -222,10 +222,7 @@ static void w4_blockq_prep_x(int bits, const float *x, int64_t K, int64_t G, voi
             mx = _mm256_max_ps(a, mx); /* a NaN in a gives mx back: ignored, as by the scalar */
             badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
         }
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        const float amax = _mm_cvtss_f32(h);
+        const float amax = hmax256(mx);
         risky |= _mm256_movemask_ps(badv) != 0 || amax > big;
         float s = amax / qmax;
         if (!(s > 0.0f)) s = 1.0f;

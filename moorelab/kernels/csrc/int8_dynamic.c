@@ -178,10 +178,7 @@ static void a8b_quant_row(const float *x, int64_t K, int8_t *q, float *bs) {
             memset(q + b0, 0, 32);
             continue;
         }
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        float s = _mm_cvtss_f32(h) / 127.0f;
+        float s = hmax256(mx) / 127.0f;
         if (!(s > 0.0f)) s = 1.0f;
         bs[b0 / 32] = s;
         const __m256 sv = _mm256_set1_ps(s);

@@ -49,10 +49,7 @@ static void g8_quant_rows(const float *x, int64_t m0, int64_t m1, int64_t K, int
             mx = _mm256_max_ps(mx, a);
             badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ)); /* NaN or an infinity */
         }
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        float amax = _mm_cvtss_f32(h);
+        float amax = hmax256(mx);
         int bad = _mm256_movemask_ps(badv) != 0;
         for (; k < K; k++) {
             const float a = fabsf(xr[k]);
