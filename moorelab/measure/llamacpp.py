@@ -7,10 +7,12 @@
 llama-perplexity llama-batched-bench``. Everything lives under ``<cache>/llama.cpp/`` (outside
 the repository; about 10–15 min on 2 idle cores, much longer on a busy machine): the download in
 ``dl/``, the source and build tree in ``src/``, the binaries and their shared libraries copied to
-``bin/``, and the marker ``READY`` (holding the version) written last — present means built.
+``bin/``, and the marker ``READY`` (the version and the cmake options, :func:`marker`) written
+last — present and equal means built.
 **Instruction set** (``isa``, :data:`ISAS`): ``"native"`` (the default) builds for everything this
 CPU has — AVX-512 and VNNI too where present, which moorelab's kernels use only in the int8
-prefill GEMM (``ml_w8_gemm_isa``); ``"avx2"`` builds
+prefill GEMM (``ml_w8_gemm_isa``) — except AMX, whose backend crashes in this version (see
+:data:`ISAS`); ``"avx2"`` builds
 for SSE4.2, AVX, AVX2, FMA, F16C and BMI2 and nothing newer (moorelab's kernels are compiled with
 ``-mavx2 -mfma -mf16c``, :data:`moorelab.kernels.build.CFLAGS`; the benchmark turns their VNNI
 tile off with it), so on a CPU with AVX-512 llama.cpp and our C kernels are compared on the same
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -51,7 +54,15 @@ TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-ben
 #: cmake options per instruction-set choice. "avx2" names every option it needs: ggml's own
 #: defaults for them turn off when SOURCE_DATE_EPOCH is set or when cross-compiling, which would
 #: give an SSE-only build under this name.
-ISAS = {"native": ["-DGGML_NATIVE=ON"],
+#: "native" turns llama.cpp's AMX backend off on x86 (``-mno-amx-*``; a no-op on a CPU without
+#: AMX): on an Intel Xeon with AMX (2026-12-03, a VM on kernel 6.18) every Q8_0 run of this
+#: version died in ``ggml_backend_amx_mul_mat`` at ``ldtilecfg`` (SIGILL under llama-bench,
+#: SIGSEGV under gdb) although the kernel grants the tile state and a plain ``ldtilecfg`` test
+#: program runs: llama.cpp issue #20824 (open), fix proposed in PR #26954 (the tile config built
+#: on the stack is optimised away). moorelab's kernels use no AMX either.
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+ISAS = {"native": ["-DGGML_NATIVE=ON"] + ([f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
+                                          if platform.machine() in ("x86_64", "AMD64") else []),
         "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_SSE42=ON", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
                  "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF",
                  "-DGGML_AVX_VNNI=OFF"]}
@@ -61,6 +72,13 @@ def _suffix(isa: str) -> str:
     if isa not in ISAS:
         raise MoorelabError(f"llama.cpp: isa {isa!r} is not one of {', '.join(ISAS)}")
     return "" if isa == "native" else f"-{isa}"
+
+
+def marker(isa: str = "native") -> str:
+    """What ``READY`` holds for a build of ``isa``: :data:`VERSION` and the cmake options of
+    :data:`ISAS`, so a build made with other options (an older moorelab's) is built again."""
+    _suffix(isa)  # raises for an unknown isa
+    return " ".join([VERSION, *ISAS[isa]])
 
 
 def cpu_extras() -> list[str]:
@@ -80,7 +98,7 @@ def root() -> Path:
 
 
 def binaries(isa: str = "native") -> dict[str, Path] | None:
-    """The built tools (name -> path), or None unless ``READY`` names :data:`VERSION` and every
+    """The built tools (name -> path), or None unless ``READY`` holds :func:`marker` and every
     tool of :data:`TOOLS` is in ``bin/`` (``READY-avx2`` and ``bin-avx2/`` for ``isa="avx2"``).
 
     Raises:
@@ -88,7 +106,7 @@ def binaries(isa: str = "native") -> dict[str, Path] | None:
     """
     r, sfx = root(), _suffix(isa)
     try:
-        if (r / f"READY{sfx}").read_text().strip() != VERSION:
+        if (r / f"READY{sfx}").read_text().strip() != marker(isa):
             return None
     except OSError:
         return None
@@ -164,7 +182,7 @@ def install(build_bin: Path, isa: str = "native") -> None:
     for f in Path(build_bin).iterdir():
         if f.is_file():
             shutil.copy2(f, dest / f.name)
-    (root() / f"READY{sfx}").write_text(VERSION + "\n")
+    (root() / f"READY{sfx}").write_text(marker(isa) + "\n")
 
 
 # --------------------------------------------------------------------------- running a tool

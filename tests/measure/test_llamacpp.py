@@ -41,6 +41,9 @@ def test_binaries_need_the_ready_marker_of_this_version(tmp_path, monkeypatch):
     assert (tmp_path / "llama.cpp" / "bin" / "libggml.so").is_file()
     (tmp_path / "llama.cpp" / "READY").write_text("1.0\n")
     assert llamacpp.binaries() is None
+    # a build of this version made with other cmake options (an older moorelab's) is not this one
+    (tmp_path / "llama.cpp" / "READY").write_text(llamacpp.VERSION + " -DGGML_NATIVE=ON\n")
+    assert llamacpp.binaries() is None or llamacpp.ISAS["native"] == ["-DGGML_NATIVE=ON"]
 
 
 def test_an_avx2_build_has_its_own_marker_and_folder(tmp_path, monkeypatch):
@@ -54,10 +57,23 @@ def test_an_avx2_build_has_its_own_marker_and_folder(tmp_path, monkeypatch):
     assert llamacpp.binaries() is None and "not built" in llamacpp.status()
     got = llamacpp.binaries("avx2")
     assert got == {t: tmp_path / "llama.cpp" / "bin-avx2" / t for t in llamacpp.TOOLS}
-    assert (tmp_path / "llama.cpp" / "READY-avx2").read_text().strip() == llamacpp.VERSION
+    assert (tmp_path / "llama.cpp" / "READY-avx2").read_text().strip() == llamacpp.marker("avx2")
     assert "-DGGML_NATIVE=OFF" in llamacpp.status("avx2") and "-DGGML_AVX512=OFF" in llamacpp.ISAS["avx2"]
     with pytest.raises(MoorelabError, match="isa 'avx512' is not one of"):
         llamacpp.binaries("avx512")
+
+
+def test_the_native_build_leaves_out_llamacpps_amx_backend_on_x86():
+    """Its AMX matmul crashed every Q8_0 run on an AMX Xeon (llama.cpp #20824); -mno-amx-* wins
+    over -march=native in gcc, whatever the order."""
+    import platform
+
+    opts = llamacpp.ISAS["native"]
+    assert opts[0] == "-DGGML_NATIVE=ON"
+    if platform.machine() == "x86_64":
+        for var in ("C", "CXX"):
+            assert f"-DCMAKE_{var}_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in opts
+    assert llamacpp.marker("native").split() == [llamacpp.VERSION, *" ".join(opts).split()]
 
 
 def test_run_measured_reads_the_childs_cpu_share():
