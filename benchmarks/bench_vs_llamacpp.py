@@ -24,6 +24,12 @@ was ≥ 0.9 (all rounds, marked "disturbed", when none was):
   bytes per token`` is the decode ceiling. Each row prints the median over its kept rounds of
   that ceiling and of the fraction of it each round's decode reached (a round is kept when both
   the decode and its bandwidth passes ran at CPU share ≥ 0.9).
+  **The read at each variant's own size**: the same readers over a buffer of the bytes our decode
+  step reads at depth 0 (float32 ~538 MB, 8-bit ~140, 4-bit ~90), best of 5 passes at the start
+  and at the end, printed with the last-level cache the CPU reports
+  (:func:`moorelab.measure.bandwidth.last_level_cache`). Where a variant's bytes fit in that
+  cache (int4 and int8 under a 480 MB L3 on 2026-12-03), the 512 MiB read is not its ceiling:
+  the decode reads from cache between steps, and only the own-size read says how near it is.
 * **the matmul peak**: ``torch.mm`` float32 on a prefill-shaped product ([512, 576] @ [576,
   1536]), the best of 5 passes at the start and at the end; each prefill row prints its FLOP
   rate (decoder linears for every token, causal attention, the output layer once) and the
@@ -75,7 +81,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from moorelab.measure import llamacpp  # noqa: E402
-from moorelab.measure.bandwidth import huge_page_fraction, read_bandwidth, reference_buffer, thp_setting  # noqa: E402
+from moorelab.measure.bandwidth import (  # noqa: E402
+    huge_page_fraction, last_level_cache, read_bandwidth, reference_buffer, thp_setting)
 from moorelab.measure.speed import CPU_SHARE_MIN, CpuShareClock  # noqa: E402
 
 PRECISIONS = ("float32", "8-bit", "4-bit")
@@ -274,6 +281,9 @@ def main() -> None:
         huge[f"ours {prec}"] = huge_page_fraction(ws) if ws else None
     bw = [read_bandwidth(buf=bw_buf, reps=5)]
     peak = [matmul_peak()]
+    # the read at each variant's own size (depth 0), start and end: its ceiling where it fits in cache
+    own_bufs = {prec: reference_buffer(our_bytes_per_token(m)) for prec, m in models.items()}
+    own_bw = {prec: [read_bandwidth(buf=b, reps=5)] for prec, b in own_bufs.items()}
 
     # ---- our caches filled once per depth (untimed); each measurement rewinds to the depth
     caches: dict[tuple[str, int], KVCache] = {}
@@ -341,6 +351,9 @@ def main() -> None:
                           f"{run.wall_s:.0f} s", flush=True)
     bw.append(read_bandwidth(buf=bw_buf, reps=5))
     del bw_buf
+    for prec, b in own_bufs.items():
+        own_bw[prec].append(read_bandwidth(buf=b, reps=5))
+    del own_bufs
     all_g = [b["gb_per_s"] for b in bw + bw_rounds]
     gbps = statistics.median(all_g)
     peak.append(matmul_peak())
@@ -434,6 +447,26 @@ def main() -> None:
                       f"{fol['fraction']:8.0%} {share:5.2f} "
                       f"{(f'{bpb:.4f}' if bpb is not None else '-'):>9}"
                       + ("  disturbed" if dec["disturbed"] or fol["disturbed"] or (pre and pre["disturbed"]) else ""))
+    llc = last_level_cache()
+    print(f"\nthe read at each variant's own size (a buffer of the bytes our decode step reads at depth 0, the faster "
+          f"reader's best of 5 passes at the start and at the end; last-level cache reported: "
+          f"{f'L{llc[0]} {llc[1] / 1e6:.0f} MB' if llc else 'unknown'}):")
+    own_size = {}
+    for prec in PRECISIONS:
+        ob, passes = our_bytes_per_token(models[prec]), own_bw[prec]
+        g = max(b["gb_per_s"] for b in passes)
+        ref = max(b["gb_per_s"] for b in bw)
+        d0 = next((r for r in table if r["precision"] == prec and r["engine"] == "ours" and r["depth"] == 0), None)
+        lim = g * 1e9 / ob
+        frac = d0["decode_tokens_per_s"]["value"] / lim if d0 else None
+        own_size[prec] = {"bytes": ob, "gb_per_s": [b["gb_per_s"] for b in passes],
+                          "cpu_share": [b["cpu_share"] for b in passes], "huge_page_fraction": passes[0]["huge_page_fraction"],
+                          "fits_last_level_cache": bool(llc and ob <= llc[1]), "decode_limit_tokens_per_s": lim,
+                          "fraction_of_limit_depth0": frac}
+        print(f"  {prec:8} {ob / 1e6:6.1f} MB: {' / '.join(f'{x:.1f}' for x in own_size[prec]['gb_per_s'])} GB/s "
+              f"({g / ref:.2f}x the best 512 MiB read at start/end; CPU share "
+              f"{min(own_size[prec]['cpu_share']):.2f}){' (fits the last-level cache)' if own_size[prec]['fits_last_level_cache'] else ''}"
+              + (f"; limit {lim:.1f} tok/s, ours at depth 0 {d0['decode_tokens_per_s']['value']:.1f} = {frac:.0%}" if d0 else ""))
     pflop = prefill_flop(cfg, P)
     print(f"\nprefill against the float32 matmul peak measured in the same run ({gflops:.0f} GFLOP/s, best torch.mm "
           f"pass [512, 576] @ [576, 1536], start and end; CPU share {statistics.median(pk['cpu_share'] for pk in peak):.2f});"
@@ -475,6 +508,7 @@ def main() -> None:
                                                    "cpu_extras": extras, "moorelab_kernels": our_isa,
                                                    "load_average_start": load0},
                                       "bandwidth": bw, "bandwidth_rounds": bw_rounds, "huge_pages": huge,
+                                      "own_size_bandwidth": own_size, "last_level_cache": llc,
                                       "thp_setting": thp_setting(), "matmul_peak": peak, "rows": table, "quality": quality, "scorer_check": ppl_check,
                                       "batched": batched, "elapsed_s": elapsed}, indent=1, default=str))
 

@@ -58,6 +58,37 @@ def huge_page_fraction(tensors: list[torch.Tensor], smaps: str = "/proc/self/sma
     return None if hb is None else hb / total
 
 
+def last_level_cache(cpu_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, int] | None:
+    """``(level, bytes)`` of the largest-level data or unified cache CPU 0 reports in sysfs
+    (``index*/level``, ``type``, ``size`` as ``"480M"``/``"2048K"``), or None where it cannot be
+    read. On a VM this is what the hypervisor reports; it says whether a working set of a given
+    size can stay in cache between decode steps (e.g. 85 MB of int4 weights under a 480 MB L3),
+    where the 512 MiB reference read is not the decode's ceiling. Raises nothing."""
+    import glob
+    import os
+
+    best = None
+    for d in glob.glob(os.path.join(cpu_dir, "index*")):
+        try:
+            with open(os.path.join(d, "type")) as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(d, "level")) as f:
+                level = int(f.read().strip())
+            with open(os.path.join(d, "size")) as f:
+                size = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:].upper(), 1)
+        try:
+            n = int(size[:-1] if mult != 1 else size) * mult
+        except ValueError:
+            continue
+        if best is None or level > best[0]:
+            best = (level, n)
+    return best
+
+
 def reference_buffer(n_bytes: int = 512 << 20) -> torch.Tensor:
     """The read-bandwidth buffer: ``n_bytes // 4`` float32 ones on a mapping of their own, 2 MiB
     aligned and advised for transparent huge pages

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moorelab import kernels
-from moorelab.measure.bandwidth import huge_page_fraction, read_bandwidth, reference_buffer, thp_setting
+from moorelab.measure.bandwidth import huge_page_fraction, last_level_cache, read_bandwidth, reference_buffer, thp_setting
 from moorelab.model.weight_arena import smaps_mappings
 
 
@@ -127,3 +127,23 @@ def test_huge_page_fraction_counts_shared_bytes_once_and_refuses_no_bytes(tmp_pa
 def test_an_empty_buffer_is_refused():
     with pytest.raises(ValueError, match="non-empty"):
         read_bandwidth(buf=torch.zeros(0))
+
+
+def test_last_level_cache_reads_the_highest_level_data_cache(tmp_path):
+    def idx(i, level, typ, size):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{typ}\n")
+        (d / "size").write_text(f"{size}\n")
+
+    assert last_level_cache(str(tmp_path)) is None
+    idx(0, 1, "Data", "48K")
+    idx(1, 1, "Instruction", "32K")
+    idx(2, 2, "Unified", "2048K")
+    assert last_level_cache(str(tmp_path)) == (2, 2048 << 10)
+    idx(3, 3, "Unified", "480M")
+    assert last_level_cache(str(tmp_path)) == (3, 480 << 20)
+    idx(4, 4, "Instruction", "1G")  # not a data cache
+    idx(5, 5, "Unified", "lots")  # unreadable size: skipped, not a crash
+    assert last_level_cache(str(tmp_path)) == (3, 480 << 20)
