@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorelab.errors import MoorelabError
+from moorelab.kernels.build import cpu_flags
 from moorelab.paths import cache_dir, sha256_file
 
 VERSION = "11434.0.0"
@@ -54,15 +56,16 @@ TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-ben
 #: cmake options per instruction-set choice. "avx2" names every option it needs: ggml's own
 #: defaults for them turn off when SOURCE_DATE_EPOCH is set or when cross-compiling, which would
 #: give an SSE-only build under this name.
-#: "native" turns llama.cpp's AMX backend off on x86 (``-mno-amx-*``; a no-op on a CPU without
-#: AMX): on an Intel Xeon with AMX (2026-12-03, a VM on kernel 6.18) every Q8_0 run of this
+#: "native" turns llama.cpp's AMX backend off on a CPU that reports AMX (``-mno-amx-*``, gcc 11+;
+#: only there, so older compilers on other CPUs still build): on an Intel Xeon with AMX (2026-12-03, a VM on kernel 6.18) every Q8_0 run of this
 #: version died in ``ggml_backend_amx_mul_mat`` at ``ldtilecfg`` (SIGILL under llama-bench,
 #: SIGSEGV under gdb) although the kernel grants the tile state and a plain ``ldtilecfg`` test
 #: program runs: llama.cpp issue #20824 (open), fix proposed in PR #26954 (the tile config built
 #: on the stack is optimised away). moorelab's kernels use no AMX either.
 _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 ISAS = {"native": ["-DGGML_NATIVE=ON"] + ([f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
-                                          if platform.machine() in ("x86_64", "AMD64") else []),
+                                          if platform.machine() in ("x86_64", "AMD64") and "amx_tile" in cpu_flags()
+                                          else []),
         "avx2": ["-DGGML_NATIVE=OFF", "-DGGML_SSE42=ON", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
                  "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VNNI=OFF",
                  "-DGGML_AVX_VNNI=OFF"]}
@@ -86,8 +89,6 @@ def cpu_extras() -> list[str]:
     build uses: ``avx512f``, ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16`` (read from
     ``/proc/cpuinfo``; empty where it cannot be read). moorelab's kernels use one of them, VNNI,
     in the int8 prefill GEMM only."""
-    from moorelab.kernels.build import cpu_flags
-
     flags = cpu_flags()
     return [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags]
 
@@ -118,7 +119,7 @@ def status(isa: str = "native") -> str:
     """Why :func:`binaries` is None (or "built"), for skip messages."""
     sfx = _suffix(isa)
     if binaries(isa) is not None:
-        return f"llama.cpp {VERSION} built in {root() / f'bin{sfx}'} (isa {isa}: {' '.join(ISAS[isa])})"
+        return f"llama.cpp {VERSION} built in {root() / f'bin{sfx}'} (isa {isa}: {shlex.join(ISAS[isa])})"
     if shutil.which("cmake") is None or shutil.which("c++") is None and shutil.which("g++") is None:
         return "llama.cpp is not built here and cannot be: cmake or a C++ compiler is missing"
     return (f"llama.cpp {VERSION} (isa {isa}) is not built in {root()} (run benchmarks/bench_vs_llamacpp.py "
@@ -163,7 +164,7 @@ def build(jobs: int = 2, log=print, isa: str = "native") -> dict[str, Path]:
              ["cmake", "--build", f"build{sfx}", "--target", *TOOLS, f"-j{jobs}"]]
     with open(logf, "a") as fh:
         for cmd in steps:
-            log(" ".join(cmd) + f"  (log: {logf})")
+            log(shlex.join(cmd) + f"  (log: {logf})")
             if subprocess.run(["nice", "-n", "10", *cmd], cwd=tree, stdout=fh, stderr=subprocess.STDOUT).returncode:
                 raise MoorelabError(f"llama.cpp: '{' '.join(cmd)}' failed; see {logf}")
     install(tree / f"build{sfx}" / "bin", isa)
