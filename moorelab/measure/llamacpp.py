@@ -57,8 +57,8 @@ TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-ben
 #: defaults for them turn off when SOURCE_DATE_EPOCH is set or when cross-compiling, which would
 #: give an SSE-only build under this name.
 #: "native" turns llama.cpp's AMX backend off on a CPU that reports AMX (``-mno-amx-*``, gcc 11+;
-#: only there, so older compilers on other CPUs still build): on an Intel Xeon with AMX (2026-12-03, a VM on kernel 6.18) every Q8_0 run of this
-#: version died in ``ggml_backend_amx_mul_mat`` at ``ldtilecfg`` (SIGILL under llama-bench,
+#: only there, so older compilers on other CPUs still build): on an Intel Xeon with AMX
+#: (2026-12-03, a VM on kernel 6.18) every Q8_0 run of this version died in ``ggml_backend_amx_mul_mat`` at ``ldtilecfg`` (SIGILL under llama-bench,
 #: SIGSEGV under gdb) although the kernel grants the tile state and a plain ``ldtilecfg`` test
 #: program runs: llama.cpp issue #20824 (open), fix proposed in PR #26954 (the tile config built
 #: on the stack is optimised away). moorelab's kernels use no AMX either.
