@@ -60,9 +60,9 @@ def huge_page_fraction(tensors: list[torch.Tensor], smaps: str = "/proc/self/sma
 
 def last_level_cache(cpu_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, int] | None:
     """``(level, bytes)`` of the largest-level data or unified cache CPU 0 reports in sysfs
-    (``index*/level``, ``type``, ``size`` as ``"480M"``/``"2048K"``), or None where it cannot be
+    (``index*/level``, ``type``, ``size`` as ``"491520K"``/``"32M"``), or None where it cannot be
     read. On a VM this is what the hypervisor reports; it says whether a working set of a given
-    size can stay in cache between decode steps (e.g. 85 MB of int4 weights under a 480 MB L3),
+    size can stay in cache between decode steps (e.g. 84 MB of int4 weights under a 480 MiB L3),
     where the 512 MiB reference read is not the decode's ceiling. Raises nothing."""
     import glob
     import os

@@ -58,7 +58,8 @@ TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-batched-ben
 #: give an SSE-only build under this name.
 #: "native" turns llama.cpp's AMX backend off on a CPU that reports AMX (``-mno-amx-*``, gcc 11+;
 #: only there, so older compilers on other CPUs still build): on an Intel Xeon with AMX
-#: (2026-12-03, a VM on kernel 6.18) every Q8_0 run of this version died in ``ggml_backend_amx_mul_mat`` at ``ldtilecfg`` (SIGILL under llama-bench,
+#: (2026-12-03, a VM on kernel 6.18) both Q8_0 runs tried with this version died in
+#: ``ggml_backend_amx_mul_mat`` at ``ldtilecfg`` (SIGILL under llama-bench in the benchmark,
 #: SIGSEGV under gdb) although the kernel grants the tile state and a plain ``ldtilecfg`` test
 #: program runs: llama.cpp issue #20824 (open), fix proposed in PR #26954 (the tile config built
 #: on the stack is optimised away). moorelab's kernels use no AMX either.
@@ -166,7 +167,7 @@ def build(jobs: int = 2, log=print, isa: str = "native") -> dict[str, Path]:
         for cmd in steps:
             log(shlex.join(cmd) + f"  (log: {logf})")
             if subprocess.run(["nice", "-n", "10", *cmd], cwd=tree, stdout=fh, stderr=subprocess.STDOUT).returncode:
-                raise MoorelabError(f"llama.cpp: '{' '.join(cmd)}' failed; see {logf}")
+                raise MoorelabError(f"llama.cpp: '{shlex.join(cmd)}' failed; see {logf}")
     install(tree / f"build{sfx}" / "bin", isa)
     found = binaries(isa)
     if found is None:
